@@ -1,0 +1,279 @@
+"""The Storage protocol: the records every adapter stores and the primitives it implements.
+
+Each method is small enough to be atomic in every adapter (one SQL transaction,
+one Lua script, one critical section). `commit` is the write path of the
+runtime: it takes a `Batch` — many executions' step records, events and state
+changes — and applies it in one transaction (group commit).
+
+Values (input, output, step output, event data) are JSON-compatible Python
+objects; adapters serialise them. Times are integer milliseconds since the
+Unix epoch, UTC. The storage clock (`now`) decides lease expiry.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+STATUSES = ("pending", "running", "waiting", "paused", "completed", "failed", "cancelled")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+ACTIVE = frozenset({"pending", "running", "waiting", "paused"})
+
+
+@dataclass(slots=True)
+class ExecutionRecord:
+    id: str
+    job_name: str
+    status: str
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    retry_count: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    priority: int = 0
+    concurrency_key: str | None = None
+    created_at: int = 0
+    run_at: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    worker_id: str | None = None
+    lease_until: int | None = None
+    #: Fencing token: raised by every claim, so a stale holder's writes are refused.
+    token: int = 0
+    #: A lifecycle request for the holder to act on at the next step: "pause" or "cancel".
+    control: str | None = None
+    #: Why a pending/waiting execution is not running (shown by the dashboard).
+    wait_reason: str | None = None
+    #: The key of the step the handler is in or last reached.
+    current_step: str | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    execution_id: str
+    key: str
+    name: str
+    kind: str  # run | thread | sleep | child | start | send | wait
+    status: str  # running | completed | failed | retrying
+    attempt: int = 1
+    output: Any = None
+    error: dict[str, Any] | None = None
+    started_at: int = 0
+    completed_at: int | None = None
+    #: The execution's retry_count when this record was written: a failure is
+    #: replayed within the same job attempt and re-run in the next one.
+    job_attempt: int = 0
+    #: Order of first call within the execution.
+    seq: int = 0
+    #: Source line of the call in the handler's file (for the dashboard).
+    line: int | None = None
+
+
+@dataclass(slots=True)
+class EventRecord:
+    execution_id: str | None
+    job_name: str | None
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    at: int = 0
+    seq: int = 0  # assigned by storage on commit; strictly increasing
+
+
+@dataclass(slots=True)
+class PipeMessage:
+    pipe: str
+    data: Any
+    at: int = 0
+    seq: int = 0  # assigned by storage on commit
+
+
+@dataclass(slots=True)
+class ExecutionUpdate:
+    """Set `fields` on execution `id` when the conditions hold.
+
+    `token`: the holder's fencing token must still be current.
+    `statuses`: the current status must be one of these.
+    """
+
+    id: str
+    fields: dict[str, Any]
+    token: int | None = None
+    statuses: tuple[str, ...] | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One atomic unit of writes.
+
+    `fences` maps execution ids to the token their writer holds: steps,
+    events and updates of a fenced execution are dropped (and its id reported
+    in `CommitResult.refused`) when the stored token differs.
+    """
+
+    executions: list[ExecutionRecord] = field(default_factory=list)
+    updates: list[ExecutionUpdate] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    messages: list[PipeMessage] = field(default_factory=list)
+    #: Limit/flag state: key -> JSON value, or None to delete.
+    state: dict[str, Any] = field(default_factory=dict)
+    fences: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.executions or self.updates or self.steps or self.events
+            or self.messages or self.state
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class CommitResult:
+    #: Per update of the batch, whether it was applied.
+    applied: list[bool] = field(default_factory=list)
+    #: Fenced execution ids whose token was stale: none of their writes applied.
+    refused: set[str] = field(default_factory=set)
+    #: Current `control` of each fenced execution, after the commit.
+    controls: dict[str, str | None] = field(default_factory=dict)
+    #: The batch's events with their sequence numbers.
+    events: list[EventRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ExecutionQuery:
+    statuses: Sequence[str] | None = None
+    job_names: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+    id_contains: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    created_before: int | None = None
+    created_after: int | None = None
+    started_before: int | None = None
+    started_after: int | None = None
+    completed_before: int | None = None
+    completed_after: int | None = None
+    retry_count: int | None = None
+    retry_count_less_than: int | None = None
+    retry_count_greater_than: int | None = None
+    #: Keyset pagination: only ids strictly older (newest order) / newer (oldest order).
+    cursor: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    order: str = "newest"  # newest | oldest (by creation; ids are time-ordered)
+
+
+class Storage(abc.ABC):
+    """What an adapter implements. `None`/empty means absent; no method raises for absence."""
+
+    #: Short name for logs and the dashboard ("memory", "sqlite", ...).
+    kind: str = "custom"
+    #: True when committed data survives the process (memory: False).
+    durable: bool = True
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create/migrate the schema. Idempotent."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def now(self) -> int:
+        """The storage clock, ms. Leases are compared against it."""
+
+    @abc.abstractmethod
+    async def commit(self, batch: Batch) -> CommitResult:
+        """Apply the batch atomically.
+
+        Inserts executions (an existing id is an error), applies the
+        conditional updates, upserts steps by (execution_id, key), appends
+        events and pipe messages with fresh sequence numbers, and writes the
+        state keys — all or nothing, except that writes of a fenced
+        execution with a stale token are skipped as documented on `Batch`.
+        """
+
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, *, limit: int, lease_ms: int, exclude_jobs: Sequence[str] = ()
+    ) -> list[ExecutionRecord]:
+        """Take up to `limit` pending executions whose `run_at` is due.
+
+        Highest priority first, then earliest `run_at`. Each claimed one
+        becomes running, held by `worker_id` until now+`lease_ms`, with its
+        token raised by one and `started_at` set if unset.
+        """
+
+    @abc.abstractmethod
+    async def renew(
+        self, worker_id: str, ids: Sequence[str], lease_ms: int
+    ) -> dict[str, str | None]:
+        """Extend the leases `worker_id` still holds; returns id -> control for those."""
+
+    @abc.abstractmethod
+    async def reclaim(self, dead_workers: Sequence[str] = ()) -> list[str]:
+        """Running executions whose lease expired (or whose holder is in
+        `dead_workers`) go back to pending with a raised token. Returns their ids."""
+
+    @abc.abstractmethod
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+
+    @abc.abstractmethod
+    async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]: ...
+
+    @abc.abstractmethod
+    async def count(self, query: ExecutionQuery) -> dict[str, int]:
+        """Matching executions counted by status (limit/offset/cursor ignored)."""
+
+    @abc.abstractmethod
+    async def get_steps(self, execution_id: str) -> list[StepRecord]:
+        """The step history, in first-call order (`seq`)."""
+
+    @abc.abstractmethod
+    async def read_events(
+        self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
+    ) -> list[EventRecord]:
+        """Events with seq > after_seq, ascending."""
+
+    @abc.abstractmethod
+    async def last_event_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def next_due(self, exclude_jobs: Sequence[str] = ()) -> int | None:
+        """The earliest run_at among pending executions, or None."""
+
+    @abc.abstractmethod
+    async def read_messages(
+        self, pipe: str, after_seq: int = 0, *, limit: int = 1000
+    ) -> list[PipeMessage]: ...
+
+    @abc.abstractmethod
+    async def last_message_seq(self, pipe: str) -> int: ...
+
+    @abc.abstractmethod
+    async def get_state(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The present state keys with their values."""
+
+    @abc.abstractmethod
+    async def list_state(self, prefix: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        """Record that `worker_id` is alive (its info: host, pid, url, state)."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Every known worker: id, info and last_heartbeat (ms)."""
+
+    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> None: ...
+
+    def on_wakeup(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when another process makes work due (new, resumed or
+        woken executions, pipe messages). Adapters that can push (PostgreSQL
+        LISTEN/NOTIFY, Redis pub/sub) override this; the default relies on the
+        runtime's polling fallback."""
+        return None

@@ -1,0 +1,57 @@
+"""Adapter constructors and `storage_from_url`."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from .base import Storage
+
+
+def create_memory_storage() -> Storage:
+    from .memory import MemoryStorage
+
+    return MemoryStorage()
+
+
+def create_sqlite_storage(path: str = "dq.db") -> Storage:
+    from .sql import SqlStorage
+
+    return SqlStorage.sqlite(path)
+
+
+def create_postgres_storage(dsn: str) -> Storage:
+    from .sql import SqlStorage
+
+    return SqlStorage.postgres(dsn)
+
+
+def create_redis_storage(url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "dq") -> Storage:
+    from .redis import RedisStorage
+
+    return RedisStorage(url, prefix=prefix)
+
+
+def storage_from_url(url: str) -> Storage:
+    """`memory://`, `sqlite:///relative.db`, `sqlite:////abs/path.db`, `postgresql://...`, `redis://...`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(
+            f"storage URL {url!r} has no scheme; use memory://, sqlite:///path.db, "
+            "postgresql://user@host/db or redis://host:port/db"
+        )
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "memory":
+        return create_memory_storage()
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError(f"storage URL {url!r} names no SQLite file (sqlite:///dq.db)")
+        return create_sqlite_storage(path)
+    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        return create_postgres_storage(url)
+    if scheme in ("redis", "rediss"):
+        return create_redis_storage(url)
+    raise ValueError(
+        f"unknown storage scheme {scheme!r} in {url!r}; "
+        "expected memory://, sqlite://, postgresql:// or redis://"
+    )

@@ -1,0 +1,49 @@
+"""Query matching shared by the adapters that filter in Python (memory, Redis)."""
+
+from __future__ import annotations
+
+from .base import ExecutionQuery, ExecutionRecord
+
+
+def _between(value: int | None, after: int | None, before: int | None) -> bool:
+    if after is None and before is None:
+        return True
+    if value is None:
+        return False
+    return (after is None or value > after) and (before is None or value < before)
+
+
+def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> bool:
+    if q.statuses is not None and rec.status not in q.statuses:
+        return False
+    if q.job_names is not None and rec.job_name not in q.job_names:
+        return False
+    if q.ids is not None and rec.id not in q.ids:
+        return False
+    if q.id_contains and q.id_contains.upper() not in rec.id.upper():
+        return False
+    if q.parent_id is not None and rec.parent_id != q.parent_id:
+        return False
+    if q.root_id is not None and rec.root_id != q.root_id:
+        return False
+    if not _between(rec.created_at, q.created_after, q.created_before):
+        return False
+    if not _between(rec.started_at, q.started_after, q.started_before):
+        return False
+    if not _between(rec.completed_at, q.completed_after, q.completed_before):
+        return False
+    if q.retry_count is not None and rec.retry_count != q.retry_count:
+        return False
+    if q.retry_count_less_than is not None and not rec.retry_count < q.retry_count_less_than:
+        return False
+    if q.retry_count_greater_than is not None and not rec.retry_count > q.retry_count_greater_than:
+        return False
+    if paging and q.cursor is not None:
+        return rec.id < q.cursor if q.order == "newest" else rec.id > q.cursor
+    return True
+
+
+def sort_and_page(recs: list[ExecutionRecord], q: ExecutionQuery) -> list[ExecutionRecord]:
+    recs.sort(key=lambda r: r.id, reverse=q.order == "newest")
+    end = None if q.limit is None else q.offset + q.limit
+    return recs[q.offset : end]
