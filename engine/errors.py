@@ -30,7 +30,7 @@ class CancelledError(DqError):
         self.reason = reason
 
 
-class TimeoutError(DqError, builtins.TimeoutError):  # noqa: A001 - the public name
+class TimeoutError(DqError, builtins.TimeoutError):
     """An attempt or a step ran past its timeout."""
 
 
@@ -58,7 +58,7 @@ class StoredError(DqError):
         self.type_name = type_name
 
 
-class Interrupt(BaseException):  # noqa: N818 - control flow, not an error
+class Interrupt(BaseException):
     """Unwinds a handler without failing it (suspend, pause, cancel, shutdown).
 
     A BaseException so that `except Exception` in user code cannot swallow it.

@@ -20,6 +20,9 @@ from typing import Any
 STATUSES = ("pending", "running", "waiting", "paused", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 ACTIVE = frozenset({"pending", "running", "waiting", "paused"})
+#: What `claim` takes once `run_at` is due: pending (ready) and waiting (a durable
+#: sleep or a retry backoff until run_at).
+CLAIMABLE = ("pending", "waiting")
 
 
 @dataclass(slots=True)
@@ -187,7 +190,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> CommitResult:
-        """Apply the batch atomically.
+        """Apply the batch atomically. The batch's records are handed over: the
+        caller does not touch them afterwards, so an adapter may keep them.
 
         Inserts executions (an existing id is an error), applies the
         conditional updates, upserts steps by (execution_id, key), appends
@@ -198,13 +202,22 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def claim(
-        self, worker_id: str, *, limit: int, lease_ms: int, exclude_jobs: Sequence[str] = ()
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        job_names: Sequence[str] | None = None,
+        exclude_jobs: Sequence[str] = (),
     ) -> list[ExecutionRecord]:
-        """Take up to `limit` pending executions whose `run_at` is due.
+        """Take up to `limit` executions in a CLAIMABLE status whose `run_at` is due.
 
-        Highest priority first, then earliest `run_at`. Each claimed one
-        becomes running, held by `worker_id` until now+`lease_ms`, with its
-        token raised by one and `started_at` set if unset.
+        Only jobs in `job_names` (when given; several queues with different
+        jobs may share one storage) and not in `exclude_jobs` (paused jobs).
+        Highest priority first, then earliest `run_at`, then id. Each claimed
+        one becomes running, held by `worker_id` until now+`lease_ms`, with
+        its token raised by one and `started_at` set if unset; every other
+        field (wait_reason, control, current_step...) is left as it was.
         """
 
     @abc.abstractmethod
@@ -242,8 +255,10 @@ class Storage(abc.ABC):
     async def last_event_seq(self) -> int: ...
 
     @abc.abstractmethod
-    async def next_due(self, exclude_jobs: Sequence[str] = ()) -> int | None:
-        """The earliest run_at among pending executions, or None."""
+    async def next_due(
+        self, job_names: Sequence[str] | None = None, exclude_jobs: Sequence[str] = ()
+    ) -> int | None:
+        """The earliest run_at among CLAIMABLE executions (same job filters as claim), or None."""
 
     @abc.abstractmethod
     async def read_messages(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import bisect
 import copy
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..ids import now_ms
 from .base import (
+    CLAIMABLE,
     Batch,
     CommitResult,
     EventRecord,
@@ -19,7 +19,7 @@ from .base import (
     StepRecord,
     Storage,
 )
-from .query import matches, sort_and_page
+from .query import clone, matches, sort_and_page
 
 
 class MemoryStorage(Storage):
@@ -48,25 +48,31 @@ class MemoryStorage(Storage):
         return now_ms()
 
     async def commit(self, batch: Batch) -> CommitResult:
-        # Everything below is synchronous: no other coroutine interleaves, so it is atomic.
+        return self.commit_now(batch)
+
+    def commit_now(self, batch: Batch) -> CommitResult:
+        """Synchronous, hence atomic: no other coroutine interleaves. The runtime calls it
+        directly (no group commit needed when nothing is written to disk)."""
         result = CommitResult()
-        ok_fence = set()
+        refused = result.refused
+        executions = self._executions
         for eid, token in batch.fences.items():
-            rec = self._executions.get(eid)
+            rec = executions.get(eid)
             if rec is None or rec.token != token:
-                result.refused.add(eid)
+                refused.add(eid)
             else:
-                ok_fence.add(eid)
-        for rec in batch.executions:
-            if rec.id in self._executions:
-                raise ValueError(f"execution {rec.id!r} already exists")
-        for rec in batch.executions:
-            self._put(replace(rec))
+                result.controls[eid] = None
+        if batch.executions:
+            for rec in batch.executions:
+                if rec.id in executions:
+                    raise ValueError(f"execution {rec.id!r} already exists")
+            for rec in batch.executions:
+                self._put(clone(rec))
         for upd in batch.updates:
-            cur = self._executions.get(upd.id)
+            cur = executions.get(upd.id)
             ok = (
                 cur is not None
-                and upd.id not in result.refused
+                and upd.id not in refused
                 and (upd.token is None or cur.token == upd.token)
                 and (upd.statuses is None or cur.status in upd.statuses)
             )
@@ -76,28 +82,32 @@ class MemoryStorage(Storage):
                 self._index(cur)
             result.applied.append(ok)
         for step in batch.steps:
-            if step.execution_id in result.refused:
-                continue
-            self._steps.setdefault(step.execution_id, {})[step.key] = replace(step)
-        for ev in batch.events:
-            if ev.execution_id in result.refused:
-                continue
-            stored = replace(ev, seq=(self._event_seqs[-1] + 1) if self._event_seqs else 1)
-            self._events.append(stored)
-            self._event_seqs.append(stored.seq)
-            if stored.execution_id:
-                self._by_execution.setdefault(stored.execution_id, []).append(stored)
-            result.events.append(stored)
+            if not refused or step.execution_id not in refused:
+                self._steps.setdefault(step.execution_id, {})[step.key] = step
+        if batch.events:
+            seqs, by_execution = self._event_seqs, self._by_execution
+            seq = seqs[-1] if seqs else 0
+            for ev in batch.events:
+                if refused and ev.execution_id in refused:
+                    continue
+                # The batch hands its records over (Storage.commit): no copy needed.
+                seq += 1
+                ev.seq = seq
+                self._events.append(ev)
+                seqs.append(seq)
+                if ev.execution_id:
+                    by_execution.setdefault(ev.execution_id, []).append(ev)
+                result.events.append(ev)
         for msg in batch.messages:
             self._message_seq += 1
-            self._messages.setdefault(msg.pipe, []).append(replace(msg, seq=self._message_seq))
+            self._messages.setdefault(msg.pipe, []).append(clone(msg, seq=self._message_seq))
         for key, value in batch.state.items():
             if value is None:
                 self._state.pop(key, None)
             else:
                 self._state[key] = copy.deepcopy(value)
-        for eid in ok_fence:
-            result.controls[eid] = self._executions[eid].control
+        for eid in result.controls:
+            result.controls[eid] = executions[eid].control
         return result
 
     def _put(self, rec: ExecutionRecord) -> None:
@@ -105,23 +115,32 @@ class MemoryStorage(Storage):
         self._index(rec)
 
     def _index(self, rec: ExecutionRecord) -> None:
-        if rec.status == "pending":
+        if rec.status in CLAIMABLE:
             self._pending.add(rec.id)
         else:
             self._pending.discard(rec.id)
 
-    def _due(self, now: int, exclude: Sequence[str]) -> list[ExecutionRecord]:
+    def _pending_for(
+        self, job_names: Sequence[str] | None, exclude: Sequence[str]
+    ) -> list[ExecutionRecord]:
         return [
             r
             for i in self._pending
-            if (r := self._executions[i]).run_at <= now and r.job_name not in exclude
+            if ((r := self._executions[i]).job_name not in exclude)
+            and (job_names is None or r.job_name in job_names)
         ]
 
     async def claim(
-        self, worker_id: str, *, limit: int, lease_ms: int, exclude_jobs: Sequence[str] = ()
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        job_names: Sequence[str] | None = None,
+        exclude_jobs: Sequence[str] = (),
     ) -> list[ExecutionRecord]:
         now = now_ms()
-        due = self._due(now, exclude_jobs)
+        due = [r for r in self._pending_for(job_names, exclude_jobs) if r.run_at <= now]
         due.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         out = []
         for rec in due[:limit]:
@@ -129,11 +148,10 @@ class MemoryStorage(Storage):
             rec.worker_id = worker_id
             rec.lease_until = now + lease_ms
             rec.token += 1
-            rec.wait_reason = None
             if rec.started_at is None:
                 rec.started_at = now
             self._pending.discard(rec.id)
-            out.append(replace(rec))
+            out.append(clone(rec))
         return out
 
     async def renew(
@@ -164,11 +182,15 @@ class MemoryStorage(Storage):
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         rec = self._executions.get(execution_id)
-        return replace(rec) if rec is not None else None
+        return clone(rec) if rec is not None else None
 
     async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
-        found = [r for r in self._executions.values() if matches(r, query)]
-        return [replace(r) for r in sort_and_page(found, query)]
+        if query.ids is not None:
+            candidates = [r for i in dict.fromkeys(query.ids) if (r := self._executions.get(i))]
+        else:
+            candidates = list(self._executions.values())
+        found = [r for r in candidates if matches(r, query)]
+        return [clone(r) for r in sort_and_page(found, query)]
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -179,32 +201,30 @@ class MemoryStorage(Storage):
 
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
         steps = self._steps.get(execution_id, {})
-        return sorted((replace(s) for s in steps.values()), key=lambda s: s.seq)
+        return sorted((clone(s) for s in steps.values()), key=lambda s: s.seq)
 
     async def read_events(
         self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
     ) -> list[EventRecord]:
         if execution_id is not None:
             events = self._by_execution.get(execution_id, [])
-            return [replace(e) for e in events if e.seq > after_seq][:limit]
+            return [clone(e) for e in events if e.seq > after_seq][:limit]
         start = bisect.bisect_right(self._event_seqs, after_seq)
-        return [replace(e) for e in self._events[start : start + limit]]
+        return [clone(e) for e in self._events[start : start + limit]]
 
     async def last_event_seq(self) -> int:
         return self._event_seqs[-1] if self._event_seqs else 0
 
-    async def next_due(self, exclude_jobs: Sequence[str] = ()) -> int | None:
-        times = [
-            r.run_at
-            for i in self._pending
-            if (r := self._executions[i]).job_name not in exclude_jobs
-        ]
+    async def next_due(
+        self, job_names: Sequence[str] | None = None, exclude_jobs: Sequence[str] = ()
+    ) -> int | None:
+        times = [r.run_at for r in self._pending_for(job_names, exclude_jobs)]
         return min(times) if times else None
 
     async def read_messages(
         self, pipe: str, after_seq: int = 0, *, limit: int = 1000
     ) -> list[PipeMessage]:
-        return [replace(m) for m in self._messages.get(pipe, []) if m.seq > after_seq][:limit]
+        return [clone(m) for m in self._messages.get(pipe, []) if m.seq > after_seq][:limit]
 
     async def last_message_seq(self, pipe: str) -> int:
         msgs = self._messages.get(pipe)

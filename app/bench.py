@@ -1,0 +1,86 @@
+"""`dq-ui bench`: enqueue N jobs of K no-op `run` steps, drain them, report jobs/s and steps/s."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from engine import create_job, create_queue, run, storage_from_url
+from engine.storage.base import Storage
+
+
+async def _noop() -> None:
+    return None
+
+
+def _make_job(steps: int) -> Any:
+    @create_job(name="bench", retry=0)
+    async def bench(data: Any) -> int:
+        for _ in range(steps):
+            await run("noop", _noop)
+        return steps
+
+    return bench
+
+
+def _fresh_storage(url: str, run_no: int) -> tuple[Storage, str | None]:
+    """A clean storage per run, so that runs don't measure each other's leftovers."""
+    if url.startswith("sqlite://") and url.rstrip("/") in ("sqlite:", "sqlite://"):
+        url = "sqlite:///"
+    if url == "sqlite:///":
+        path = os.path.join(tempfile.mkdtemp(prefix="dq-bench-"), f"bench-{run_no}.db")
+        return storage_from_url(f"sqlite:///{path}"), path
+    return storage_from_url(url), None
+
+
+async def _one_run(url: str, jobs: int, steps: int, in_flight: int | None, run_no: int) -> float:
+    storage, _path = _fresh_storage(url, run_no)
+    queue = create_queue(jobs=[_make_job(steps)], storage=storage, concurrency=in_flight)
+    async with queue:
+        runtime = await queue.started()
+        t0 = time.perf_counter()
+        executions = await queue.jobs.bench.start_many(range(jobs))
+        done = await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+        elapsed = time.perf_counter() - t0
+        if any(r.status != "completed" or r.output != steps for r in done):
+            raise RuntimeError("bench: a job did not complete with the expected result")
+    return elapsed
+
+
+def measure(url: str, jobs: int, steps: int, runs: int = 3, in_flight: int | None = None) -> dict[str, Any]:
+    times = [asyncio.run(_one_run(url, jobs, steps, in_flight, i)) for i in range(runs)]
+    median = statistics.median(times)
+    return {
+        "storage": url.split("://", 1)[0],
+        "jobs": jobs,
+        "steps": steps,
+        "runs": runs,
+        "median_s": round(median, 4),
+        "jobs_per_s": round(jobs / median, 1),
+        "steps_per_s": round(jobs * steps / median, 1),
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    url = args.storage
+    try:
+        storage_from_url(url if url != "sqlite:///" else "sqlite:///x.db")
+    except ValueError as exc:
+        print(f"dq-ui bench: {exc}")
+        return 2
+    result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'storage':<10} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10}")
+        print(
+            f"{result['storage']:<10} {result['jobs']:>7} {result['steps']:>6} {result['median_s']:>9.3f} "
+            f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f}"
+        )
+    return 0

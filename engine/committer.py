@@ -1,0 +1,152 @@
+"""Group commit: concurrent executions' writes share one storage transaction.
+
+Writers append a Batch and await its future; a single flusher takes everything
+queued while the previous transaction ran and commits it as one. No timer is
+added to the latency: under load the batches grow by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .storage.base import Batch, CommitResult, EventRecord, Storage
+
+log = logging.getLogger("dq.commit")
+
+
+class Committer:
+    def __init__(self, storage: Storage, on_events: Callable[[list[EventRecord]], None]) -> None:
+        self._storage = storage
+        # Adapters that write nothing to disk commit synchronously: no batching needed.
+        self._now: Callable[[Batch], CommitResult] | None = getattr(storage, "commit_now", None)
+        self._on_events = on_events
+        self._queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dq-committer")
+
+    async def commit(self, batch: Batch) -> CommitResult:
+        """Write `batch` (in a shared transaction); returns once it is committed."""
+        if self._now is not None:
+            return self._apply_now(batch)
+        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, fut))
+        self._kick()
+        return await fut
+
+    def send(self, batch: Batch) -> None:
+        """Queue `batch` without waiting (informational events). It commits in order
+        with what follows, so a later awaited commit implies this one too."""
+        if self._now is not None:
+            try:
+                self._apply_now(batch)
+            except Exception as exc:
+                _fail(None, exc)
+            return
+        self._queue.append((batch, None))
+        self._kick()
+
+    def _apply_now(self, batch: Batch) -> CommitResult:
+        assert self._now is not None
+        result = self._now(batch)
+        if result.events:
+            self._on_events(result.events)
+        return result
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        while self._queue or not self._idle.is_set():
+            self._kick()
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                items, self._queue = _take_group(self._queue)
+                await self._commit_group(items)
+            self._idle.set()
+
+    async def _commit_group(
+        self, items: list[tuple[Batch, asyncio.Future[CommitResult] | None]]
+    ) -> None:
+        merged = _merge([b for b, _ in items]) if len(items) > 1 else items[0][0]
+        try:
+            result = await self._storage.commit(merged)
+        except Exception as exc:
+            if len(items) == 1:
+                _fail(items[0][1], exc)
+                return
+            # One bad batch must not fail its neighbours: retry them one by one.
+            for item in items:
+                await self._commit_group([item])
+            return
+        offset = 0
+        for batch, fut in items:
+            n = len(batch.updates)
+            if fut is not None and not fut.done():
+                fut.set_result(
+                    CommitResult(
+                        applied=result.applied[offset : offset + n],
+                        refused=result.refused,
+                        controls=result.controls,
+                    )
+                )
+            offset += n
+        if result.events:
+            self._on_events(result.events)
+
+
+def _take_group(
+    queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]],
+) -> tuple[
+    list[tuple[Batch, asyncio.Future[CommitResult] | None]],
+    list[tuple[Batch, asyncio.Future[CommitResult] | None]],
+]:
+    """The longest prefix whose fences agree (a stale and a fresh holder of one
+    execution must not share a transaction, or the fresh one would be refused)."""
+    fences: dict[str, int] = {}
+    for i, (batch, _) in enumerate(queue):
+        for eid, token in batch.fences.items():
+            if fences.setdefault(eid, token) != token:
+                return queue[:i], queue[i:]
+    return queue, []
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    out = Batch()
+    for b in batches:
+        out.executions.extend(b.executions)
+        out.updates.extend(b.updates)
+        out.steps.extend(b.steps)
+        out.events.extend(b.events)
+        out.messages.extend(b.messages)
+        out.state.update(b.state)
+        out.fences.update(b.fences)
+    return out
+
+
+def _fail(fut: asyncio.Future[CommitResult] | None, exc: Exception) -> None:
+    if fut is None:
+        log.error("dq: a background write failed: %s", exc)
+    elif not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,224 @@
+"""The event bus (one storage tail per process, fanned out to subscribers) and hook dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from . import context
+from .storage.base import EventRecord, Storage
+
+if TYPE_CHECKING:
+    from .job import Job
+
+log = logging.getLogger("dq")
+
+QUEUE_EVENTS = (
+    "job_trigger", "job_start", "job_success", "job_failure", "job_error", "job_cancel",
+    "job_pause", "job_resume", "job_settled", "step_start", "step_success", "step_failure",
+)  # fmt: skip
+
+#: Hook option called for a job event, and how its positional arguments come from the payload.
+_OPTION_ARGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "trigger": ("on_trigger", ("input",)),
+    "start": ("on_start", ("input",)),
+    "success": ("on_success", ("input", "output")),
+    "failure": ("on_failure", ("input", "error")),
+    "error": ("on_error", ("input", "error")),
+    "cancel": ("on_cancel", ("input", "reason")),
+    "settled": ("on_settled", ("input", "result")),
+}
+
+
+class Subscription:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[EventRecord | None] = asyncio.Queue(maxsize)
+        self.lagged = False
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[EventRecord]:
+        while True:
+            ev = await self.queue.get()
+            if ev is None:
+                return
+            yield ev
+
+
+class EventBus:
+    """Delivers every committed event, in sequence order, to in-process subscribers.
+
+    The single source is the storage's event log: one tail reader per process,
+    woken at once by local commits and polling for other processes' events
+    while anyone listens. A subscriber too slow to keep up is ended (`lagged`)
+    rather than allowed to grow memory; it can resume from its last seq.
+    """
+
+    def __init__(self, storage: Storage, poll_interval_s: float = 0.5) -> None:
+        self._storage = storage
+        self._poll_s = poll_interval_s
+        self._subs: set[Subscription] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._last
+
+    @asynccontextmanager
+    async def subscribe(self, maxsize: int = 10_000) -> AsyncIterator[Subscription]:
+        sub = Subscription(maxsize)
+        if self._task is None:
+            self._last = await self._storage.last_event_seq()
+            self._task = asyncio.create_task(self._tail(), name="dq-event-tail")
+        self._subs.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subs.discard(sub)
+
+    def notify(self, events: list[EventRecord]) -> None:
+        """Local commits: read the tail now instead of at the next poll."""
+        if self._subs:
+            self._wake.set()
+
+    async def _tail(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._subs:
+                continue
+            try:
+                while True:
+                    events = await self._storage.read_events(self._last, limit=1000)
+                    for ev in events:
+                        self._deliver(ev)
+                        self._last = ev.seq
+                    if len(events) < 1000:
+                        break
+            except Exception as exc:  # storage hiccup: keep tailing
+                log.warning("dq: event tail read failed: %s", exc)
+
+    def _deliver(self, ev: EventRecord) -> None:
+        for sub in list(self._subs):
+            try:
+                sub.queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                sub.lagged = True
+                self._subs.discard(sub)
+                _drain_and_end(sub)
+
+    async def aclose(self) -> None:
+        for sub in list(self._subs):
+            _drain_and_end(sub)
+        self._subs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+def _drain_and_end(sub: Subscription) -> None:
+    while not sub.queue.empty():
+        sub.queue.get_nowait()
+    sub.queue.put_nowait(None)
+
+
+Recorder = Callable[[str, str | None, str | None, dict[str, Any]], None]
+
+
+class Hooks:
+    """Runs a job's `on_*` option, then `job.on` listeners, then `queue.on` listeners.
+
+    A hook that raises is logged and recorded (via `record`) as a `hook_error`
+    event; it never changes the execution's outcome.
+    """
+
+    def __init__(self, record: Recorder, queue: Any) -> None:
+        self.queue_listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._record = record
+        self._queue = queue
+
+    def on(self, event: str, fn: Callable[..., Any]) -> Callable[[], None]:
+        if event not in QUEUE_EVENTS:
+            raise ValueError(f"queue.on: unknown event {event!r}; expected one of {list(QUEUE_EVENTS)}")
+        if not callable(fn):
+            raise TypeError(f"queue.on({event!r}, ...): the listener must be callable")
+        self.queue_listeners.setdefault(event, []).append(fn)
+        return lambda: self.queue_listeners.get(event, []).remove(fn)
+
+    def any_for(self, job: Job) -> bool:
+        return bool(self.queue_listeners or job.listeners or job.hook_options)
+
+    def wanted(self, job: Job, event: str) -> bool:
+        if not (self.queue_listeners or job.listeners or job.hook_options):
+            return False
+        option = _OPTION_ARGS.get(event)
+        return bool(
+            (option is not None and getattr(job.options, option[0]) is not None)
+            or job.listeners.get("step" if event.startswith("step_") else event)
+            or self.queue_listeners.get(_queue_event(event))
+        )
+
+    async def fire(self, job: Job, event: str, execution_id: str | None, payload: dict[str, Any]) -> None:
+        """`payload` holds the event's data; execution_id/job_name/timestamp are added here."""
+        if not self.wanted(job, event):
+            return
+        full = {
+            "execution_id": execution_id,
+            "job_name": job.name,
+            "timestamp": datetime.now(UTC),
+            **payload,
+        }
+        option = _OPTION_ARGS.get(event)
+        if option is not None:
+            fn = getattr(job.options, option[0])
+            if fn is not None:
+                await self._call(job, option[0], execution_id, fn, *(full.get(a) for a in option[1]))
+        job_event = "step" if event.startswith("step_") else event
+        if event != "step_start":
+            for fn in list(job.listeners.get(job_event, ())):
+                await self._call(job, f"{job.name}.on({job_event!r})", execution_id, fn, full)
+        for fn in list(self.queue_listeners.get(_queue_event(event), ())):
+            await self._call(job, f"queue.on({_queue_event(event)!r})", execution_id, fn, full)
+
+    async def _call(
+        self, job: Job, hook: str, execution_id: str | None, fn: Callable[..., Any], *args: Any
+    ) -> None:
+        # Hooks run as user code outside any handler: jobs are reached through the
+        # ambient queue (`other.start(...)` works) and never become child steps.
+        qtoken = context.set_queue(self._queue)
+        etoken = context.set_execution(None)
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            log.exception("dq: hook %s of job %r raised", hook, job.name)
+            self._record(
+                "hook_error",
+                execution_id,
+                job.name,
+                {"hook": hook, "error": {"type": type(exc).__name__, "message": str(exc)}},
+            )
+        finally:
+            context.reset_execution(etoken)
+            context.reset_queue(qtoken)
+
+
+def _queue_event(event: str) -> str:
+    return event if event.startswith("step_") else f"job_{event}"
+

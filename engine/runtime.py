@@ -1,0 +1,631 @@
+"""Runs handlers: dispatch, attempts, replay context, retries, timeouts, leases, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from . import context
+from .committer import Committer
+from .errors import (
+    CancelledError,
+    Interrupt,
+    JobError,
+    LeaseLostError,
+    NonDeterminismError,
+    TimeoutError,
+    error_from_dict,
+    error_to_dict,
+)
+from .events import EventBus, Hooks
+from .execution import Execution
+from .ids import new_id, now_ms
+from .scheduler import Timer
+from .serialize import load_typed, validate_in
+from .storage.base import (
+    TERMINAL,
+    Batch,
+    CommitResult,
+    EventRecord,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionUpdate,
+)
+
+if TYPE_CHECKING:
+    from .context import ExecutionContext
+    from .job import Job
+    from .queue import Queue
+
+log = logging.getLogger("dq")
+
+_RELEASED = {"worker_id": None, "lease_until": None}
+
+
+class Runtime:
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.storage = queue.storage
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
+        self.lease_ms = queue.lease_ms
+        self.poll_s = queue.poll_interval_s
+        self.max_active = queue.max_active
+        self.short_sleep_ms = queue.short_sleep_ms
+        self._step_limits: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self.contexts: dict[str, ExecutionContext] = {}
+        self.paused_jobs: set[str] = set()
+        self.closing = False
+        self.bus = EventBus(self.storage)
+        self.hooks = Hooks(self._record_event, queue)
+        self.committer: Committer = None  # type: ignore[assignment]  # set in start()
+        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self._wake = asyncio.Event()
+        self._timer: Timer | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start / stop ------------------------------------------------------------
+    async def start(self) -> None:
+        await self.storage.open()
+        self.committer = Committer(self.storage, self.bus.notify)
+        self.committer.start()
+        self._timer = Timer(self.kick)
+        await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
+        await self.recover()
+        await self._load_paused()
+        self.storage.on_wakeup(self.kick)
+        for name, coro in (
+            ("dispatch", self._dispatch_loop()),
+            ("leases", self._lease_loop()),
+            ("watch", self._watch_loop()),
+        ):
+            task = asyncio.create_task(coro, name=f"dq-{name}")
+            task.add_done_callback(self._side_task_done)
+            self._side_tasks.append(task)
+        self.kick()
+
+    def _worker_info(self, state: str) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "state": state, "kind": "in-process"}
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dq: background task %s died: %r", task.get_name(), task.exception())
+
+    async def recover(self) -> list[str]:
+        """Reclaim executions held by dead processes of this host and by expired leases."""
+        host = socket.gethostname()
+        dead = []
+        for w in await self.storage.list_workers():
+            info = w.get("info") or {}
+            if w["id"] != self.worker_id and info.get("host") == host and not _pid_alive(info.get("pid")):
+                dead.append(w["id"])
+        ids = await self.storage.reclaim(dead)
+        for wid in dead:
+            await self.storage.remove_worker(wid)
+        if ids:
+            log.info("dq: recovered %d execution(s) to resume by replay", len(ids))
+            self.kick()
+        return ids
+
+    async def close(self, grace_s: float) -> None:
+        self.closing = True
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        for ctx in list(self.contexts.values()):
+            self._interrupt(ctx, "shutdown")
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.close()
+        await self.committer.aclose()
+        await self.storage.remove_worker(self.worker_id)
+        await self.bus.aclose()
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.cancel()
+        await self.storage.aclose()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def step_limiter(self, step: str, job_name: str, limit: int | None) -> asyncio.Semaphore | None:
+        """`run(..., concurrency=N)`: at most N of this step at once in this process."""
+        if limit is None:
+            return None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"step {step!r} concurrency: expected an int >= 1, got {limit!r}")
+        sem = self._step_limits.get((job_name, step))
+        if sem is None:
+            sem = self._step_limits[(job_name, step)] = asyncio.Semaphore(limit)
+        return sem
+
+    # -- triggering ----------------------------------------------------------------
+    def check_registered(self, job: Job) -> None:
+        if self.queue.definitions.get(job.name) is not job:
+            raise JobError(f"job {job.name!r} is not registered in this queue")
+
+    def new_record(
+        self, job: Job, input: Any, parent: ExecutionContext | None = None
+    ) -> ExecutionRecord:
+        self.check_registered(job)
+        _typed, stored = validate_in(job.options.input, input, f"input of job {job.name!r}")
+        now = now_ms()
+        return ExecutionRecord(
+            id=new_id(),
+            job_name=job.name,
+            status="pending",
+            input=stored,
+            priority=job.options.priority,
+            created_at=now,
+            run_at=now,
+            parent_id=parent.id if parent else None,
+            root_id=(parent.record.root_id or parent.id) if parent else None,
+        )
+
+    def _can_dispatch_now(self, job: Job) -> bool:
+        return (
+            not self.closing
+            and job.name not in self.paused_jobs
+            and len(self.contexts) < self.max_active
+            and job.options.concurrency is None
+            and job.options.throttle is None
+            and job.options.debounce is None
+        )
+
+    async def create(self, job: Job, rec: ExecutionRecord, extra: Batch | None = None) -> CommitResult:
+        """Store a new execution (with `extra` writes in the same transaction) and run it."""
+        return await self.create_many(job, [rec], extra)
+
+    async def create_many(
+        self, job: Job, recs: list[ExecutionRecord], extra: Batch | None = None
+    ) -> CommitResult:
+        """Store new executions in one transaction and run them.
+
+        Those this process has room for are stored already claimed by us: no
+        claim round trip, no polling latency. The rest wait for the dispatcher.
+        """
+        direct: list[ExecutionContext] = []
+        batch = extra if extra is not None else Batch()
+        for rec in recs:
+            if self._can_dispatch_now(job):
+                rec.status, rec.worker_id, rec.token = "running", self.worker_id, 1
+                rec.started_at = rec.created_at
+                rec.lease_until = rec.created_at + self.lease_ms
+                # Reserve the slot before awaiting so concurrent creates respect max_active.
+                self.contexts[rec.id] = ctx = self._context(job, rec, {})
+                direct.append(ctx)
+            batch.executions.append(rec)
+            batch.events.append(EventRecord(
+                rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+            ))  # fmt: skip
+        try:
+            result = await self.committer.commit(batch)
+        except BaseException:
+            for ctx in direct:
+                self.contexts.pop(ctx.id, None)
+            raise
+        if self.hooks.wanted(job, "trigger"):
+            for rec in recs:
+                await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
+        for ctx in direct:
+            self._spawn(ctx, load_history=False)
+        if len(direct) < len(recs):
+            self.kick()
+        return result
+
+    async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
+        """Start one execution per input in a single transaction (bulk enqueue)."""
+        recs = [self.new_record(job, item) for item in inputs]
+        for start in range(0, len(recs), 1000):
+            await self.create_many(job, recs[start : start + 1000])
+        return [Execution(self.queue, rec) for rec in recs]
+
+    async def settled(self, execution_ids: list[str]) -> list[asyncio.Future[ExecutionRecord]]:
+        """Futures resolved when each execution ends (cheaper than one task per result())."""
+        futs = []
+        loop = asyncio.get_running_loop()
+        for eid in execution_ids:
+            fut: asyncio.Future[ExecutionRecord] = loop.create_future()
+            self._waiters.setdefault(eid, []).append(fut)
+            futs.append(fut)
+        # Those that ended before we registered are resolved from storage.
+        others = [i for i in execution_ids if i not in self.contexts]
+        for start in range(0, len(others), 500):
+            query = ExecutionQuery(ids=others[start : start + 500], statuses=sorted(TERMINAL))
+            for rec in await self.storage.query(query):
+                self.resolve(rec)
+        return futs
+
+    async def start_job(self, job: Job, input: Any, line: int | None = None) -> Execution:
+        ctx = context.current_or_none()
+        if ctx is not None and ctx.queue is self.queue:
+            from .steps import child_step
+
+            result = await child_step(ctx, job, input, wait=False, line=line)
+            assert isinstance(result, Execution)
+            return result
+        rec = self.new_record(job, input)
+        await self.create(job, rec)
+        return Execution(self.queue, rec)
+
+    async def run_job(self, job: Job, input: Any, line: int | None = None) -> Any:
+        ctx = context.current_or_none()
+        if ctx is not None and ctx.queue is self.queue:
+            from .steps import child_step
+
+            return await child_step(ctx, job, input, wait=True, line=line)
+        execution = await self.start_job(job, input)
+        return await execution.result()
+
+    # -- dispatch ------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while not self.closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            except builtins.TimeoutError:
+                await self._load_paused()
+            self._wake.clear()
+            try:
+                await self._claim_due()
+            except Exception as exc:
+                log.warning("dq: claim failed (will retry): %s", exc)
+                await asyncio.sleep(self.poll_s)
+
+    async def _claim_due(self) -> None:
+        names = list(self.queue.definitions)
+        while not self.closing:
+            free = self.max_active - len(self.contexts)
+            if free <= 0:
+                return
+            limit = min(free, 200)
+            recs = await self.storage.claim(
+                self.worker_id, limit=limit, lease_ms=self.lease_ms,
+                job_names=names, exclude_jobs=sorted(self.paused_jobs),
+            )  # fmt: skip
+            for rec in recs:
+                ctx = self._context(self.queue.definitions[rec.job_name], rec, {})
+                self.contexts[rec.id] = ctx
+                self._spawn(ctx, load_history=True)
+            if len(recs) < limit:
+                break
+        due = await self.storage.next_due(names, sorted(self.paused_jobs))
+        if due is not None and self._timer is not None:
+            self._timer.at(due)
+
+    async def _load_paused(self) -> None:
+        flags = await self.storage.list_state("job_paused:")
+        self.paused_jobs = {k.split(":", 1)[1] for k in flags}
+
+    def _context(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> ExecutionContext:
+        from .context import ExecutionContext
+
+        return ExecutionContext(self.queue, job, rec, history)
+
+    def _spawn(self, ctx: ExecutionContext, *, load_history: bool) -> None:
+        task = asyncio.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
+        ctx.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- one attempt (or the resumption of one) ---------------------------------------
+    async def _execute(self, ctx: ExecutionContext, load_history: bool) -> None:
+        job, rec = ctx.job, ctx.record
+        typed_input: Any = None
+        try:
+            if load_history:
+                ctx.history = {s.key: s for s in await self.storage.get_steps(rec.id)}
+            if rec.control:
+                kind, _, reason = rec.control.partition(":")
+                raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
+            typed_input = load_typed(job.options.input, rec.input)
+            resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
+            attempt = rec.retry_count + 1
+            self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
+            if not resumed:
+                await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
+            output = await self._call_handler(ctx, typed_input)
+            _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
+            await self._finish(ctx, "completed", typed_input, output=stored_out)
+        except Interrupt as intr:
+            await self._interrupted(ctx, intr, typed_input)
+        except asyncio.CancelledError:
+            if ctx.control is None:
+                raise
+            kind, _, reason = ctx.control.partition(":")
+            await self._interrupted(ctx, Interrupt(kind, reason or ctx.control_reason), typed_input)
+        except Exception as exc:
+            await self._attempt_failed(ctx, typed_input, exc)
+        finally:
+            self.contexts.pop(rec.id, None)
+            if not self.closing:
+                self.kick()
+
+    async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:
+        job = ctx.job
+        args = (typed_input,) if job.takes_input else ()
+        qtoken = context.set_queue(self.queue)
+        etoken = context.set_execution(ctx)
+        scope = asyncio.timeout(job.timeout_ms / 1000)
+        try:
+            async with scope:
+                if job.is_async:
+                    return await job.handler(*args)
+                return await asyncio.to_thread(job.handler, *args)
+        except builtins.TimeoutError as exc:
+            if scope.expired() and not isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"job {job.name!r} attempt timed out after {job.options.timeout}"
+                ) from None
+            raise
+        finally:
+            context.reset_execution(etoken)
+            context.reset_queue(qtoken)
+
+    # -- writes from a running execution -------------------------------------------------
+    def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
+        ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
+        self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
+
+    async def commit_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
+        """Commit writes of the execution `ctx` holds; raises Interrupt('lost') if it lost it."""
+        batch.fences[ctx.id] = ctx.record.token
+        result = await self.committer.commit(batch)
+        if ctx.id in result.refused:
+            ctx.control = "lost"
+            raise Interrupt("lost")
+        control = result.controls.get(ctx.id)
+        if control and ctx.control is None:
+            ctx.control = control
+        return result
+
+    def _record_event(self, type: str, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
+        self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
+
+    def _interrupt(self, ctx: ExecutionContext, control: str) -> None:
+        """Ask a running execution to stop: at once when parked or cancelled, else at its next step."""
+        if ctx.finishing:
+            return
+        ctx.control = control
+        if ctx.task is not None and (ctx.parked or control.startswith(("cancel", "lost"))):
+            ctx.task.cancel()
+
+    # -- endings -----------------------------------------------------------------------
+    async def _finish(
+        self,
+        ctx: ExecutionContext,
+        status: str,
+        typed_input: Any,
+        *,
+        output: Any = None,
+        error: BaseException | None = None,
+        reason: str | None = None,
+    ) -> None:
+        job, rec = ctx.job, ctx.record
+        ctx.finishing = True
+        now = now_ms()
+        err = error_to_dict(error) if error is not None else None
+        fields = {
+            "status": status, "output": output, "error": err, "completed_at": now,
+            "control": None, "wait_reason": None, **_RELEASED,
+        }  # fmt: skip
+        events = []
+        if status == "failed":
+            events.append(EventRecord(rec.id, job.name, "error", {"attempt": rec.retry_count + 1, "error": err}, now))
+        type_, data = {
+            "completed": ("success", {"output": output}),
+            "failed": ("failure", {"error": err}),
+            "cancelled": ("cancel", {"reason": reason}),
+        }[status]
+        events.append(EventRecord(rec.id, job.name, type_, data, now))
+        batch = Batch(updates=[ExecutionUpdate(rec.id, fields, token=rec.token)], events=events)
+        try:
+            await self.commit_for(ctx, batch)
+        except Interrupt:
+            return
+        for name, value in fields.items():
+            setattr(rec, name, value)
+        self.resolve(rec)
+        if status == "cancelled":
+            await self.queue.lifecycle.cancel_children(rec.id, reason)
+        await self.settled_hooks(job, rec, typed_input, error, reason)
+
+    async def settled_hooks(
+        self, job: Job, rec: ExecutionRecord, typed_input: Any, error: BaseException | None, reason: str | None
+    ) -> None:
+        hooks = self.hooks
+        if not hooks.any_for(job):
+            return
+        if typed_input is None and rec.input is not None:
+            typed_input = load_typed(job.options.input, rec.input)
+        if rec.status == "completed":
+            typed_out = load_typed(job.options.output, rec.output)
+            await hooks.fire(job, "success", rec.id, {"input": typed_input, "output": typed_out})
+            result: dict[str, Any] = {"status": "completed", "output": typed_out, "error": None}
+        elif rec.status == "failed":
+            await hooks.fire(job, "error", rec.id, {"input": typed_input, "error": error, "attempt": rec.retry_count + 1})
+            await hooks.fire(job, "failure", rec.id, {"input": typed_input, "error": error})
+            result = {"status": "failed", "output": None, "error": error}
+        else:
+            await hooks.fire(job, "cancel", rec.id, {"input": typed_input, "reason": reason})
+            result = {"status": "cancelled", "output": None, "error": None, "reason": reason}
+        await hooks.fire(job, "settled", rec.id, {"input": typed_input, "result": result})
+
+    async def _attempt_failed(self, ctx: ExecutionContext, typed_input: Any, exc: Exception) -> None:
+        job, rec = ctx.job, ctx.record
+        try:
+            retries = job.retry_for(typed_input)
+        except Exception as retry_exc:
+            log.warning("dq: retry(input) of job %r raised %r; not retrying", job.name, retry_exc)
+            retries = 0
+        if isinstance(exc, NonDeterminismError) or rec.retry_count >= retries:
+            await self._finish(ctx, "failed", typed_input, error=exc)
+            return
+        retry = rec.retry_count + 1
+        try:
+            delay = job.backoff_for(retry, typed_input)
+        except Exception as backoff_exc:
+            log.warning("dq: backoff of job %r raised %r; retrying at once", job.name, backoff_exc)
+            delay = 0
+        now = now_ms()
+        err = error_to_dict(exc)
+        fields = {
+            "status": "waiting", "retry_count": retry, "run_at": now + delay, "error": err,
+            "wait_reason": "retry", "current_step": None, **_RELEASED,
+        }  # fmt: skip
+        ctx.finishing = True
+        batch = Batch(
+            updates=[ExecutionUpdate(rec.id, fields, token=rec.token)],
+            events=[
+                EventRecord(rec.id, job.name, "error", {"attempt": retry, "error": err}, now),
+                EventRecord(rec.id, job.name, "retry", {"attempt": retry + 1, "run_at": now + delay, "delay_ms": delay}, now),
+            ],
+        )
+        try:
+            await self.commit_for(ctx, batch)
+        except Interrupt:
+            return
+        if self._timer is not None:
+            self._timer.at(now + delay)
+        await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": exc, "attempt": retry})
+
+    async def _interrupted(self, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
+        kind = intr.kind
+        if kind in ("suspend", "lost"):
+            return
+        if kind == "cancel":
+            error = CancelledError(f"execution {ctx.id} was cancelled", intr.reason)
+            await self._finish(ctx, "cancelled", typed_input, error=error, reason=intr.reason)
+        elif kind == "pause":
+            await self.suspend(ctx, "paused", wait_reason="paused", event=("pause", {}))
+            await self.hooks.fire(ctx.job, "pause", ctx.id, {"input": typed_input})
+        elif kind == "shutdown":
+            await self.suspend(ctx, "pending", wait_reason="released", event=("released", {"reason": "shutdown"}))
+
+    async def suspend(
+        self,
+        ctx: ExecutionContext,
+        status: str,
+        *,
+        wait_reason: str,
+        run_at: int | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
+        extra: Batch | None = None,
+    ) -> bool:
+        """Release the execution into `status` (waiting/paused/pending); False if it was lost."""
+        now = now_ms()
+        fields: dict[str, Any] = {"status": status, "wait_reason": wait_reason, "control": None, **_RELEASED}
+        if run_at is not None:
+            fields["run_at"] = run_at
+        elif status == "pending":
+            fields["run_at"] = now
+        ctx.finishing = True
+        batch = extra if extra is not None else Batch()
+        batch.updates.append(ExecutionUpdate(ctx.id, fields, token=ctx.record.token))
+        if event is not None:
+            batch.events.append(EventRecord(ctx.id, ctx.job.name, event[0], event[1], now))
+        try:
+            await self.commit_for(ctx, batch)
+        except Interrupt:
+            return False
+        if run_at is not None and self._timer is not None:
+            self._timer.at(run_at)
+        if status == "pending":
+            self.kick()
+        return True
+
+    # -- waiting for results -------------------------------------------------------------
+    def resolve(self, rec: ExecutionRecord) -> None:
+        for fut in self._waiters.pop(rec.id, ()):
+            if not fut.done():
+                fut.set_result(rec)
+
+    async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
+        """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
+        fut: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(execution_id, []).append(fut)
+        try:
+            rec = await self.storage.get_execution(execution_id)
+            if rec is None:
+                raise LeaseLostError(f"execution {execution_id!r} does not exist")
+            if rec.status in TERMINAL:
+                return rec
+            return await fut
+        finally:
+            futs = self._waiters.get(execution_id)
+            if futs is not None and fut in futs:
+                futs.remove(fut)
+                if not futs:
+                    del self._waiters[execution_id]
+
+    async def _watch_loop(self) -> None:
+        """Resolve waiters of executions that finish in other processes."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            ids = [i for i in self._waiters if i not in self.contexts]
+            if not ids:
+                continue
+            try:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    for rec in await self.storage.query(ExecutionQuery(ids=chunk, statuses=sorted(TERMINAL))):
+                        self.resolve(rec)
+            except Exception as exc:
+                log.warning("dq: watching results failed: %s", exc)
+
+    # -- leases ---------------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        interval = max(0.05, self.lease_ms / 3000)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
+                if await self.storage.reclaim():
+                    self.kick()
+            except Exception as exc:
+                log.warning("dq: lease renewal failed: %s", exc)
+
+    async def _renew(self) -> None:
+        held = {i: c for i, c in self.contexts.items() if not c.finishing and c.record.token}
+        if not held:
+            return
+        controls = await self.storage.renew(self.worker_id, list(held), self.lease_ms)
+        for eid, ctx in held.items():
+            if ctx.finishing:
+                continue
+            if eid not in controls:
+                log.warning("dq: lost the lease of execution %s; another worker resumes it", eid)
+                self._interrupt(ctx, "lost")
+            elif controls[eid] and ctx.control is None:
+                self._interrupt(ctx, str(controls[eid]))
+
+
+def job_error(rec: ExecutionRecord) -> BaseException:
+    """What `result()` raises for a failed or cancelled execution."""
+    if rec.status == "cancelled":
+        reason = (rec.error or {}).get("reason") if rec.error else None
+        return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
+    cause = error_from_dict(rec.error) if rec.error else None
+    return JobError(f"job {rec.job_name!r} failed: {cause}", cause)
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

@@ -1,0 +1,312 @@
+"""The steps: run, sleep, child jobs, waits. Each is a checkpoint with a key.
+
+Keys: a step's name, `name#2`, `name#3`... for repeats in call order, or
+`#<call index>` for `run(fn)` without a name. Before a step runs, its key is
+looked up in the history: a completed step returns its stored result; a step
+that failed in this same job attempt raises its stored error again; anything
+else runs (again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .backoff import make_backoff, make_retry
+from .context import ExecutionContext, current
+from .durations import parse_duration
+from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
+from .execution import Execution
+from .ids import now_ms
+from .serialize import dump_step, load_step, load_typed
+from .storage.base import Batch, EventRecord, StepRecord
+
+if TYPE_CHECKING:
+    from .job import Job
+
+T = TypeVar("T")
+_ENGINE = __name__.rsplit(".", 1)[0] + "."
+
+
+def _caller_line() -> int | None:
+    """The line of the first frame outside the engine: where the handler called the step."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if not frame.f_globals.get("__name__", "").startswith(_ENGINE):
+            return frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _boundary(ctx: ExecutionContext) -> None:
+    """Pause, cancel and shutdown requests take effect here, between steps."""
+    if ctx.control is not None:
+        kind, _, reason = ctx.control.partition(":")
+        raise Interrupt(kind, reason or ctx.control_reason)
+
+
+def _replayed(ctx: ExecutionContext, key: str, kind: str, name: str) -> StepRecord | None:
+    rec = ctx.history.get(key)
+    if rec is not None and (rec.kind != kind or rec.name != name):
+        raise NonDeterminismError(
+            f"execution {ctx.id}: step {key!r} was recorded as {rec.kind} {rec.name!r} "
+            f"but this run calls {kind} {name!r} there; the handler's code between steps "
+            "must be deterministic"
+        )
+    return rec
+
+
+async def _park(ctx: ExecutionContext, awaitable: Awaitable[T]) -> T:
+    """Await at a point where pause and shutdown may interrupt at once (nothing half-done)."""
+    ctx.parked += 1
+    try:
+        return await awaitable
+    finally:
+        ctx.parked -= 1
+
+
+def _event(ctx: ExecutionContext, type: str, data: dict[str, Any], at: int) -> EventRecord:
+    return EventRecord(ctx.id, ctx.job.name, type, data, at)
+
+
+async def _fire(ctx: ExecutionContext, event: str, step: StepRecord, **extra: Any) -> None:
+    hooks = ctx.queue.runtime.hooks
+    if hooks.wanted(ctx.job, event):
+        info = {"key": step.key, "name": step.name, "kind": step.kind, "attempt": step.attempt, **extra}
+        await hooks.fire(ctx.job, event, ctx.id, {"input": ctx.record.input, "step": info})
+
+
+def _new_step(ctx: ExecutionContext, key: str, name: str, kind: str, seq: int, line: int | None,
+              prior: StepRecord | None, **fields: Any) -> StepRecord:  # fmt: skip
+    return StepRecord(
+        ctx.id, key, name, kind, "running", started_at=now_ms(), job_attempt=ctx.attempt,
+        seq=prior.seq if prior is not None else seq, line=line, **fields,
+    )  # fmt: skip
+
+
+async def run(
+    name: str | Callable[[], Any],
+    fn: Callable[[], Any] | None = None,
+    /,
+    *,
+    retry: int = 3,
+    backoff: Any = None,
+    timeout: Any = None,
+    concurrency: int | None = None,
+) -> Any:
+    """Run `fn` once as a durable step; its result is stored before the handler goes on."""
+    ctx = current()
+    if fn is None and callable(name):
+        fn, label = name, getattr(name, "__qualname__", "step")
+        ctx.calls += 1
+        key, seq = f"#{ctx.calls}", ctx.calls
+    elif isinstance(name, str) and callable(fn):
+        if not name or "#" in name:
+            raise ValueError(f"run: step names must be non-empty and contain no '#', got {name!r}")
+        label = name
+        key, seq = ctx.next_key(name)
+    else:
+        raise TypeError("run: expected run(name, fn) or run(fn) with a callable fn")
+    retries = make_retry(retry, f"step {label!r} retry")(None)
+    backoff_for = make_backoff(backoff, f"step {label!r} backoff")
+    timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
+    limiter = ctx.queue.runtime.step_limiter(label, ctx.job.name, concurrency)
+    return await execute_step(
+        ctx, "run", key, label, seq, _caller_line(), fn,
+        retries=retries, backoff_for=backoff_for, timeout_ms=timeout_ms, limiter=limiter,
+    )  # fmt: skip
+
+
+async def execute_step(
+    ctx: ExecutionContext,
+    kind: str,
+    key: str,
+    label: str,
+    seq: int,
+    line: int | None,
+    fn: Callable[[], Any],
+    *,
+    retries: int,
+    backoff_for: Callable[[int, Any], int],
+    timeout_ms: int | None,
+    limiter: asyncio.Semaphore | None = None,
+) -> Any:
+    """Run `fn` as step `key` with replay, retries, timeout, records and events."""
+    _boundary(ctx)
+    prior = _replayed(ctx, key, kind, label)
+    attempt = 1
+    if prior is not None:
+        if prior.status == "completed":
+            return load_step(prior.output)
+        if prior.job_attempt == ctx.attempt:
+            if prior.status == "failed":
+                raise error_from_dict(prior.error or {})
+            if prior.status == "retrying":
+                attempt = prior.attempt + 1
+    runtime = ctx.queue.runtime
+    step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
+    while True:
+        ctx.record.current_step = key
+        runtime.committer.send(Batch(
+            steps=[StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line)],
+            events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
+            fences={ctx.id: ctx.record.token},
+        ))  # fmt: skip
+        await _fire(ctx, "step_start", step)
+        try:
+            if limiter is not None:
+                async with limiter:
+                    value = await _call(fn, timeout_ms, key)
+            else:
+                value = await _call(fn, timeout_ms, key)
+            stored = dump_step(value, key)
+        except Exception as exc:
+            will_retry = attempt <= retries and not isinstance(exc, NonDeterminismError)
+            now = now_ms()
+            err = error_to_dict(exc)
+            step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
+            await runtime.commit_for(ctx, Batch(
+                steps=[replace(step)],
+                events=[_event(ctx, "step_failure", {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now)],
+            ))  # fmt: skip
+            await _fire(ctx, "step_failure", step, error=exc)
+            if not will_retry:
+                raise
+            await _park(ctx, asyncio.sleep(backoff_for(attempt, None) / 1000))
+            _boundary(ctx)
+            attempt += 1
+            step.status, step.attempt, step.error, step.completed_at = "running", attempt, None, None
+            step.started_at = now_ms()
+            continue
+        now = now_ms()
+        step.status, step.output, step.completed_at = "completed", stored, now
+        await runtime.commit_for(ctx, Batch(
+            steps=[step],
+            events=[_event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now)],
+        ))  # fmt: skip
+        ctx.history[key] = step
+        await _fire(ctx, "step_success", step)
+        return value
+
+
+async def _call(fn: Callable[[], Any], timeout_ms: int | None, key: str) -> Any:
+    """Sync functions run on the loop (a lambda wrapping an async call is awaited)."""
+    if timeout_ms is None:
+        value = fn()
+        return await value if inspect.isawaitable(value) else value
+    scope = asyncio.timeout(timeout_ms / 1000)
+    try:
+        async with scope:
+            value = fn()
+            return await value if inspect.isawaitable(value) else value
+    except builtins.TimeoutError as exc:
+        if scope.expired() and not isinstance(exc, TimeoutError):
+            raise TimeoutError(f"step {key!r} timed out after {timeout_ms} ms") from None
+        raise
+
+
+async def sleep(duration: Any) -> None:
+    """A durable sleep: the wake time is stored; a long sleep frees the worker and survives restarts."""
+    ctx = current()
+    ms = parse_duration(duration, "sleep")
+    key, seq = ctx.next_key("sleep")
+    line = _caller_line()
+    _boundary(ctx)
+    prior = _replayed(ctx, key, "sleep", "sleep")
+    if prior is not None and prior.status == "completed":
+        return
+    runtime = ctx.queue.runtime
+    ctx.record.current_step = key
+    if prior is not None and isinstance(prior.output, Mapping):
+        step, until = prior, int(prior.output["until"])
+    else:
+        step = _new_step(ctx, key, "sleep", "sleep", seq, line, prior)
+        until = step.started_at + ms
+        step.output = {"until": until}
+        await runtime.commit_for(ctx, Batch(
+            steps=[replace(step)],
+            events=[_event(ctx, "sleep", {"key": key, "until": until, "line": line}, step.started_at)],
+        ))  # fmt: skip
+    remaining = until - now_ms()
+    if remaining > runtime.short_sleep_ms:
+        if await runtime.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
+            raise Interrupt("suspend")
+        raise Interrupt("lost")
+    if remaining > 0:
+        await _park(ctx, asyncio.sleep(remaining / 1000))
+    now = now_ms()
+    step.status, step.completed_at = "completed", now
+    await runtime.commit_for(ctx, Batch(steps=[step], events=[_event(ctx, "wake", {"key": key}, now)]))
+    ctx.history[key] = step
+
+
+async def child_step(
+    ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None
+) -> Any:
+    """`job.run`/`job.start` inside a handler: the child is created once, in the same
+    transaction as the step that records its id."""
+    runtime = ctx.queue.runtime
+    runtime.check_registered(job)
+    kind = "child" if wait else "start"
+    key, seq = ctx.next_key(job.name)
+    _boundary(ctx)
+    prior = _replayed(ctx, key, kind, job.name)
+    child_id: str | None = None
+    if prior is not None and isinstance(prior.output, Mapping):
+        if prior.status == "completed":
+            if not wait:
+                rec = await ctx.queue.storage.get_execution(prior.output["child_id"])
+                if rec is not None:
+                    return Execution(ctx.queue, rec)
+            else:
+                return load_typed(job.options.output, prior.output.get("output"))
+        elif prior.job_attempt == ctx.attempt and prior.status == "failed":
+            raise error_from_dict(prior.error or {})
+        elif prior.status == "running":
+            child_id = prior.output["child_id"]
+    step: StepRecord
+    if child_id is None:
+        child = runtime.new_record(job, input, parent=ctx)
+        step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
+        events = [_event(ctx, "step_start", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
+        if not wait:
+            step.status, step.completed_at = "completed", step.started_at
+            events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
+        result = await runtime.create(job, child, Batch(steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token}))
+        if ctx.id in result.refused:
+            await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
+            raise Interrupt("lost")
+        if not wait:
+            ctx.history[key] = step
+            return Execution(ctx.queue, child)
+        child_id = child.id
+    else:
+        assert prior is not None
+        step = prior
+    ctx.record.current_step = key
+    done = await _park(ctx, runtime.wait_terminal(child_id))
+    now = now_ms()
+    if done.status == "completed":
+        step.status, step.completed_at = "completed", now
+        step.output = {"child_id": child_id, "output": done.output}
+        await runtime.commit_for(ctx, Batch(
+            steps=[step],
+            events=[_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now)],
+        ))  # fmt: skip
+        ctx.history[key] = step
+        return load_typed(job.options.output, done.output)
+    from .runtime import job_error
+
+    exc = job_error(done)
+    err = error_to_dict(exc)
+    step.status, step.error, step.completed_at = "failed", err, now
+    await runtime.commit_for(ctx, Batch(
+        steps=[step],
+        events=[_event(ctx, "step_failure", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now)],
+    ))  # fmt: skip
+    raise exc

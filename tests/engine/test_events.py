@@ -1,0 +1,79 @@
+"""The event log (one per transition and step) and the in-process event bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine import JobError, Queue, create_job, run, sleep
+from engine.storage.base import EventRecord
+
+
+async def test_event_log_of_a_workflow(make_queue: Callable[..., Queue]) -> None:
+    flaky = {"n": 0}
+
+    def sometimes() -> int:
+        flaky["n"] += 1
+        if flaky["n"] == 1:
+            raise RuntimeError("first time")
+        return 7
+
+    @create_job(name="traced", retry=1, backoff=0)
+    async def traced(data: Any) -> int:
+        await sleep(1)
+        return await run("flaky", sometimes, retry=0)
+
+    queue = make_queue([traced])
+    async with queue:
+        ex = await queue.jobs.traced.start(None)
+        assert await ex.result() == 7
+        events = await ex.events()
+    types = [e.type for e in events]
+    assert types == [
+        "trigger", "start", "sleep", "wake", "step_start", "step_failure", "error", "retry",
+        "start", "step_start", "step_success", "success",
+    ]  # fmt: skip
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert all(e.execution_id == ex.id and e.job_name == "traced" for e in events)
+    failure = events[types.index("step_failure")].data
+    assert failure["key"] == "flaky" and failure["error"]["message"] == "first time"
+    assert events[types.index("retry")].data["attempt"] == 2
+    assert events[8].data == {"attempt": 2, "resumed": False, "worker": queue.runtime.worker_id}
+
+
+async def test_bus_delivers_every_event_in_order(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="chatty")
+    async def chatty(data: int) -> int:
+        for i in range(3):
+            await run(f"s{i}", lambda: i)
+        return data
+
+    @create_job(name="broken", retry=0)
+    async def broken(data: Any) -> None:
+        raise RuntimeError("x")
+
+    queue = make_queue([chatty, broken])
+    received: list[EventRecord] = []
+    async with queue:
+        async with queue.bus.subscribe() as sub:
+
+            async def collect() -> None:
+                async for ev in sub:
+                    received.append(ev)
+                    if sum(e.type in ("success", "failure") for e in received) == 4:
+                        return
+
+            collector = asyncio.create_task(collect())
+            executions = [await queue.jobs.chatty.start(i) for i in range(3)]
+            with pytest.raises(JobError):
+                await queue.jobs.broken.run(None)
+            for ex in executions:
+                await ex.result()
+            await asyncio.wait_for(collector, 10)
+        stored = await queue.storage.read_events(0, limit=10_000)
+    assert [e.seq for e in received] == [e.seq for e in stored]
+    assert [e.type for e in received] == [e.type for e in stored]

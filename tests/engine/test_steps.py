@@ -1,0 +1,292 @@
+"""Steps: keys, replay, results, errors, child jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from engine import (
+    DqError,
+    JobError,
+    NonDeterminismError,
+    Queue,
+    TimeoutError,
+    create_job,
+    run,
+    sleep,
+)
+
+
+class PathIn(BaseModel):
+    path: str
+
+
+async def test_named_repeated_and_positional_keys(make_queue: Callable[..., Queue]) -> None:
+    async def one() -> int:
+        return 1
+
+    @create_job(name="keys")
+    async def keys(data: Any) -> list[int]:
+        out = [await run("fetch", one) for _ in range(3)]
+        out.append(await run(one))
+        out.append(await run(lambda: 5))
+        return out
+
+    queue = make_queue([keys])
+    async with queue:
+        ex = await queue.jobs.keys.start(None)
+        assert await ex.result() == [1, 1, 1, 1, 5]
+        steps = await ex.steps()
+    assert [s.key for s in steps] == ["fetch", "fetch#2", "fetch#3", "#4", "#5"]
+    assert [s.kind for s in steps] == ["run"] * 5
+    assert all(s.status == "completed" and s.line for s in steps)
+
+
+async def test_completed_steps_never_run_again_across_job_retries(make_queue: Callable[..., Queue]) -> None:
+    calls = {"a": 0, "b": 0}
+
+    def count(name: str, fail_first: bool = False) -> Callable[[], int]:
+        def step() -> int:
+            calls[name] += 1
+            if fail_first and calls[name] == 1:
+                raise RuntimeError("flaky")
+            return calls[name]
+
+        return step
+
+    @create_job(name="flaky", retry=2, backoff=0)
+    async def flaky(data: Any) -> list[int]:
+        a = await run("a", count("a"))
+        b = await run("b", count("b", fail_first=True), retry=0)
+        return [a, b]
+
+    queue = make_queue([flaky])
+    async with queue:
+        ex = await queue.jobs.flaky.start(None)
+        assert await ex.result() == [1, 2]
+        await ex.refresh()
+    assert calls == {"a": 1, "b": 2}
+    assert ex.retry_count == 1
+
+
+async def test_step_results_round_trip_models_and_reject_non_json(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="models")
+    async def models(data: Any) -> str:
+        m = await run("model", lambda: PathIn(path="x.mp3"))
+        assert isinstance(m, PathIn)
+        return m.path
+
+    @create_job(name="bad", retry=0)
+    async def bad(data: Any) -> None:
+        await run("opaque", lambda: object(), retry=0)
+
+    queue = make_queue([models, bad])
+    async with queue:
+        assert await queue.jobs.models.run(None) == "x.mp3"
+        with pytest.raises(JobError) as info:
+            await queue.jobs.bad.run(None)
+    assert isinstance(info.value.cause, TypeError)
+    assert "'opaque'" in str(info.value.cause)
+
+
+async def test_step_outside_a_handler_is_a_clear_error() -> None:
+    with pytest.raises(DqError, match="inside a job handler"):
+        await run("x", lambda: 1)
+    with pytest.raises(DqError, match="inside a job handler"):
+        await sleep(10)
+
+
+async def test_step_retries_with_backoff_then_fails_the_attempt(make_queue: Callable[..., Queue]) -> None:
+    attempts: list[int] = []
+
+    def boom() -> None:
+        attempts.append(1)
+        raise ValueError("nope")
+
+    @create_job(name="steps", retry=0)
+    async def steps(data: Any) -> None:
+        await run("boom", boom, retry=2, backoff=[1, 2])
+
+    queue = make_queue([steps])
+    async with queue:
+        ex = await queue.jobs.steps.start(None)
+        with pytest.raises(JobError) as info:
+            await ex.result()
+        events = [e.type for e in await ex.events()]
+        (step,) = await ex.steps()
+    assert len(attempts) == 3
+    assert isinstance(info.value.cause, ValueError) and str(info.value.cause) == "nope"
+    assert events.count("step_failure") == 3
+    assert step.status == "failed" and step.attempt == 3
+
+
+async def test_step_timeout(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="slow", retry=0)
+    async def slow(data: Any) -> None:
+        await run("wait", lambda: asyncio.sleep(5), timeout="50ms", retry=0)
+
+    queue = make_queue([slow])
+    async with queue:
+        with pytest.raises(JobError) as info:
+            await queue.jobs.slow.run(None)
+    assert isinstance(info.value.cause, TimeoutError)
+    assert isinstance(info.value.cause, builtins_timeout())
+    assert "'wait'" in str(info.value.cause)
+
+
+def builtins_timeout() -> type[BaseException]:
+    import builtins
+
+    return builtins.TimeoutError
+
+
+async def test_nondeterminism_is_detected(make_queue: Callable[..., Queue]) -> None:
+    flips = {"n": 0}
+
+    @create_job(name="shifty", retry=1, backoff=0)
+    async def shifty(data: Any) -> None:
+        flips["n"] += 1
+        if flips["n"] == 1:
+            await run("first", lambda: 1)
+            raise RuntimeError("retry me")
+        await sleep(0)  # the history says "first" was a run step, not... a different kind at a key
+        await run(lambda: 2)
+
+    @create_job(name="renamed", retry=1, backoff=0)
+    async def renamed(data: Any) -> None:
+        flips["n"] += 1
+        if flips["n"] <= 3:
+            await run(first_fn)
+            raise RuntimeError("retry me")
+        await run(second_fn)
+
+    queue = make_queue([shifty, renamed])
+    async with queue:
+        await queue.jobs.shifty.start(None)
+        ex = await queue.jobs.renamed.start(None)
+        with pytest.raises(JobError) as info:
+            await ex.result()
+    assert isinstance(info.value.cause, NonDeterminismError)
+    assert "#1" in str(info.value.cause)
+
+
+def first_fn() -> int:
+    return 1
+
+
+def second_fn() -> int:
+    return 2
+
+
+async def test_child_jobs_fan_out_fan_in(make_queue: Callable[..., Queue]) -> None:
+    runs = {"meta": 0, "transcode": 0}
+
+    @create_job(name="transcode", input=PathIn, output=PathIn)
+    async def transcode(data: PathIn) -> PathIn:
+        runs["transcode"] += 1
+        await run("ffmpeg", lambda: None)
+        return PathIn(path=data.path.replace(".mp3", ".ogg"))
+
+    @create_job(name="metadata", input=PathIn)
+    async def metadata(data: PathIn) -> dict[str, str]:
+        runs["meta"] += 1
+        return {"title": data.path.upper()}
+
+    @create_job(name="process", input=PathIn)
+    async def process(data: PathIn) -> dict[str, str]:
+        meta, ogg = await asyncio.gather(metadata.run(data), transcode.run({"path": data.path}))
+        await run("store", lambda: None)
+        return {"title": meta["title"], "path": ogg.path}
+
+    queue = make_queue([process, metadata, transcode])
+    async with queue:
+        ex = await queue.jobs.process.start({"path": "a.mp3"})
+        assert await ex.result() == {"title": "A.MP3", "path": "a.ogg"}
+        steps = await ex.steps()
+        children = await queue.jobs.get_all(parent_id=ex.id)
+    assert [s.kind for s in steps] == ["child", "child", "run"]
+    assert sorted(c.job_name for c in children) == ["metadata", "transcode"]
+    assert all(c.status == "completed" for c in children)
+    assert runs == {"meta": 1, "transcode": 1}
+
+
+async def test_child_failure_propagates_with_cause(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="child", retry=1, backoff=0)
+    async def child(data: Any) -> None:
+        raise KeyError("missing")
+
+    @create_job(name="parent", retry=0)
+    async def parent(data: Any) -> None:
+        await child.run({"n": 1})
+
+    queue = make_queue([parent, child])
+    async with queue:
+        with pytest.raises(JobError) as info:
+            await queue.jobs.parent.run(None)
+    outer = info.value.cause
+    assert isinstance(outer, JobError), outer
+    assert isinstance(outer.cause, KeyError)
+    assert "child" in str(outer)
+
+
+async def test_start_inside_a_handler_is_a_durable_step(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="leaf")
+    async def leaf(data: Any) -> int:
+        return int(data) * 2
+
+    @create_job(name="root")
+    async def root(data: Any) -> str:
+        ex = await leaf.start(21)
+        return ex.id
+
+    queue = make_queue([root, leaf])
+    async with queue:
+        child_id = await queue.jobs.root.run(None)
+        child = await queue.jobs.get(child_id)
+        assert child is not None
+        assert await child.result() == 42
+        assert child.parent_id is not None
+
+
+async def test_unregistered_child_job_is_a_clear_error(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="stray")
+    async def stray(data: Any) -> None:
+        return None
+
+    @create_job(name="caller", retry=0)
+    async def caller(data: Any) -> None:
+        await stray.run(None)
+
+    queue = make_queue([caller])
+    async with queue:
+        with pytest.raises(JobError) as info:
+            await queue.jobs.caller.run(None)
+    assert "'stray' is not registered" in str(info.value.cause)
+
+
+async def test_sleep_short_and_long(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="sleepy")
+    async def sleepy(data: Any) -> str:
+        await sleep("50ms")
+        await sleep(600)  # longer than short_sleep (300ms): the handler unwinds and is woken
+        return "awake"
+
+    queue = make_queue([sleepy])
+    async with queue:
+        ex = await queue.jobs.sleepy.start(None)
+        seen = set()
+        for _ in range(100):
+            await ex.refresh()
+            seen.add(ex.status)
+            if ex.status == "completed":
+                break
+            await asyncio.sleep(0.02)
+        assert await ex.result() == "awake"
+        events = [e.type for e in await ex.events()]
+    assert "waiting" in seen
+    assert events.count("sleep") == 2 and events.count("wake") == 2
+    assert [s.kind for s in await ex.steps()] == ["sleep", "sleep"]
