@@ -1,0 +1,74 @@
+"""Composition: `create_app(queue)` is the dashboard as a Litestar ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.static_files import create_static_files_router
+
+from web import ROUTES, STATE_KEY, STATIC_DIR, Dashboard, Settings, TokenAuth, http_error
+
+
+def create_app(
+    queue: Any,
+    *,
+    settings: Settings | None = None,
+    token: str | None = None,
+    read_only: bool = False,
+    manage_queue: bool = True,
+    label: str | None = None,
+    background: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Litestar:
+    """The dashboard for `queue`.
+
+    With `manage_queue` the app starts the queue (if not started yet) and
+    closes it on shutdown. `background` coroutines (the demo's trickle) run
+    while the app serves.
+    """
+    settings = settings or Settings(token=token, read_only=read_only)
+    dash = Dashboard(queue, settings, label=label)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        if manage_queue:
+            await queue.start()
+        await dash.hub.start()
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(_run(fn), name="dq-ui-background") for fn in background
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await dash.hub.aclose()
+            if manage_queue:
+                await queue.close()
+
+    middleware = [DefineMiddleware(TokenAuth, token=settings.token, cookie=settings.token_cookie)] if settings.token else []
+    return Litestar(
+        route_handlers=[*ROUTES, create_static_files_router(path="/static", directories=[STATIC_DIR], name="static")],
+        lifespan=[lifespan],
+        middleware=middleware,
+        csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=settings.csrf_cookie, cookie_httponly=True),
+        exception_handlers={Exception: http_error},
+        state=State({STATE_KEY: dash}),
+        debug=False,
+    )
+
+
+async def _run(fn: Callable[[], Awaitable[None]]) -> None:
+    await fn()
+
+
+__all__ = ["create_app"]

@@ -109,6 +109,7 @@ class Committer:
                         applied=result.applied[offset : offset + n],
                         refused=result.refused,
                         controls=result.controls,
+                        conflict=result.conflict,
                     )
                 )
             offset += n
@@ -126,6 +127,9 @@ def _take_group(
     execution must not share a transaction, or the fresh one would be refused)."""
     fences: dict[str, int] = {}
     for i, (batch, _) in enumerate(queue):
+        if batch.expect:
+            # A conditional batch commits alone: its conflict must not undo its neighbours.
+            return (queue[:1], queue[1:]) if i == 0 else (queue[:i], queue[i:])
         for eid, token in batch.fences.items():
             if fences.setdefault(eid, token) != token:
                 return queue[:i], queue[i:]
@@ -135,6 +139,7 @@ def _take_group(
 def _merge(batches: list[Batch]) -> Batch:
     out = Batch()
     for b in batches:
+        assert not b.expect, "conditional batches are never merged"
         out.executions.extend(b.executions)
         out.updates.extend(b.updates)
         out.steps.extend(b.steps)

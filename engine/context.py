@@ -37,6 +37,8 @@ class ExecutionContext:
     parked: int = 0
     #: The final write is under way: lifecycle requests no longer apply.
     finishing: bool = False
+    #: This attempt holds a concurrency slot of its job (given back when it stops running).
+    holds_slot: bool = False
 
     @property
     def id(self) -> str:

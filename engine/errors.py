@@ -50,6 +50,11 @@ class LeaseLostError(DqError):
     """This process no longer holds the execution (another worker took it over)."""
 
 
+class StorageLostError(DqError):
+    """The storage lost data dq wrote (e.g. Redis FLUSHALL, a restart without
+    persistence). Raised instead of carrying on as if the queue were empty."""
+
+
 class StoredError(DqError):
     """An error whose class could not be rebuilt from storage."""
 

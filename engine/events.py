@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import context
+from .scheduler import wait_event
 from .storage.base import EventRecord, Storage
 
 if TYPE_CHECKING:
@@ -91,10 +92,7 @@ class EventBus:
 
     async def _tail(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._poll_s)
             self._wake.clear()
             if not self._subs:
                 continue

@@ -1,4 +1,8 @@
-"""Time-ordered ids (ULID layout: 48-bit ms time + 80 random bits, Crockford base32)."""
+"""Time-ordered ids (ULID layout: 48-bit ms time + 80 random bits, Crockford base32).
+
+Monotonic within a process: ids made in the same millisecond increment the
+random part, so "newest first" by id is creation order.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,17 @@ import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_last = [0, 0]  # ms, random part of the previous id
 
 
 def new_id() -> str:
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last[0]:
+        ms, rand = _last[0], _last[1] + 1
+    else:
+        rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+    _last[0], _last[1] = ms, rand
+    value = ms << 80 | rand
     out = []
     for _ in range(26):
         out.append(_ALPHABET[value & 31])

@@ -241,6 +241,15 @@ def create_job(
         from .scheduler import check_cron
 
         check_cron(opts.cron)
+        if opts.input is not None:
+            from .serialize import validate_in
+
+            try:
+                validate_in(opts.input, None, "input")
+            except Exception:
+                raise ValueError(
+                    f"cron: jobs on a schedule are started with no input, but input={opts.input!r} rejects None"
+                ) from None
     if not isinstance(opts.trigger, list | tuple):
         raise ValueError(f"trigger: expected a list of pipes or job.into(...), got {opts.trigger!r}")
     opts.trigger = list(opts.trigger)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .durations import is_frequency, parse_duration, parse_frequency, parse_interval
@@ -66,3 +67,100 @@ def check_throttle(value: Any) -> None:
 
 def check_debounce(value: Any) -> None:
     _check_timed(value, "debounce", ("trailing", "leading"), {"timeout"})
+
+
+# -- runtime: enforcing the limits across every process that shares the storage ------------
+#
+# Every decision is a compare-and-set on a state key (`Batch.expect`), so two processes
+# can never both take the last slot, both pass a throttle window, or both start a tick.
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A resolved concurrency limit: `limit` at once, or starts per `window_ms`."""
+
+    key: str
+    limit: int
+    window_ms: int | None = None  # None: concurrent slots; else starts per window
+    rolling: bool = True
+
+    def describe(self) -> str:
+        if self.window_ms is None:
+            return f"concurrency {self.limit} for {self.key}"
+        kind = "rolling" if self.rolling else "fixed"
+        return f"{self.limit} starts per {self.window_ms} ms ({kind}) for {self.key}"
+
+
+def _resolve(value: Any, input: Any, option: str) -> Any:
+    if callable(value):
+        value = value(input)
+        if value is not None:
+            _validators[option](value)
+    return value
+
+
+def resolve_concurrency(job_name: str, value: Any, input: Any) -> Limit | None:
+    value = _resolve(value, input, "concurrency")
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return Limit(job_name, value)
+    if isinstance(value, str):
+        freq = parse_frequency(value, "concurrency")
+        return Limit(job_name, freq.count, freq.per_ms, rolling=True)
+    key = f"{job_name}:{value['id']}" if value.get("id") is not None else job_name
+    limit = value["limit"]
+    mode = value.get("mode")
+    if is_frequency(limit):
+        freq = parse_frequency(limit, "concurrency.limit")
+        return Limit(key, freq.count, freq.per_ms, rolling=mode != "window")
+    if value.get("window") is not None:
+        return Limit(key, int(limit), parse_duration(value["window"], "concurrency.window"), rolling=mode == "rolling")
+    return Limit(key, int(limit))
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A resolved throttle or debounce."""
+
+    key: str
+    interval_ms: int
+    mode: str
+    timeout_ms: int | None = None
+
+
+def resolve_timed(job_name: str, value: Any, input: Any, option: str) -> Timed | None:
+    value = _resolve(value, input, option)
+    if value is None:
+        return None
+    default_mode = "queue" if option == "throttle" else "trailing"
+    if isinstance(value, Mapping):
+        key = f"{job_name}:{value['id']}" if value.get("id") is not None else job_name
+        timeout = value.get("timeout")
+        return Timed(
+            key, parse_interval(value["duration"], f"{option}.duration"), value.get("mode", default_mode),
+            parse_duration(timeout, f"{option}.timeout") if timeout is not None else None,
+        )  # fmt: skip
+    return Timed(job_name, parse_interval(value, option), default_mode)
+
+
+_validators: dict[str, Callable[[Any], None]] = {
+    "concurrency": check_concurrency,
+    "throttle": check_throttle,
+    "debounce": check_debounce,
+}
+
+
+def window_admits(limit: Limit, state: Any, now: int) -> tuple[bool, Any, int]:
+    """For a rate limit: (admitted, new state, earliest retry time)."""
+    assert limit.window_ms is not None
+    if limit.rolling:
+        starts = [t for t in (state or {}).get("starts", []) if t > now - limit.window_ms]
+        if len(starts) < limit.limit:
+            return True, {"starts": [*starts, now]}, now
+        return False, state, starts[0] + limit.window_ms
+    window = now - now % limit.window_ms
+    count = (state or {}).get("count", 0) if (state or {}).get("window") == window else 0
+    if count < limit.limit:
+        return True, {"window": window, "count": count + 1}, now
+    return False, state, window + limit.window_ms

@@ -183,6 +183,10 @@ class Queue:
     ) -> None:
         pairs = list(jobs.items()) if isinstance(jobs, Mapping) else [(j.name, j) for j in jobs]
         by_key = dict(pairs)
+        self._args = {"jobs": jobs, "pipes": pipes, "concurrency": concurrency, "logger": logger,
+                      "orchestration": orchestration, "monitoring": monitoring, "lease": lease,
+                      "poll_interval": poll_interval, "short_sleep": short_sleep,
+                      "shutdown_grace": shutdown_grace}  # fmt: skip
         self.definitions: dict[str, Job] = {}
         for key, job in pairs:
             if not isinstance(job, Job):
@@ -213,6 +217,10 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {sorted(self.definitions)} on {self.storage.kind}>"
+
+    def with_storage(self, storage: Storage) -> Queue:
+        """The same jobs, pipes and options on another storage (e.g. `dq-ui serve --storage`)."""
+        return Queue(storage=storage, **self._args)
 
     @property
     def bus(self) -> Any:

@@ -23,8 +23,9 @@ from .errors import (
 )
 from .events import EventBus, Hooks
 from .execution import Execution
+from .flow import FlowControl
 from .ids import new_id, now_ms
-from .scheduler import Timer
+from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
     TERMINAL,
@@ -35,6 +36,7 @@ from .storage.base import (
     ExecutionRecord,
     ExecutionUpdate,
 )
+from .triggers import Triggers
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
@@ -55,7 +57,10 @@ class Runtime:
         self.poll_s = queue.poll_interval_s
         self.max_active = queue.max_active
         self.short_sleep_ms = queue.short_sleep_ms
-        self._step_limits: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self.slot_retry_ms = max(10, min(250, int(self.poll_s * 1000)))
+        self.flow = FlowControl(self)
+        self.triggers = Triggers(self)
+        self.cron = Cron(self)
         self.contexts: dict[str, ExecutionContext] = {}
         self.paused_jobs: set[str] = set()
         self.closing = False
@@ -82,6 +87,8 @@ class Runtime:
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
             ("watch", self._watch_loop()),
+            ("triggers", self.triggers.run()),
+            ("cron", self.cron.run()),
         ):
             task = asyncio.create_task(coro, name=f"dq-{name}")
             task.add_done_callback(self._side_task_done)
@@ -136,17 +143,11 @@ class Runtime:
 
     def kick(self) -> None:
         self._wake.set()
+        self.triggers.kick()
 
-    def step_limiter(self, step: str, job_name: str, limit: int | None) -> asyncio.Semaphore | None:
-        """`run(..., concurrency=N)`: at most N of this step at once in this process."""
-        if limit is None:
-            return None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"step {step!r} concurrency: expected an int >= 1, got {limit!r}")
-        sem = self._step_limits.get((job_name, step))
-        if sem is None:
-            sem = self._step_limits[(job_name, step)] = asyncio.Semaphore(limit)
-        return sem
+    @property
+    def timer(self) -> Timer | None:
+        return self._timer
 
     # -- triggering ----------------------------------------------------------------
     def check_registered(self, job: Job) -> None:
@@ -176,8 +177,7 @@ class Runtime:
             not self.closing
             and job.name not in self.paused_jobs
             and len(self.contexts) < self.max_active
-            and job.options.concurrency is None
-            and job.options.throttle is None
+            and not self.flow.gated(job)
             and job.options.debounce is None
         )
 
@@ -193,6 +193,10 @@ class Runtime:
         Those this process has room for are stored already claimed by us: no
         claim round trip, no polling latency. The rest wait for the dispatcher.
         """
+        if job.options.debounce is not None and extra is None:
+            for rec in recs:
+                await self._create_debounced(job, rec)
+            return CommitResult()
         direct: list[ExecutionContext] = []
         batch = extra if extra is not None else Batch()
         for rec in recs:
@@ -222,8 +226,28 @@ class Runtime:
             self.kick()
         return result
 
+    async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
+        """Trigger a debounced job: a new pending execution, or the pending one of its key
+        updated with this input. Returns the id of the execution that answers the trigger."""
+        typed = load_typed(job.options.input, rec.input)
+        for _ in range(50):
+            batch, answer = await self.flow.plan(job, rec, typed)
+            result = await self.committer.commit(batch)
+            if result.conflict or not all(result.applied):
+                continue
+            if answer == rec.id:
+                if self.hooks.wanted(job, "trigger"):
+                    await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
+                if self._timer is not None:
+                    self._timer.at(rec.run_at)
+            self.kick()
+            rec.id = answer
+            return answer
+        raise JobError(f"job {job.name!r}: debounce state kept changing; trigger not stored")
+
     async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
         """Start one execution per input in a single transaction (bulk enqueue)."""
+        await self.queue.started()
         recs = [self.new_record(job, item) for item in inputs]
         for start in range(0, len(recs), 1000):
             await self.create_many(job, recs[start : start + 1000])
@@ -253,7 +277,12 @@ class Runtime:
             result = await child_step(ctx, job, input, wait=False, line=line)
             assert isinstance(result, Execution)
             return result
-        rec = self.new_record(job, input)
+        rec = self.new_record(job, input)  # bad input fails here, before anything starts
+        await self.queue.started()
+        if job.options.debounce is not None:
+            answer = await self._create_debounced(job, rec)
+            stored = await self.storage.get_execution(answer)
+            return Execution(self.queue, stored or rec)
         await self.create(job, rec)
         return Execution(self.queue, rec)
 
@@ -269,9 +298,7 @@ class Runtime:
     # -- dispatch ------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while not self.closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            except builtins.TimeoutError:
+            if not await wait_event(self._wake, self.poll_s):
                 await self._load_paused()
             self._wake.clear()
             try:
@@ -327,6 +354,12 @@ class Runtime:
                 kind, _, reason = rec.control.partition(":")
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
             typed_input = load_typed(job.options.input, rec.input)
+            if self.flow.gated(job):
+                gate = await self.flow.admit(job, rec)
+                if not gate.ok:
+                    await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
+                    return
+                ctx.holds_slot = True
             resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
             attempt = rec.retry_count + 1
             self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
@@ -346,8 +379,21 @@ class Runtime:
             await self._attempt_failed(ctx, typed_input, exc)
         finally:
             self.contexts.pop(rec.id, None)
+            if ctx.holds_slot:
+                await self.flow.release(job, rec)
             if not self.closing:
                 self.kick()
+
+    async def _hold_back(self, ctx: ExecutionContext, typed_input: Any, retry_at: int, reason: str) -> None:
+        """Not allowed to start yet: back to pending until `retry_at`, with the reason
+        shown (or, for a throttle in discard mode, cancelled)."""
+        if retry_at < 0:
+            error = CancelledError(f"execution {ctx.id} was {reason}", reason)
+            await self._finish(ctx, "cancelled", typed_input, error=error, reason=reason)
+            return
+        first = ctx.record.wait_reason != reason
+        event = ("queued", {"reason": reason, "retry_at": retry_at}) if first else None
+        await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
 
     async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:
         job = ctx.job
@@ -427,6 +473,7 @@ class Runtime:
         }[status]
         events.append(EventRecord(rec.id, job.name, type_, data, now))
         batch = Batch(updates=[ExecutionUpdate(rec.id, fields, token=rec.token)], events=events)
+        later = self.triggers.downstream(job, output, batch) if status == "completed" else []
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
@@ -434,6 +481,10 @@ class Runtime:
         for name, value in fields.items():
             setattr(rec, name, value)
         self.resolve(rec)
+        if batch.executions:
+            self.kick()
+        for target, downstream in later:
+            await self._create_debounced(target, downstream)
         if status == "cancelled":
             await self.queue.lifecycle.cancel_children(rec.id, reason)
         await self.settled_hooks(job, rec, typed_input, error, reason)

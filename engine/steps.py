@@ -13,7 +13,8 @@ import asyncio
 import builtins
 import inspect
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,8 +24,9 @@ from .durations import parse_duration
 from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
 from .execution import Execution
 from .ids import now_ms
+from .limits import Limit
 from .serialize import dump_step, load_step, load_typed
-from .storage.base import Batch, EventRecord, StepRecord
+from .storage.base import Batch, EventRecord, ExecutionUpdate, StepRecord
 
 if TYPE_CHECKING:
     from .job import Job
@@ -115,11 +117,27 @@ async def run(
     retries = make_retry(retry, f"step {label!r} retry")(None)
     backoff_for = make_backoff(backoff, f"step {label!r} backoff")
     timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
-    limiter = ctx.queue.runtime.step_limiter(label, ctx.job.name, concurrency)
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise ValueError(f"step {label!r} concurrency: expected an int >= 1, got {concurrency!r}")
     return await execute_step(
         ctx, "run", key, label, seq, _caller_line(), fn,
-        retries=retries, backoff_for=backoff_for, timeout_ms=timeout_ms, limiter=limiter,
+        retries=retries, backoff_for=backoff_for, timeout_ms=timeout_ms, concurrency=concurrency,
     )  # fmt: skip
+
+
+@asynccontextmanager
+async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) -> AsyncIterator[None]:
+    """`run(..., concurrency=N)`: at most N of this step at once across all executions and processes."""
+    flow = ctx.queue.runtime.flow
+    slot = Limit(f"step:{ctx.job.name}:{label}", limit)
+    holder = f"{ctx.id}|{key}"
+    while not (await flow.take(slot, holder, ctx.id)).ok:
+        await _park(ctx, asyncio.sleep(ctx.queue.runtime.slot_retry_ms / 1000))
+        _boundary(ctx)
+    try:
+        yield
+    finally:
+        await asyncio.shield(flow.give_back(slot, holder))
 
 
 async def execute_step(
@@ -134,7 +152,7 @@ async def execute_step(
     retries: int,
     backoff_for: Callable[[int, Any], int],
     timeout_ms: int | None,
-    limiter: asyncio.Semaphore | None = None,
+    concurrency: int | None = None,
 ) -> Any:
     """Run `fn` as step `key` with replay, retries, timeout, records and events."""
     _boundary(ctx)
@@ -153,14 +171,15 @@ async def execute_step(
     while True:
         ctx.record.current_step = key
         runtime.committer.send(Batch(
+            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
             steps=[StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line)],
             events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
             fences={ctx.id: ctx.record.token},
         ))  # fmt: skip
         await _fire(ctx, "step_start", step)
         try:
-            if limiter is not None:
-                async with limiter:
+            if concurrency is not None:
+                async with _step_slot(ctx, key, label, concurrency):
                     value = await _call(fn, timeout_ms, key)
             else:
                 value = await _call(fn, timeout_ms, key)
@@ -229,6 +248,7 @@ async def sleep(duration: Any) -> None:
         until = step.started_at + ms
         step.output = {"until": until}
         await runtime.commit_for(ctx, Batch(
+            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
             steps=[replace(step)],
             events=[_event(ctx, "sleep", {"key": key, "until": until, "line": line}, step.started_at)],
         ))  # fmt: skip
@@ -277,7 +297,10 @@ async def child_step(
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
             events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await runtime.create(job, child, Batch(steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token}))
+        result = await runtime.create(job, child, Batch(
+            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+            steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
+        ))  # fmt: skip
         if ctx.id in result.refused:
             await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
             raise Interrupt("lost")

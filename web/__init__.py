@@ -1,0 +1,41 @@
+"""The dashboard: Litestar route handlers, Jinja2 pages and htmx fragments, SSE live updates.
+
+`web` imports `engine`, never `app`. `app.create_app(queue)` composes these
+pieces into a Litestar application.
+"""
+
+from __future__ import annotations
+
+from litestar import get
+from litestar.handlers import BaseRouteHandler
+
+from .actions import cancel, pause, resume, retry
+from .auth import TokenAuth
+from .dashboard import STATE_KEY, Dashboard
+from .errors import http_error
+from .execution_pages import (
+    execution_page,
+    payload_download,
+    step_output_download,
+    step_panel,
+    waterfall_fragment,
+)
+from .jobs_pages import job_page, jobs_page, start_execution
+from .pages import executions, go, overview
+from .render import STATIC_DIR
+from .settings import Settings
+from .sse import live_stream
+
+
+@get("/healthz", name="healthz", media_type="text/plain")
+async def healthz() -> str:
+    return "ok"
+
+
+ROUTES: list[BaseRouteHandler] = [
+    overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
+    step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
+    live_stream, healthz,
+]  # fmt: skip
+
+__all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]

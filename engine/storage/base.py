@@ -124,6 +124,11 @@ class Batch:
     #: Limit/flag state: key -> JSON value, or None to delete.
     state: dict[str, Any] = field(default_factory=dict)
     fences: dict[str, int] = field(default_factory=dict)
+    #: Preconditions on state: key -> the value it must hold now (None: absent).
+    #: If any differs, nothing of the batch is applied and the result says
+    #: `conflict`. This compare-and-set makes cron ticks, trigger cursors,
+    #: throttle/debounce windows and concurrency slots exactly-once across processes.
+    expect: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -142,6 +147,8 @@ class CommitResult:
     controls: dict[str, str | None] = field(default_factory=dict)
     #: The batch's events with their sequence numbers.
     events: list[EventRecord] = field(default_factory=list)
+    #: A state precondition (`Batch.expect`) did not hold: nothing was applied.
+    conflict: bool = False
 
 
 @dataclass(slots=True)
@@ -198,6 +205,10 @@ class Storage(abc.ABC):
         events and pipe messages with fresh sequence numbers, and writes the
         state keys — all or nothing, except that writes of a fenced
         execution with a stale token are skipped as documented on `Batch`.
+        When a `Batch.expect` precondition fails, nothing at all is written
+        and the result has `conflict=True` (JSON values compare by equality).
+        An update naming an unknown field raises ValueError before anything
+        is written. A connection error means the outcome is unknown.
         """
 
     @abc.abstractmethod

@@ -21,6 +21,8 @@ from .base import (
 )
 from .query import clone, matches, sort_and_page
 
+_FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
+
 
 class MemoryStorage(Storage):
     kind = "memory"
@@ -54,6 +56,10 @@ class MemoryStorage(Storage):
         """Synchronous, hence atomic: no other coroutine interleaves. The runtime calls it
         directly (no group commit needed when nothing is written to disk)."""
         result = CommitResult()
+        for key, value in batch.expect.items():
+            if self._state.get(key) != value:
+                result.conflict = True
+                return result
         refused = result.refused
         executions = self._executions
         for eid, token in batch.fences.items():
@@ -62,6 +68,10 @@ class MemoryStorage(Storage):
                 refused.add(eid)
             else:
                 result.controls[eid] = None
+        for upd in batch.updates:
+            unknown = set(upd.fields) - _FIELDS
+            if unknown:
+                raise ValueError(f"unknown execution field(s) {sorted(unknown)}")
         if batch.executions:
             for rec in batch.executions:
                 if rec.id in executions:

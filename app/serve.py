@@ -1,0 +1,145 @@
+"""`dq-ui serve`: load the queue (or the demo), check the options, run the dashboard under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from engine import Queue, storage_from_url
+
+DEFAULT_STORAGE = "sqlite:///dq.db"
+
+
+class UsageError(Exception):
+    """A bad command line: reported in one line, exit status 2."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_target(target: str) -> Queue:
+    """`module:attr` or `path/to/file.py:attr` -> the Queue it names."""
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr or not attr.isidentifier():
+        raise UsageError(f"TARGET {target!r} is not module:queue or path/to/file.py:queue")
+    try:
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            path = Path(where).resolve()
+            if not path.is_file():
+                raise UsageError(f"TARGET {target!r}: no file {where}")
+            sys.path.insert(0, str(path.parent))
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise UsageError(f"TARGET {target!r}: cannot load {where}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(where)
+    except UsageError:
+        raise
+    except Exception as exc:  # the user's module failed to import
+        raise UsageError(f"TARGET {target!r}: importing {where} failed: {type(exc).__name__}: {exc}") from None
+    queue = getattr(module, attr, None)
+    if queue is None:
+        raise UsageError(f"TARGET {target!r}: {where} has no attribute {attr!r}")
+    if not isinstance(queue, Queue):
+        raise UsageError(f"TARGET {target!r} is a {type(queue).__name__}, not a dq queue (create_queue)")
+    return queue
+
+
+def _rebind(queue: Queue, storage: Any) -> Queue:
+    """The same jobs and pipes on another storage (`--storage` with a TARGET)."""
+    from engine import create_queue
+
+    pipes = {name: getattr(queue.pipes[name], "pipe", None) for name in queue.pipes}
+    return create_queue(jobs=dict(queue.definitions), pipes={k: v for k, v in pipes.items() if v is not None},
+                        storage=storage, concurrency=queue.concurrency)  # fmt: skip
+
+
+def build(args: argparse.Namespace) -> tuple[Queue, list[Callable[[], Awaitable[None]]], str]:
+    """The queue to serve, its background tasks and a label; raises UsageError."""
+    url = args.storage
+    try:
+        storage = storage_from_url(url) if url else None
+    except ValueError as exc:
+        raise UsageError(f"--storage: {exc}") from None
+    if args.target:
+        queue = load_target(args.target)
+        if storage is not None:
+            queue = _rebind(queue, storage)
+        return queue, [], args.target
+    from . import demo
+
+    storage = storage or storage_from_url(DEFAULT_STORAGE)
+    queue = demo.create_demo_queue(storage)
+    return queue, [lambda: demo.trickle(queue)], "demo"
+
+
+def main(args: argparse.Namespace) -> int:
+    from web import Settings
+
+    from . import create_app
+
+    token = args.token or os.environ.get("DQ_UI_TOKEN") or None
+    try:
+        if not is_loopback(args.host) and not token:
+            raise UsageError(
+                f"refusing to serve on {args.host} without an access token: "
+                "pass --token or set DQ_UI_TOKEN (or bind 127.0.0.1)"
+            )
+        if not 0 < args.port < 65536:
+            raise UsageError(f"--port {args.port} is not a TCP port")
+        queue, background, label = build(args)
+    except UsageError as exc:
+        print(f"dq-ui serve: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings(token=token, read_only=bool(args.read_only))
+    app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=2, lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{args.port}/"
+
+    async def serve() -> int:
+        try:
+            await queue.start()
+        except Exception as exc:
+            print(f"dq-ui serve: cannot open storage {queue.storage.kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                await queue.close()
+            return 2
+        print(f"dq-ui: serving {label} on {queue.storage.kind} storage", flush=True)
+        print(f"dq-ui: open {url}" + (f"?token={token}" if token else ""), flush=True)
+        if settings.read_only:
+            print("dq-ui: read-only: lifecycle controls are disabled", flush=True)
+        await server.serve()
+        return 0 if server.started else 1
+
+    try:
+        code = asyncio.run(serve())
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
+        code = 0
+    print("dq-ui: stopped", flush=True)
+    return code

@@ -1,0 +1,626 @@
+"""The Redis adapter (redis-py asyncio): Lua scripts for every atomic change.
+
+Key layout, all under `{prefix}:` (default `dq:`):
+
+- `meta` hash: created_at, schema, epoch (the flush detector, see redis_scripts).
+- `exec:{id}` hash per execution: one field per ExecutionRecord field; ints as
+  decimal text, input/output/error as JSON, None as an absent field.
+- `ids` zset (all scores 0, so ordered by id = by creation for ULIDs);
+  `status:{status}` and `job:{name}` sets narrow queries and counts.
+- `pending:{priority}:{job}` zset per lane of CLAIMABLE executions scored by
+  run_at, plus `lanes` (the lanes present, scored by priority): claim order
+  and job filters without a backlog scan (see redis_scripts.CLAIM).
+- `running` zset scored by lease_until (reclaim).
+- `steps:{id}` hash: step key -> JSON. `events` hash: seq -> JSON, and
+  `events:{id}` zset of that execution's seqs; `seq:events` the counter.
+- `pipe:{name}` zset: score seq, member "seq JSON"; `seq:messages` the counter.
+- `state` hash: key -> JSON. `workers` hash: id -> info JSON, `heartbeats`
+  zset: id scored by the server time of its last heartbeat.
+- `wakeup` pub/sub channel: published when a commit makes an execution
+  CLAIMABLE or adds pipe messages, and when reclaim frees executions.
+
+Times come from the Redis server clock (TIME), inside the scripts for leases.
+The scripts name keys they were not passed, so this targets a single Redis
+(or a replica set), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import json.encoder
+import logging
+import operator
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from ..errors import DqError, StorageLostError
+from . import redis_scripts as lua
+from .base import (
+    STATUSES,
+    Batch,
+    CommitResult,
+    EventRecord,
+    ExecutionQuery,
+    ExecutionRecord,
+    PipeMessage,
+    StepRecord,
+    Storage,
+)
+from .query import matches, sort_and_page
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # executions fetched per round trip when a query scans
+
+_INT_FIELDS = frozenset(
+    {"retry_count", "priority", "created_at", "run_at", "started_at", "completed_at",
+     "lease_until", "token"}
+)  # fmt: skip
+_JSON_FIELDS = frozenset({"input", "output", "error"})
+_EXEC_FIELDS = tuple(f.name for f in dataclasses.fields(ExecutionRecord))
+_STR_FIELDS = frozenset(_EXEC_FIELDS) - _INT_FIELDS - _JSON_FIELDS
+#: A step is stored as a JSON list of these, in this order (new fields go last).
+_STEP_FIELDS = tuple(
+    f.name for f in dataclasses.fields(StepRecord) if f.name not in ("execution_id", "key")
+)
+
+
+
+class RedisConfigError(DqError, RuntimeError):
+    """The Redis server is configured in a way that would lose dq's data."""
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """Compact ASCII JSON (so never a raw newline, see redis_scripts.COMMIT). One C
+    encoder is reused: json.dumps builds a new one per call, a third of the cost."""
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:
+        return json.JSONEncoder(separators=(",", ":")).encode
+
+    def default(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    encoder = c_make_encoder(
+        None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def dumps(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return dumps
+
+
+_dumps = _make_dumps()
+_step_values = operator.attrgetter(*_STEP_FIELDS)
+
+
+def _encode_field(name: str, value: Any) -> str | None:
+    if name not in _EXEC_FIELDS:
+        raise ValueError(f"ExecutionRecord has no field {name!r}")
+    if value is None:
+        return None
+    if name in _JSON_FIELDS:
+        return _dumps(value)
+    if name in _INT_FIELDS:
+        return str(int(value))
+    return str(value)
+
+
+def _decode_execution(fields: Mapping[str, str]) -> ExecutionRecord:
+    kw: dict[str, Any] = {}
+    for name, text in fields.items():
+        if name in _INT_FIELDS:
+            kw[name] = int(text)
+        elif name in _JSON_FIELDS:
+            kw[name] = json.loads(text)
+        elif name in _STR_FIELDS:
+            kw[name] = text
+    return ExecutionRecord(**kw)
+
+
+def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _job_filters(job_names: Sequence[str] | None, exclude_jobs: Sequence[str]) -> str:
+    only = None if job_names is None else list(job_names)
+    return _dumps({"only": only, "exclude": list(exclude_jobs)})
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisStorage(Storage):
+    kind = "redis"
+    durable = True
+
+    def __init__(self, url: str, *, prefix: str = "dq") -> None:
+        self._url = url
+        self._prefix = prefix
+        self._epoch = ""
+        self._client: aioredis.Redis | None = None
+        self._sintercard = True  # Redis >= 7
+        self._scripts: dict[str, AsyncScript] = {}
+        self._callbacks: list[Callable[[], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Set while the wakeup subscription is live (tests wait on it).
+        self.subscribed = asyncio.Event()
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisStorage is not open: call `await storage.open()` first")
+        return self._client
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 10,
+            "client_name": f"dq-{self._prefix}",
+        }
+        # No automatic retries (also redis-py 8's default, made explicit): a retried
+        # COMMIT whose first attempt did run would append its events twice or fail on
+        # its own inserts, a retried CLAIM would strand what the first one took. A
+        # connection error from a write means "outcome unknown", for the caller to judge.
+        client = aioredis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **options)
+        try:
+            await self._check_eviction_policy(client)
+            self._sintercard = await _server_version(client) >= (7, 0)
+            self._scripts = {
+                name: client.register_script(getattr(lua, name))
+                for name in ("OPEN", "COMMIT", "CLAIM", "RENEW", "RECLAIM", "HEARTBEAT",
+                             "READ_EVENTS", "NEXT_DUE")
+            }  # fmt: skip
+            schema, epoch = await self._scripts["OPEN"](
+                args=[self._prefix, SCHEMA_VERSION, secrets.token_hex(8)]
+            )
+            if int(schema) > SCHEMA_VERSION:
+                raise DqError(
+                    f"Redis prefix {self._prefix!r} holds dq schema {schema}, newer than this "
+                    f"dq's {SCHEMA_VERSION}; upgrade dq or use another prefix"
+                )
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client, self._epoch = client, str(epoch)
+        if self._callbacks and self._listener is None:
+            self._start_listener()
+
+    async def _check_eviction_policy(self, client: aioredis.Redis) -> None:
+        try:
+            config = await client.config_get("maxmemory-policy")
+        except ResponseError as exc:  # CONFIG renamed, disabled or denied by an ACL
+            log.warning(
+                "dq: could not read Redis maxmemory-policy (%s); make sure it is noeviction "
+                "or volatile-*, or Redis may silently drop dq's data under memory pressure",
+                exc,
+            )
+            return
+        policy = str(config.get("maxmemory-policy", ""))
+        # allkeys-* policies evict any key under memory pressure: an execution, a step
+        # or a lease could vanish silently. volatile-* policies only evict keys that
+        # have a TTL and dq sets none, so for dq they behave like noeviction (writes
+        # fail with OOM instead of losing data); they are accepted.
+        if policy.startswith("allkeys-"):
+            raise RedisConfigError(
+                f"Redis maxmemory-policy is {policy!r}: Redis would evict dq's executions "
+                "under memory pressure. Set it to 'noeviction' (CONFIG SET maxmemory-policy "
+                "noeviction, and in redis.conf), or use a Redis instance of its own for dq"
+            )
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            task, self._listener = self._listener, None
+            self._closing = True
+            # Cancel until it ends: a cancellation that lands as a socket call
+            # completes can be swallowed inside redis-py (asyncio.wait_for on 3.11).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("dq: the Redis wakeup listener failed: %r", task.exception())
+            self._closing = False
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def now(self) -> int:
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        self._redis  # noqa: B018 - raises when not open
+        try:
+            return await self._scripts[name](args=[self._prefix, self._epoch, *args])
+        except ResponseError as exc:
+            message = str(exc)
+            if message.startswith(lua.LOST):
+                raise StorageLostError(
+                    f"dq's data in Redis ({self._url}, prefix {self._prefix!r}) is gone: "
+                    f"{message.removeprefix(lua.LOST).strip()} (FLUSHALL/FLUSHDB, a restart "
+                    "without persistence or a failover to an empty replica). Executions, "
+                    "steps and events written before are lost; restart the process to "
+                    "start over, and enable Redis persistence (appendonly yes)"
+                ) from exc
+            if message.startswith(lua.DUPLICATE):
+                eid = message.removeprefix(lua.DUPLICATE).strip()
+                raise ValueError(f"execution {eid!r} already exists") from exc
+            raise
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> CommitResult:
+        applied, refused, controls, first = await self._call("COMMIT", *self._encode_batch(batch))
+        result = CommitResult(
+            applied=[bool(a) for a in applied],
+            refused=set(refused),
+            controls=dict(_pairs(controls)),
+        )
+        seq = int(first)
+        for ev in batch.events:  # the batch's records are handed over: no copies
+            if ev.execution_id is None or ev.execution_id not in result.refused:
+                ev.seq = seq
+                result.events.append(ev)
+                seq += 1
+        return result
+
+    @staticmethod
+    def _encode_batch(batch: Batch) -> list[str]:
+        """COMMIT's arguments after prefix and epoch (see redis_scripts.COMMIT)."""
+        bodies: list[str] = []
+
+        def body(text: str) -> int:
+            bodies.append(text)
+            return len(bodies)
+
+        def fields(values: Mapping[str, Any], *, keep_none: bool) -> dict[str, str | int | None]:
+            out: dict[str, str | int | None] = {}
+            for name, value in values.items():
+                text = _encode_field(name, value)
+                if text is not None:
+                    out[name] = body(text) if name in _JSON_FIELDS else text
+                elif keep_none:
+                    out[name] = None
+            return out
+
+        step_keys: list[str] = []
+        for s in batch.steps:
+            step_keys += (s.execution_id, s.key)
+        step_bodies = "\n".join(_dumps(_step_values(s)) for s in batch.steps)
+        event_bodies = "\n".join(
+            _dumps((e.execution_id, e.job_name, e.type, e.data, e.at)) for e in batch.events
+        )
+        fences: list[str] = []
+        for eid, token in batch.fences.items():
+            fences += (eid, str(token))
+        shape = _dumps({
+            "f": fences,
+            "x": [
+                [r.id, fields({n: getattr(r, n) for n in _EXEC_FIELDS}, keep_none=False)]
+                for r in batch.executions
+            ],
+            "u": [
+                [u.id, fields(u.fields, keep_none=True),
+                 None if u.token is None else str(u.token),
+                 None if u.statuses is None else list(u.statuses)]
+                for u in batch.updates
+            ],
+            "s": step_keys,
+            "e": [e.execution_id for e in batch.events],
+            "m": [[m.pipe, body(_dumps([m.data, m.at]))] for m in batch.messages],
+            "k": [[k, None if v is None else body(_dumps(v))] for k, v in batch.state.items()],
+        })  # fmt: skip
+        return [shape, "\n".join(bodies), step_bodies, event_bodies]
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        job_names: Sequence[str] | None = None,
+        exclude_jobs: Sequence[str] = (),
+    ) -> list[ExecutionRecord]:
+        if limit <= 0:
+            return []
+        filters = _job_filters(job_names, exclude_jobs)
+        rows = await self._call("CLAIM", worker_id, int(limit), int(lease_ms), filters)
+        return [_decode_execution(dict(_pairs(row))) for row in rows]
+
+    async def renew(
+        self, worker_id: str, ids: Sequence[str], lease_ms: int
+    ) -> dict[str, str | None]:
+        if not ids:
+            return {}
+        return dict(_pairs(await self._call("RENEW", worker_id, lease_ms, *ids)))
+
+    async def reclaim(self, dead_workers: Sequence[str] = ()) -> list[str]:
+        return [str(i) for i in await self._call("RECLAIM", *dead_workers)]
+
+    # -- executions -----------------------------------------------------------------
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        fields = await self._redis.hgetall(self._k("exec", execution_id))
+        return _decode_execution(cast(dict[str, str], fields)) if fields else None
+
+    async def _fetch(self, ids: Sequence[str]) -> list[ExecutionRecord]:
+        pipe = self._redis.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hgetall(self._k("exec", eid))
+        rows = await pipe.execute()
+        return [_decode_execution(row) for row in rows if row]
+
+    async def _narrow(self, q: ExecutionQuery) -> set[str] | None:
+        """A superset of the matching ids from the indexes; None: every id."""
+        if q.ids is not None:
+            return set(q.ids)
+        options: list[list[str]] = []
+        if q.statuses is not None:
+            options.append([self._k("status", s) for s in q.statuses])
+        if q.job_names is not None:
+            options.append([self._k("job", j) for j in q.job_names])
+        if not options:
+            return None
+        keys = options[0]
+        if len(options) == 2 and options[0] and options[1]:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in options[0] + options[1]:
+                pipe.scard(key)
+            sizes = await pipe.execute()
+            if sum(sizes[len(options[0]) :]) < sum(sizes[: len(options[0])]):
+                keys = options[1]
+        elif len(options) == 2:
+            return set()
+        return {str(i) for i in await self._redis.sunion(keys)} if keys else set()
+
+    async def _scan(
+        self, q: ExecutionQuery, *, paging: bool
+    ) -> AsyncIterator[list[ExecutionRecord]]:
+        """Candidate records in the query's order, in chunks (a superset of the matches)."""
+        newest = q.order == "newest"
+        cursor = q.cursor if paging else None
+        narrowed = await self._narrow(q)
+        if narrowed is not None:
+            ordered = sorted(narrowed, reverse=newest)
+            if cursor is not None:
+                ordered = [i for i in ordered if (i < cursor if newest else i > cursor)]
+            for start in range(0, len(ordered), _CHUNK):
+                yield await self._fetch(ordered[start : start + _CHUNK])
+            return
+        while True:  # keyset walk over the ids zset, robust against concurrent inserts
+            bound = "(" + cursor if cursor is not None else None
+            if newest:
+                page = await self._redis.zrevrangebylex(
+                    self._k("ids"), bound or "+", "-", start=0, num=_CHUNK
+                )
+            else:
+                page = await self._redis.zrangebylex(
+                    self._k("ids"), bound or "-", "+", start=0, num=_CHUNK
+                )
+            if not page:
+                return
+            yield await self._fetch(cast(list[str], page))
+            if len(page) < _CHUNK:
+                return
+            cursor = str(page[-1])
+
+    async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
+        want = None if query.limit is None else query.offset + query.limit
+        found: list[ExecutionRecord] = []
+        async for chunk in self._scan(query, paging=True):
+            found.extend(r for r in chunk if matches(r, query))
+            if want is not None and len(found) >= want:
+                break
+        return sort_and_page(found, query)
+
+    async def count(self, query: ExecutionQuery) -> dict[str, int]:
+        if _only_status_and_job(query) and (query.job_names is None or self._sintercard):
+            return await self._count_from_indexes(query)
+        out: dict[str, int] = {}
+        async for chunk in self._scan(query, paging=False):
+            for r in chunk:
+                if matches(r, query, paging=False):
+                    out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    async def _count_from_indexes(self, q: ExecutionQuery) -> dict[str, int]:
+        statuses = list(dict.fromkeys(q.statuses if q.statuses is not None else STATUSES))
+        jobs = None if q.job_names is None else list(dict.fromkeys(q.job_names))
+        pipe = self._redis.pipeline(transaction=False)
+        for s in statuses:
+            if jobs is None:
+                pipe.scard(self._k("status", s))
+            else:  # an execution has one job: the per-job intersections add up
+                for j in jobs:
+                    pipe.sintercard(2, [self._k("status", s), self._k("job", j)])
+        sizes = iter(await pipe.execute())
+        out: dict[str, int] = {}
+        for s in statuses:
+            n = sum(next(sizes) for _ in (jobs if jobs is not None else [None]))
+            if n:
+                out[s] = n
+        return out
+
+    async def get_steps(self, execution_id: str) -> list[StepRecord]:
+        rows = await self._redis.hgetall(self._k("steps", execution_id))
+        steps = [
+            StepRecord(
+                execution_id, str(key), **dict(zip(_STEP_FIELDS, json.loads(body), strict=False))
+            )
+            for key, body in rows.items()
+        ]
+        steps.sort(key=lambda s: s.seq)
+        return steps
+
+    # -- events and pipe messages ---------------------------------------------------
+
+    async def read_events(
+        self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
+    ) -> list[EventRecord]:
+        if limit <= 0:
+            return []
+        flat = await self._call("READ_EVENTS", int(after_seq), int(limit), execution_id or "")
+        out = []
+        for seq, body in _pairs(flat):
+            eid, job, type_, data, at = json.loads(body)
+            out.append(EventRecord(eid, job, type_, data, at, int(seq)))
+        return out
+
+    async def last_event_seq(self) -> int:
+        return int(await self._redis.get(self._k("seq", "events")) or 0)
+
+    async def next_due(
+        self, job_names: Sequence[str] | None = None, exclude_jobs: Sequence[str] = ()
+    ) -> int | None:
+        due = await self._call("NEXT_DUE", _job_filters(job_names, exclude_jobs))
+        return None if due is None else int(due)
+
+    async def read_messages(
+        self, pipe: str, after_seq: int = 0, *, limit: int = 1000
+    ) -> list[PipeMessage]:
+        if limit <= 0:
+            return []
+        members = await self._redis.zrangebyscore(
+            self._k("pipe", pipe), f"({int(after_seq)}", "+inf", start=0, num=limit
+        )
+        out = []
+        for member in members:
+            seq, _, body = str(member).partition(" ")
+            data, at = json.loads(body)
+            out.append(PipeMessage(pipe, data, at, int(seq)))
+        return out
+
+    async def last_message_seq(self, pipe: str) -> int:
+        last = await self._redis.zrange(self._k("pipe", pipe), -1, -1, withscores=True)
+        return int(last[0][1]) if last else 0
+
+    # -- state and workers ----------------------------------------------------------
+
+    async def get_state(self, keys: Sequence[str]) -> dict[str, Any]:
+        if not keys:
+            return {}
+        values = await self._redis.hmget(self._k("state"), list(keys))
+        return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def list_state(self, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async for key, value in self._redis.hscan_iter(
+            self._k("state"), match=_glob_escape(prefix) + "*", count=500
+        ):
+            out[str(key)] = json.loads(value)
+        return out
+
+    async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        await self._call("HEARTBEAT", worker_id, _dumps(info))
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(self._k("workers"))
+        pipe.zrange(self._k("heartbeats"), 0, -1, withscores=True)
+        infos, beats = await pipe.execute()
+        seen = {str(w): int(at) for w, at in beats}
+        return [
+            {"id": wid, "info": json.loads(info), "last_heartbeat": seen.get(wid, 0)}
+            for wid, info in infos.items()
+        ]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._k("workers"), worker_id)
+        pipe.zrem(self._k("heartbeats"), worker_id)
+        await pipe.execute()
+
+    # -- wakeups --------------------------------------------------------------------
+
+    def on_wakeup(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self._client is not None and self._listener is None:
+            self._start_listener()
+
+    def _start_listener(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(), name=f"dq-redis-wakeup:{self._prefix}"
+        )
+
+    def _fire(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("dq: a storage wakeup callback raised")
+
+    async def _listen(self) -> None:
+        """Subscribe to `{prefix}:wakeup`; on a dropped connection, reconnect with
+        backoff and fire once, since wakeups may have been missed meanwhile."""
+        delay_s, connected_before = 0.05, False
+        while not self._closing:
+            # A client of its own without retries: a drop surfaces here, not inside redis-py.
+            client = aioredis.Redis.from_url(
+                self._url, decode_responses=True, retry=Retry(NoBackoff(), 0),
+                client_name=f"dq-wakeup-{self._prefix}",
+            )  # fmt: skip
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._k("wakeup"))
+                if connected_before:
+                    self._fire()
+                connected_before, delay_s = True, 0.05
+                self.subscribed.set()
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        await pubsub.ping()  # a silent dead connection fails here
+                    elif message.get("type") == "message":
+                        self._fire()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "dq: Redis wakeup subscription lost (%s); reconnecting in %.2fs", exc, delay_s
+                )
+            finally:
+                self.subscribed.clear()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+
+
+async def _server_version(client: aioredis.Redis) -> tuple[int, ...]:
+    try:
+        info = await client.info("server")
+        return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+    except (RedisError, KeyError, ValueError):  # INFO denied, or an unusual server
+        return (0,)
+
+
+def _only_status_and_job(q: ExecutionQuery) -> bool:
+    """True when the index sets alone answer a count."""
+    return (
+        q.ids is None and not q.id_contains and q.parent_id is None and q.root_id is None
+        and q.created_before is None and q.created_after is None
+        and q.started_before is None and q.started_after is None
+        and q.completed_before is None and q.completed_after is None
+        and q.retry_count is None and q.retry_count_less_than is None
+        and q.retry_count_greater_than is None
+    )  # fmt: skip

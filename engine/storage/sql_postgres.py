@@ -1,0 +1,229 @@
+"""PostgreSQL through asyncpg: concurrent writers (row locks, SKIP LOCKED claims),
+the server's clock, and LISTEN/NOTIFY wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    func,
+    literal,
+    literal_column,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..ids import new_id
+from .sql import CommitIO, SqlStorage, Write, log
+
+
+class _SqlAlchemyIO:
+    """Commit statements through SQLAlchemy's connection (it owns the transaction)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        return (await self._conn.exec_driver_sql(sql, params)).all()
+
+    async def run(self, writes: list[Write]) -> None:
+        for sql, params, _many in writes:
+            await self._conn.exec_driver_sql(sql, params)
+
+
+_NOW_PG = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+_MIGRATION_LOCK_KEY = 0x64715F6D6967  # "dq_mig": a transaction-scoped advisory lock
+WAKEUP_CHANNEL = "dq_wakeup"
+
+
+class PostgresStorage(SqlStorage):
+    """Many writers: touched rows are locked, claims skip locked rows, the clock
+    is the server's, and commits NOTIFY the other processes of new work."""
+
+    kind = "postgres"
+    #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
+    listen_ping_s = 5.0
+    listen_backoff_s = (0.1, 5.0)
+
+    _TOUCHED = (
+        "SELECT id, token, status, control FROM executions WHERE id = ANY($1::varchar[])"
+        " ORDER BY id FOR UPDATE"
+    )
+    # Seqs are handed out by bumping one counter row, whose row lock is held until
+    # COMMIT. That is what keeps tailing readers correct: with a SEQUENCE (or any
+    # number taken without waiting) a transaction holding N+1 could commit before
+    # the one holding N, and a reader already past N+1 (`read_events(after_seq)`)
+    # would never see N. Here the next committer waits for our COMMIT before it
+    # gets its numbers (in READ COMMITTED its UPDATE then re-reads the committed
+    # row), so seqs become visible in order. The same holds for pipe messages.
+    # It is the last lock a commit takes, so it cannot be part of a deadlock, and
+    # it serialises only the tail of concurrent commits (inserts and COMMIT). An
+    # equivalent of pg_advisory_xact_lock + max(seq) in one statement instead of two.
+    _RESERVE = (
+        "UPDATE seq_counters SET events = events + $1, messages = messages + $2"
+        " WHERE id = 1 RETURNING events, messages"
+    )
+
+    def __init__(self, dsn: str) -> None:
+        url = make_url(dsn)
+        if url.get_backend_name() not in ("postgresql", "postgres"):
+            raise ValueError(f"not a PostgreSQL DSN: {dsn!r}")
+        super().__init__(url.set(drivername="postgresql+asyncpg"))
+        self._raw_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # Our own NOTIFYs carry this payload, so that our listener can skip them.
+        self._instance = new_id()
+        self._notify_sql = ("SELECT pg_notify($1, $2)", (WAKEUP_CHANNEL, self._instance))
+        self._listen_task: asyncio.Task[None] | None = None
+        self._read_engine: AsyncEngine | None = None
+
+    def _create_engine(self) -> AsyncEngine:
+        engine = create_async_engine(self._url)
+        # Reads in autocommit: one round trip, no BEGIN/ROLLBACK around a SELECT.
+        self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        return engine
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _commit_txn(self) -> AsyncIterator[CommitIO]:
+        async with self.engine.begin() as conn:
+            yield _SqlAlchemyIO(conn)
+
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        if self._engine is None or self._read_engine is None:
+            return self.engine.connect()  # raises the "not open" error
+        return self._read_engine.connect()
+
+    def _now_sql(self) -> ColumnElement[int]:
+        # An uncorrelated scalar subquery: evaluated once per statement, on the server.
+        return literal_column(_NOW_PG, BigInteger)
+
+    def _ids_in(self, column: ColumnElement[Any], ids: Iterable[str]) -> ColumnElement[bool]:
+        cond: ColumnElement[bool] = column == any_(literal(list(ids), pg_dialect.ARRAY(String)))
+        return cond
+
+    def _contains_ci(self, column: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
+        return func.strpos(func.upper(column), func.upper(literal(needle, String))) > 0
+
+    def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
+        # Callers that wait (skip_locked=False) order by id, as commit locks rows,
+        # so two writers never wait for each other in a cycle. A MATERIALIZED CTE runs once: as a plain
+        # `IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may rescan
+        # the subquery once per outer row (a nested-loop semi join) and so claim
+        # more than `limit` rows.
+        cte = ids.with_for_update(skip_locked=skip_locked).cte().prefix_with("MATERIALIZED")
+        return select(cte.c.id)
+
+    async def _read_touched(
+        self, io: CommitIO, ids: set[str]
+    ) -> tuple[dict[str, list[Any]], tuple[int, int] | None]:
+        if not ids:
+            return {}, None
+        # Sorted, so that concurrent commits lock rows in the same order.
+        rows = await io.fetch(self._TOUCHED, (sorted(ids),))
+        return {r[0]: [r[1], r[2], r[3]] for r in rows}, None
+
+    async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
+        [(last_event, last_message)] = await io.fetch(self._RESERVE, (events, messages))
+        return int(last_event) - events, int(last_message) - messages
+
+    async def _migration_lock(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+
+    def _insert(self) -> Any:
+        return pg_dialect.insert
+
+    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) == "23505" and "executions_pkey" in str(exc.orig)
+
+    def _is_retryable(self, exc: DBAPIError) -> bool:
+        # deadlock_detected, serialization_failure: the transaction was rolled back.
+        return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+
+    # --- LISTEN/NOTIFY ------------------------------------------------------
+
+    def on_wakeup(self, callback: Callable[[], None]) -> None:
+        self._wakeup_callbacks.append(callback)
+        if self._engine is not None and self._listen_task is None:
+            self._start_listener()
+
+    async def _after_open(self) -> None:
+        if self._wakeup_callbacks:
+            self._start_listener()
+
+    async def _before_close(self) -> None:
+        task, self._listen_task = self._listen_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def _start_listener(self) -> None:
+        self._listen_task = asyncio.create_task(self._listen(), name="dq-postgres-listen")
+
+    def _wake(self) -> None:
+        for callback in list(self._wakeup_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("postgres storage: wake-up callback failed")
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self._instance:
+            self._wake()
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection for as long as the storage is open.
+
+        A dropped connection (server restart, network, idle kill) is noticed by
+        asyncpg's termination callback or by a failing periodic probe; we then
+        reconnect with exponential backoff, and wake the callbacks once after
+        each (re)connect, since notifications sent meanwhile were lost.
+        """
+        backoff = self.listen_backoff_s[0]
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._raw_dsn, server_settings={"application_name": "dq-listen"}
+                )
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(WAKEUP_CHANNEL, self._on_notification)
+                backoff = self.listen_backoff_s[0]
+                self._wake()
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), self.listen_ping_s)
+                    except TimeoutError:
+                        await conn.execute("SELECT 1", timeout=self.listen_ping_s)
+                log.warning("postgres storage: LISTEN connection lost; reconnecting")
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "postgres storage: LISTEN connection failed (%s); retrying in %.1fs",
+                    exc,
+                    backoff,
+                )
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.listen_backoff_s[1])

@@ -1,0 +1,208 @@
+"""SQLite through aiosqlite: one writer (BEGIN IMMEDIATE), WAL, the local clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from sqlalchemy import URL, BigInteger, ColumnElement, String, event, func, literal, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ..ids import now_ms
+from .sql import CommitIO, SqlStorage, Write, log
+from .sql_tables import dumps
+
+
+class _AiosqliteIO:
+    """Commit statements straight on the aiosqlite connection: one hop to its
+    thread per statement, where SQLAlchemy's adapter takes three or four
+    (cursor, execute, fetch, close). Statements are queued together where no
+    result is needed in between (BEGIN with the first one; all the writes) and
+    run back to back in the connection's thread, in order."""
+
+    def __init__(self, conn: Any, *, begin: str) -> None:
+        self._conn = conn
+        self._begin: str | None = begin
+
+    async def _all(self, calls: list[Awaitable[Any]]) -> list[Any]:
+        if self._begin is not None:
+            calls.insert(0, self._conn.execute(self._begin))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if self._begin is not None:
+            self._begin = None
+            outcomes.pop(0)
+        return outcomes
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        [rows] = await self._all([self._conn.execute_fetchall(sql, params)])
+        return cast(Sequence[Sequence[Any]], rows)
+
+    async def run(self, writes: list[Write]) -> None:
+        conn = self._conn
+        await self._all([(conn.executemany if many else conn.execute)(sql, params)
+                         for sql, params, many in writes])  # fmt: skip
+
+
+class SqliteStorage(SqlStorage):
+    """One writer: every write is a `BEGIN IMMEDIATE` transaction, and the writers
+    of this process queue on an asyncio lock rather than in SQLite's busy handler."""
+
+    kind = "sqlite"
+    busy_timeout_ms = 30_000
+
+    # The header row carries the last seqs: with one writer they are read up front.
+    _TOUCHED = (
+        "SELECT NULL, (SELECT coalesce(max(seq), 0) FROM events),"
+        " (SELECT coalesce(max(seq), 0) FROM pipe_messages), NULL"
+        " UNION ALL SELECT id, token, status, control FROM executions"
+        " WHERE id IN (SELECT value FROM json_each(?))"
+    )
+
+    def __init__(self, path: str) -> None:
+        super().__init__(URL.create("sqlite+aiosqlite", database=path))
+        self.path = path
+        # ":memory:" is one shared connection: reads must not interleave with a write.
+        self._memory = path in ("", ":memory:")
+        self.durable = not self._memory
+        self._write_lock = asyncio.Lock()
+        self._writer_conn: AsyncConnection | None = None
+        self._writer_driver: Any = None
+
+    def _create_engine(self) -> AsyncEngine:
+        engine = create_async_engine(self._url)
+        busy_timeout_ms = int(self.busy_timeout_ms)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+            # No implicit BEGIN from the driver: reads run in autocommit, writes
+            # issue their own BEGIN IMMEDIATE.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            for pragma in (f"busy_timeout={busy_timeout_ms}", "synchronous=NORMAL",
+                           "foreign_keys=ON"):  # fmt: skip
+                cursor.execute(f"PRAGMA {pragma}")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")  # persistent: once per file
+            except Exception as exc:
+                # SQLite answers "locked" without waiting while another connection
+                # switches the file to WAL; `_ensure_wal` (in open) makes sure.
+                if "locked" not in str(exc):
+                    raise
+            cursor.close()
+
+        return engine
+
+    async def _ensure_wal(self) -> None:
+        deadline = now_ms() + self.busy_timeout_ms
+        async with self.engine.connect() as conn:
+            while True:
+                try:
+                    mode = (await conn.exec_driver_sql("PRAGMA journal_mode=WAL")).scalar()
+                except DBAPIError as exc:
+                    if "locked" not in str(exc.orig) or now_ms() > deadline:
+                        raise
+                    mode = None
+                if mode == "wal":
+                    return
+                if mode is not None or now_ms() > deadline:
+                    raise RuntimeError(f"cannot switch {self.path!r} to WAL (journal_mode={mode})")
+                await asyncio.sleep(0.01)
+
+    async def _before_migrations(self) -> None:
+        if not self._memory:
+            await self._ensure_wal()
+
+    async def _writer(self) -> tuple[AsyncConnection, Any]:
+        """The connection every write of this storage goes through (SQLAlchemy's
+        and the aiosqlite one under it): no pool checkout and reset per write."""
+        if self._writer_conn is None:
+            conn = await self.engine.connect()
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            self._writer_conn, self._writer_driver = conn, driver
+        return self._writer_conn, self._writer_driver
+
+    async def _close_writer(self) -> None:
+        conn, self._writer_conn, self._writer_driver = self._writer_conn, None, None
+        if conn is not None:
+            await conn.close()
+
+    async def _rollback(self, rollback: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await rollback()
+        except BaseException:
+            # The transaction may still be open: never reuse this connection.
+            log.warning("sqlite storage: rollback failed; dropping the write connection")
+            await self._close_writer()
+            raise
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock:
+            conn, _ = await self._writer()
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                await conn.commit()
+            except BaseException:
+                await self._rollback(conn.rollback)
+                raise
+
+    @asynccontextmanager
+    async def _commit_txn(self) -> AsyncIterator[CommitIO]:
+        async with self._write_lock:
+            _, driver = await self._writer()
+            io = _AiosqliteIO(driver, begin="BEGIN IMMEDIATE")
+            try:
+                yield io
+                await driver.commit()
+            except BaseException:
+                await self._rollback(driver.rollback)
+                raise
+
+    async def _before_close(self) -> None:
+        async with self._write_lock:
+            await self._close_writer()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._memory:
+            async with self._write_lock, self.engine.connect() as conn:
+                yield conn
+        else:
+            async with self.engine.connect() as conn:
+                yield conn
+
+    def _now_sql(self) -> ColumnElement[int]:
+        # The local clock, read when the statement is built (inside the write lock).
+        return literal(now_ms(), BigInteger)
+
+    def _ids_in(self, column: ColumnElement[Any], ids: Iterable[str]) -> ColumnElement[bool]:
+        values = func.json_each(literal(dumps(list(ids)), String)).table_valued("value")
+        return column.in_(select(values.c.value))
+
+    async def _read_touched(
+        self, io: CommitIO, ids: set[str]
+    ) -> tuple[dict[str, list[Any]], tuple[int, int] | None]:
+        current: dict[str, list[Any]] = {}
+        last = (0, 0)
+        for r in await io.fetch(self._TOUCHED, (dumps(list(ids)),)):
+            if r[0] is None:
+                last = (int(r[1]), int(r[2]))
+            else:
+                current[r[0]] = [r[1], r[2], r[3]]
+        return current, last
+
+    def _insert(self) -> Any:
+        return sqlite_dialect.insert
+
+    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
+        return "UNIQUE constraint failed: executions.id" in str(exc.orig)

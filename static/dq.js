@@ -1,0 +1,172 @@
+/* dq dashboard glue: live stream resume, the live indicator, clocks. No framework. */
+(function () {
+  "use strict";
+
+  // ---- resume: every stream message carries the last event seq as its id. A fresh
+  // EventSource (htmx re-creates one after the server went away) asks for what it missed.
+  var lastSeq = null;
+
+  function withAfter(url) {
+    if (lastSeq === null) return url;
+    var u = new URL(url, window.location.href);
+    u.searchParams.set("after", lastSeq);
+    return u.pathname + u.search;
+  }
+
+  htmx.createEventSource = function (url) {
+    return new EventSource(withAfter(url), { withCredentials: true });
+  };
+
+  // ---- drop out-of-band fragments for elements this page does not show,
+  // so a shared stream can carry more than one page needs.
+  htmx.defineExtension("dq-live", {
+    transformResponse: function (text) {
+      var tpl = document.createElement("template");
+      tpl.innerHTML = text;
+      var root = tpl.content;
+      var holders = root.querySelectorAll("template");
+      var scopes = [root];
+      for (var i = 0; i < holders.length; i++) scopes.push(holders[i].content);
+      scopes.forEach(function (scope) {
+        scope.querySelectorAll("[hx-swap-oob]").forEach(function (el) {
+          var spec = el.getAttribute("hx-swap-oob");
+          var sel = spec.indexOf(":") >= 0 ? spec.slice(spec.indexOf(":") + 1) : "#" + el.id;
+          if (!sel || sel === "#" || !document.querySelector(sel)) el.remove();
+        });
+      });
+      var out = "";
+      for (var j = 0; j < root.childNodes.length; j++) {
+        var n = root.childNodes[j];
+        if (n.nodeType === 1) out += n.outerHTML;
+      }
+      return out;
+    },
+  });
+
+  // ---- live indicator: connected / reconnecting / offline
+  var offlineTimer = null;
+  function setLive(state) {
+    var el = document.getElementById("live");
+    if (!el) return;
+    el.dataset.state = state;
+    var text = el.querySelector(".txt");
+    if (text) text.textContent = state === "connected" ? "live" : state;
+  }
+  document.addEventListener("htmx:sseOpen", function () {
+    clearTimeout(offlineTimer);
+    offlineTimer = null;
+    setLive("connected");
+  });
+  document.addEventListener("htmx:sseError", function () {
+    setLive("reconnecting");
+    if (!offlineTimer) {
+      offlineTimer = setTimeout(function () { setLive("offline"); }, 8000);
+    }
+  });
+  document.addEventListener("htmx:sseMessage", function (evt) {
+    var e = evt.detail;
+    if (e && e.lastEventId) {
+      var n = parseInt(e.lastEventId, 10);
+      if (!isNaN(n)) lastSeq = n;
+    }
+    tick();
+  });
+  window.addEventListener("offline", function () { setLive("offline"); });
+
+  // ---- clocks: relative times, running durations, sleep countdowns (server gives ms epochs)
+  function fmtDur(ms) {
+    if (ms < 0) ms = 0;
+    if (ms < 1000) return Math.round(ms) + " ms";
+    var s = ms / 1000;
+    if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
+    var m = Math.floor(s / 60), rs = Math.floor(s % 60);
+    if (m < 60) return m + "m " + (rs < 10 ? "0" : "") + rs + "s";
+    var h = Math.floor(m / 60), rm = m % 60;
+    if (h < 48) return h + "h " + (rm < 10 ? "0" : "") + rm + "m";
+    return Math.floor(h / 24) + "d " + (h % 24) + "h";
+  }
+  function fmtAgo(ms) {
+    var s = Math.round(ms / 1000);
+    if (s < 5) return "just now";
+    if (s < 60) return s + "s ago";
+    var m = Math.floor(s / 60);
+    if (m < 60) return m + "m ago";
+    var h = Math.floor(m / 60);
+    if (h < 48) return h + "h ago";
+    return Math.floor(h / 24) + "d ago";
+  }
+  var skew = 0;
+  function now() { return Date.now() + skew; }
+  function tick() {
+    var t = now();
+    document.querySelectorAll("[data-ago]").forEach(function (el) {
+      el.textContent = fmtAgo(t - parseInt(el.dataset.ago, 10));
+    });
+    document.querySelectorAll("[data-since]").forEach(function (el) {
+      el.textContent = fmtDur(t - parseInt(el.dataset.since, 10));
+    });
+    document.querySelectorAll("[data-until]").forEach(function (el) {
+      var left = parseInt(el.dataset.until, 10) - t;
+      el.textContent = left > 0 ? "in " + fmtDur(left) : "waking…";
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var body = document.body;
+    if (body.dataset.now) skew = parseInt(body.dataset.now, 10) - Date.now();
+    tick();
+    setInterval(tick, 1000);
+    // "/" jumps to the go-to box
+    document.addEventListener("keydown", function (e) {
+      if (e.key !== "/" || /input|textarea|select/i.test(document.activeElement.tagName)) return;
+      var box = document.querySelector(".goto input");
+      if (box) { e.preventDefault(); box.focus(); }
+    });
+  });
+  // ---- the trace: selected step, expanded children, the highlighted source line
+  var openChildren = {};
+  document.addEventListener("toggle", function (e) {
+    var d = e.target;
+    if (d && d.classList && d.classList.contains("wf-child")) openChildren[d.id] = d.open;
+  }, true);
+  function syncTrace() {
+    var panel = document.getElementById("step-panel");
+    var key = panel ? panel.dataset.key : "";
+    document.querySelectorAll(".wf-row[data-key]").forEach(function (r) {
+      r.classList.toggle("selected", !!key && r.dataset.key === key);
+    });
+    Object.keys(openChildren).forEach(function (id) {
+      var d = document.getElementById(id);
+      if (d && openChildren[id] && !d.open) d.open = true;
+    });
+  }
+  function scrollSource() {
+    document.querySelectorAll(".source").forEach(function (pre) {
+      var hl = pre.querySelector(".hl");
+      if (hl && pre.scrollHeight > pre.clientHeight) pre.scrollTop = Math.max(0, hl.offsetTop - pre.clientHeight / 3);
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { syncTrace(); scrollSource(); });
+  document.addEventListener("htmx:afterSettle", function (e) {
+    tick();
+    syncTrace();
+    if (e.target && e.target.id === "step-panel") scrollSource();
+  });
+  document.addEventListener("htmx:oobAfterSwap", syncTrace);
+
+  // ---- action feedback
+  function toast(text, isError) {
+    var el = document.getElementById("toast");
+    if (!el) return;
+    el.className = isError ? "toast err" : "toast";
+    el.textContent = text;
+    setTimeout(function () { el.textContent = ""; }, 5000);
+  }
+  document.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail.xhr;
+    toast(xhr.status === 403 || xhr.status === 409
+      ? "Refused: " + (xhr.responseText || "forbidden").slice(0, 160)
+      : "Request failed: HTTP " + xhr.status, true);
+  });
+  document.addEventListener("dq:notice", function (evt) { toast(evt.detail.value || "done", false); });
+})();

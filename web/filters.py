@@ -1,0 +1,140 @@
+"""The executions list's filters: URL query parameters <-> `ExecutionQuery`.
+
+Every filter of `queue.jobs.get_all` has a parameter, so a filtered view is a
+link. Bad values are reported next to the form and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from engine.storage.base import STATUSES, ExecutionQuery
+
+PAGE_SIZE = 50
+_TIME_FIELDS = ("started_after", "started_before", "completed_after", "completed_before")
+_INT_FIELDS = ("retry", "retry_lt", "retry_gt")
+
+
+def parse_time(text: str) -> int:
+    """ISO date/time (UTC when no zone) or epoch ms -> epoch ms. Raises ValueError."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class Filters:
+    statuses: list[str] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)
+    q: str = ""
+    times: dict[str, str] = field(default_factory=dict)
+    ints: dict[str, str] = field(default_factory=dict)
+    cursor: str | None = None  # show ids older than this
+    before: str | None = None  # show ids newer than this (paging back)
+    limit: int = PAGE_SIZE
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.statuses or self.jobs or self.q or self.times or self.ints)
+
+    def query(self) -> ExecutionQuery:
+        """The query for the filters alone (no paging)."""
+        tq = {k: parse_time(v) for k, v in self.times.items()}
+        iq = {k: int(v) for k, v in self.ints.items()}
+        return ExecutionQuery(
+            statuses=self.statuses or None,
+            job_names=self.jobs or None,
+            id_contains=self.q or None,
+            started_after=tq.get("started_after"),
+            started_before=tq.get("started_before"),
+            completed_after=tq.get("completed_after"),
+            completed_before=tq.get("completed_before"),
+            retry_count=iq.get("retry"),
+            retry_count_less_than=iq.get("retry_lt"),
+            retry_count_greater_than=iq.get("retry_gt"),
+        )
+
+    def page_query(self) -> ExecutionQuery:
+        """The query for one page: keyset pagination by id (ids are time-ordered)."""
+        q = self.query()
+        q.limit = self.limit + 1  # one more tells whether a next page exists
+        if self.before:
+            q.order, q.cursor = "oldest", self.before
+        else:
+            q.order, q.cursor = "newest", self.cursor
+        return q
+
+    def params(self, **override: str | None) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = [("status", s) for s in self.statuses]
+        out += [("job", j) for j in self.jobs]
+        if self.q:
+            out.append(("q", self.q))
+        out += list(self.times.items()) + list(self.ints.items())
+        if self.limit != PAGE_SIZE:
+            out.append(("limit", str(self.limit)))
+        for key, value in override.items():
+            out = [(k, v) for k, v in out if k != key]
+            if value is not None:
+                out.append((key, value))
+        return out
+
+    def url(self, base: str = "/executions", **override: str | None) -> str:
+        qs = urlencode(self.params(**override))
+        return f"{base}?{qs}" if qs else base
+
+
+def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] = ()) -> Filters:
+    """Read filters from multi-valued query parameters (`status` and `job` repeat)."""
+
+    def many(key: str) -> list[str]:
+        out: list[str] = []
+        for value in params.get(key, []):
+            out += [v.strip() for v in value.split(",") if v.strip()]
+        return out
+
+    def one(key: str) -> str:
+        values = params.get(key, [])
+        return values[-1].strip() if values else ""
+
+    f = Filters()
+    for s in many("status"):
+        if s in STATUSES and s not in f.statuses:
+            f.statuses.append(s)
+        elif s not in STATUSES:
+            f.errors.append(f"unknown status {s!r} ignored")
+    f.jobs = [j for j in dict.fromkeys(many("job"))]
+    unknown = [j for j in f.jobs if job_names and j not in job_names]
+    if unknown:
+        f.errors.append("no job named " + ", ".join(repr(j) for j in unknown))
+    f.q = one("q")[:64]
+    for key in _TIME_FIELDS:
+        value = one(key)
+        if not value:
+            continue
+        try:
+            parse_time(value)
+            f.times[key] = value
+        except ValueError:
+            f.errors.append(f"{key.replace('_', ' ')}: {value!r} is not a date/time")
+    for key in _INT_FIELDS:
+        value = one(key)
+        if not value:
+            continue
+        if value.lstrip("-").isdigit():
+            f.ints[key] = value
+        else:
+            f.errors.append(f"{key.replace('_', ' ')}: {value!r} is not a number")
+    f.cursor = one("cursor") or None
+    f.before = one("before") or None
+    limit = one("limit")
+    if limit.isdigit():
+        f.limit = max(1, min(500, int(limit)))
+    return f

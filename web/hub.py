@@ -1,0 +1,342 @@
+"""The live hub: one event-bus subscription per server, fanned out to every SSE client.
+
+Events are coalesced into ticks (at most one per `tick_s`). For each tick the
+hub reads what the watched pages need — once, whatever the number of clients
+— renders the fragments once, and hands the same messages to every client
+queue. Storage work therefore depends on *what* is watched (the overview, a
+list, some executions), never on *how many* browsers watch it.
+
+A ring of recent ticks lets a reconnecting client (`Last-Event-ID` or
+`?after=`) catch up without gaps or repeats; a client that asks for more than
+the ring holds, or that fell too far behind, is resynced from storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.ids import now_ms
+from engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
+from engine.storage.query import matches
+
+from . import live
+from .filters import Filters
+from .live import ExecCache, Message
+from .stats import failure_groups, status_counts, throughput
+from .views import children_of, read_all_events
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
+
+log = logging.getLogger("dq.web")
+
+RESYNC = "resync"
+
+
+@dataclass(slots=True)
+class Tick:
+    seq: int
+    messages: list[Message]
+    #: The SSE bytes for each set of topics, encoded once and shared by every client of it.
+    encoded: dict[frozenset[str], bytes] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Client:
+    topics: frozenset[str]
+    after: int
+    filters: Filters | None = None
+    queue: asyncio.Queue[Tick | str | None] = field(default_factory=asyncio.Queue)
+    new_count: int = 0
+
+    def wants(self, msg: Message) -> bool:
+        return msg.topic in self.topics and not (msg.append and msg.seq <= self.after)
+
+
+class Hub:
+    def __init__(self, dash: Dashboard) -> None:
+        self.dash = dash
+        self.settings = dash.settings
+        self.clients: set[Client] = set()
+        self.interest: Counter[str] = Counter()
+        self.ring: deque[Tick] = deque()
+        self.head = 0  # the last event seq processed
+        self.covered_from = 0  # the ring holds every tick after this seq
+        self.cache: dict[str, ExecCache] = {}
+        self.started = asyncio.Event()
+        self._pending: list[EventRecord] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._last_refresh = 0.0
+        self._last_scan = 0.0
+        self._scan_dirty = True
+        self.ticks = 0
+        #: execution id -> the step it is in, from the events (records may not carry it)
+        self.current: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._read_bus(), name="dq-web-bus"),
+            asyncio.create_task(self._loop(), name="dq-web-hub"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.started.wait()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        for client in list(self.clients):
+            _put(client, None)
+
+    # -- clients --------------------------------------------------------------------
+    def connect(self, topics: Iterable[str], after: int | None, filters: Filters | None = None) -> tuple[Client, list[Tick] | None]:
+        """Register a client. Returns it and the ticks to replay, or None when it must be resynced."""
+        client = Client(frozenset(topics), after or self.head, filters)
+        client.queue = asyncio.Queue(self.settings.client_queue)
+        self.clients.add(client)
+        since = self.covered_from
+        for topic in client.topics:
+            self.interest[topic] += 1
+            if topic.startswith("exec:"):
+                cache = self.cache.setdefault(topic[5:], ExecCache(since=self.head))
+                since = max(since, cache.since)
+        self._wake.set()
+        if after is None or after >= self.head:
+            return client, []
+        if after >= since:
+            return client, [t for t in self.ring if t.seq > after]
+        return client, None
+
+    def disconnect(self, client: Client) -> None:
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        for topic in client.topics:
+            self.interest[topic] -= 1
+            if self.interest[topic] <= 0:
+                del self.interest[topic]
+                if topic.startswith("exec:"):
+                    self.cache.pop(topic[5:], None)
+
+    # -- the bus --------------------------------------------------------------------
+    async def _read_bus(self) -> None:
+        bus = self.dash.queue.bus
+        while not self._closing:
+            try:
+                async with bus.subscribe() as sub:
+                    base = getattr(bus, "last_seq", None)
+                    if base is None:
+                        base = await self.dash.storage.last_event_seq()
+                    if self.started.is_set():  # a resubscription: whatever fell between is lost
+                        self._gap(base)
+                    else:
+                        self.head = self.covered_from = base
+                        self.started.set()
+                    async for ev in sub:
+                        self._pending.append(ev)
+                        self._track(ev)
+                        self._wake.set()
+                log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dq-ui: event subscription failed; retrying in 1 s")
+                await asyncio.sleep(1)
+
+    def _track(self, ev: EventRecord) -> None:
+        eid = ev.execution_id
+        if not eid:
+            return
+        if ev.type in ("step_start", "sleep", "wait") and isinstance(ev.data, dict) and ev.data.get("key"):
+            self.current[eid] = str(ev.data["key"])
+        elif ev.type in ("success", "failure", "cancel"):
+            self.current.pop(eid, None)
+        if len(self.current) > 50_000:
+            self.current.clear()
+
+    def fill(self, recs: Iterable[ExecutionRecord]) -> None:
+        """Give active records their current step when storage does not carry it."""
+        for rec in recs:
+            if rec.current_step is None and rec.status not in TERMINAL:
+                rec.current_step = self.current.get(rec.id)
+
+    def filled(self, recs: list[ExecutionRecord]) -> list[ExecutionRecord]:
+        self.fill(recs)
+        return recs
+
+    def _gap(self, base: int) -> None:
+        self.ring.clear()
+        self.head = self.covered_from = max(base, self.head)
+        for c in self.cache.values():
+            c.loaded = False
+        for client in list(self.clients):
+            _put(client, RESYNC)
+
+    # -- ticks ----------------------------------------------------------------------
+    async def _loop(self) -> None:
+        # A stop flag as well as cancellation: on Python 3.11, asyncio.wait_for can swallow a
+        # cancel that lands as its inner wait completes (cpython gh-86296); asyncio.timeout can't.
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.refresh_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            await asyncio.sleep(self.settings.tick_s)  # coalesce a burst into one tick
+            events, self._pending = self._pending, []
+            try:
+                await self._tick(events)
+            except Exception:
+                log.exception("dq-ui: rendering live updates failed")
+
+    async def _tick(self, events: list[EventRecord]) -> None:
+        events = [e for e in events if e.seq > self.head]
+        seq = events[-1].seq if events else self.head
+        now = now_ms()
+        mono = time.monotonic()
+        messages: list[Message] = []
+        if self.clients:
+            messages += await self._render_lists(events, seq, now)
+            messages += await self._render_executions(events, seq, now, refresh=mono - self._last_refresh >= self.settings.refresh_s)
+            messages += await self._render_overview_scan(events, seq, now, mono)
+        if events or messages:
+            self._publish(Tick(seq, messages))
+        if mono - self._last_refresh >= self.settings.refresh_s:
+            self._last_refresh = mono
+        self.head = max(self.head, seq)
+
+    async def _render_lists(self, events: list[EventRecord], seq: int, now: int) -> list[Message]:
+        storage = self.dash.storage
+        want_rows = bool({"rows", "minis", "new"} & set(self.interest))
+        changed = list(dict.fromkeys(e.execution_id for e in events if e.execution_id))
+        out: list[Message] = []
+        if not changed or not (want_rows or "overview" in self.interest):
+            return out
+        recs = await storage.query(ExecutionQuery(ids=changed, limit=len(changed))) if want_rows else []
+        self.fill(recs)
+        by_id = {r.id: r for r in recs}
+        if "rows" in self.interest and recs:
+            out.append(Message("rows", seq, live.rows_html(recs, now)))
+        if "minis" in self.interest and recs:
+            out.append(Message("minis", seq, live.minis_html(recs, now)))
+        if "new" in self.interest:
+            for ev in events:
+                if ev.type == "trigger" and ev.execution_id in by_id:
+                    out.append(Message("new", ev.seq, "", append=True, record=by_id[ev.execution_id]))
+        if "overview" in self.interest:
+            counts = await status_counts(storage)
+            recent = await storage.query(ExecutionQuery(limit=12))
+            self.fill(recent)
+            out.append(Message("overview", seq, live.overview_counts_html(counts, recent, now)))
+            if any(e.type in ("success", "failure", "error") for e in events):
+                self._scan_dirty = True
+        return out
+
+    async def _render_overview_scan(self, events: list[EventRecord], seq: int, now: int, mono: float) -> list[Message]:
+        if "overview" not in self.interest:
+            return []
+        due = mono - self._last_scan >= self.settings.overview_refresh_s
+        if not (due and (self._scan_dirty or mono - self._last_scan >= 60)):
+            return []
+        self._last_scan, self._scan_dirty = mono, False
+        tp = await throughput(self.dash.storage, now)
+        groups = await failure_groups(self.dash.storage, self.dash.jobs, now)
+        return [Message("overview", seq, live.overview_scan_html(tp, groups, now))]
+
+    async def _render_executions(self, events: list[EventRecord], seq: int, now: int, *, refresh: bool) -> list[Message]:
+        storage = self.dash.storage
+        out: list[Message] = []
+        by_exec: dict[str, list[EventRecord]] = {}
+        child_of: set[str] = set()
+        for ev in events:
+            if ev.execution_id:
+                by_exec.setdefault(ev.execution_id, []).append(ev)
+            parent = ev.data.get("parent_id") if ev.type == "trigger" and isinstance(ev.data, dict) else None
+            if parent:
+                child_of.add(str(parent))
+        for eid, cache in list(self.cache.items()):
+            mine = by_exec.get(eid, [])
+            fresh = not cache.loaded
+            if not (mine or fresh or eid in child_of or (refresh and cache.rec and cache.rec.status not in TERMINAL)):
+                continue
+            if fresh:
+                cache.rec = await storage.get_execution(eid)
+                cache.events = await read_all_events(storage, eid, upto=seq)
+                cache.steps = await storage.get_steps(eid)
+                cache.children = await children_of(storage, eid)
+                cache.loaded = True  # `mine` (this tick's events) are appended below as well
+            elif mine:
+                cache.rec = await storage.get_execution(eid)
+                cache.steps = await storage.get_steps(eid)
+                known = cache.events[-1].seq if cache.events else 0
+                mine = [e for e in mine if e.seq > known]
+                cache.events.extend(mine)
+            if eid in child_of and not fresh:
+                cache.children = await children_of(storage, eid)
+            if cache.rec is None:
+                continue
+            keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
+            html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
+            out.append(Message(f"exec:{eid}", seq, html))
+            if mine:
+                origin = cache.events[0].at if cache.events else 0
+                for ev in mine:
+                    out.append(Message(f"exec:{eid}", ev.seq, live.event_rows_html([ev], origin), append=True))
+        return out
+
+    def _publish(self, tick: Tick) -> None:
+        self.ticks += 1
+        self.ring.append(tick)
+        while len(self.ring) > self.settings.replay_ticks:
+            self.covered_from = self.ring.popleft().seq
+        for client in list(self.clients):
+            if any(client.wants(m) for m in tick.messages):
+                _put(client, tick)
+
+    async def catch_up(self, seq: int, timeout_s: float = 1.0) -> bool:
+        """Wait until the hub has processed events up to `seq`; False when it did not in time."""
+        deadline = time.monotonic() + timeout_s
+        while self.head < seq and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        return self.head >= seq
+
+
+def _put(client: Client, item: Tick | str | None) -> None:
+    """Queue for one client; a client too slow to keep up is resynced instead of buffering forever."""
+    try:
+        client.queue.put_nowait(item)
+    except asyncio.QueueFull:
+        while not client.queue.empty():
+            client.queue.get_nowait()
+        client.queue.put_nowait(RESYNC if item is not None else None)
+
+
+def new_matches(client: Client, msg: Message) -> bool:
+    """Whether a created execution belongs to the client's filtered list (no storage query)."""
+    if msg.record is None or client.filters is None:
+        return False
+    if client.filters.cursor or client.filters.before:
+        return False
+    try:
+        return matches(msg.record, client.filters.query(), paging=False)
+    except ValueError:
+        return False
+

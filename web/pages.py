@@ -1,0 +1,99 @@
+"""Pages: the overview, the executions list and the go-to box."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Request, get
+from litestar.enums import MediaType
+from litestar.response import Redirect, Response
+
+from engine.ids import now_ms
+from engine.storage.base import ExecutionQuery
+
+from . import render
+from .dashboard import dashboard_of
+from .filters import parse_filters
+from .sse import stream_url
+from .stats import failure_groups, status_counts, throughput
+
+Req = Request[Any, Any, Any]
+
+
+def html(body: str, status_code: int = 200) -> Response[str]:
+    return Response(content=body, media_type=MediaType.HTML, status_code=status_code)
+
+
+def query_lists(request: Req) -> dict[str, list[str]]:
+    qp = request.query_params
+    return {key: list(qp.getall(key)) for key in qp}
+
+
+@get("/", name="overview")
+async def overview(request: Req) -> Response[str]:
+    dash = dashboard_of(request)
+    storage = dash.storage
+    seq = await storage.last_event_seq()
+    now = now_ms()
+    ctx = dash.context(request, "overview", stream_url("overview", seq))
+    ctx.update(
+        counts=await status_counts(storage),
+        recent=dash.hub.filled(await storage.query(ExecutionQuery(limit=12))),
+        tp=await throughput(storage, now),
+        groups=await failure_groups(storage, dash.jobs, now),
+        job_count=len(dash.jobs),
+    )
+    return html(render.page("overview.html", **ctx))
+
+
+@get("/executions", name="executions")
+async def executions(request: Req) -> Response[str]:
+    dash = dashboard_of(request)
+    storage = dash.storage
+    f = parse_filters(query_lists(request), list(dash.jobs))
+    seq = await storage.last_event_seq()
+    rows = await storage.query(f.page_query())
+    more = len(rows) > f.limit
+    rows = dash.hub.filled(rows[: f.limit])
+    newer_url = older_url = None
+    if f.before:
+        rows.reverse()
+        if more and rows:
+            newer_url = f.url(before=rows[0].id)
+        if rows:
+            older_url = f.url(cursor=rows[-1].id)
+    else:
+        if more and rows:
+            older_url = f.url(cursor=rows[-1].id)
+        if f.cursor and rows:
+            newer_url = f.url(before=rows[0].id)
+    chip_query = f.query()
+    chip_query.statuses = None
+    counts = await status_counts(storage, chip_query)
+    total = sum(n for s, n in counts.items() if not f.statuses or s in f.statuses)
+    extra = {"cursor": f.cursor, "before": f.before}
+    live_params: dict[str, Any] = {}
+    for key, value in f.params():
+        live_params.setdefault(key, []).append(value)
+    ctx = dash.context(request, "executions", stream_url("executions", seq, **live_params, **extra))
+    ctx.update(
+        f=f, rows=rows, counts=counts, total=total, job_names=sorted(dash.jobs),
+        newer_url=newer_url, older_url=older_url, new_count=0,
+    )  # fmt: skip
+    return html(render.page("executions.html", **ctx))
+
+
+@get("/go", name="go")
+async def go(request: Req) -> Redirect:
+    """The go-to box: an exact id opens the execution, anything else searches ids."""
+    dash = dashboard_of(request)
+    text = (request.query_params.get("id") or "").strip()
+    if not text:
+        return Redirect("/executions")
+    if await dash.storage.get_execution(text) is not None:
+        return Redirect(f"/executions/{text}")
+    found = await dash.storage.query(ExecutionQuery(id_contains=text, limit=2))
+    if len(found) == 1:
+        return Redirect(f"/executions/{found[0].id}")
+    return Redirect(f"/executions?q={quote(text)}")
