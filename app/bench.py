@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -40,7 +41,15 @@ def _fresh_storage(url: str, run_no: int) -> tuple[Storage, str | None]:
 
 
 async def _one_run(url: str, jobs: int, steps: int, in_flight: int | None, run_no: int) -> float:
-    storage, _path = _fresh_storage(url, run_no)
+    storage, path = _fresh_storage(url, run_no)
+    try:
+        return await _timed_run(storage, jobs, steps, in_flight)
+    finally:
+        if path is not None:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+async def _timed_run(storage: Storage, jobs: int, steps: int, in_flight: int | None) -> float:
     queue = create_queue(jobs=[_make_job(steps)], storage=storage, concurrency=in_flight)
     async with queue:
         runtime = await queue.started()

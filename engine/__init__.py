@@ -11,7 +11,7 @@ from .errors import (
     TimeoutError,
     ValidationError,
 )
-from .execution import Execution
+from .execution import Execution, current_execution
 from .job import Job, create_job
 from .pipe import Pipe, create_pipe
 from .queue import Queue, create_queue
@@ -24,7 +24,7 @@ from .storage import (
     create_sqlite_storage,
     storage_from_url,
 )
-from .threads import thread
+from .threads import ResourceLimitError, thread
 
 __all__ = [
     "CancelledError",
@@ -36,6 +36,7 @@ __all__ = [
     "NonDeterminismError",
     "Pipe",
     "Queue",
+    "ResourceLimitError",
     "Storage",
     "TimeoutError",
     "ValidationError",
@@ -46,6 +47,7 @@ __all__ = [
     "create_queue",
     "create_redis_storage",
     "create_sqlite_storage",
+    "current_execution",
     "parse_duration",
     "parse_frequency",
     "run",

@@ -27,6 +27,10 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Synchronous adapters: fire-and-forget batches wait here for the next
+        # commit (or the end of this loop iteration) and share its call.
+        self._sends: list[Batch] = []
+        self._sends_scheduled = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dq-committer")
@@ -34,7 +38,16 @@ class Committer:
     async def commit(self, batch: Batch) -> CommitResult:
         """Write `batch` (in a shared transaction); returns once it is committed."""
         if self._now is not None:
-            return self._apply_now(batch)
+            if not self._sends:
+                return self._apply_now(batch)
+            if batch.expect:
+                self._flush_sends()
+                return self._apply_now(batch)
+            sends, self._sends = self._sends, []
+            result = self._apply_now(_merge([*sends, batch]))
+            n = len(batch.updates)
+            result.applied = result.applied[len(result.applied) - n :] if n else []
+            return result
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._queue.append((batch, fut))
         self._kick()
@@ -44,13 +57,22 @@ class Committer:
         """Queue `batch` without waiting (informational events). It commits in order
         with what follows, so a later awaited commit implies this one too."""
         if self._now is not None:
-            try:
-                self._apply_now(batch)
-            except Exception as exc:
-                _fail(None, exc)
+            self._sends.append(batch)
+            if not self._sends_scheduled:
+                self._sends_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_sends)
             return
         self._queue.append((batch, None))
         self._kick()
+
+    def _flush_sends(self) -> None:
+        self._sends_scheduled = False
+        if self._sends:
+            sends, self._sends = self._sends, []
+            try:
+                self._apply_now(_merge(sends) if len(sends) > 1 else sends[0])
+            except Exception as exc:
+                _fail(None, exc)
 
     def _apply_now(self, batch: Batch) -> CommitResult:
         assert self._now is not None
@@ -64,6 +86,7 @@ class Committer:
         self._wake.set()
 
     async def flush(self) -> None:
+        self._flush_sends()
         while self._queue or not self._idle.is_set():
             self._kick()
             await self._idle.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import json
 import traceback as tb
 from typing import Any
 
@@ -90,6 +91,13 @@ def error_to_dict(exc: BaseException) -> dict[str, Any]:
         if stored_tb is not None
         else "".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
     }
+    args = getattr(exc, "__dq_args__", exc.args)
+    if args and not isinstance(exc, JobError | ValidationError | CancelledError | StoredError):
+        try:
+            json.dumps(args)
+            data["args"] = list(args)  # rebuilds the same error (KeyError('k'), custom fields)
+        except (TypeError, ValueError):
+            pass
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         data["cause"] = error_to_dict(cause)
@@ -112,6 +120,24 @@ def _load_class(type_name: str) -> type[BaseException] | None:
     return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 
 
+def _rebuild(cls: type[BaseException], args: Any, message: str, type_name: str) -> BaseException:
+    """The class called with its stored args when that works; else built without its
+    __init__ (whose signature is unknown to us) and given the message."""
+    if isinstance(args, list):
+        try:
+            exc = cls(*args)
+            exc.__dq_args__ = tuple(args)  # type: ignore[attr-defined]
+            return exc
+        except Exception:
+            pass
+    exc = cls.__new__(cls)
+    try:
+        BaseException.__init__(exc, message)
+    except TypeError:
+        return StoredError(message, type_name)
+    return exc
+
+
 def error_from_dict(data: dict[str, Any]) -> BaseException:
     """Rebuild an error of the same type when the class can be imported."""
     type_name = str(data.get("type") or "builtins.Exception")
@@ -126,12 +152,7 @@ def error_from_dict(data: dict[str, Any]) -> BaseException:
     elif cls is CancelledError:
         exc = CancelledError(message, data.get("reason"))
     else:
-        # Avoid the class's own __init__: its signature is unknown to us.
-        exc = cls.__new__(cls)
-        try:
-            BaseException.__init__(exc, message)
-        except TypeError:
-            exc = StoredError(message, type_name)
+        exc = _rebuild(cls, data.get("args"), message, type_name)
         if cause is not None and not hasattr(exc, "cause"):
             exc.__cause__ = cause
     exc.__dq_traceback__ = data.get("traceback")  # type: ignore[attr-defined]

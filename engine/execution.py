@@ -113,3 +113,11 @@ class Execution:
             if len(page) < 1000:
                 return out
             after = page[-1].seq
+
+
+def current_execution() -> Execution:
+    """Inside a handler: the running execution (its id makes a good idempotency key)."""
+    from .context import current
+
+    ctx = current()
+    return Execution(ctx.queue, ctx.record)

@@ -104,9 +104,11 @@ class FlowControl:
                 return
 
     # -- gates at the start of a claimed execution ----------------------------------------------
-    async def admit(self, job: Job, rec: ExecutionRecord) -> Gate:
+    async def admit(self, job: Job, rec: ExecutionRecord, first_start: bool) -> Gate:
+        """Throttle and rate windows count starts: only an execution's first start.
+        Concurrency slots count what runs: every activation (resumes included)."""
         typed = load_typed(job.options.input, rec.input)
-        throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle")
+        throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle") if first_start else None
         if throttle is not None:
             gate = await self._throttle(throttle, rec)
             if not gate.ok:
@@ -117,7 +119,7 @@ class FlowControl:
             if not gate.ok:
                 return gate
         limit = resolve_concurrency(job.name, job.options.concurrency, typed)
-        if limit is not None:
+        if limit is not None and (limit.window_ms is None or first_start):
             gate = await self.take(limit, rec.id, rec.id)
             if not gate.ok and queue_limit is not None:
                 await self.give_back(queue_limit, rec.id)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CancelledError, DqError, error_to_dict
 from .ids import now_ms
-from .serialize import validate_in
+from .serialize import load_typed, validate_in
 from .storage.base import (
     ACTIVE,
     Batch,
@@ -119,11 +119,11 @@ class Lifecycle:
             if await self._apply(rec, fields, ("pending", "waiting", "paused"), ("cancel", {"reason": reason})):
                 for name, value in fields.items():
                     setattr(rec, name, value)
-                runtime.resolve(rec)
                 await self.cancel_children(rec.id, reason)
                 job = self.queue.definitions.get(rec.job_name)
                 if job is not None:
                     await runtime.settled_hooks(job, rec, None, None, reason)
+                runtime.resolve(rec)
                 return True
         raise DqError(f"execution {execution_id!r} kept changing state; cancel not applied")
 
@@ -154,7 +154,7 @@ class Lifecycle:
         job = self.queue.definitions.get(rec.job_name)
         if job is not None:
             runtime = await self._runtime()
-            await runtime.hooks.fire(job, event, rec.id, {"input": rec.input, **data})
+            await runtime.hooks.fire(job, event, rec.id, {"input": load_typed(job.options.input, rec.input), **data})
 
     # -- a whole job ------------------------------------------------------------------------
     async def _active_of(self, job: Job, statuses: tuple[str, ...]) -> list[ExecutionRecord]:

@@ -355,7 +355,8 @@ class Runtime:
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
-                gate = await self.flow.admit(job, rec)
+                first_start = rec.retry_count == 0 and not ctx.history
+                gate = await self.flow.admit(job, rec, first_start)
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
@@ -480,14 +481,18 @@ class Runtime:
             return
         for name, value in fields.items():
             setattr(rec, name, value)
-        self.resolve(rec)
         if batch.executions:
             self.kick()
+            for target, downstream in self.triggers.started_by(batch):
+                if self.hooks.wanted(target, "trigger"):
+                    await self.hooks.fire(target, "trigger", downstream.id, {"input": load_typed(target.options.input, downstream.input)})
         for target, downstream in later:
             await self._create_debounced(target, downstream)
         if status == "cancelled":
             await self.queue.lifecycle.cancel_children(rec.id, reason)
+        # Hooks first: whoever awaits the result sees their effects done.
         await self.settled_hooks(job, rec, typed_input, error, reason)
+        self.resolve(rec)
 
     async def settled_hooks(
         self, job: Job, rec: ExecutionRecord, typed_input: Any, error: BaseException | None, reason: str | None

@@ -32,10 +32,18 @@ def plain_json(value: Any, what: str) -> Any:
     """A JSON-compatible deep copy of `value`; TypeError naming `what` otherwise."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(value, default=_model_default))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _model_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:

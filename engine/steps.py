@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import inspect
+import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +27,7 @@ from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dic
 from .execution import Execution
 from .ids import now_ms
 from .limits import Limit
-from .serialize import dump_step, load_step, load_typed
+from .serialize import dump_step, load_step, load_typed, validate_in
 from .storage.base import Batch, EventRecord, ExecutionUpdate, StepRecord
 
 if TYPE_CHECKING:
@@ -79,8 +81,10 @@ def _event(ctx: ExecutionContext, type: str, data: dict[str, Any], at: int) -> E
 async def _fire(ctx: ExecutionContext, event: str, step: StepRecord, **extra: Any) -> None:
     hooks = ctx.queue.runtime.hooks
     if hooks.wanted(ctx.job, event):
-        info = {"key": step.key, "name": step.name, "kind": step.kind, "attempt": step.attempt, **extra}
-        await hooks.fire(ctx.job, event, ctx.id, {"input": ctx.record.input, "step": info})
+        info = {"key": step.key, "name": step.name, "kind": step.kind, "attempt": step.attempt,
+                "status": step.status, "event": event, **extra}  # fmt: skip
+        typed = load_typed(ctx.job.options.input, ctx.record.input)
+        await hooks.fire(ctx.job, event, ctx.id, {"input": typed, "step": info})
 
 
 def _new_step(ctx: ExecutionContext, key: str, name: str, kind: str, seq: int, line: int | None,
@@ -265,6 +269,15 @@ async def sleep(duration: Any) -> None:
     ctx.history[key] = step
 
 
+def _digest(job: Job, input: Any) -> str:
+    try:
+        _typed, stored = validate_in(job.options.input, input, f"input of job {job.name!r}")
+    except Exception:
+        return "?"  # the call fails validation right after; the key does not matter
+    text = json.dumps(stored, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 async def child_step(
     ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None
 ) -> Any:
@@ -273,7 +286,9 @@ async def child_step(
     runtime = ctx.queue.runtime
     runtime.check_registered(job)
     kind = "child" if wait else "start"
-    key, seq = ctx.next_key(job.name)
+    # Keyed by job and input: branches of an asyncio.gather may call children in a
+    # different order on replay; calls with equal inputs are interchangeable.
+    key, seq = ctx.next_key(f"{job.name}({_digest(job, input)})")
     _boundary(ctx)
     prior = _replayed(ctx, key, kind, job.name)
     child_id: str | None = None

@@ -131,6 +131,11 @@ class Triggers:
                 runtime.timer.at(rec.run_at)
         runtime.kick()
 
+    def started_by(self, batch: Batch) -> list[tuple[Job, ExecutionRecord]]:
+        """The executions a success batch started (for their on_trigger hooks)."""
+        defs = self.runtime.queue.definitions
+        return [(defs[r.job_name], r) for r in batch.executions if r.job_name in defs]
+
     def downstream(self, source: Job, output: Any, batch: Batch) -> list[tuple[Job, ExecutionRecord]]:
         """Executions that `source`'s output starts (`job.into`), added to its success batch.
         Debounced targets are returned apart: they are triggered after the commit."""

@@ -49,7 +49,7 @@ async def test_bus_delivers_every_event_in_order(make_queue: Callable[..., Queue
     @create_job(name="chatty")
     async def chatty(data: int) -> int:
         for i in range(3):
-            await run(f"s{i}", lambda: i)
+            await run(f"s{i}", lambda i=i: i)
         return data
 
     @create_job(name="broken", retry=0)

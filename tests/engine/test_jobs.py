@@ -50,7 +50,7 @@ def test_two_jobs_under_one_name_is_an_error() -> None:
 
 def test_unknown_job_name_is_a_clear_error() -> None:
     queue = create_queue(jobs=[create_job(lambda d: None, name="known")])
-    with pytest.raises(AttributeError, match="'unknown'.*known"):
+    with pytest.raises(AttributeError, match=r"'unknown'.*known"):
         queue.jobs.unknown  # noqa: B018
     with pytest.raises(KeyError, match="'unknown'"):
         queue.jobs["unknown"]

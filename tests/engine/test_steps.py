@@ -145,33 +145,34 @@ def builtins_timeout() -> type[BaseException]:
 
 
 async def test_nondeterminism_is_detected(make_queue: Callable[..., Queue]) -> None:
-    flips = {"n": 0}
+    attempts = {"shifty": 0, "renamed": 0}
 
     @create_job(name="shifty", retry=1, backoff=0)
     async def shifty(data: Any) -> None:
-        flips["n"] += 1
-        if flips["n"] == 1:
-            await run("first", lambda: 1)
+        attempts["shifty"] += 1
+        if attempts["shifty"] == 1:
+            await run("sleep", lambda: 1)  # a run step under the key "sleep"
             raise RuntimeError("retry me")
-        await sleep(0)  # the history says "first" was a run step, not... a different kind at a key
-        await run(lambda: 2)
+        await sleep(0)  # the replay reaches a sleep step at that key
 
     @create_job(name="renamed", retry=1, backoff=0)
     async def renamed(data: Any) -> None:
-        flips["n"] += 1
-        if flips["n"] <= 3:
+        attempts["renamed"] += 1
+        if attempts["renamed"] == 1:
             await run(first_fn)
             raise RuntimeError("retry me")
-        await run(second_fn)
+        await run(second_fn)  # the same position, another function
 
     queue = make_queue([shifty, renamed])
     async with queue:
-        await queue.jobs.shifty.start(None)
-        ex = await queue.jobs.renamed.start(None)
-        with pytest.raises(JobError) as info:
-            await ex.result()
-    assert isinstance(info.value.cause, NonDeterminismError)
-    assert "#1" in str(info.value.cause)
+        for name, needle in (("shifty", "'sleep'"), ("renamed", "#1")):
+            ex = await queue.jobs[name].start(None)
+            with pytest.raises(JobError) as info:
+                await ex.result()
+            assert isinstance(info.value.cause, NonDeterminismError), info.value.cause
+            assert needle in str(info.value.cause)
+            await ex.refresh()
+            assert ex.retry_count == 1  # not retried again: a replay would diverge the same way
 
 
 def first_fn() -> int:
@@ -287,6 +288,51 @@ async def test_sleep_short_and_long(make_queue: Callable[..., Queue]) -> None:
             await asyncio.sleep(0.02)
         assert await ex.result() == "awake"
         events = [e.type for e in await ex.events()]
+        kinds = [s.kind for s in await ex.steps()]
     assert "waiting" in seen
     assert events.count("sleep") == 2 and events.count("wake") == 2
-    assert [s.kind for s in await ex.steps()] == ["sleep", "sleep"]
+    assert kinds == ["sleep", "sleep"]
+
+
+async def test_concurrent_branches_replay_their_own_children(make_queue: Callable[..., Queue]) -> None:
+    """Children are keyed by job and input: after a pause, each gather branch gets its own result."""
+    gate = asyncio.Event()
+
+    @create_job(name="double")
+    async def double(data: int) -> int:
+        return data * 2
+
+    @create_job(name="branches")
+    async def branches(data: Any) -> list[int]:
+        async def slow_branch() -> int:
+            # 60 ms the first time; instant on replay (a memoised step): the order flips.
+            await run("slow", lambda: asyncio.sleep(0.06))
+            return int(await double.run(1))
+
+        async def steady_branch() -> int:
+            await asyncio.sleep(0.02)
+            return int(await double.run(2))
+
+        first = await asyncio.gather(slow_branch(), steady_branch())
+        await run("hold", gate.wait)
+        return [*first, await double.run(5)]
+
+    queue = make_queue([branches, double])
+    async with queue:
+        from engine import current_execution
+
+        ex = await queue.jobs.branches.start(None)
+        from .test_lifecycle import status_is, until
+
+        await until(lambda: _has_step(ex, "hold"))
+        await ex.pause()
+        gate.set()
+        await until(lambda: status_is(ex, "paused"))
+        await ex.resume()
+        assert await ex.result() == [2, 4, 10]
+        with pytest.raises(DqError):
+            current_execution()
+
+
+async def _has_step(ex: Any, key: str) -> bool:
+    return any(s.key == key for s in await ex.steps())

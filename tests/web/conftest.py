@@ -128,7 +128,7 @@ class LiveServer:
         # sse-starlette keeps one shutdown watcher per thread; a test's loop is new each time
         sse_module._thread_state.shutdown_state = None
         self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        while not self.server.started:
             await asyncio.sleep(0.01)
         return self
 
