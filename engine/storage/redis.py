@@ -102,6 +102,10 @@ def _make_dumps() -> Callable[[Any], str]:
 
 
 _dumps = _make_dumps()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _step_values = operator.attrgetter(*_STEP_FIELDS)
 
 
@@ -270,7 +274,9 @@ class RedisStorage(Storage):
     # -- writes ---------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> CommitResult:
-        applied, refused, controls, first = await self._call("COMMIT", *self._encode_batch(batch))
+        applied, refused, controls, first, *conflict = await self._call("COMMIT", *self._encode_batch(batch))
+        if conflict and int(conflict[0]):
+            return CommitResult(conflict=True)
         result = CommitResult(
             applied=[bool(a) for a in applied],
             refused=set(refused),
@@ -328,7 +334,9 @@ class RedisStorage(Storage):
             "s": step_keys,
             "e": [e.execution_id for e in batch.events],
             "m": [[m.pipe, body(_dumps([m.data, m.at]))] for m in batch.messages],
-            "k": [[k, None if v is None else body(_dumps(v))] for k, v in batch.state.items()],
+            # State is stored canonically (sorted keys) so that `expect` compares text in Lua.
+            "k": [[k, None if v is None else body(_canonical(v))] for k, v in batch.state.items()],
+            "c": [[k, None if v is None else _canonical(v)] for k, v in batch.expect.items()],
         })  # fmt: skip
         return [shape, "\n".join(bodies), step_bodies, event_bodies]
 

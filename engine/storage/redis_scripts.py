@@ -156,6 +156,15 @@ local function split(blob)
   end
 end
 local B, step_bodies, event_bodies = split(ARGV[4]), split(ARGV[5]), split(ARGV[6])
+-- State preconditions (Batch.expect) come first: a conflict writes nothing at all.
+for _, kv in ipairs(b.c or {}) do
+  local cur = redis.call('HGET', P .. ':state', kv[1])
+  if kv[2] == cjson.null then
+    if cur then return {{}, {}, {}, 0, 1} end
+  elseif cur ~= kv[2] then
+    return {{}, {}, {}, 0, 1}
+  end
+end
 local function fields_args(fields)  -- HSET arguments and the fields to delete
   local sets, dels = {}, {}
   for k, v in pairs(fields) do

@@ -4,6 +4,7 @@ the server's clock, and LISTEN/NOTIFY wake-ups."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -45,7 +46,9 @@ class _SqlAlchemyIO:
 
 
 _NOW_PG = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
-_MIGRATION_LOCK_KEY = 0x64715F6D6967  # "dq_mig": a transaction-scoped advisory lock
+# Transaction-scoped advisory locks: one for migrations, one space for state keys.
+_MIGRATION_LOCK_KEY = 0x64715F6D6967  # "dq_mig"
+_STATE_LOCK_SPACE = 0x64715F73  # "dq_s" (two-int form: space, hashtext(key))
 WAKEUP_CHANNEL = "dq_wakeup"
 
 
@@ -72,6 +75,11 @@ class PostgresStorage(SqlStorage):
     # It is the last lock a commit takes, so it cannot be part of a deadlock, and
     # it serialises only the tail of concurrent commits (inserts and COMMIT). An
     # equivalent of pg_advisory_xact_lock + max(seq) in one statement instead of two.
+    # unnest keeps the array's (sorted) order, so the locks are taken in that order.
+    _LOCK_STATE = (
+        "SELECT count(pg_advisory_xact_lock($1::int, hashtext(k))) FROM unnest($2::text[]) AS k"
+    )
+    _READ_STATE = "SELECT key, value FROM state WHERE key = ANY($1::varchar[])"
     _RESERVE = (
         "UPDATE seq_counters SET events = events + $1, messages = messages + $2"
         " WHERE id = 1 RETURNING events, messages"
@@ -123,21 +131,33 @@ class PostgresStorage(SqlStorage):
 
     def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
         # Callers that wait (skip_locked=False) order by id, as commit locks rows,
-        # so two writers never wait for each other in a cycle. A MATERIALIZED CTE runs once: as a plain
-        # `IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may rescan
-        # the subquery once per outer row (a nested-loop semi join) and so claim
-        # more than `limit` rows.
+        # so two writers never wait for each other in a cycle. A MATERIALIZED CTE
+        # runs once: as a plain `IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`
+        # the planner may rescan the subquery once per outer row (a nested-loop
+        # semi join) and so claim more than `limit` rows.
         cte = ids.with_for_update(skip_locked=skip_locked).cte().prefix_with("MATERIALIZED")
         return select(cte.c.id)
 
     async def _read_touched(
-        self, io: CommitIO, ids: set[str]
-    ) -> tuple[dict[str, list[Any]], tuple[int, int] | None]:
-        if not ids:
-            return {}, None
-        # Sorted, so that concurrent commits lock rows in the same order.
-        rows = await io.fetch(self._TOUCHED, (sorted(ids),))
-        return {r[0]: [r[1], r[2], r[3]] for r in rows}, None
+        self, io: CommitIO, ids: set[str], state_keys: list[str], expect: list[str]
+    ) -> tuple[dict[str, list[Any]], dict[str, Any], tuple[int, int] | None]:
+        # Every commit locks in this order: execution rows (sorted), state keys
+        # (sorted), then the seq counter last. A consistent order: no deadlock.
+        current: dict[str, list[Any]] = {}
+        state: dict[str, Any] = {}
+        if ids:
+            rows = await io.fetch(self._TOUCHED, (sorted(ids),))
+            current = {r[0]: [r[1], r[2], r[3]] for r in rows}
+        if state_keys:
+            # A row lock cannot hold a key that is absent, so compare-and-set on
+            # state (Batch.expect) serialises on one advisory lock per key, which
+            # every commit writing that key takes too. The values are read by a
+            # later statement: in READ COMMITTED its snapshot postdates the locks.
+            await io.fetch(self._LOCK_STATE, (_STATE_LOCK_SPACE, state_keys))
+            if expect:
+                rows = await io.fetch(self._READ_STATE, (expect,))
+                state = {r[0]: json.loads(r[1]) for r in rows}
+        return current, state, None
 
     async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
         [(last_event, last_message)] = await io.fetch(self._RESERVE, (events, messages))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -29,11 +31,14 @@ class _AiosqliteIO:
         self._conn = conn
         self._begin: str | None = begin
 
-    async def _all(self, calls: list[Awaitable[Any]]) -> list[Any]:
+    async def _all(self, calls: list[tuple[str, Awaitable[Any]]]) -> list[Any]:
         if self._begin is not None:
-            calls.insert(0, self._conn.execute(self._begin))
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        for outcome in outcomes:
+            calls.insert(0, (self._begin, self._conn.execute(self._begin)))
+        outcomes = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
+        for (sql, _), outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, sqlite3.Error):
+                # The same exception types as the statements that go through SQLAlchemy.
+                raise DBAPIError.instance(sql, None, outcome, sqlite3.Error) from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
         if self._begin is not None:
@@ -42,12 +47,12 @@ class _AiosqliteIO:
         return outcomes
 
     async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        [rows] = await self._all([self._conn.execute_fetchall(sql, params)])
+        [rows] = await self._all([(sql, self._conn.execute_fetchall(sql, params))])
         return cast(Sequence[Sequence[Any]], rows)
 
     async def run(self, writes: list[Write]) -> None:
         conn = self._conn
-        await self._all([(conn.executemany if many else conn.execute)(sql, params)
+        await self._all([(sql, (conn.executemany if many else conn.execute)(sql, params))
                          for sql, params, many in writes])  # fmt: skip
 
 
@@ -58,12 +63,15 @@ class SqliteStorage(SqlStorage):
     kind = "sqlite"
     busy_timeout_ms = 30_000
 
-    # The header row carries the last seqs: with one writer they are read up front.
+    # One statement: a header row with the last seqs (one writer: they can be read
+    # up front), then the touched executions ("e") and the expected state keys ("s").
     _TOUCHED = (
-        "SELECT NULL, (SELECT coalesce(max(seq), 0) FROM events),"
+        "SELECT 'h', NULL, (SELECT coalesce(max(seq), 0) FROM events),"
         " (SELECT coalesce(max(seq), 0) FROM pipe_messages), NULL"
-        " UNION ALL SELECT id, token, status, control FROM executions"
+        " UNION ALL SELECT 'e', id, token, status, control FROM executions"
         " WHERE id IN (SELECT value FROM json_each(?))"
+        " UNION ALL SELECT 's', key, value, NULL, NULL FROM state"
+        " WHERE key IN (SELECT value FROM json_each(?))"
     )
 
     def __init__(self, path: str) -> None:
@@ -123,6 +131,10 @@ class SqliteStorage(SqlStorage):
     async def _writer(self) -> tuple[AsyncConnection, Any]:
         """The connection every write of this storage goes through (SQLAlchemy's
         and the aiosqlite one under it): no pool checkout and reset per write."""
+        if self._writer_conn is not None and self._writer_conn.invalidated:
+            # SQLAlchemy invalidates (and closes) a connection whose operation was
+            # cancelled or hit a disconnect: start over with a fresh one.
+            await self._close_writer()
         if self._writer_conn is None:
             conn = await self.engine.connect()
             driver = (await conn.get_raw_connection()).driver_connection
@@ -138,9 +150,9 @@ class SqliteStorage(SqlStorage):
     async def _rollback(self, rollback: Callable[[], Awaitable[Any]]) -> None:
         try:
             await rollback()
-        except BaseException:
+        except BaseException as exc:
             # The transaction may still be open: never reuse this connection.
-            log.warning("sqlite storage: rollback failed; dropping the write connection")
+            log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc)
             await self._close_writer()
             raise
 
@@ -190,16 +202,20 @@ class SqliteStorage(SqlStorage):
         return column.in_(select(values.c.value))
 
     async def _read_touched(
-        self, io: CommitIO, ids: set[str]
-    ) -> tuple[dict[str, list[Any]], tuple[int, int] | None]:
+        self, io: CommitIO, ids: set[str], state_keys: list[str], expect: list[str]
+    ) -> tuple[dict[str, list[Any]], dict[str, Any], tuple[int, int] | None]:
+        # The write lock (BEGIN IMMEDIATE) already keeps every other writer out.
         current: dict[str, list[Any]] = {}
+        state: dict[str, Any] = {}
         last = (0, 0)
-        for r in await io.fetch(self._TOUCHED, (dumps(list(ids)),)):
-            if r[0] is None:
-                last = (int(r[1]), int(r[2]))
+        for kind, key, a, b, c in await io.fetch(self._TOUCHED, (dumps(list(ids)), dumps(expect))):
+            if kind == "e":
+                current[key] = [a, b, c]
+            elif kind == "s":
+                state[key] = json.loads(a)
             else:
-                current[r[0]] = [r[1], r[2], r[3]]
-        return current, last
+                last = (int(a), int(b))
+        return current, state, last
 
     def _insert(self) -> Any:
         return sqlite_dialect.insert

@@ -1,0 +1,301 @@
+"""The SQL schema (SQLModel table classes) and its numbered migrations.
+
+Columns mirror the records of base.py. JSON values are TEXT (compact
+`json.dumps`), times are BIGINT milliseconds. The schema is versioned: open()
+applies the MIGRATIONS newer than the version recorded in `schema_version`, in
+order, inside the caller's write transaction, and records each one.
+
+Migration 1 is `create_all` of the tables as declared below. Once a migration 2
+changes a table, freeze migration 1 as explicit DDL first (copy the DDL that
+`create_all` emits today), so that a fresh database and a migrated one end up
+with the same schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from operator import attrgetter
+from typing import Any
+
+from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import Field, SQLModel
+
+from ..errors import DqError
+from .base import EventRecord, ExecutionRecord, PipeMessage, StepRecord
+
+# SQLite makes a single INTEGER primary key an alias of the rowid (no second index).
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+# Ids are ordered and compared byte-wise everywhere (like Python's str), whatever the
+# PostgreSQL database's collation is (keyset pagination relies on it).
+_ID = String().with_variant(String(collation="C"), "postgresql")
+
+
+class ExecutionRow(SQLModel, table=True):
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_status_run_at", "status", "run_at"),
+        Index("ix_executions_job_name", "job_name"),
+        Index("ix_executions_parent_id", "parent_id"),
+        Index("ix_executions_root_id", "root_id"),
+    )
+
+    id: str = Field(primary_key=True, sa_type=_ID)
+    job_name: str
+    status: str
+    input: str | None = Field(default=None, sa_type=Text)
+    output: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
+    retry_count: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    priority: int = 0
+    concurrency_key: str | None = None
+    created_at: int = Field(sa_type=BigInteger)
+    run_at: int = Field(sa_type=BigInteger)
+    started_at: int | None = Field(default=None, sa_type=BigInteger)
+    completed_at: int | None = Field(default=None, sa_type=BigInteger)
+    worker_id: str | None = None
+    lease_until: int | None = Field(default=None, sa_type=BigInteger)
+    token: int = Field(default=0, sa_type=BigInteger)
+    control: str | None = None
+    wait_reason: str | None = None
+    current_step: str | None = None
+
+
+class StepRow(SQLModel, table=True):
+    __tablename__ = "steps"
+
+    execution_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    name: str
+    kind: str
+    status: str
+    attempt: int = 1
+    output: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
+    started_at: int = Field(sa_type=BigInteger)
+    completed_at: int | None = Field(default=None, sa_type=BigInteger)
+    job_attempt: int = 0
+    seq: int = 0
+    line: int | None = None
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_execution_id_seq", "execution_id", "seq"),)
+
+    seq: int = Field(primary_key=True, sa_type=_SEQ, sa_column_kwargs={"autoincrement": False})
+    execution_id: str | None = None
+    job_name: str | None = None
+    type: str
+    data: str = Field(sa_type=Text)
+    at: int = Field(sa_type=BigInteger)
+
+
+class PipeMessageRow(SQLModel, table=True):
+    __tablename__ = "pipe_messages"
+    __table_args__ = (Index("ix_pipe_messages_pipe_seq", "pipe", "seq"),)
+
+    seq: int = Field(primary_key=True, sa_type=_SEQ, sa_column_kwargs={"autoincrement": False})
+    pipe: str
+    data: str | None = Field(default=None, sa_type=Text)
+    at: int = Field(sa_type=BigInteger)
+
+
+class StateRow(SQLModel, table=True):
+    __tablename__ = "state"
+
+    key: str = Field(primary_key=True)
+    value: str = Field(sa_type=Text)
+
+
+class WorkerRow(SQLModel, table=True):
+    __tablename__ = "workers"
+
+    id: str = Field(primary_key=True)
+    info: str = Field(sa_type=Text)
+    last_heartbeat: int = Field(sa_type=BigInteger)
+
+
+class SeqCounterRow(SQLModel, table=True):
+    """The last event and message seq handed out (one row, id 1).
+
+    PostgreSQL assigns seqs by bumping this row, whose lock serialises
+    concurrent committers (see PostgresStorage). SQLite has one writer and
+    takes max(seq) + 1 instead; it leaves this row alone.
+    """
+
+    __tablename__ = "seq_counters"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    events: int = Field(default=0, sa_type=BigInteger)
+    messages: int = Field(default=0, sa_type=BigInteger)
+
+
+class SchemaVersionRow(SQLModel, table=True):
+    __tablename__ = "schema_version"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    description: str
+    applied_at: int = Field(sa_type=BigInteger)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = SQLModel.metadata.tables[str(model.__tablename__)]
+    return table
+
+
+EXECUTIONS = _table(ExecutionRow)
+STEPS = _table(StepRow)
+EVENTS = _table(EventRow)
+PIPE_MESSAGES = _table(PipeMessageRow)
+STATE = _table(StateRow)
+WORKERS = _table(WorkerRow)
+SEQ_COUNTERS = _table(SeqCounterRow)
+SCHEMA_VERSION = _table(SchemaVersionRow)
+DATA_TABLES = (EXECUTIONS, STEPS, EVENTS, PIPE_MESSAGES, STATE, WORKERS, SEQ_COUNTERS)
+
+# --- records <-> rows ----------------------------------------------------------
+
+EXECUTION_FIELDS = tuple(f.name for f in fields(ExecutionRecord))
+STEP_FIELDS = tuple(f.name for f in fields(StepRecord))
+JSON_EXECUTION_FIELDS = frozenset({"input", "output", "error"})
+JSON_STEP_FIELDS = frozenset({"output", "error"})
+
+
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+if c_make_encoder is not None:
+    # json.dumps(v, separators=(",", ":")) builds its C encoder on every call; this
+    # one is built once (4x faster on small values). No circular-reference check:
+    # a cycle ends in RecursionError instead of ValueError.
+    _encode = c_make_encoder(
+        None, _not_serialisable, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def dumps(value: Any) -> str:
+        """Compact JSON text, as json.dumps(value, separators=(",", ":"))."""
+        return "".join(_encode(value, 0))
+
+else:  # pragma: no cover - interpreters without the C accelerator
+    _encoder = json.JSONEncoder(separators=(",", ":"))
+
+    def dumps(value: Any) -> str:
+        """Compact JSON text, as json.dumps(value, separators=(",", ":"))."""
+        return _encoder.encode(value)
+
+
+def dumps_opt(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
+def loads_opt(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def execution_row(rec: ExecutionRecord) -> dict[str, Any]:
+    row = {name: getattr(rec, name) for name in EXECUTION_FIELDS}
+    for name in JSON_EXECUTION_FIELDS:
+        row[name] = dumps_opt(row[name])
+    return row
+
+
+def execution_record(row: Sequence[Any]) -> ExecutionRecord:
+    """From a row whose columns are EXECUTION_FIELDS, in order."""
+    values = dict(zip(EXECUTION_FIELDS, row, strict=True))
+    for name in JSON_EXECUTION_FIELDS:
+        values[name] = loads_opt(values[name])
+    return ExecutionRecord(**values)
+
+
+_step_attrs = attrgetter(*STEP_FIELDS)
+_STEP_JSON_AT = [i for i, name in enumerate(STEP_FIELDS) if name in JSON_STEP_FIELDS]
+
+
+def step_values(step: StepRecord) -> tuple[Any, ...]:
+    """A step's column values, in STEP_FIELDS order."""
+    values = list(_step_attrs(step))
+    for i in _STEP_JSON_AT:
+        values[i] = dumps_opt(values[i])
+    return tuple(values)
+
+
+def step_record(row: Sequence[Any]) -> StepRecord:
+    """From a row whose columns are STEP_FIELDS, in order."""
+    values = dict(zip(STEP_FIELDS, row, strict=True))
+    for name in JSON_STEP_FIELDS:
+        values[name] = loads_opt(values[name])
+    return StepRecord(**values)
+
+
+#: Insert column order of events and messages; `seq` is prepended at commit.
+EVENT_COLUMNS = ("seq", "execution_id", "job_name", "type", "data", "at")
+MESSAGE_COLUMNS = ("seq", "pipe", "data", "at")
+
+
+def event_values(ev: EventRecord) -> tuple[Any, ...]:
+    return (ev.execution_id, ev.job_name, ev.type, dumps(ev.data), ev.at)
+
+
+def message_values(msg: PipeMessage) -> tuple[Any, ...]:
+    return (msg.pipe, dumps_opt(msg.data), msg.at)
+
+
+for _record, _table_ in ((ExecutionRecord, EXECUTIONS), (StepRecord, STEPS)):
+    _missing = [f.name for f in fields(_record) if f.name not in _table_.c]
+    if _missing:  # a record grew: its table needs the column (and a migration)
+        raise RuntimeError(f"{_record.__name__} fields {_missing} have no column in {_table_.name}")
+
+
+# --- migrations -------------------------------------------------------------
+
+Migration = tuple[int, str, Callable[[Connection], None]]
+
+
+def _initial(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn, tables=list(DATA_TABLES), checkfirst=False)
+    conn.execute(SEQ_COUNTERS.insert().values(id=1, events=0, messages=0))
+
+
+#: Numbered, applied in order, never edited once released (add a new one instead).
+MIGRATIONS: tuple[Migration, ...] = ((1, "initial schema", _initial),)
+
+
+class SchemaTooNewError(DqError, RuntimeError):
+    """The database was migrated by a newer dq than this one."""
+
+
+async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
+    """Apply the pending migrations on `conn` (inside the caller's transaction,
+    which must already exclude concurrent migrators). Returns the versions applied."""
+
+    def create_version_table(sync_conn: Connection) -> None:
+        SQLModel.metadata.create_all(sync_conn, tables=[SCHEMA_VERSION], checkfirst=True)
+
+    await conn.run_sync(create_version_table)
+    current = (await conn.execute(select(func.max(SCHEMA_VERSION.c.version)))).scalar() or 0
+    latest = MIGRATIONS[-1][0]
+    if current > latest:
+        raise SchemaTooNewError(
+            f"database schema version {current} is newer than this dq supports "
+            f"({latest}); upgrade dq"
+        )
+    applied: list[int] = []
+    for version, description, apply in MIGRATIONS:
+        if version <= current:
+            continue
+        await conn.run_sync(apply)
+        row: dict[str, Any] = {
+            "version": version,
+            "description": description,
+            "applied_at": now_ms,
+        }
+        await conn.execute(SCHEMA_VERSION.insert(), row)
+        applied.append(version)
+    return applied
