@@ -40,9 +40,8 @@ class ExecutionContext:
     #: This attempt holds a concurrency slot of its job (given back when it stops running).
     holds_slot: bool = False
 
-    @property
-    def id(self) -> str:
-        return self.record.id
+    def __post_init__(self) -> None:
+        self.id: str = self.record.id  # read on every step: an attribute, not a property
 
     @property
     def attempt(self) -> int:

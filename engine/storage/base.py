@@ -176,7 +176,8 @@ class ExecutionQuery:
 
 
 class Storage(abc.ABC):
-    """What an adapter implements. `None`/empty means absent; no method raises for absence."""
+    """What an adapter implements. `None`/empty means absent; no method raises for absence.
+    After `aclose()`, other methods may raise RuntimeError."""
 
     #: Short name for logs and the dashboard ("memory", "sqlite", ...).
     kind: str = "custom"
@@ -207,8 +208,13 @@ class Storage(abc.ABC):
         execution with a stale token are skipped as documented on `Batch`.
         When a `Batch.expect` precondition fails, nothing at all is written
         and the result has `conflict=True` (JSON values compare by equality).
-        An update naming an unknown field raises ValueError before anything
-        is written. A connection error means the outcome is unknown.
+        An update naming an unknown field, or an execution id inserted twice
+        (also within one batch), raises ValueError before anything is written.
+        A connection error, or cancelling the caller, means the outcome is
+        unknown: the write may or may not have been applied. On `conflict`,
+        `applied`, `refused`, `controls` and `events` of the result are empty.
+        An adapter must not skip a batch that is falsy but carries fences or
+        expectations.
         """
 
     @abc.abstractmethod
@@ -260,7 +266,8 @@ class Storage(abc.ABC):
     async def read_events(
         self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
     ) -> list[EventRecord]:
-        """Events with seq > after_seq, ascending."""
+        """Events with seq > after_seq, ascending. Seqs strictly increase and become
+        visible in order, so a reader following `after_seq` never misses one."""
 
     @abc.abstractmethod
     async def last_event_seq(self) -> int: ...
@@ -292,7 +299,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def list_workers(self) -> list[dict[str, Any]]:
-        """Every known worker: id, info and last_heartbeat (ms)."""
+        """Every known worker, in no particular order: id, info and last_heartbeat
+        (ms, on the storage clock)."""
 
     @abc.abstractmethod
     async def remove_worker(self, worker_id: str) -> None: ...
@@ -301,5 +309,6 @@ class Storage(abc.ABC):
         """Call `callback` when another process makes work due (new, resumed or
         woken executions, pipe messages). Adapters that can push (PostgreSQL
         LISTEN/NOTIFY, Redis pub/sub) override this; the default relies on the
-        runtime's polling fallback."""
+        runtime's polling fallback. The callback runs on the event loop and must
+        not block; it may fire spuriously (e.g. once after each reconnect)."""
         return None
