@@ -1,0 +1,74 @@
+"""Concurrency slots never leak: crashed (kill -9), timed-out and cancelled holders give them back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import CancelledError, JobError, Queue, create_job, run
+
+from .test_lifecycle import status_is, until
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = str(Path(__file__).with_name("slot_worker.py"))
+
+
+@pytest.mark.slow
+def test_a_killed_holder_gives_its_slot_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'slots.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    (tmp_path / "block").touch()
+    first = subprocess.Popen([sys.executable, WORKER, url, str(tmp_path), "start"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("started-*")):
+            assert time.monotonic() < deadline and first.poll() is None, "no execution started"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert len(list(tmp_path.glob("started-*"))) == 1  # the other two wait for the slot
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+    (tmp_path / "block").unlink()
+    second = subprocess.run([sys.executable, WORKER, url, str(tmp_path), "resume"],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "3"
+
+
+async def test_timed_out_and_cancelled_holders_give_slots_back(make_queue: Callable[..., Queue]) -> None:
+    gate = asyncio.Event()
+
+    @create_job(name="one_at_a_time", concurrency=1, retry=0, timeout="200ms")
+    async def one_at_a_time(data: str) -> str:
+        if data == "slow":
+            await run("forever", lambda: asyncio.sleep(10))
+        if data == "blocked":
+            await run("gate", gate.wait)
+        return data
+
+    queue = make_queue([one_at_a_time])
+    async with queue:
+        job: Any = queue.jobs.one_at_a_time
+        slow = await job.start("slow")
+        after_timeout = await job.start("next")
+        with pytest.raises(JobError):
+            await slow.result()
+        assert await after_timeout.result() == "next"
+        blocked = await job.start("blocked")
+        await until(lambda: status_is(blocked, "running"))
+        after_cancel = await job.start("last")
+        await blocked.cancel()
+        with pytest.raises(CancelledError):
+            await blocked.result()
+        assert await after_cancel.result() == "last"
