@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 from engine import create_job, create_queue, run, storage_from_url
 
