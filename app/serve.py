@@ -68,12 +68,8 @@ def load_target(target: str) -> Queue:
 
 
 def _rebind(queue: Queue, storage: Any) -> Queue:
-    """The same jobs and pipes on another storage (`--storage` with a TARGET)."""
-    from engine import create_queue
-
-    pipes = {name: getattr(queue.pipes[name], "pipe", None) for name in queue.pipes}
-    return create_queue(jobs=dict(queue.definitions), pipes={k: v for k, v in pipes.items() if v is not None},
-                        storage=storage, concurrency=queue.concurrency)  # fmt: skip
+    """The same jobs, pipes and options on another storage (`--storage` with a TARGET)."""
+    return queue.with_storage(storage)
 
 
 def build(args: argparse.Namespace) -> tuple[Queue, list[Callable[[], Awaitable[None]]], str]:

@@ -21,6 +21,7 @@ from engine import (
     run,
 )
 from engine.backoff import make_backoff
+from engine.storage.base import ExecutionQuery
 
 
 class Song(BaseModel):
@@ -197,3 +198,19 @@ async def test_job_outside_its_queue_is_a_clear_error() -> None:
 
     with pytest.raises(DqError, match=r"queue.jobs\['lonely'\]"):
         await lonely.run(None)
+
+
+async def test_with_storage_keeps_jobs_pipes_and_options() -> None:
+    from engine import create_memory_storage, create_pipe
+
+    p = create_pipe(name="p")
+    job = create_job(lambda d: d, name="echo")
+    queue = create_queue(jobs=[job], pipes=[p], concurrency=3, poll_interval="50ms")
+    other = create_memory_storage()
+    moved = queue.with_storage(other)
+    assert moved.storage is other and moved is not queue
+    assert moved.definitions == {"echo": job} and list(moved.pipes) == ["p"]
+    assert moved.concurrency == 3 and moved.poll_interval_s == 0.05
+    async with moved:
+        assert await moved.jobs.echo.run(5) == 5
+    assert await other.count(ExecutionQuery()) == {"completed": 1}
