@@ -205,7 +205,7 @@ class Hooks:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            log.exception("dq: hook %s of job %r raised", hook, job.name)
+            self._queue.logger.exception("dq: hook %s of job %r raised", hook, job.name)
             self._record(
                 "hook_error",
                 execution_id,

@@ -109,7 +109,7 @@ class Cron:
             try:
                 delay = await self._tick(job, expr)
             except Exception as exc:
-                log.warning("dq: cron of job %r failed: %s", job.name, exc)
+                self.runtime.queue.logger.warning("dq: cron of job %r failed: %s", job.name, exc)
                 delay = self.runtime.poll_s
             await asyncio.sleep(delay)
 

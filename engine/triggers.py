@@ -62,7 +62,7 @@ class Triggers:
                     while await self.deliver(job, pipe, schema, fn):
                         pass
                 except Exception as exc:
-                    log.warning("dq: delivering pipe %r to job %r failed: %s", pipe, job.name, exc)
+                    self.runtime.queue.logger.warning("dq: delivering pipe %r to job %r failed: %s", pipe, job.name, exc)
             await wait_event(self._wake, self.runtime.poll_s)
             self._wake.clear()
 

@@ -127,3 +127,22 @@ async def test_compensation_from_on_failure(make_queue: Callable[..., Queue]) ->
         done = await queue.jobs.get_first(job_name="compensate")
         assert done is not None
         assert await done.result() == "undone t1"
+
+
+async def test_the_queue_logger_reports_hook_failures(
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    def explode(*args: Any) -> None:
+        raise ValueError("hook bug")
+
+    @create_job(name="logged", on_success=explode)
+    async def logged(data: Any) -> str:
+        return "ok"
+
+    queue = make_queue([logged], logger=logging.getLogger("my.app.jobs"))
+    with caplog.at_level(logging.ERROR, logger="my.app.jobs"):
+        async with queue:
+            assert await queue.jobs.logged.run(None) == "ok"
+    assert any(r.name == "my.app.jobs" and "on_success" in r.getMessage() for r in caplog.records)
