@@ -180,7 +180,8 @@ async def execute_step(
             events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
             fences={ctx.id: ctx.record.token},
         ))  # fmt: skip
-        await _fire(ctx, "step_start", step)
+        if runtime.hooks.any_for(ctx.job):
+            await _fire(ctx, "step_start", step)
         try:
             if concurrency is not None:
                 async with _step_slot(ctx, key, label, concurrency):
@@ -213,7 +214,8 @@ async def execute_step(
             events=[_event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now)],
         ))  # fmt: skip
         ctx.history[key] = step
-        await _fire(ctx, "step_success", step)
+        if runtime.hooks.any_for(ctx.job):
+            await _fire(ctx, "step_success", step)
         return value
 
 

@@ -69,9 +69,8 @@ class MemoryStorage(Storage):
             else:
                 result.controls[eid] = None
         for upd in batch.updates:
-            unknown = set(upd.fields) - _FIELDS
-            if unknown:
-                raise ValueError(f"unknown execution field(s) {sorted(unknown)}")
+            if not _FIELDS.issuperset(upd.fields):
+                raise ValueError(f"unknown execution field(s) {sorted(set(upd.fields) - _FIELDS)}")
         if batch.executions:
             for rec in batch.executions:
                 if rec.id in executions:
