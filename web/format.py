@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -181,3 +182,11 @@ def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     if ev_type == "hook_error":
         return f"{data.get('hook')} · {error_head(data.get('error'), 90)}"
     return preview(data, 120) if data else ""
+
+
+_CHILD_DIGEST = re.compile(r"\([0-9a-f]{8}\)(?=#\d+$|$)")
+
+
+def step_label(key: str | None) -> str:
+    """A step key as people read it: a child step `transcode(3f2a9c1e)#2` shows as `transcode#2`."""
+    return _CHILD_DIGEST.sub("", key) if key else ""

@@ -38,6 +38,7 @@ def environment() -> Environment:
         duration=fmt.duration,
         short=fmt.short_id,
         preview=fmt.preview,
+        step_label=fmt.step_label,
         error_head=fmt.error_head,
         error_type=fmt.error_type,
         payload=fmt.payload,
