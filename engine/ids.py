@@ -7,10 +7,13 @@ random part, so "newest first" by id is creation order.
 from __future__ import annotations
 
 import os
+import random
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _last = [0, 0]  # ms, random part of the previous id
+# Seeded from the OS so that processes never share a sequence (ids are not secrets).
+_random = random.Random(int.from_bytes(os.urandom(16), "big"))
 
 
 def new_id() -> str:
@@ -18,7 +21,7 @@ def new_id() -> str:
     if ms <= _last[0]:
         ms, rand = _last[0], _last[1] + 1
     else:
-        rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+        rand = _random.getrandbits(79)  # 80 bits, with room to increment
     _last[0], _last[1] = ms, rand
     value = ms << 80 | rand
     out = []

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .job import Job
 
 T = TypeVar("T")
+_DEFAULT_BACKOFF = make_backoff(None)
 _ENGINE = __name__.rsplit(".", 1)[0] + "."
 
 
@@ -118,8 +119,9 @@ async def run(
         key, seq = ctx.next_key(name)
     else:
         raise TypeError("run: expected run(name, fn) or run(fn) with a callable fn")
-    retries = make_retry(retry, f"step {label!r} retry")(None)
-    backoff_for = make_backoff(backoff, f"step {label!r} backoff")
+    # The defaults skip option parsing (and its messages): this is every step's path.
+    retries = retry if retry == 3 and type(retry) is int else make_retry(retry, f"step {label!r} retry")(None)
+    backoff_for = _DEFAULT_BACKOFF if backoff is None else make_backoff(backoff, f"step {label!r} backoff")
     timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"step {label!r} concurrency: expected an int >= 1, got {concurrency!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import heapq
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,9 +151,8 @@ class MemoryStorage(Storage):
     ) -> list[ExecutionRecord]:
         now = now_ms()
         due = [r for r in self._pending_for(job_names, exclude_jobs) if r.run_at <= now]
-        due.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         out = []
-        for rec in due[:limit]:
+        for rec in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id)):
             rec.status = "running"
             rec.worker_id = worker_id
             rec.lease_until = now + lease_ms

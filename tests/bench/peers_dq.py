@@ -1,0 +1,41 @@
+"""One timed dq run: `app.bench`'s workload (N jobs of K no-op `run` steps).
+
+Run by run_peers.py against a fresh store; prints one JSON line. It calls
+`app.bench._timed_run`, the code path behind `dq-ui bench`, with a storage
+object built here so that Redis runs can use their own key prefix (which
+`--storage URL` cannot express). The clock covers `start_many` (the enqueue)
+and the drain until every execution is settled, as `dq-ui bench` does; opening
+the storage (and migrating its schema) is outside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from app.bench import _timed_run
+from engine import create_redis_storage, storage_from_url
+
+
+async def main(args: argparse.Namespace) -> dict[str, float | int]:
+    if args.redis_prefix:
+        storage = create_redis_storage(args.storage, prefix=args.redis_prefix)
+    else:
+        storage = storage_from_url(args.storage)
+    elapsed = await _timed_run(storage, args.jobs, args.steps, args.concurrency)
+    return {"elapsed_s": elapsed, "jobs": args.jobs, "steps": args.steps}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument(
+        "--storage", required=True, help="memory://, sqlite:///file, postgresql://, redis://"
+    )
+    p.add_argument("--redis-prefix", default="")
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument(
+        "--concurrency", type=int, default=None, help="executions in flight (default: unlimited)"
+    )
+    print(json.dumps(asyncio.run(main(p.parse_args()))))

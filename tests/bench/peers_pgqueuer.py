@@ -1,0 +1,115 @@
+"""One timed pgqueuer run: enqueue N no-op jobs, process them with C queue managers.
+
+Run by run_peers.py in a fresh PostgreSQL database; prints one JSON line.
+
+Shape: as pgqueuer's own `tools/benchmark.py` (`--dequeue C --dequeue-batch-size 10`):
+C QueueManagers in this process, each on its own asyncpg connection, dequeuing
+`--batch` jobs at a time. They are started (schema check, LISTEN) and warmed up
+before the clock starts, as dq's queue is open before `dq-ui bench` starts
+its clock.
+
+The clock covers what dq's bench covers: the enqueue (`queries.enqueue` with
+lists, 1,000 jobs a call) and the processing, up to the moment the queue table
+holds no queued or picked job, i.e. every completion is committed (pgqueuer
+buffers completions and writes them in batches). `drain_s` (from the end of the
+enqueue) and `handlers_s` (until the last handler returned) are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+
+import asyncpg
+from pgqueuer import Queries, QueueManager
+from pgqueuer.models import Job
+
+
+async def pending(queries: Queries) -> int:
+    return sum(s.count for s in await queries.queue_size() if s.status in ("queued", "picked"))
+
+
+async def main(args: argparse.Namespace) -> dict[str, float | int]:
+    logging.getLogger("pgqueuer").setLevel(logging.WARNING)
+    admin = await asyncpg.connect(args.dsn)
+    queries = Queries.from_asyncpg_connection(admin)
+    await queries.install()
+
+    done = 0
+    target = 0
+    all_ran = asyncio.Event()
+    last = 0.0
+
+    managers: list[QueueManager] = []
+    for _ in range(args.concurrency):
+        qm = QueueManager(Queries.from_asyncpg_connection(await asyncpg.connect(args.dsn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            nonlocal done, last
+            done += 1
+            if done == target:
+                last = time.perf_counter()
+                all_ran.set()
+
+        managers.append(qm)
+    workers = [asyncio.create_task(qm.run(batch_size=args.batch)) for qm in managers]
+
+    async def batch(n: int) -> None:
+        for start in range(0, n, 1000):
+            k = min(1000, n - start)
+            await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+
+    async def until_empty() -> None:
+        while await pending(queries):
+            await asyncio.sleep(0.005)
+
+    # Warm-up, outside the clock: every manager has started and processed work.
+    await asyncio.sleep(0.5)
+    target = warm = args.concurrency * args.batch
+    await batch(warm)
+    await asyncio.wait_for(all_ran.wait(), 60)
+    await until_empty()
+    done, target = 0, args.jobs
+    all_ran.clear()
+
+    t0 = time.perf_counter()
+    await batch(args.jobs)
+    t1 = time.perf_counter()
+    await all_ran.wait()
+    await until_empty()
+    t2 = time.perf_counter()
+
+    for qm in managers:
+        qm.shutdown.set()
+    await asyncio.gather(*workers)
+    await admin.close()
+    if done != args.jobs:
+        raise SystemExit(f"pgqueuer: ran {done} of {args.jobs} jobs")
+    return {
+        "elapsed_s": t2 - t0,
+        "enqueue_s": t1 - t0,
+        "drain_s": t2 - t1,
+        "handlers_s": last - t0,
+        "jobs": args.jobs,
+    }
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=10, help="queue managers (connections)")
+    p.add_argument("--batch", type=int, default=10, help="dequeue batch size per manager")
+    p.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop, as pgqueuer's benchmark does"
+    )
+    a = p.parse_args()
+    if a.uvloop:
+        import uvloop
+
+        uvloop.install()
+    print(json.dumps(asyncio.run(main(a))))
