@@ -37,6 +37,8 @@ class ExecutionContext:
     parked: int = 0
     #: The final write is under way: lifecycle requests no longer apply.
     finishing: bool = False
+    #: When the watchdog times this attempt out (loop time), for long timeouts.
+    deadline: float | None = None
     #: This attempt holds a concurrency slot of its job (given back when it stops running).
     holds_slot: bool = False
 

@@ -7,7 +7,8 @@ import builtins
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context
 from .committer import Committer
@@ -17,6 +18,7 @@ from .errors import (
     JobError,
     LeaseLostError,
     NonDeterminismError,
+    StorageLostError,
     TimeoutError,
     error_from_dict,
     error_to_dict,
@@ -46,6 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dq")
 
 _RELEASED = {"worker_id": None, "lease_until": None}
+#: Attempt timeouts longer than this are enforced by the watchdog (1 s precision).
+_WATCHDOG_MIN_MS = 30_000
+#: Retry delays after a storage error: first, and the cap (at least the poll interval).
+_BACKOFF_S = (0.05, 2.0)
+T = TypeVar("T")
 
 
 class Runtime:
@@ -72,10 +79,18 @@ class Runtime:
         self._timer: Timer | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Executions given back to storage after it was unreachable (see `_release`).
+        self._releases: set[asyncio.Task[None]] = set()
+        #: Storage clock minus local clock, ms: leases this process writes itself
+        #: (executions created already claimed) are on the storage clock too.
+        self.clock_offset_ms = 0
+        #: Set once storage lost dq's data (StorageLostError): nothing runs any more.
+        self.fatal_error: StorageLostError | None = None
 
     # -- start / stop ------------------------------------------------------------
     async def start(self) -> None:
         await self.storage.open()
+        await self._measure_clock()
         self.committer = Committer(self.storage, self.bus.notify)
         self.committer.start()
         self._timer = Timer(self.kick)
@@ -87,6 +102,7 @@ class Runtime:
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
             ("watch", self._watch_loop()),
+            ("watchdog", self._watchdog_loop()),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
         ):
@@ -101,6 +117,36 @@ class Runtime:
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("dq: background task %s died: %r", task.get_name(), task.exception())
+
+    async def _measure_clock(self) -> None:
+        self.clock_offset_ms = await self.storage.now() - now_ms()
+
+    def check_usable(self) -> None:
+        """Raise the storage loss (a fresh exception each time) once one was detected."""
+        if self.fatal_error is not None:
+            raise StorageLostError(*self.fatal_error.args) from self.fatal_error
+
+    def lose_storage(self, exc: StorageLostError) -> None:
+        """Storage lost dq's data (e.g. Redis FLUSHALL): carrying on would run an empty
+        queue. Stop dispatching and every running execution, and hand the error to
+        whoever waits for a result; later calls on the queue raise it too."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = exc
+        self.closing = True
+        log.error("dq: %s. This queue stopped: no execution runs until it is restarted.", exc)
+        current = asyncio.current_task()
+        for task in self._side_tasks:
+            if task is not current:
+                task.cancel()
+        for ctx in list(self.contexts.values()):
+            ctx.control = "lost"
+            if ctx.task is not None and ctx.task is not current:
+                ctx.task.cancel()
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(StorageLostError(*exc.args))
 
     async def recover(self) -> list[str]:
         """Reclaim executions held by dead processes of this host and by expired leases."""
@@ -120,9 +166,9 @@ class Runtime:
 
     async def close(self, grace_s: float) -> None:
         self.closing = True
-        for task in self._side_tasks:
+        for task in [*self._side_tasks, *self._releases]:
             task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await asyncio.gather(*self._side_tasks, *self._releases, return_exceptions=True)
         for ctx in list(self.contexts.values()):
             self._interrupt(ctx, "shutdown")
         if self._tasks:
@@ -203,7 +249,7 @@ class Runtime:
             if self._can_dispatch_now(job):
                 rec.status, rec.worker_id, rec.token = "running", self.worker_id, 1
                 rec.started_at = rec.created_at
-                rec.lease_until = rec.created_at + self.lease_ms
+                rec.lease_until = rec.created_at + self.clock_offset_ms + self.lease_ms
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 self.contexts[rec.id] = ctx = self._context(job, rec, {})
                 direct.append(ctx)
@@ -213,9 +259,11 @@ class Runtime:
             ))  # fmt: skip
         try:
             result = await self.committer.commit(batch)
-        except BaseException:
+        except BaseException as exc:
             for ctx in direct:
                 self.contexts.pop(ctx.id, None)
+            if isinstance(exc, StorageLostError):
+                self.lose_storage(exc)
             raise
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
@@ -255,6 +303,7 @@ class Runtime:
 
     async def settled(self, execution_ids: list[str]) -> list[asyncio.Future[ExecutionRecord]]:
         """Futures resolved when each execution ends (cheaper than one task per result())."""
+        self.check_usable()
         futs = []
         loop = asyncio.get_running_loop()
         for eid in execution_ids:
@@ -297,15 +346,23 @@ class Runtime:
 
     # -- dispatch ------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
+        backoff_s = _BACKOFF_S[0]
         while not self.closing:
             if not await wait_event(self._wake, self.poll_s):
                 await self._load_paused()
             self._wake.clear()
             try:
                 await self._claim_due()
+                backoff_s = _BACKOFF_S[0]
+            except StorageLostError as exc:
+                self.lose_storage(exc)
+                return
             except Exception as exc:
-                log.warning("dq: claim failed (will retry): %s", exc)
-                await asyncio.sleep(self.poll_s)
+                # E.g. the database restarting: try again soon, then less and less often.
+                log.warning("dq: claim failed (retrying in %.2fs): %s", backoff_s, exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, max(self.poll_s, _BACKOFF_S[1]))
+                self._wake.set()
 
     async def _claim_due(self) -> None:
         names = list(self.queue.definitions)
@@ -349,14 +406,14 @@ class Runtime:
         typed_input: Any = None
         try:
             if load_history:
-                ctx.history = {s.key: s for s in await self.storage.get_steps(rec.id)}
+                ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
             if rec.control:
                 kind, _, reason = rec.control.partition(":")
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
                 first_start = rec.retry_count == 0 and not ctx.history
-                gate = await self.flow.admit(job, rec, first_start)
+                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start))
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
@@ -364,7 +421,7 @@ class Runtime:
             resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
             attempt = rec.retry_count + 1
             self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
-            if not resumed:
+            if not resumed and self.hooks.any_for(job):
                 await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
             output = await self._call_handler(ctx, typed_input)
             _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
@@ -376,11 +433,15 @@ class Runtime:
                 raise
             kind, _, reason = ctx.control.partition(":")
             await self._interrupted(ctx, Interrupt(kind, reason or ctx.control_reason), typed_input)
+        except StorageLostError as exc:
+            self.lose_storage(exc)
         except Exception as exc:
             await self._attempt_failed(ctx, typed_input, exc)
         finally:
             self.contexts.pop(rec.id, None)
-            if ctx.holds_slot:
+            if ctx.control == "unavailable":
+                self._release_later(ctx)
+            if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
             if not self.closing:
                 self.kick()
@@ -401,21 +462,51 @@ class Runtime:
         args = (typed_input,) if job.takes_input else ()
         qtoken = context.set_queue(self.queue)
         etoken = context.set_execution(ctx)
-        scope = asyncio.timeout(job.timeout_ms / 1000)
         try:
-            async with scope:
-                if job.is_async:
-                    return await job.handler(*args)
-                return await asyncio.to_thread(job.handler, *args)
-        except builtins.TimeoutError as exc:
-            if scope.expired() and not isinstance(exc, TimeoutError):
-                raise TimeoutError(
-                    f"job {job.name!r} attempt timed out after {job.options.timeout}"
-                ) from None
-            raise
+            if job.timeout_ms > _WATCHDOG_MIN_MS:
+                # Long timeouts (the default is a day) are enforced by one watchdog
+                # for all executions instead of a timer per execution.
+                ctx.deadline = asyncio.get_running_loop().time() + job.timeout_ms / 1000
+                try:
+                    return await self._invoke(job, args)
+                except asyncio.CancelledError:
+                    if ctx.control != "timeout":
+                        raise
+                    ctx.control = None
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
+            scope = asyncio.timeout(job.timeout_ms / 1000)
+            try:
+                async with scope:
+                    return await self._invoke(job, args)
+            except builtins.TimeoutError as exc:
+                if scope.expired() and not isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
+                raise
         finally:
+            ctx.deadline = None
             context.reset_execution(etoken)
             context.reset_queue(qtoken)
+
+    @staticmethod
+    async def _invoke(job: Job, args: tuple[Any, ...]) -> Any:
+        if job.is_async:
+            return await job.handler(*args)
+        return await asyncio.to_thread(job.handler, *args)
+
+    async def _watchdog_loop(self) -> None:
+        """Time out attempts past their (long) deadline."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for ctx in list(self.contexts.values()):
+                if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
+                    ctx.control = "timeout"
+                    if ctx.task is not None:
+                        ctx.task.cancel()
 
     # -- writes from a running execution -------------------------------------------------
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
@@ -423,9 +514,10 @@ class Runtime:
         self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
 
     async def commit_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
-        """Commit writes of the execution `ctx` holds; raises Interrupt('lost') if it lost it."""
+        """Commit writes of the execution `ctx` holds; raises Interrupt('lost') if it lost
+        it, Interrupt('unavailable') if storage could not be reached."""
         batch.fences[ctx.id] = ctx.record.token
-        result = await self.committer.commit(batch)
+        result = await self.guard(ctx, self.committer.commit(batch))
         if ctx.id in result.refused:
             ctx.control = "lost"
             raise Interrupt("lost")
@@ -433,6 +525,57 @@ class Runtime:
         if control and ctx.control is None:
             ctx.control = control
         return result
+
+    async def guard(self, ctx: ExecutionContext, call: Awaitable[T]) -> T:
+        """Await the runtime's own storage `call` for the execution `ctx`. When storage
+        is unreachable the attempt unwinds (Interrupt('unavailable'): not an error of the
+        job, and user code cannot catch it) and the execution is given back once storage
+        answers again; when storage lost its data the queue stops (`lose_storage`)."""
+        try:
+            return await call
+        except StorageLostError as exc:
+            self.lose_storage(exc)
+            ctx.control = "lost"
+            raise Interrupt("lost") from exc
+        except Exception as exc:
+            if not self.storage.is_unavailable(exc):
+                raise
+            log.warning("dq: storage unreachable while running execution %s: %s", ctx.id, exc)
+            ctx.control = "unavailable"
+            raise Interrupt("unavailable") from exc
+
+    def _release_later(self, ctx: ExecutionContext) -> None:
+        task = asyncio.create_task(self._release(ctx), name=f"dq-release:{ctx.id}")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, ctx: ExecutionContext) -> None:
+        """Give an execution whose attempt storage cut short back to pending (fenced by
+        its token), retrying until storage answers; then it resumes by replay, here or
+        elsewhere. If its lease expires first, `reclaim` does the same."""
+        delay_s = _BACKOFF_S[0]
+        while not self.closing:
+            now = now_ms()
+            fields = {"status": "pending", "run_at": now, "wait_reason": "released", "control": None, **_RELEASED}
+            batch = Batch(
+                updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token, statuses=("running",))],
+                events=[EventRecord(ctx.id, ctx.job.name, "released", {"reason": "storage unavailable"}, now)],
+                fences={ctx.id: ctx.record.token},
+            )
+            try:
+                await self.committer.commit(batch)
+            except StorageLostError as exc:
+                self.lose_storage(exc)
+                return
+            except Exception as exc:
+                if not self.storage.is_unavailable(exc):
+                    log.error("dq: could not release execution %s (its lease will expire): %s", ctx.id, exc)
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, max(self.poll_s, _BACKOFF_S[1]))
+                continue
+            self.kick()
+            return
 
     def _record_event(self, type: str, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
@@ -555,7 +698,7 @@ class Runtime:
 
     async def _interrupted(self, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
         kind = intr.kind
-        if kind in ("suspend", "lost"):
+        if kind in ("suspend", "lost", "unavailable"):
             return
         if kind == "cancel":
             error = CancelledError(f"execution {ctx.id} was cancelled", intr.reason)
@@ -606,6 +749,7 @@ class Runtime:
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
+        self.check_usable()
         fut: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(execution_id, []).append(fut)
         try:
@@ -647,6 +791,10 @@ class Runtime:
                 await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
                 if await self.storage.reclaim():
                     self.kick()
+                await self._measure_clock()
+            except StorageLostError as exc:
+                self.lose_storage(exc)
+                return
             except Exception as exc:
                 log.warning("dq: lease renewal failed: %s", exc)
 

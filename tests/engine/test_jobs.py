@@ -214,3 +214,23 @@ async def test_with_storage_keeps_jobs_pipes_and_options() -> None:
     async with moved:
         assert await moved.jobs.echo.run(5) == 5
     assert await other.count(ExecutionQuery()) == {"completed": 1}
+
+
+async def test_long_timeouts_are_enforced_by_the_watchdog(
+    make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.runtime
+
+    monkeypatch.setattr(engine.runtime, "_WATCHDOG_MIN_MS", 100)  # "long" from 100 ms on
+
+    @create_job(name="stuck", timeout="500ms", retry=0)
+    async def stuck(data: Any) -> None:
+        await run("forever", lambda: asyncio.sleep(30))
+
+    queue = make_queue([stuck])
+    async with queue:
+        started = time.monotonic()
+        with pytest.raises(JobError) as info:
+            await queue.jobs.stuck.run(None)
+    assert isinstance(info.value.cause, TimeoutError) and "500ms" in str(info.value.cause)
+    assert time.monotonic() - started < 5
