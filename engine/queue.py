@@ -239,6 +239,7 @@ class Queue:
         if self._start_task is None:
             self._start_task = asyncio.ensure_future(self.runtime.start())
         await asyncio.shield(self._start_task)
+        self.runtime.check_usable()  # storage lost dq's data: StorageLostError
         return self.runtime
 
     @property

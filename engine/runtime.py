@@ -7,7 +7,7 @@ import builtins
 import logging
 import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context
@@ -166,16 +166,17 @@ class Runtime:
 
     async def close(self, grace_s: float) -> None:
         self.closing = True
-        for task in [*self._side_tasks, *self._releases]:
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, *self._releases, return_exceptions=True)
+        await _cancel_until_done([*self._side_tasks, *self._releases])
         for ctx in list(self.contexts.values()):
             self._interrupt(ctx, "shutdown")
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            # Cancelled handlers still write their release: give them time, then insist.
+            if pending:
+                _done, pending = await asyncio.wait(pending, timeout=max(grace_s, 1.0))
+            await _cancel_until_done(pending)
         if self._timer is not None:
             self._timer.close()
         await self.committer.aclose()
@@ -552,11 +553,12 @@ class Runtime:
     async def _release(self, ctx: ExecutionContext) -> None:
         """Give an execution whose attempt storage cut short back to pending (fenced by
         its token), retrying until storage answers; then it resumes by replay, here or
-        elsewhere. If its lease expires first, `reclaim` does the same."""
+        elsewhere. If its lease expires first, `reclaim` does the same. A pause or cancel
+        requested meanwhile (`control`) is kept: the next claim acts on it."""
         delay_s = _BACKOFF_S[0]
         while not self.closing:
             now = now_ms()
-            fields = {"status": "pending", "run_at": now, "wait_reason": "released", "control": None, **_RELEASED}
+            fields = {"status": "pending", "run_at": now, "wait_reason": "released", **_RELEASED}
             batch = Batch(
                 updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token, statuses=("running",))],
                 events=[EventRecord(ctx.id, ctx.job.name, "released", {"reason": "storage unavailable"}, now)],
@@ -820,6 +822,18 @@ def job_error(rec: ExecutionRecord) -> BaseException:
         return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
     cause = error_from_dict(rec.error) if rec.error else None
     return JobError(f"job {rec.job_name!r} failed: {cause}", cause)
+
+
+async def _cancel_until_done(tasks: Collection[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again what is still running: a
+    cancellation that lands as a driver call completes can be swallowed (redis-py's
+    use of asyncio.wait_for on Python 3.11), and the task would run on for good."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _pid_alive(pid: object) -> bool:

@@ -316,10 +316,10 @@ async def child_step(
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
             events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await runtime.create(job, child, Batch(
+        result = await runtime.guard(ctx, runtime.create(job, child, Batch(
             updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
-        ))  # fmt: skip
+        )))  # fmt: skip
         if ctx.id in result.refused:
             await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
             raise Interrupt("lost")
@@ -331,7 +331,7 @@ async def child_step(
         assert prior is not None
         step = prior
     ctx.record.current_step = key
-    done = await _park(ctx, runtime.wait_terminal(child_id))
+    done = await _park(ctx, runtime.guard(ctx, runtime.wait_terminal(child_id)))
     now = now_ms()
     if done.status == "completed":
         step.status, step.completed_at = "completed", now

@@ -305,6 +305,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def remove_worker(self, worker_id: str) -> None: ...
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """True when `exc`, raised by one of this storage's methods, means the store
+        could not be reached or the connection dropped (a server restart, a network
+        cut): the outcome of that call is unknown, and the same call may work again
+        later. False for everything else (a bad batch, lost data, a bug). The runtime
+        then keeps the execution instead of failing it, and retries the storage.
+        The default looks for an OSError (refused, reset, timed out...) in the
+        exception's cause chain; adapters add their drivers' connection errors."""
+        return any(isinstance(e, OSError) for e in exception_chain(exc))
+
     def on_wakeup(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process makes work due (new, resumed or
         woken executions, pipe messages). Adapters that can push (PostgreSQL
@@ -312,3 +322,13 @@ class Storage(abc.ABC):
         runtime's polling fallback. The callback runs on the event loop and must
         not block; it may fire spuriously (e.g. once after each reconnect)."""
         return None
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, in order."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out

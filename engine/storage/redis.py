@@ -41,7 +41,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import DqError, StorageLostError
 from . import redis_scripts as lua
@@ -55,6 +57,7 @@ from .base import (
     PipeMessage,
     StepRecord,
     Storage,
+    exception_chain,
 )
 from .query import matches, sort_and_page
 
@@ -247,6 +250,14 @@ class RedisStorage(Storage):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # redis-py's ConnectionError (refused, reset, BusyLoadingError while a restarted
+        # server loads its data) and TimeoutError are not the builtin OSError family.
+        return any(
+            isinstance(e, RedisConnectionError | RedisTimeoutError | OSError)
+            for e in exception_chain(exc)
+        )
 
     async def now(self) -> int:
         seconds, micros = await self._redis.time()

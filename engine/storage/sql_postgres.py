@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..ids import new_id
+from .base import exception_chain
 from .sql import CommitIO, SqlStorage, Write, log
 
 
@@ -60,6 +61,12 @@ class PostgresStorage(SqlStorage):
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)
+    #: The server ends a transaction of ours left idle this long: its process was frozen
+    #: (SIGSTOP, a suspended VM) or cut off by a partition the server has not noticed.
+    #: Until then it would keep its row locks, so other workers could not reclaim its
+    #: executions, and the event-sequence row, so no other commit could finish. dq's
+    #: transactions never wait between statements (only a blocked event loop makes them).
+    idle_in_transaction_timeout_ms = 60_000
 
     _TOUCHED = (
         "SELECT id, token, status, control FROM executions WHERE id = ANY($1::varchar[])"
@@ -98,7 +105,11 @@ class PostgresStorage(SqlStorage):
         self._read_engine: AsyncEngine | None = None
 
     def _create_engine(self) -> AsyncEngine:
-        engine = create_async_engine(self._url)
+        timeout = str(int(self.idle_in_transaction_timeout_ms))
+        engine = create_async_engine(
+            self._url,
+            connect_args={"server_settings": {"idle_in_transaction_session_timeout": timeout}},
+        )
         # Reads in autocommit: one round trip, no BEGIN/ROLLBACK around a SELECT.
         self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         return engine
@@ -171,6 +182,23 @@ class PostgresStorage(SqlStorage):
 
     def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "23505" and "executions_pkey" in str(exc.orig)
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # A dropped connection (one SQLAlchemy invalidated, or asyncpg's "connection was
+        # closed in the middle of operation": SQLSTATE 08003), SQLSTATE class 08
+        # (connection exception) and 57P (admin or crash shutdown, cannot connect now:
+        # a server restarting).
+        for e in exception_chain(exc):
+            if isinstance(e, DBAPIError) and e.connection_invalidated:
+                return True
+            if isinstance(e, OSError):
+                return True
+            if isinstance(e, asyncpg.InterfaceError) and "closed" in str(e):
+                return True  # "the underlying connection is closed"
+            state = getattr(e, "sqlstate", None)
+            if isinstance(state, str) and (state.startswith("08") or state.startswith("57P")):
+                return True
+        return False
 
     def _is_retryable(self, exc: DBAPIError) -> bool:
         # deadlock_detected, serialization_failure: the transaction was rolled back.
