@@ -8,15 +8,13 @@ Redis is a random key prefix per test whose keys are deleted after it.
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from engine import Queue, create_queue
 from engine.storage.base import Storage
@@ -26,10 +24,8 @@ from engine.storage.sql import SqlStorage
 from tests.storage.conftest import (
     _CLEAR_DATA,
     REDIS_URL,
-    _run_in_thread,
-    create_pg_database,
-    drop_pg_database,
-    pg_dsn,
+    delete_redis_prefix,
+    pg_database,  # noqa: F401 - the session database fixture, shared
 )
 
 ENGINE_KINDS = ["memory", "sqlite", "postgres", "redis"]
@@ -43,40 +39,12 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def engine_pg_database() -> Iterator[str]:
-    """A migrated PostgreSQL database for this session's engine scenarios."""
-    name = f"dq_engine_{os.getpid()}_{secrets.token_hex(4)}"
-
-    async def setup() -> None:
-        await create_pg_database(name)
-        storage = SqlStorage.postgres(pg_dsn(name))
-        await storage.open()
-        await storage.aclose()
-
-    _run_in_thread(setup())
-    try:
-        yield pg_dsn(name)
-    finally:
-        _run_in_thread(drop_pg_database(name))
-
-
 async def _empty_postgres(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(_CLEAR_DATA)
     finally:
         await conn.close()
-
-
-async def _delete_redis_prefix(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -92,13 +60,13 @@ async def make_storage(
         path = str(tmp_path / "dq.db")
         yield lambda: SqlStorage.sqlite(path)
     elif kind == "postgres":
-        dsn: str = request.getfixturevalue("engine_pg_database")
+        dsn: str = request.getfixturevalue("pg_database")
         await _empty_postgres(dsn)
         yield lambda: SqlStorage.postgres(dsn)
     elif kind == "redis":
         prefix = f"dqengine{secrets.token_hex(6)}"
         yield lambda: RedisStorage(REDIS_URL, prefix=prefix)
-        await _delete_redis_prefix(prefix)
+        await delete_redis_prefix(prefix)
     else:
         raise AssertionError(f"unknown engine kind {kind!r}")
 

@@ -178,7 +178,12 @@ async def redis_factory() -> AsyncIterator[StorageFactory]:
     handles = _Handles(lambda: RedisStorage(REDIS_URL, prefix=prefix))
     yield handles
     await handles.aclose()
-    client = aioredis.Redis.from_url(REDIS_URL)
+    await delete_redis_prefix(prefix)
+
+
+async def delete_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key under `prefix` (a test's private namespace)."""
+    client = aioredis.Redis.from_url(url)
     try:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
         for start in range(0, len(keys), 500):

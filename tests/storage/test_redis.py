@@ -30,22 +30,13 @@ from engine.storage.base import (
 )
 from engine.storage.memory import MemoryStorage
 from engine.storage.redis import RedisConfigError, RedisStorage, StorageLostError
+from tests.storage.conftest import delete_redis_prefix
 
 REDIS_URL = os.environ.get("DQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: A database this file flushes: nothing else may live there.
 FLUSH_DB_URL = os.environ.get("DQ_TEST_REDIS_FLUSH_URL", "redis://127.0.0.1:6379/15")
 
 Make = Callable[[], Awaitable[RedisStorage]]
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
 async def prefix() -> AsyncIterator[str]:
     name = "dqtest" + secrets.token_hex(6)
     yield name
-    await delete_prefix(REDIS_URL, name)
+    await delete_redis_prefix(name, REDIS_URL)
 
 
 @pytest.fixture
