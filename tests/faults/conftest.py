@@ -25,8 +25,13 @@ from engine.ids import new_id, now_ms
 from engine.storage.base import Batch, EventRecord, ExecutionRecord, Storage
 from engine.storage.redis import RedisStorage
 from engine.storage.sql import SqlStorage
-from tests.engine.conftest import _delete_redis_prefix
-from tests.storage.conftest import REDIS_URL, create_pg_database, drop_pg_database, pg_dsn
+from tests.storage.conftest import (
+    REDIS_URL,
+    create_pg_database,
+    delete_redis_prefix,
+    drop_pg_database,
+    pg_dsn,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = str(Path(__file__).with_name("worker.py"))
@@ -80,7 +85,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         if kind == "postgres":
             await drop_pg_database(st.url.rsplit("/", 1)[1])
         elif kind == "redis":
-            await _delete_redis_prefix(st.prefix)
+            await delete_redis_prefix(st.prefix)
 
 
 class Worker:
