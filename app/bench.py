@@ -15,6 +15,8 @@ from typing import Any
 from engine import create_job, create_queue, run, storage_from_url
 from engine.storage.base import Storage
 
+from .gc_tuning import tune_gc
+
 
 async def _noop() -> None:
     return None
@@ -83,13 +85,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dq-ui bench: {exc}")
         return 2
+    try:
+        gc_mode = tune_gc(args.gc)
+    except ValueError as exc:
+        print(f"dq-ui bench: {exc}")
+        return 2
     result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
+    result["gc"] = gc_mode
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{'storage':<10} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10}")
+        print(f"{'storage':<10} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10} {'gc':>6}")
         print(
             f"{result['storage']:<10} {result['jobs']:>7} {result['steps']:>6} {result['median_s']:>9.3f} "
-            f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f}"
+            f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f} {gc_mode:>6}"
         )
     return 0

@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=None, help="jobs in flight (default: all)")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print one JSON line")
+    bench.add_argument(
+        "--gc",
+        choices=("tuned", "default"),
+        default=None,
+        help="garbage collector settings: dq-ui's (tuned, the default) or CPython's (or DQ_GC)",
+    )
     return parser
 
 

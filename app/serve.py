@@ -19,6 +19,8 @@ import uvicorn
 
 from engine import Queue, storage_from_url
 
+from .gc_tuning import tune_gc
+
 DEFAULT_STORAGE = "sqlite:///dq.db"
 
 
@@ -115,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=2, lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)
+    tune_gc()
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{args.port}/"
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Update,
     bindparam,
     delete,
     func,
@@ -58,6 +59,7 @@ from .base import (
     PipeMessage,
     StepRecord,
     Storage,
+    exception_chain,
 )
 from .sql_tables import (
     EVENT_COLUMNS,
@@ -123,21 +125,42 @@ class _Compiled:
         compiled = stmt.compile(dialect=self._dialect)  # type: ignore[attr-defined]
         names = tuple(compiled.positiontup or ())
         sql: str = compiled.string
-        if not (self._unnest and isinstance(stmt, Insert)):
-            return sql, names, True
+        if self._unnest and isinstance(stmt, Insert):
+            return self._unnest_insert(stmt, sql, names), names, False
+        if self._unnest and isinstance(stmt, Update) and names and names[-1] == "pk_":
+            return self._unnest_update(stmt, names), names, False
+        return sql, names, True
+
+    @staticmethod
+    def _array_type(table: Table, column: str) -> str:
+        return "bigint" if table.c[column].type.python_type is int else "text"
+
+    def _unnest_insert(self, stmt: Insert, sql: str, names: tuple[str, ...]) -> str:
         table = stmt.table
         assert isinstance(table, Table)
         quote = self._dialect.identifier_preparer.quote
         arrays = ", ".join(
-            f"${i}::{'bigint' if table.c[n].type.python_type is int else 'text'}[]"
-            for i, n in enumerate(names, start=1)
+            f"${i}::{self._array_type(table, n)}[]" for i, n in enumerate(names, start=1)
         )
         cols = ", ".join(quote(n) for n in names)
         tail = sql[sql.index(" ON CONFLICT") :] if " ON CONFLICT" in sql else ""
+        return f"INSERT INTO {quote(table.name)} ({cols}) SELECT * FROM unnest({arrays}){tail}"
+
+    def _unnest_update(self, stmt: Update, names: tuple[str, ...]) -> str:
+        """An `_update_by_id` statement over column arrays: one UPDATE for all rows.
+        The rows are already locked (commit's first SELECT), so the join's order
+        takes no lock in a different order."""
+        table = stmt.table
+        assert isinstance(table, Table)
+        quote = self._dialect.identifier_preparer.quote
+        fields = [n[2:] for n in names[:-1]]  # v_<column>
+        arrays = [f"${i}::{self._array_type(table, f)}[]" for i, f in enumerate(fields, start=1)]
+        arrays.append(f"${len(names)}::text[]")
+        sets = ", ".join(f"{quote(f)} = u.{quote(n)}" for f, n in zip(fields, names, strict=False))
         return (
-            f"INSERT INTO {quote(table.name)} ({cols}) SELECT * FROM unnest({arrays}){tail}",
-            names,
-            False,
+            f"UPDATE {quote(table.name)} AS t SET {sets}"
+            f" FROM unnest({', '.join(arrays)}) AS u({', '.join(quote(n) for n in names)})"
+            " WHERE t.id = u.pk_"
         )
 
     def _get(
@@ -319,6 +342,11 @@ class SqlStorage(Storage):
         `_read_touched` does not return the last seqs."""
         raise NotImplementedError
 
+    #: Whether commit reads the batch's new execution ids (to refuse existing ones with a
+    #: clear error). Where a read would also lock rows, the INSERT's primary key refuses
+    #: them instead (`_is_duplicate_execution`).
+    _look_up_new_ids = True
+
     #: A statement that tells other processes that work became due (sent on COMMIT).
     _notify_sql: tuple[str, tuple[Any, ...]] | None = None
 
@@ -409,8 +437,10 @@ class SqlStorage(Storage):
                     log.info("%s storage: commit retried after %s", self.kind, exc.orig)
                     continue
                 if self._is_duplicate_execution(exc):
+                    details = [getattr(e, "detail", None) for e in exception_chain(exc)]
+                    detail = next((d for d in details if d), "")  # PostgreSQL: Key (id)=(...)
                     raise ValueError(
-                        f"an execution of the batch already exists: {exc.orig}"
+                        f"an execution of the batch already exists: {exc.orig} {detail}".rstrip()
                     ) from exc
                 raise
         raise AssertionError("unreachable")
@@ -427,7 +457,9 @@ class SqlStorage(Storage):
                 raise ValueError(f"execution {row['id']!r} appears twice in one batch")
 
         # 1. Read (and on PostgreSQL lock) what the batch's conditions depend on.
-        touched = set(batch.fences).union(new_by_id, (u.id for u in batch.updates))
+        touched = set(batch.fences).union(u.id for u in batch.updates)
+        if self._look_up_new_ids:
+            touched.update(new_by_id)
         state_keys = sorted(set(batch.expect).union(batch.state))
         current, state_now, last_seqs = await self._read_touched(
             io, touched, state_keys, list(batch.expect)

@@ -58,6 +58,7 @@ class PostgresStorage(SqlStorage):
     is the server's, and commits NOTIFY the other processes of new work."""
 
     kind = "postgres"
+    _look_up_new_ids = False
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)
