@@ -558,7 +558,10 @@ class Runtime:
         delay_s = _BACKOFF_S[0]
         while not self.closing:
             now = now_ms()
-            fields = {"status": "pending", "run_at": now, "wait_reason": "released", **_RELEASED}
+            fields = {
+                "status": "pending", "run_at": now, "wait_reason": "released",
+                "current_step": ctx.record.current_step, **_RELEASED,
+            }  # fmt: skip
             batch = Batch(
                 updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token, statuses=("running",))],
                 events=[EventRecord(ctx.id, ctx.job.name, "released", {"reason": "storage unavailable"}, now)],
@@ -607,7 +610,7 @@ class Runtime:
         err = error_to_dict(error) if error is not None else None
         fields = {
             "status": status, "output": output, "error": err, "completed_at": now,
-            "control": None, "wait_reason": None, **_RELEASED,
+            "control": None, "wait_reason": None, "current_step": rec.current_step, **_RELEASED,
         }  # fmt: skip
         events = []
         if status == "failed":
@@ -723,7 +726,10 @@ class Runtime:
     ) -> bool:
         """Release the execution into `status` (waiting/paused/pending); False if it was lost."""
         now = now_ms()
-        fields: dict[str, Any] = {"status": status, "wait_reason": wait_reason, "control": None, **_RELEASED}
+        fields: dict[str, Any] = {
+            "status": status, "wait_reason": wait_reason, "control": None,
+            "current_step": ctx.record.current_step, **_RELEASED,
+        }  # fmt: skip
         if run_at is not None:
             fields["run_at"] = run_at
         elif status == "pending":

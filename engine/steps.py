@@ -175,9 +175,11 @@ async def execute_step(
     runtime = ctx.queue.runtime
     step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
     while True:
+        # The stored record's current_step is written when the execution suspends
+        # or ends, not per step (an UPDATE per step): while it runs, the running
+        # step record and the step_start event say where it is.
         ctx.record.current_step = key
         runtime.committer.send(Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
             steps=[StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line)],
             events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
             fences={ctx.id: ctx.record.token},

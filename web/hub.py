@@ -171,10 +171,12 @@ class Hub:
             self.current.clear()
 
     def fill(self, recs: Iterable[ExecutionRecord]) -> None:
-        """Give active records their current step when storage does not carry it."""
+        """Give active records their current step: storage writes it when an execution
+        suspends or ends, not at every step, so for a running one the latest
+        step_start event seen is newer."""
         for rec in recs:
-            if rec.current_step is None and rec.status not in TERMINAL:
-                rec.current_step = self.current.get(rec.id)
+            if rec.status == "running" or (rec.current_step is None and rec.status not in TERMINAL):
+                rec.current_step = self.current.get(rec.id) or rec.current_step
 
     def filled(self, recs: list[ExecutionRecord]) -> list[ExecutionRecord]:
         self.fill(recs)

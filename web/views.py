@@ -93,7 +93,7 @@ def execution_context(
     key: str | None = None,
     tab: str = "trace",
 ) -> dict[str, Any]:
-    if rec.current_step is None and rec.status not in TERMINAL and steps:
+    if steps and (rec.status == "running" or (rec.current_step is None and rec.status not in TERMINAL)):
         open_steps = [s for s in steps if s.status != "completed"]
         rec.current_step = (open_steps or list(steps))[-1].key
     ctx = panel_context(dash, rec, steps, events, key)
