@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -92,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
     result["gc"] = gc_mode
+    result["gc_thresholds"] = list(gc.get_threshold())
     if args.json:
         print(json.dumps(result))
     else:

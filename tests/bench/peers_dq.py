@@ -5,7 +5,8 @@ Run by run_peers.py against a fresh store; prints one JSON line. It calls
 object built here so that Redis runs can use their own key prefix (which
 `--storage URL` cannot express). The clock covers `start_many` (the enqueue)
 and the drain until every execution is settled, as `dq-ui bench` does; opening
-the storage (and migrating its schema) is outside it.
+the storage (and migrating its schema) is outside it. `--gc` sets the garbage
+collector as `dq-ui bench --gc` does (app/gc_tuning.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 
 from app.bench import _timed_run
+from app.gc_tuning import tune_gc
 from engine import create_redis_storage, storage_from_url
 
 
@@ -38,4 +40,7 @@ if __name__ == "__main__":
     p.add_argument(
         "--concurrency", type=int, default=None, help="executions in flight (default: unlimited)"
     )
-    print(json.dumps(asyncio.run(main(p.parse_args()))))
+    p.add_argument("--gc", choices=("tuned", "default"), default="tuned")
+    args = p.parse_args()
+    tune_gc(args.gc)
+    print(json.dumps({**asyncio.run(main(args)), "gc": args.gc}))

@@ -184,25 +184,28 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
     systems = set(a.systems.split(","))
     dq_conc = ["--concurrency", str(a.dq_concurrency)] if a.dq_concurrency else []
 
-    def dq_argv(jobs: int, steps: int) -> Callable[[dict[str, str]], list[str]]:
+    def dq_argv(jobs: int, steps: int, gc: str) -> Callable[[dict[str, str]], list[str]]:
         def argv(store: dict[str, str]) -> list[str]:
             extra = ["--redis-prefix", store["prefix"]] if "prefix" in store else []
             return [
                 py, os.path.join(HERE, "peers_dq.py"), "--storage", store["url"], *extra,
-                "--jobs", str(jobs), "--steps", str(steps), *dq_conc,
+                "--jobs", str(jobs), "--steps", str(steps), "--gc", gc, *dq_conc,
             ]  # fmt: skip
 
         return argv
 
-    if "dq" in systems:
+    gcs = {"tuned": ["tuned"], "default": ["default"], "both": ["tuned", "default"]}[a.dq_gc]
+    for gc in gcs if "dq" in systems else []:
+        # "dq": as dq-ui runs it (app/gc_tuning.py); "dq-defgc": CPython's collector settings.
+        system = "dq" if gc == "tuned" else "dq-defgc"
         for s in storages:
             cases.append(
-                Case("dq", s, "jobs/s", f"{a.jobs} jobs x 1 step", a.jobs, dq_argv(a.jobs, 1), s)
+                Case(system, s, "jobs/s", f"{a.jobs} jobs x 1 step", a.jobs, dq_argv(a.jobs, 1, gc), s)
             )
             cases.append(
                 Case(
-                    "dq", s, "steps/s", f"{a.step_jobs} jobs x {a.steps} steps",
-                    a.step_jobs * a.steps, dq_argv(a.step_jobs, a.steps), s,
+                    system, s, "steps/s", f"{a.step_jobs} jobs x {a.steps} steps",
+                    a.step_jobs * a.steps, dq_argv(a.step_jobs, a.steps, gc), s,
                 )
             )  # fmt: skip
 
@@ -288,7 +291,7 @@ def rows(cases: list[Case]) -> list[dict[str, Any]]:
             "target": None,
             "meets_target": None,
         }
-        if c.system == "dq":
+        if c.system in ("dq", "dq-defgc"):
             target = TARGETS.get((c.storage, c.metric))
             row["target"] = target
             row["meets_target"] = None if med is None or target is None else med >= target
@@ -300,23 +303,30 @@ def rows(cases: list[Case]) -> list[dict[str, Any]]:
             dq_med = by_key[c.compare_to].median()
             if dq_med is not None and med:
                 row["dq_over_peer"] = round(dq_med / med, 2)
+        if c.compare_to:
+            defgc = by_key.get(("dq-defgc", *c.compare_to[1:]))
+            defgc_med = defgc.median() if defgc is not None else None
+            if defgc_med is not None and med:
+                row["dq_defgc_over_peer"] = round(defgc_med / med, 2)
         out.append(row)
     return out
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
-    head = f"{'storage':<11}{'system':<10}{'metric':<9}{'workload':<34}{'median':>10}  {'dq/peer':>8}  {'target':>13}  samples"
+    head = f"{'storage':<11}{'system':<10}{'metric':<9}{'workload':<34}{'median':>10}  {'dq/peer (defgc)':>16}  {'target':>13}  samples"
     print(head)
     print("-" * len(head))
     for r in table:
         med = "failed" if r["median"] is None else f"{r['median']:,.0f}"
         ratio = "" if r["dq_over_peer"] is None else f"{r['dq_over_peer']:.2f}x"
+        if r.get("dq_defgc_over_peer") is not None:
+            ratio += f" ({r['dq_defgc_over_peer']:.2f}x)"
         target = ""
         if r["target"] is not None:
             target = f"{r['target']:,.0f}" + (" ok" if r["meets_target"] else " MISS")
         samples = ", ".join(f"{x:,.0f}" for x in r["samples"])
         print(
-            f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {ratio:>8}  {target:>13}  {samples}"
+            f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {ratio:>16}  {target:>13}  {samples}"
         )
 
 
@@ -393,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--storages", default=",".join(STORAGES))
     p.add_argument("--systems", default="dq,pgqueuer,dbos")
+    p.add_argument(
+        "--dq-gc",
+        choices=("tuned", "default", "both"),
+        default="both",
+        help="dq's garbage collector: as dq-ui sets it (row dq), CPython's (row dq-defgc), or both",
+    )
     p.add_argument("--pg-dsn", default=os.environ.get("DQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
                    help="an admin DSN; bench databases are created next to its database")  # fmt: skip
     p.add_argument(

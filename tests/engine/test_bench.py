@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from app.gc_tuning import THRESHOLDS, tune_gc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +35,30 @@ def test_bench_rejects_an_unknown_storage() -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "mongo" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("flag", "env", "mode"), [([], {}, "tuned"), (["--gc", "default"], {}, "default"),
+                                                  ([], {"DQ_GC": "default"}, "default")])  # fmt: skip
+def test_bench_sets_the_garbage_collector(flag: list[str], env: dict[str, str], mode: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--storage", "memory://", "--jobs", "20", "--runs", "1",
+         "--json", *flag],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=True, env={**os.environ, **env},
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["gc"] == mode
+    expected = list(THRESHOLDS) if mode == "tuned" else [700, 10, 10]
+    assert result["gc_thresholds"] == expected
+
+
+def test_tune_gc_freezes_the_startup_heap() -> None:
+    code = "import gc; from app.gc_tuning import tune_gc; tune_gc('tuned'); print(gc.get_freeze_count())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    assert int(out.stdout) > 1000
+
+
+def test_tune_gc_names_an_unknown_mode() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="'fast'"):
+        tune_gc("fast")
+    assert gc.get_threshold() == before
