@@ -336,3 +336,22 @@ async def test_concurrent_branches_replay_their_own_children(make_queue: Callabl
 
 async def _has_step(ex: Any, key: str) -> bool:
     return any(s.key == key for s in await ex.steps())
+
+
+async def test_current_step_is_stored_when_the_execution_suspends_and_ends(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="where")
+    async def where(data: Any) -> int:
+        await run("a", lambda: 1)
+        await sleep(600)  # suspends (longer than short_sleep)
+        await run("b", lambda: 2)
+        return 3
+
+    queue = make_queue([where])
+    async with queue:
+        ex = await queue.jobs.where.start(None)
+        while (rec := await queue.storage.get_execution(ex.id)) is not None and rec.status not in ("waiting", "completed"):
+            await asyncio.sleep(0.01)
+        assert rec is not None and rec.current_step == "sleep"
+        assert await ex.result() == 3
+        done = await queue.storage.get_execution(ex.id)
+    assert done is not None and done.current_step == "b"

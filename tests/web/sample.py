@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel
@@ -62,4 +63,11 @@ async def parent(data: Any) -> Any:
     return await greet.run({"name": "child"})
 
 
-JOBS = [greet, flaky, broken, slow, big, parent]
+@create_job(name="hold")
+async def hold(data: Any) -> None:
+    await run("first", lambda: 1)
+    await run("gate", lambda: asyncio.sleep(1))  # time to pause it here
+    await run("holding", lambda: asyncio.sleep(30))  # running until cancelled
+
+
+JOBS = [greet, flaky, broken, slow, big, parent, hold]

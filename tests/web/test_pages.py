@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html as htmllib
 import re
+import time
 
 from .conftest import Client
 
@@ -191,3 +192,35 @@ def test_a_long_sleep_shows_a_countdown_and_why_it_waits(client: Client) -> None
     assert 'class="seg s-waiting' in page
     row = client.get("/executions?status=waiting").text
     assert f'id="row-{eid}"' in row and '<td class="step">sleep' in row  # its current step
+
+
+def test_a_running_execution_shows_the_step_it_is_in(client: Client) -> None:
+    # Storage writes current_step when an execution suspends or ends, not at each
+    # step: for a running execution the pages take it from its events and steps,
+    # not from a value stored when it last suspended.
+    eid = client.start("hold")
+
+    async def lifecycle(action: str) -> None:
+        execution = await client.queue.jobs.get(eid)
+        assert execution is not None
+        await getattr(execution, action)()
+
+    client.call(lifecycle, "pause")
+    assert client.settle(eid, statuses=frozenset({"paused"})) == "paused"
+    stored = client.call(client.queue.storage.get_execution, eid)
+    assert stored is not None and stored.current_step in ("first", "gate")
+    client.call(lifecycle, "resume")
+    row = ""
+    deadline = time.monotonic() + 10
+    while "holding" not in row and time.monotonic() < deadline:
+        page = client.get("/executions", headers=HTML).text
+        found = re.search(rf'<tr[^>]*id="row-{eid}".*?</tr>', page, re.S)
+        row = found.group(0) if found else ""
+        time.sleep(0.05)
+    assert "holding" in row, row
+    detail = text(client.get(f"/executions/{eid}").text)
+    assert re.search(r"current step\s*holding", detail), detail[:2000]
+    client.call(lifecycle, "cancel")
+    assert client.settle(eid) == "cancelled"
+    stored = client.call(client.queue.storage.get_execution, eid)
+    assert stored is not None and stored.current_step == "holding"
