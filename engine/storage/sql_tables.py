@@ -39,6 +39,7 @@ class ExecutionRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_executions_status_run_at", "status", "run_at"),
         Index("ix_executions_job_name", "job_name"),
+        # Migration 2 makes these two partial (WHERE ... IS NOT NULL).
         Index("ix_executions_parent_id", "parent_id"),
         Index("ix_executions_root_id", "root_id"),
     )
@@ -263,8 +264,24 @@ def _initial(conn: Connection) -> None:
     conn.execute(SEQ_COUNTERS.insert().values(id=1, events=0, messages=0))
 
 
+def _partial_lineage_indexes(conn: Connection) -> None:
+    # Most executions are top-level (no parent, no root): indexing their NULLs cost
+    # two index entries per insert and per status change for nothing. Queries by
+    # parent_id / root_id always give a value, which implies IS NOT NULL, so both
+    # PostgreSQL and SQLite still use these indexes for them.
+    for column in ("parent_id", "root_id"):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_executions_{column}")
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_executions_{column} ON executions ({column})"
+            f" WHERE {column} IS NOT NULL"
+        )
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
-MIGRATIONS: tuple[Migration, ...] = ((1, "initial schema", _initial),)
+MIGRATIONS: tuple[Migration, ...] = (
+    (1, "initial schema", _initial),
+    (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
+)
 
 
 class SchemaTooNewError(DqError, RuntimeError):

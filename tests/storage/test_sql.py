@@ -115,6 +115,36 @@ async def test_schema_matches_the_table_classes(fresh: Fresh) -> None:
     await storage.aclose()
 
 
+async def test_lineage_indexes_are_partial_and_serve_queries_by_parent_and_root(fresh: Fresh) -> None:
+    storage = fresh()
+    await storage.open()
+    await storage.commit(
+        Batch(executions=[execution("P"), execution("C", parent_id="P", root_id="P")])
+    )
+    postgres = isinstance(storage, PostgresStorage)
+    async with storage.engine.connect() as conn:
+        for column in ("parent_id", "root_id"):
+            if postgres:
+                ddl = (await conn.execute(text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": f"ix_executions_{column}"},
+                )).scalar_one()  # fmt: skip
+                await conn.execute(text("SET enable_seqscan = off"))  # a 2-row table: ask for the index
+                plan = "\n".join(r[0] for r in await conn.execute(
+                    text(f"EXPLAIN SELECT id FROM executions WHERE {column} = 'P'")))  # fmt: skip
+            else:
+                ddl = (await conn.execute(text(
+                    "SELECT sql FROM sqlite_master WHERE name = :n"), {"n": f"ix_executions_{column}"},
+                )).scalar_one()  # fmt: skip
+                plan = "\n".join(str(r[-1]) for r in await conn.execute(
+                    text(f"EXPLAIN QUERY PLAN SELECT id FROM executions WHERE {column} = 'P'")))  # fmt: skip
+            assert "IS NOT NULL" in ddl.upper(), ddl
+            assert f"ix_executions_{column}" in plan, plan
+    found = await storage.query(ExecutionQuery(parent_id="P"))
+    assert [r.id for r in found] == ["C"]
+    assert [r.id for r in await storage.query(ExecutionQuery(root_id="P"))] == ["C"]
+    await storage.aclose()
+
+
 async def test_new_migrations_run_in_order_once(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
