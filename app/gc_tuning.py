@@ -25,11 +25,17 @@ import os
 THRESHOLDS = (50_000, 20, 10)
 
 
-def tune_gc(mode: str | None = None) -> str:
-    """Apply `mode` ("tuned" or "default"; default: $DQ_GC, else "tuned"); returns it."""
+def gc_mode(mode: str | None = None) -> str:
+    """`mode`, else $DQ_GC, else "tuned"; a ValueError names any other value."""
     mode = mode or os.environ.get("DQ_GC") or "tuned"
     if mode not in ("tuned", "default"):
         raise ValueError(f"garbage collector mode: expected 'tuned' or 'default', got {mode!r}")
+    return mode
+
+
+def tune_gc(mode: str | None = None) -> str:
+    """Apply `gc_mode(mode)`; returns it."""
+    mode = gc_mode(mode)
     if mode == "tuned":
         gc.collect()  # leave no garbage in what is frozen
         gc.freeze()

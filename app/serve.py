@@ -19,7 +19,7 @@ import uvicorn
 
 from engine import Queue, storage_from_url
 
-from .gc_tuning import tune_gc
+from .gc_tuning import gc_mode, tune_gc
 
 DEFAULT_STORAGE = "sqlite:///dq.db"
 
@@ -107,6 +107,10 @@ def main(args: argparse.Namespace) -> int:
             )
         if not 0 < args.port < 65536:
             raise UsageError(f"--port {args.port} is not a TCP port")
+        try:
+            collector = gc_mode()
+        except ValueError as exc:
+            raise UsageError(f"DQ_GC: {exc}") from None
         queue, background, label = build(args)
     except UsageError as exc:
         print(f"dq-ui serve: {exc}", file=sys.stderr)
@@ -117,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=2, lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)
-    tune_gc()
+    tune_gc(collector)  # after start-up, so that what it freezes is the loaded app
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{args.port}/"
 

@@ -30,7 +30,7 @@ from . import live
 from .filters import Filters
 from .live import ExecCache, Message
 from .stats import failure_groups, status_counts, throughput
-from .views import children_of, read_all_events
+from .views import children_of, needs_live_step, read_all_events
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -171,11 +171,9 @@ class Hub:
             self.current.clear()
 
     def fill(self, recs: Iterable[ExecutionRecord]) -> None:
-        """Give active records their current step: storage writes it when an execution
-        suspends or ends, not at every step, so for a running one the latest
-        step_start event seen is newer."""
+        """Give active records the step they are in, from the latest events seen."""
         for rec in recs:
-            if rec.status == "running" or (rec.current_step is None and rec.status not in TERMINAL):
+            if needs_live_step(rec):
                 rec.current_step = self.current.get(rec.id) or rec.current_step
 
     def filled(self, recs: list[ExecutionRecord]) -> list[ExecutionRecord]:

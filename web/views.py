@@ -82,6 +82,13 @@ def panel_context(
     }
 
 
+def needs_live_step(rec: ExecutionRecord) -> bool:
+    """Whether the step an active execution is in must come from its steps or events:
+    storage writes `current_step` when an execution suspends or ends, not at every
+    step, so a running one's stored value may be older."""
+    return rec.status == "running" or (rec.current_step is None and rec.status not in TERMINAL)
+
+
 def execution_context(
     dash: Dashboard,
     rec: ExecutionRecord,
@@ -93,7 +100,7 @@ def execution_context(
     key: str | None = None,
     tab: str = "trace",
 ) -> dict[str, Any]:
-    if steps and (rec.status == "running" or (rec.current_step is None and rec.status not in TERMINAL)):
+    if steps and needs_live_step(rec):
         open_steps = [s for s in steps if s.status != "completed"]
         rec.current_step = (open_steps or list(steps))[-1].key
     ctx = panel_context(dash, rec, steps, events, key)

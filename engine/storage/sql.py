@@ -156,7 +156,7 @@ class _Compiled:
         fields = [n[2:] for n in names[:-1]]  # v_<column>
         arrays = [f"${i}::{self._array_type(table, f)}[]" for i, f in enumerate(fields, start=1)]
         arrays.append(f"${len(names)}::text[]")
-        sets = ", ".join(f"{quote(f)} = u.{quote(n)}" for f, n in zip(fields, names, strict=False))
+        sets = ", ".join(f"{quote(f)} = u.{quote(n)}" for f, n in zip(fields, names[:-1], strict=True))
         return (
             f"UPDATE {quote(table.name)} AS t SET {sets}"
             f" FROM unnest({', '.join(arrays)}) AS u({', '.join(quote(n) for n in names)})"

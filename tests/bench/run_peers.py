@@ -299,15 +299,12 @@ def rows(cases: list[Case]) -> list[dict[str, Any]]:
             row["drain_only_jobs_per_s"] = round(
                 statistics.median(e["jobs"] / e["drain_s"] for e in c.extra), 1
             )
-        if c.compare_to and c.compare_to in by_key:
-            dq_med = by_key[c.compare_to].median()
+        # dq's row for the same storage and metric, run with either collector setting.
+        for system, ratio in (("dq", "dq_over_peer"), ("dq-defgc", "dq_defgc_over_peer")):
+            dq_case = by_key.get((system, *c.compare_to[1:])) if c.compare_to else None
+            dq_med = dq_case.median() if dq_case is not None else None
             if dq_med is not None and med:
-                row["dq_over_peer"] = round(dq_med / med, 2)
-        if c.compare_to:
-            defgc = by_key.get(("dq-defgc", *c.compare_to[1:]))
-            defgc_med = defgc.median() if defgc is not None else None
-            if defgc_med is not None and med:
-                row["dq_defgc_over_peer"] = round(defgc_med / med, 2)
+                row[ratio] = round(dq_med / med, 2)
         out.append(row)
     return out
 

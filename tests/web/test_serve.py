@@ -62,6 +62,14 @@ def test_non_loopback_bind_needs_a_token(capsys: pytest.CaptureFixture[str], mon
         assert "without an access token" in _fails(["serve", "--host", host], capsys)
 
 
+def test_unknown_garbage_collector_mode_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DQ_GC", "fast")
+    err = _fails(["serve"], capsys)
+    assert "DQ_GC" in err and "'fast'" in err
+
+
 def _serve(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {**os.environ, "DQ_DEMO_SPEED": "4", **(env or {})}
     return subprocess.Popen([DQ_UI, "serve", *args], cwd=ROOT, env=full_env, text=True,
