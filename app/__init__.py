@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.static_files import create_static_files_router
 
-from web import ROUTES, STATE_KEY, STATIC_DIR, Dashboard, Settings, TokenAuth, http_error
+from dq.web import ROUTES, STATE_KEY, STATIC_DIR, Dashboard, Settings, TokenAuth, http_error
 
 
 def create_app(

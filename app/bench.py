@@ -13,8 +13,8 @@ import tempfile
 import time
 from typing import Any
 
-from engine import create_job, create_queue, run, storage_from_url
-from engine.storage.base import Storage
+from dq import create_job, create_queue, run, storage_from_url
+from dq.engine.storage.base import Storage
 
 from .gc_tuning import tune_gc
 

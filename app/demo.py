@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine import create_job, create_queue, run, sleep, thread
+from dq import create_job, create_queue, run, sleep, thread
 
 # -- simulated world ----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from engine import Queue, storage_from_url
+from dq import Queue, storage_from_url
 
 from .gc_tuning import gc_mode, tune_gc
 
@@ -94,7 +94,7 @@ def build(args: argparse.Namespace) -> tuple[Queue, list[Callable[[], Awaitable[
 
 
 def main(args: argparse.Namespace) -> int:
-    from web import Settings
+    from dq.web import Settings
 
     from . import create_app
 

@@ -59,7 +59,7 @@ def _child(conn: Connection, ref: str, input: Any, memory_mb: int | None, cpu_s:
             result = asyncio.run(_await(result))
         conn.send(("ok", plain_json(result, "the result of a thread step")))
     except MemoryError:
-        conn.send(("err", {"type": "engine.threads.ResourceLimitError",
+        conn.send(("err", {"type": "dq.engine.threads.ResourceLimitError",
                            "message": f"exceeded max_memory_mb={memory_mb}", "traceback": ""}))  # fmt: skip
     except BaseException as exc:
         conn.send(("err", error_to_dict(exc)))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine import JobError, create_job, create_queue, run
+from dq import JobError, create_job, create_queue, run
 
 
 class Task(BaseModel):

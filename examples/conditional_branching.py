@@ -11,7 +11,7 @@ import asyncio
 
 from pydantic import BaseModel
 
-from engine import create_job, create_queue
+from dq import create_job, create_queue
 
 
 class Value(BaseModel):

@@ -9,7 +9,7 @@ import asyncio
 
 from pydantic import BaseModel
 
-from engine import create_job, create_queue, run
+from dq import create_job, create_queue, run
 
 
 class Part(BaseModel):

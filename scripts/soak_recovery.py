@@ -39,9 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.storage.base import ExecutionQuery, Storage  # noqa: E402
-from engine.storage.redis import RedisStorage  # noqa: E402
-from engine.storage.sql import SqlStorage  # noqa: E402
+from dq.engine.storage.base import ExecutionQuery, Storage  # noqa: E402
+from dq.engine.storage.redis import RedisStorage  # noqa: E402
+from dq.engine.storage.sql import SqlStorage  # noqa: E402
 
 WORKER = ROOT / "tests" / "faults" / "worker.py"
 PG_ADMIN = os.environ.get("DQ_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

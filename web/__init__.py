@@ -1,6 +1,6 @@
 """The dashboard: Litestar route handlers, Jinja2 pages and htmx fragments, SSE live updates.
 
-`web` imports `engine`, never `app`. `app.create_app(queue)` composes these
+`web` imports `engine`, never `app`. `dq.app.create_app(queue)` composes these
 pieces into a Litestar application.
 """
 

@@ -13,8 +13,8 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Response
 
-from engine import DqError
-from engine.ids import now_ms
+from dq import DqError
+from dq.engine.ids import now_ms
 
 from . import render
 from .dashboard import dashboard_of

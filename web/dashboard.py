@@ -7,8 +7,8 @@ from typing import Any
 from litestar import Request
 from litestar.utils.scope.state import ScopeState
 
-from engine.ids import now_ms
-from engine.storage.base import Storage
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import Storage
 
 from .hub import Hub
 from .settings import Settings

@@ -10,8 +10,8 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response
 
-from engine.ids import now_ms
-from engine.storage.base import ExecutionRecord
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import ExecutionRecord
 
 from . import render
 from .dashboard import Dashboard, dashboard_of

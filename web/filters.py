@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from engine.storage.base import STATUSES, ExecutionQuery
+from dq.engine.storage.base import STATUSES, ExecutionQuery
 
 PAGE_SIZE = 50
 _TIME_FIELDS = ("started_after", "started_before", "completed_after", "completed_before")

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.ids import now_ms
-from engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
-from engine.storage.query import matches
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
+from dq.engine.storage.query import matches
 
 from . import live
 from .filters import Filters

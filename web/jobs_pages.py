@@ -11,9 +11,9 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Response
 
-from engine import ValidationError
-from engine.ids import now_ms
-from engine.storage.base import ExecutionQuery
+from dq import ValidationError
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import ExecutionQuery
 
 from . import render
 from .dashboard import Dashboard, dashboard_of, short_path

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.storage.base import EventRecord, ExecutionRecord, StepRecord
+from dq.engine.storage.base import EventRecord, ExecutionRecord, StepRecord
 
 from . import render
 

@@ -9,8 +9,8 @@ from litestar import Request, get
 from litestar.enums import MediaType
 from litestar.response import Redirect, Response
 
-from engine.ids import now_ms
-from engine.storage.base import ExecutionQuery
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import ExecutionQuery
 
 from . import render
 from .dashboard import dashboard_of

@@ -17,8 +17,8 @@ from litestar import asgi
 from litestar.types import Receive, Scope, Send
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from engine.ids import now_ms
-from engine.storage.base import ExecutionQuery
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import ExecutionQuery
 
 from . import live
 from .dashboard import STATE_KEY, Dashboard

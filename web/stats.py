@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.storage.base import STATUSES, ExecutionQuery, ExecutionRecord, Storage
+from dq.engine.storage.base import STATUSES, ExecutionQuery, ExecutionRecord, Storage
 
 from .format import error_type
 from .source import job_source

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.storage.base import (
+from dq.engine.storage.base import (
     TERMINAL,
     EventRecord,
     ExecutionQuery,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.storage.base import TERMINAL, EventRecord, ExecutionRecord, StepRecord
+from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord, StepRecord
 
 from .format import duration
 

@@ -618,7 +618,7 @@ class RedisStorage(Storage):
             finally:
                 self.subscribed.clear()
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()
             await asyncio.sleep(delay_s)

@@ -15,9 +15,9 @@ import argparse
 import asyncio
 import json
 
-from app.bench import _timed_run
-from app.gc_tuning import tune_gc
-from engine import create_redis_storage, storage_from_url
+from dq import create_redis_storage, storage_from_url
+from dq.app.bench import _timed_run
+from dq.app.gc_tuning import tune_gc
 
 
 async def main(args: argparse.Namespace) -> dict[str, float | int]:

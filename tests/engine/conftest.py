@@ -16,11 +16,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine import Queue, create_queue
-from engine.storage.base import Storage
-from engine.storage.memory import MemoryStorage
-from engine.storage.redis import RedisStorage
-from engine.storage.sql import SqlStorage
+from dq import Queue, create_queue
+from dq.engine.storage.base import Storage
+from dq.engine.storage.memory import MemoryStorage
+from dq.engine.storage.redis import RedisStorage
+from dq.engine.storage.sql import SqlStorage
 from tests.storage.conftest import (
     _CLEAR_DATA,
     REDIS_URL,

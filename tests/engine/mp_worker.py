@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from engine import create_job, create_pipe, create_postgres_storage, create_queue, run
+from dq import create_job, create_pipe, create_postgres_storage, create_queue, run
 
 events = create_pipe(name="events")
 

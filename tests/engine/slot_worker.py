@@ -9,7 +9,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine import create_job, create_queue, run, storage_from_url
+from dq import create_job, create_queue, run, storage_from_url
 
 WORKDIR = Path(sys.argv[2])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.gc_tuning import THRESHOLDS, tune_gc
+from dq.app.gc_tuning import THRESHOLDS, tune_gc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("storage", ["memory://", "sqlite:///"])
 def test_bench_json_line(storage: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", "--storage", storage, "--jobs", "50", "--steps", "3",
+        [sys.executable, "-m", "dq.app.cli", "bench", "--storage", storage, "--jobs", "50", "--steps", "3",
          "--runs", "1", "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=True,
     )  # fmt: skip
@@ -30,7 +30,7 @@ def test_bench_json_line(storage: str) -> None:
 
 def test_bench_rejects_an_unknown_storage() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", "--storage", "mongo://x"],
+        [sys.executable, "-m", "dq.app.cli", "bench", "--storage", "mongo://x"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2
@@ -41,7 +41,7 @@ def test_bench_rejects_an_unknown_storage() -> None:
                                                   ([], {"DQ_GC": "default"}, "default")])  # fmt: skip
 def test_bench_sets_the_garbage_collector(flag: list[str], env: dict[str, str], mode: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", "--storage", "memory://", "--jobs", "20", "--runs", "1",
+        [sys.executable, "-m", "dq.app.cli", "bench", "--storage", "memory://", "--jobs", "20", "--runs", "1",
          "--json", *flag],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=True, env={**os.environ, **env},
     )  # fmt: skip
@@ -52,7 +52,7 @@ def test_bench_sets_the_garbage_collector(flag: list[str], env: dict[str, str], 
 
 
 def test_tune_gc_freezes_the_startup_heap() -> None:
-    code = "import gc; from app.gc_tuning import tune_gc; tune_gc('tuned'); print(gc.get_freeze_count())"
+    code = "import gc; from dq.app.gc_tuning import tune_gc; tune_gc('tuned'); print(gc.get_freeze_count())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
     assert int(out.stdout) > 1000
 

@@ -2,8 +2,8 @@ from datetime import timedelta
 
 import pytest
 
-from engine import create_job, parse_duration, parse_frequency
-from engine.durations import Frequency
+from dq import create_job, parse_duration, parse_frequency
+from dq.engine.durations import Frequency
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import builtins
 
-from engine import CancelledError, JobError, TimeoutError, ValidationError
-from engine.errors import StoredError, error_from_dict, error_to_dict
+from dq import CancelledError, JobError, TimeoutError, ValidationError
+from dq.engine.errors import StoredError, error_from_dict, error_to_dict
 
 
 class Declined(Exception):

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine import JobError, Queue, create_job, run, sleep
-from engine.storage.base import EventRecord
+from dq import JobError, Queue, create_job, run, sleep
+from dq.engine.storage.base import EventRecord
 
 
 async def test_event_log_of_a_workflow(make_queue: Callable[..., Queue]) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from engine import CancelledError, Queue, create_job, run
-from engine.context import current
+from dq import CancelledError, Queue, create_job, run
+from dq.engine.context import current
 
 from .test_lifecycle import status_is, until
 

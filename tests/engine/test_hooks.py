@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import JobError, Queue, create_job, run
+from dq import JobError, Queue, create_job, run
 
 
 async def test_order_and_payloads_on_success(make_queue: Callable[..., Queue]) -> None:
@@ -103,7 +103,7 @@ def test_unknown_events_are_rejected() -> None:
     job = create_job(lambda d: None, name="j")
     with pytest.raises(ValueError, match="'finish'"):
         job.on("finish", print)
-    from engine import create_queue
+    from dq import create_queue
 
     with pytest.raises(ValueError, match="'job_finish'"):
         create_queue(jobs=[job]).on("job_finish", print)

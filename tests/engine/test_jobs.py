@@ -11,7 +11,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel
 
-from engine import (
+from dq import (
     JobError,
     Queue,
     TimeoutError,
@@ -20,8 +20,8 @@ from engine import (
     create_queue,
     run,
 )
-from engine.backoff import make_backoff
-from engine.storage.base import ExecutionQuery
+from dq.engine.backoff import make_backoff
+from dq.engine.storage.base import ExecutionQuery
 
 
 class Song(BaseModel):
@@ -194,14 +194,14 @@ async def test_job_outside_its_queue_is_a_clear_error() -> None:
     async def lonely(data: Any) -> None:
         return None
 
-    from engine import DqError
+    from dq import DqError
 
     with pytest.raises(DqError, match=r"queue.jobs\['lonely'\]"):
         await lonely.run(None)
 
 
 async def test_with_storage_keeps_jobs_pipes_and_options() -> None:
-    from engine import create_memory_storage, create_pipe
+    from dq import create_memory_storage, create_pipe
 
     p = create_pipe(name="p")
     job = create_job(lambda d: d, name="echo")
@@ -219,9 +219,9 @@ async def test_with_storage_keeps_jobs_pipes_and_options() -> None:
 async def test_long_timeouts_are_enforced_by_the_watchdog(
     make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.runtime
+    from dq.engine import runtime
 
-    monkeypatch.setattr(engine.runtime, "_WATCHDOG_MIN_MS", 100)  # "long" from 100 ms on
+    monkeypatch.setattr(runtime, "_WATCHDOG_MIN_MS", 100)  # "long" from 100 ms on
 
     @create_job(name="stuck", timeout="500ms", retry=0)
     async def stuck(data: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import CancelledError, Execution, JobError, Queue, create_job, run, sleep
+from dq import CancelledError, Execution, JobError, Queue, create_job, run, sleep
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
@@ -183,7 +183,7 @@ async def test_unknown_execution_is_a_clear_error(make_queue: Callable[..., Queu
     queue = make_queue([gated_job("g", asyncio.Event(), [])])
     async with queue:
         assert await queue.jobs.get("nope") is None
-        from engine import DqError
+        from dq import DqError
 
         with pytest.raises(DqError, match="nope"):
             await queue.lifecycle.pause("nope")

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.ids import new_id, now_ms
-from engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, PipeMessage, Storage
-from engine.storage.sql import SqlStorage
+from dq.engine.ids import new_id, now_ms
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, PipeMessage, Storage
+from dq.engine.storage.sql import SqlStorage
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = str(Path(__file__).with_name("mp_worker.py"))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from engine import Queue, ValidationError, create_job, create_pipe, run
+from dq import Queue, ValidationError, create_job, create_pipe, run
 
 from .test_lifecycle import status_is, until
 

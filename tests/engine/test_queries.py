@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine import JobError, Queue, create_job
+from dq import JobError, Queue, create_job
 
 
 async def test_every_filter(make_queue: Callable[..., Queue]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from engine import CancelledError, JobError, Queue, create_job, run
+from dq import CancelledError, JobError, Queue, create_job, run
 
 from .test_lifecycle import status_is, until
 

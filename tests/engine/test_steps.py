@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from engine import (
+from dq import (
     DqError,
     JobError,
     NonDeterminismError,
@@ -319,7 +319,7 @@ async def test_concurrent_branches_replay_their_own_children(make_queue: Callabl
 
     queue = make_queue([branches, double])
     async with queue:
-        from engine import current_execution
+        from dq import current_execution
 
         ex = await queue.jobs.branches.start(None)
         from .test_lifecycle import status_is, until

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from engine import Queue, create_job, run
-from engine.errors import StorageLostError
-from engine.storage.base import Batch, CommitResult, Storage
+from dq import Queue, create_job, run
+from dq.engine.errors import StorageLostError
+from dq.engine.storage.base import Batch, CommitResult, Storage
 
 from .test_lifecycle import until
 

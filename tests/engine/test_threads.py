@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine import JobError, Queue, TimeoutError, create_job, run, thread
-from engine.threads import ResourceLimitError
+from dq import JobError, Queue, TimeoutError, create_job, run, thread
+from dq.engine.threads import ResourceLimitError
 
 from . import threadfns
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from engine.ids import new_id, now_ms
-from engine.storage.base import Batch, EventRecord, ExecutionRecord, Storage
-from engine.storage.redis import RedisStorage
-from engine.storage.sql import SqlStorage
+from dq.engine.ids import new_id, now_ms
+from dq.engine.storage.base import Batch, EventRecord, ExecutionRecord, Storage
+from dq.engine.storage.redis import RedisStorage
+from dq.engine.storage.sql import SqlStorage
 from tests.storage.conftest import (
     REDIS_URL,
     create_pg_database,

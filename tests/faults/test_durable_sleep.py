@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.base import ExecutionQuery, StepRecord
+from dq.engine.storage.base import ExecutionQuery, StepRecord
 
 from .conftest import Store, Workers, read_effects, wait_until
 

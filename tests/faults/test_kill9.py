@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.base import ExecutionQuery
+from dq.engine.storage.base import ExecutionQuery
 
 from .conftest import Store, Workers, lines, read_effects, wait_until
 

@@ -28,9 +28,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from engine.ids import now_ms
-from engine.storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord
-from engine.storage.sql import SqlStorage
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord
+from dq.engine.storage.sql import SqlStorage
 
 from .conftest import Store, Worker, Workers, lines, read_effects, wait_until
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.storage.base import ExecutionQuery, Storage
+from dq.engine.storage.base import ExecutionQuery, Storage
 
 from .conftest import Store, Workers, add_executions, read_effects, wait_until
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from engine import create_job, create_queue, run
-from engine.errors import StorageLostError
-from engine.storage.redis import RedisStorage
+from dq import create_job, create_queue, run
+from dq.engine.errors import StorageLostError
+from dq.engine.storage.redis import RedisStorage
 
 from .conftest import wait_until
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.base import ExecutionQuery
+from dq.engine.storage.base import ExecutionQuery
 
 from .conftest import Store, Workers, add_executions, lines, read_effects, wait_until
 

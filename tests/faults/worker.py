@@ -37,9 +37,9 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from engine import Queue, create_job, create_queue, run, sleep, storage_from_url  # noqa: E402
-from engine.storage.base import Batch, CommitResult, Storage  # noqa: E402
-from engine.storage.redis import RedisStorage  # noqa: E402
+from dq import Queue, create_job, create_queue, run, sleep, storage_from_url  # noqa: E402
+from dq.engine.storage.base import Batch, CommitResult, Storage  # noqa: E402
+from dq.engine.storage.redis import RedisStorage  # noqa: E402
 
 WORKDIR = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".")
 PID = os.getpid()

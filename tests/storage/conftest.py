@@ -26,10 +26,10 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import make_url
 
-from engine.storage.base import Storage
-from engine.storage.memory import MemoryStorage
-from engine.storage.redis import RedisStorage
-from engine.storage.sql import SqlStorage
+from dq.engine.storage.base import Storage
+from dq.engine.storage.memory import MemoryStorage
+from dq.engine.storage.redis import RedisStorage
+from dq.engine.storage.sql import SqlStorage
 
 StorageFactory = Callable[[], Awaitable[Storage]]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.storage.base import (
+from dq.engine.storage.base import (
     Batch,
     EventRecord,
     ExecutionQuery,
@@ -19,7 +19,7 @@ from engine.storage.base import (
     StepRecord,
     Storage,
 )
-from engine.storage.query import matches, sort_and_page
+from dq.engine.storage.query import matches, sort_and_page
 
 StorageFactory = Callable[[], Awaitable[Storage]]  # see conftest.py
 

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from engine.errors import DqError
-from engine.storage.base import (
+from dq.engine.errors import DqError
+from dq.engine.storage.base import (
     Batch,
     EventRecord,
     ExecutionQuery,
@@ -28,8 +28,8 @@ from engine.storage.base import (
     PipeMessage,
     StepRecord,
 )
-from engine.storage.memory import MemoryStorage
-from engine.storage.redis import RedisConfigError, RedisStorage, StorageLostError
+from dq.engine.storage.memory import MemoryStorage
+from dq.engine.storage.redis import RedisConfigError, RedisStorage, StorageLostError
 from tests.storage.conftest import delete_redis_prefix
 
 REDIS_URL = os.environ.get("DQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -118,7 +118,7 @@ async def test_warns_and_continues_when_config_is_denied(
     url = REDIS_URL.replace("redis://", f"redis://{user}:{password}@", 1)
     storage = RedisStorage(url, prefix=prefix)
     try:
-        with caplog.at_level(logging.WARNING, logger="engine.storage.redis"):
+        with caplog.at_level(logging.WARNING, logger="dq.engine.storage.redis"):
             await storage.open()
         assert "maxmemory-policy" in caplog.text
         await storage.commit(Batch(executions=[pending("a")]))

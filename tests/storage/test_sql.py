@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from engine.storage import sql_tables, storage_from_url
-from engine.storage.base import (
+from dq.engine.storage import sql_tables, storage_from_url
+from dq.engine.storage.base import (
     Batch,
     EventRecord,
     ExecutionQuery,
@@ -24,10 +24,10 @@ from engine.storage.base import (
     StepRecord,
     Storage,
 )
-from engine.storage.sql import SqlStorage
-from engine.storage.sql_postgres import PostgresStorage
-from engine.storage.sql_sqlite import SqliteStorage
-from engine.storage.sql_tables import SCHEMA_VERSION, SchemaTooNewError
+from dq.engine.storage.sql import SqlStorage
+from dq.engine.storage.sql_postgres import PostgresStorage
+from dq.engine.storage.sql_sqlite import SqliteStorage
+from dq.engine.storage.sql_tables import SCHEMA_VERSION, SchemaTooNewError
 
 StorageFactory = Callable[[], Awaitable[Storage]]  # see conftest.py
 Fresh = Callable[[], SqlStorage]

@@ -15,10 +15,10 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sse_starlette import sse as sse_module
 
-from app import create_app
-from engine import Queue, create_memory_storage, create_queue
-from engine.storage.base import TERMINAL
-from web import Settings
+from dq import Queue, create_memory_storage, create_queue
+from dq.app import create_app
+from dq.engine.storage.base import TERMINAL
+from dq.web import Settings
 
 from .sample import JOBS
 

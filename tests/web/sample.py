@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine import create_job, run, sleep
+from dq import create_job, run, sleep
 
 
 class Name(BaseModel):

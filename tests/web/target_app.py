@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import create_job, create_memory_storage, create_queue, run
+from dq import create_job, create_memory_storage, create_queue, run
 
 
 @create_job(name="custom")

@@ -6,7 +6,7 @@ import html as htmllib
 
 import pytest
 
-from web import Settings
+from dq.web import Settings
 
 from .conftest import FAST, Client, open_client
 

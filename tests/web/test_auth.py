@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine import Queue
-from web import Settings
+from dq import Queue
+from dq.web import Settings
 
 from .conftest import FAST, open_client
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from engine import create_job, create_memory_storage, create_queue, run
-from engine.storage.base import ExecutionQuery
-from web import Settings
+from dq import create_job, create_memory_storage, create_queue, run
+from dq.app import create_app
+from dq.engine.storage.base import ExecutionQuery
+from dq.web import Settings
 
 from .conftest import LiveServer
 

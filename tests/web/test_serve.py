@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import main
+from dq.app.cli import main
 
 from .conftest import free_port
 

@@ -8,9 +8,9 @@ import re
 
 import httpx
 
-from app import create_app
-from engine import Queue
-from web import Settings
+from dq import Queue
+from dq.app import create_app
+from dq.web import Settings
 
 from .conftest import FAST, LiveServer, settle
 from .sse_client import Reader
