@@ -1,18 +1,23 @@
 # Two commands on a fresh machine with Python 3.11+:
 #   make serve   the dashboard with the demo workflows, on ./dq.db (SQLite)
 #   make test    lint, type-check and the whole test suite (starts PostgreSQL,
-#                Redis and installs Chromium when they are missing)
+#                Redis and installs Chromium when they are missing); it also builds
+#                the wheel and serves it from a throw-away virtualenv (tests/package)
+# What make installs is pinned by constraints.txt (pyproject keeps ranges for users);
+# `make lock` refreshes it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PIP_CONSTRAINT, not -c: it also pins the isolated build environment (setuptools).
+PIP := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench lock wheel clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -34,5 +39,11 @@ bench: $(STAMP)
 	$(BIN)/dq-ui bench --storage sqlite:/// --jobs 5000 --steps 1
 	$(BIN)/dq-ui bench --storage sqlite:/// --jobs 1000 --steps 10
 
+lock:
+	./scripts/lock.sh
+
+wheel: $(STAMP)
+	$(PIP) wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts
+	rm -rf $(VENV) *.egg-info build dist .mypy_cache .ruff_cache .pytest_cache artifacts

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dq import __version__
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dq-ui", description="dq: durable jobs and their dashboard")
+    parser.add_argument("--version", action="version", version=f"dq-ui {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the dashboard with the engine in-process")
