@@ -33,6 +33,9 @@ class ExecutionContext:
     control: str | None = None
     control_reason: str | None = None
     task: asyncio.Task[Any] | None = None
+    #: The task entered `_execute`: before that, cancelling it would drop the
+    #: coroutine without running any of its handlers (nothing ends the execution).
+    started: bool = False
     #: Steps currently parked at an interruptible await (sleep, child wait).
     parked: int = 0
     #: The final write is under way: lifecycle requests no longer apply.

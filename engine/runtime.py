@@ -141,7 +141,7 @@ class Runtime:
                 task.cancel()
         for ctx in list(self.contexts.values()):
             ctx.control = "lost"
-            if ctx.task is not None and ctx.task is not current:
+            if ctx.task is not None and ctx.task is not current and ctx.started:
                 ctx.task.cancel()
         for futs in self._waiters.values():
             for fut in futs:
@@ -405,12 +405,16 @@ class Runtime:
     async def _execute(self, ctx: ExecutionContext, load_history: bool) -> None:
         job, rec = ctx.job, ctx.record
         typed_input: Any = None
+        ctx.started = True
         try:
             if load_history:
                 ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
             if rec.control:
                 kind, _, reason = rec.control.partition(":")
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
+            if ctx.control is not None:  # asked before the task ran (see `_interrupt`)
+                kind, _, reason = ctx.control.partition(":")
+                raise Interrupt(kind, reason or ctx.control_reason)
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
                 first_start = rec.retry_count == 0 and not ctx.history
@@ -590,7 +594,8 @@ class Runtime:
         if ctx.finishing:
             return
         ctx.control = control
-        if ctx.task is not None and (ctx.parked or control.startswith(("cancel", "lost"))):
+        # A task not yet started is not cancelled: `_execute` reads `control` first thing.
+        if ctx.task is not None and ctx.started and (ctx.parked or control.startswith(("cancel", "lost"))):
             ctx.task.cancel()
 
     # -- endings -----------------------------------------------------------------------
