@@ -20,7 +20,7 @@ from typing import Any
 from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
-from .errors import DqError, TimeoutError, error_from_dict, error_to_dict
+from .errors import DqError, TimeoutError, allow_error_module, error_from_dict, error_to_dict
 from .serialize import plain_json
 from .steps import _caller_line, execute_step
 
@@ -148,6 +148,7 @@ async def thread(
     if not isinstance(name, str) or not name or "#" in name:
         raise ValueError(f"thread: the step name must be a non-empty string without '#', got {name!r}")
     ref = _reference(fn, name)
+    allow_error_module(fn.__module__)
     stored_input = plain_json(input, f"the input of thread {name!r}")
     for opt, value in (("max_memory_mb", max_memory_mb), ("max_cpu_seconds", max_cpu_seconds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
