@@ -224,19 +224,31 @@ async def execute_step(
 
 
 async def _call(fn: Callable[[], Any], timeout_ms: int | None, key: str) -> Any:
-    """Sync functions run on the loop (a lambda wrapping an async call is awaited)."""
     if timeout_ms is None:
-        value = fn()
-        return await value if inspect.isawaitable(value) else value
+        return await _invoke(fn)
     scope = asyncio.timeout(timeout_ms / 1000)
     try:
         async with scope:
-            value = fn()
-            return await value if inspect.isawaitable(value) else value
+            return await _invoke(fn)
     except builtins.TimeoutError as exc:
         if scope.expired() and not isinstance(exc, TimeoutError):
             raise TimeoutError(f"step {key!r} timed out after {timeout_ms} ms") from None
         raise
+
+
+async def _invoke(fn: Callable[[], Any]) -> Any:
+    """An async `fn` runs on the loop. A sync one runs in the default thread pool (with
+    the caller's contextvars), never on the loop: a blocking call would freeze every
+    execution, the dashboard and lease renewal. What it returns is awaited on the loop
+    when awaitable (`lambda: client.get(url)`)."""
+    if _is_async(fn):
+        return await fn()
+    value = await asyncio.to_thread(fn)
+    return await value if inspect.isawaitable(value) else value
+
+
+def _is_async(fn: Callable[[], Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 async def sleep(duration: Any) -> None:

@@ -157,9 +157,12 @@ async def thread(
     backoff_for = make_backoff(backoff, f"thread {name!r} backoff")
     timeout_ms = parse_duration(timeout, f"thread {name!r} timeout") if timeout is not None else None
     key, seq = ctx.next_key(name)
+
+    async def in_process() -> Any:
+        return await _in_process(ctx, key, ref, stored_input, timeout_ms, max_memory_mb, max_cpu_seconds)
+
     return await execute_step(
-        ctx, "thread", key, name, seq, _caller_line(),
-        lambda: _in_process(ctx, key, ref, stored_input, timeout_ms, max_memory_mb, max_cpu_seconds),
+        ctx, "thread", key, name, seq, _caller_line(), in_process,
         retries=retries, backoff_for=backoff_for, timeout_ms=None,
     )  # fmt: skip
 
