@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DqError
+from .transitions import Control, Holder
 
 if TYPE_CHECKING:
     from .job import Job
@@ -29,9 +30,8 @@ class ExecutionContext:
     #: Key counters: name -> how many times it was called in this run.
     counts: dict[str, int] = field(default_factory=dict)
     calls: int = 0
-    #: Set by lifecycle requests: "pause", "cancel", "shutdown", "lost".
-    control: str | None = None
-    control_reason: str | None = None
+    #: Why the attempt should stop (a lifecycle request, shutdown, lost lease...).
+    control: Control | None = None
     task: asyncio.Task[Any] | None = None
     #: The task entered `_execute`: before that, cancelling it would drop the
     #: coroutine without running any of its handlers (nothing ends the execution).
@@ -47,6 +47,11 @@ class ExecutionContext:
 
     def __post_init__(self) -> None:
         self.id: str = self.record.id  # read on every step: an attribute, not a property
+
+    @property
+    def holder(self) -> Holder:
+        """This process's claim on the execution: what its writes are fenced by."""
+        return Holder(self.id, self.job.name, self.record.token)
 
     @property
     def attempt(self) -> int:

@@ -36,8 +36,23 @@ from .storage.base import (
     EventRecord,
     ExecutionQuery,
     ExecutionRecord,
-    ExecutionUpdate,
 )
+from .transitions import (
+    LOST,
+    SHUTDOWN,
+    TIMEOUT,
+    UNAVAILABLE,
+    Control,
+    SuspendStatus,
+    Transition,
+    claim_new,
+    release,
+)
+from .transitions import cancel_running as cancelled_transition
+from .transitions import complete as completed_transition
+from .transitions import fail as failed_transition
+from .transitions import retry as retry_transition
+from .transitions import suspend as suspend_transition
 from .triggers import Triggers
 
 if TYPE_CHECKING:
@@ -47,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dq")
 
-_RELEASED = {"worker_id": None, "lease_until": None}
 #: Attempt timeouts longer than this are enforced by the watchdog (1 s precision).
 _WATCHDOG_MIN_MS = 30_000
 #: Retry delays after a storage error: first, and the cap (at least the poll interval).
@@ -140,7 +154,7 @@ class Runtime:
             if task is not current:
                 task.cancel()
         for ctx in list(self.contexts.values()):
-            ctx.control = "lost"
+            ctx.control = LOST
             if ctx.task is not None and ctx.task is not current and ctx.started:
                 ctx.task.cancel()
         for futs in self._waiters.values():
@@ -168,7 +182,7 @@ class Runtime:
         self.closing = True
         await _cancel_until_done([*self._side_tasks, *self._releases])
         for ctx in list(self.contexts.values()):
-            self._interrupt(ctx, "shutdown")
+            self.interrupt(ctx, SHUTDOWN)
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
@@ -248,9 +262,7 @@ class Runtime:
         batch = extra if extra is not None else Batch()
         for rec in recs:
             if self._can_dispatch_now(job):
-                rec.status, rec.worker_id, rec.token = "running", self.worker_id, 1
-                rec.started_at = rec.created_at
-                rec.lease_until = rec.created_at + self.clock_offset_ms + self.lease_ms
+                claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 self.contexts[rec.id] = ctx = self._context(job, rec, {})
                 direct.append(ctx)
@@ -409,12 +421,11 @@ class Runtime:
         try:
             if load_history:
                 ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
-            if rec.control:
-                kind, _, reason = rec.control.partition(":")
-                raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
-            if ctx.control is not None:  # asked before the task ran (see `_interrupt`)
-                kind, _, reason = ctx.control.partition(":")
-                raise Interrupt(kind, reason or ctx.control_reason)
+            requested = Control.parse(rec.control)
+            if requested is not None:
+                raise requested.interrupt()
+            if ctx.control is not None:  # asked before the task ran (see `interrupt`)
+                raise ctx.control.interrupt()
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
                 first_start = rec.retry_count == 0 and not ctx.history
@@ -436,15 +447,14 @@ class Runtime:
         except asyncio.CancelledError:
             if ctx.control is None:
                 raise
-            kind, _, reason = ctx.control.partition(":")
-            await self._interrupted(ctx, Interrupt(kind, reason or ctx.control_reason), typed_input)
+            await self._interrupted(ctx, ctx.control.interrupt(), typed_input)
         except StorageLostError as exc:
             self.lose_storage(exc)
         except Exception as exc:
             await self._attempt_failed(ctx, typed_input, exc)
         finally:
             self.contexts.pop(rec.id, None)
-            if ctx.control == "unavailable":
+            if ctx.control == UNAVAILABLE:
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
@@ -475,7 +485,7 @@ class Runtime:
                 try:
                     return await self._invoke(job, args)
                 except asyncio.CancelledError:
-                    if ctx.control != "timeout":
+                    if ctx.control != TIMEOUT:
                         raise
                     ctx.control = None
                     task = asyncio.current_task()
@@ -509,7 +519,7 @@ class Runtime:
             now = loop.time()
             for ctx in list(self.contexts.values()):
                 if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
-                    ctx.control = "timeout"
+                    ctx.control = TIMEOUT
                     if ctx.task is not None:
                         ctx.task.cancel()
 
@@ -524,11 +534,11 @@ class Runtime:
         batch.fences[ctx.id] = ctx.record.token
         result = await self.guard(ctx, self.committer.commit(batch))
         if ctx.id in result.refused:
-            ctx.control = "lost"
-            raise Interrupt("lost")
+            ctx.control = LOST
+            raise LOST.interrupt()
         control = result.controls.get(ctx.id)
         if control and ctx.control is None:
-            ctx.control = control
+            ctx.control = Control.parse(control)
         return result
 
     async def guard(self, ctx: ExecutionContext, call: Awaitable[T]) -> T:
@@ -540,14 +550,14 @@ class Runtime:
             return await call
         except StorageLostError as exc:
             self.lose_storage(exc)
-            ctx.control = "lost"
-            raise Interrupt("lost") from exc
+            ctx.control = LOST
+            raise LOST.interrupt() from exc
         except Exception as exc:
             if not self.storage.is_unavailable(exc):
                 raise
             log.warning("dq: storage unreachable while running execution %s: %s", ctx.id, exc)
-            ctx.control = "unavailable"
-            raise Interrupt("unavailable") from exc
+            ctx.control = UNAVAILABLE
+            raise UNAVAILABLE.interrupt() from exc
 
     def _release_later(self, ctx: ExecutionContext) -> None:
         task = asyncio.create_task(self._release(ctx), name=f"dq-release:{ctx.id}")
@@ -561,16 +571,9 @@ class Runtime:
         requested meanwhile (`control`) is kept: the next claim acts on it."""
         delay_s = _BACKOFF_S[0]
         while not self.closing:
-            now = now_ms()
-            fields = {
-                "status": "pending", "run_at": now, "wait_reason": "released",
-                "current_step": ctx.record.current_step, **_RELEASED,
-            }  # fmt: skip
-            batch = Batch(
-                updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token, statuses=("running",))],
-                events=[EventRecord(ctx.id, ctx.job.name, "released", {"reason": "storage unavailable"}, now)],
-                fences={ctx.id: ctx.record.token},
-            )
+            change = release(ctx.holder, current_step=ctx.record.current_step, now=now_ms(), reason="storage unavailable")
+            batch = change.batch()
+            batch.fences[ctx.id] = ctx.record.token
             try:
                 await self.committer.commit(batch)
             except StorageLostError as exc:
@@ -589,13 +592,13 @@ class Runtime:
     def _record_event(self, type: str, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
 
-    def _interrupt(self, ctx: ExecutionContext, control: str) -> None:
+    def interrupt(self, ctx: ExecutionContext, control: Control) -> None:
         """Ask a running execution to stop: at once when parked or cancelled, else at its next step."""
         if ctx.finishing:
             return
         ctx.control = control
         # A task not yet started is not cancelled: `_execute` reads `control` first thing.
-        if ctx.task is not None and ctx.started and (ctx.parked or control.startswith(("cancel", "lost"))):
+        if ctx.task is not None and ctx.started and (ctx.parked or control.stops_at_once):
             ctx.task.cancel()
 
     # -- endings -----------------------------------------------------------------------
@@ -612,28 +615,22 @@ class Runtime:
         job, rec = ctx.job, ctx.record
         ctx.finishing = True
         now = now_ms()
-        err = error_to_dict(error) if error is not None else None
-        fields = {
-            "status": status, "output": output, "error": err, "completed_at": now,
-            "control": None, "wait_reason": None, "current_step": rec.current_step, **_RELEASED,
-        }  # fmt: skip
-        events = []
-        if status == "failed":
-            events.append(EventRecord(rec.id, job.name, "error", {"attempt": rec.retry_count + 1, "error": err}, now))
-        type_, data = {
-            "completed": ("success", {"output": output}),
-            "failed": ("failure", {"error": err}),
-            "cancelled": ("cancel", {"reason": reason}),
-        }[status]
-        events.append(EventRecord(rec.id, job.name, type_, data, now))
-        batch = Batch(updates=[ExecutionUpdate(rec.id, fields, token=rec.token)], events=events)
+        change: Transition
+        if status == "completed":
+            change = completed_transition(ctx.holder, output=output, current_step=rec.current_step, now=now)
+        else:
+            err = error_to_dict(error) if error is not None else {}
+            if status == "failed":
+                change = failed_transition(ctx.holder, error=err, attempt=rec.retry_count + 1, current_step=rec.current_step, now=now)
+            else:
+                change = cancelled_transition(ctx.holder, error=err, reason=reason, current_step=rec.current_step, now=now)
+        batch = change.batch()
         later = self.triggers.downstream(job, output, batch) if status == "completed" else []
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
             return
-        for name, value in fields.items():
-            setattr(rec, name, value)
+        change.apply_to(rec)
         if batch.executions:
             self.kick()
             for target, downstream in self.triggers.started_by(batch):
@@ -685,21 +682,10 @@ class Runtime:
             log.warning("dq: backoff of job %r raised %r; retrying at once", job.name, backoff_exc)
             delay = 0
         now = now_ms()
-        err = error_to_dict(exc)
-        fields = {
-            "status": "waiting", "retry_count": retry, "run_at": now + delay, "error": err,
-            "wait_reason": "retry", "current_step": None, **_RELEASED,
-        }  # fmt: skip
         ctx.finishing = True
-        batch = Batch(
-            updates=[ExecutionUpdate(rec.id, fields, token=rec.token)],
-            events=[
-                EventRecord(rec.id, job.name, "error", {"attempt": retry, "error": err}, now),
-                EventRecord(rec.id, job.name, "retry", {"attempt": retry + 1, "run_at": now + delay, "delay_ms": delay}, now),
-            ],
-        )
+        change = retry_transition(ctx.holder, error=error_to_dict(exc), retry_count=retry, run_at=now + delay, now=now)
         try:
-            await self.commit_for(ctx, batch)
+            await self.commit_for(ctx, change.batch())
         except Interrupt:
             return
         if self._timer is not None:
@@ -722,7 +708,7 @@ class Runtime:
     async def suspend(
         self,
         ctx: ExecutionContext,
-        status: str,
+        status: SuspendStatus,
         *,
         wait_reason: str,
         run_at: int | None = None,
@@ -730,22 +716,13 @@ class Runtime:
         extra: Batch | None = None,
     ) -> bool:
         """Release the execution into `status` (waiting/paused/pending); False if it was lost."""
-        now = now_ms()
-        fields: dict[str, Any] = {
-            "status": status, "wait_reason": wait_reason, "control": None,
-            "current_step": ctx.record.current_step, **_RELEASED,
-        }  # fmt: skip
-        if run_at is not None:
-            fields["run_at"] = run_at
-        elif status == "pending":
-            fields["run_at"] = now
+        change = suspend_transition(
+            ctx.holder, status, wait_reason=wait_reason, current_step=ctx.record.current_step,
+            now=now_ms(), run_at=run_at, event=event,
+        )  # fmt: skip
         ctx.finishing = True
-        batch = extra if extra is not None else Batch()
-        batch.updates.append(ExecutionUpdate(ctx.id, fields, token=ctx.record.token))
-        if event is not None:
-            batch.events.append(EventRecord(ctx.id, ctx.job.name, event[0], event[1], now))
         try:
-            await self.commit_for(ctx, batch)
+            await self.commit_for(ctx, change.batch(extra))
         except Interrupt:
             return False
         if run_at is not None and self._timer is not None:
@@ -821,9 +798,9 @@ class Runtime:
                 continue
             if eid not in controls:
                 log.warning("dq: lost the lease of execution %s; another worker resumes it", eid)
-                self._interrupt(ctx, "lost")
-            elif controls[eid] and ctx.control is None:
-                self._interrupt(ctx, str(controls[eid]))
+                self.interrupt(ctx, LOST)
+            elif ctx.control is None and (requested := Control.parse(controls[eid])) is not None:
+                self.interrupt(ctx, requested)
 
 
 def job_error(rec: ExecutionRecord) -> BaseException:

@@ -28,7 +28,8 @@ from .execution import Execution
 from .ids import now_ms
 from .limits import Limit
 from .serialize import dump_step, load_step, load_typed, validate_in
-from .storage.base import Batch, EventRecord, ExecutionUpdate, StepRecord
+from .storage.base import Batch, EventRecord, StepRecord
+from .transitions import LOST, enter_step, step_done
 
 if TYPE_CHECKING:
     from .job import Job
@@ -51,8 +52,7 @@ def _caller_line() -> int | None:
 def _boundary(ctx: ExecutionContext) -> None:
     """Pause, cancel and shutdown requests take effect here, between steps."""
     if ctx.control is not None:
-        kind, _, reason = ctx.control.partition(":")
-        raise Interrupt(kind, reason or ctx.control_reason)
+        raise ctx.control.interrupt()
 
 
 def _replayed(ctx: ExecutionContext, key: str, kind: str, name: str) -> StepRecord | None:
@@ -179,10 +179,10 @@ async def execute_step(
         # or ends, not per step (an UPDATE per step): while it runs, the running
         # step record and the step_start event say where it is.
         ctx.record.current_step = key
-        runtime.committer.send(Batch(
-            steps=[StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line)],
-            events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
-            fences={ctx.id: ctx.record.token},
+        runtime.committer.send(step_done(
+            ctx.holder,
+            StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
+            _event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
         if runtime.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
@@ -198,9 +198,9 @@ async def execute_step(
             now = now_ms()
             err = error_to_dict(exc)
             step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
-            await runtime.commit_for(ctx, Batch(
-                steps=[replace(step)],
-                events=[_event(ctx, "step_failure", {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now)],
+            await runtime.commit_for(ctx, step_done(
+                ctx.holder, replace(step),
+                _event(ctx, "step_failure", {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
             ))  # fmt: skip
             await _fire(ctx, "step_failure", step, error=exc)
             if not will_retry:
@@ -213,9 +213,9 @@ async def execute_step(
             continue
         now = now_ms()
         step.status, step.output, step.completed_at = "completed", stored, now
-        await runtime.commit_for(ctx, Batch(
-            steps=[step],
-            events=[_event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now)],
+        await runtime.commit_for(ctx, step_done(
+            ctx.holder, step,
+            _event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         if runtime.hooks.any_for(ctx.job):
@@ -270,7 +270,7 @@ async def sleep(duration: Any) -> None:
         until = step.started_at + ms
         step.output = {"until": until}
         await runtime.commit_for(ctx, Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+            updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)],
             events=[_event(ctx, "sleep", {"key": key, "until": until, "line": line}, step.started_at)],
         ))  # fmt: skip
@@ -278,12 +278,12 @@ async def sleep(duration: Any) -> None:
     if remaining > runtime.short_sleep_ms:
         if await runtime.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
             raise Interrupt("suspend")
-        raise Interrupt("lost")
+        raise LOST.interrupt()
     if remaining > 0:
         await _park(ctx, asyncio.sleep(remaining / 1000))
     now = now_ms()
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, Batch(steps=[step], events=[_event(ctx, "wake", {"key": key}, now)]))
+    await runtime.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, "wake", {"key": key}, now)))
     ctx.history[key] = step
 
 
@@ -331,12 +331,12 @@ async def child_step(
             step.status, step.completed_at = "completed", step.started_at
             events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
         result = await runtime.guard(ctx, runtime.create(job, child, Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+            updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
         )))  # fmt: skip
         if ctx.id in result.refused:
             await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
-            raise Interrupt("lost")
+            raise LOST.interrupt()
         if not wait:
             ctx.history[key] = step
             return Execution(ctx.queue, child)
@@ -350,9 +350,9 @@ async def child_step(
     if done.status == "completed":
         step.status, step.completed_at = "completed", now
         step.output = {"child_id": child_id, "output": done.output}
-        await runtime.commit_for(ctx, Batch(
-            steps=[step],
-            events=[_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now)],
+        await runtime.commit_for(ctx, step_done(
+            ctx.holder, step,
+            _event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         return load_typed(job.options.output, done.output)
@@ -361,8 +361,8 @@ async def child_step(
     exc = job_error(done)
     err = error_to_dict(exc)
     step.status, step.error, step.completed_at = "failed", err, now
-    await runtime.commit_for(ctx, Batch(
-        steps=[step],
-        events=[_event(ctx, "step_failure", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now)],
+    await runtime.commit_for(ctx, step_done(
+        ctx.holder, step,
+        _event(ctx, "step_failure", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
     ))  # fmt: skip
     raise exc

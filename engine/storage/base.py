@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 STATUSES = ("pending", "running", "waiting", "paused", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -93,6 +93,24 @@ class PipeMessage:
     seq: int = 0  # assigned by storage on commit
 
 
+class ExecutionFields(TypedDict, total=False):
+    """The fields of an execution an update may set (engine/transitions.py builds them)."""
+
+    status: str
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    retry_count: int
+    run_at: int
+    started_at: int | None
+    completed_at: int | None
+    worker_id: str | None
+    lease_until: int | None
+    control: str | None
+    wait_reason: str | None
+    current_step: str | None
+
+
 @dataclass(slots=True)
 class ExecutionUpdate:
     """Set `fields` on execution `id` when the conditions hold.
@@ -102,7 +120,7 @@ class ExecutionUpdate:
     """
 
     id: str
-    fields: dict[str, Any]
+    fields: ExecutionFields
     token: int | None = None
     statuses: tuple[str, ...] | None = None
 

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -253,7 +253,7 @@ def _update_by_id(names: tuple[str, ...]) -> Callable[[], Executable]:
     return lambda: update(_E).where(_E.c.id == bindparam("pk_")).values(values)
 
 
-def _update_fields(upd_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _update_fields(upd_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(fields) - _UPDATABLE
     if unknown:
         raise ValueError(f"update of execution {upd_id!r} sets unknown fields {sorted(unknown)}")
