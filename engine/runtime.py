@@ -23,6 +23,7 @@ from .errors import (
     error_from_dict,
     error_to_dict,
 )
+from .event_schema import EventKind
 from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
@@ -268,7 +269,7 @@ class Runtime:
                 direct.append(ctx)
             batch.executions.append(rec)
             batch.events.append(EventRecord(
-                rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
             ))  # fmt: skip
         try:
             result = await self.committer.commit(batch)
@@ -436,7 +437,7 @@ class Runtime:
                 ctx.holds_slot = True
             resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
             attempt = rec.retry_count + 1
-            self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
+            self.send(ctx, EventKind.START, {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
             if not resumed and self.hooks.any_for(job):
                 await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
             output = await self._call_handler(ctx, typed_input)
@@ -469,7 +470,7 @@ class Runtime:
             await self._finish(ctx, "cancelled", typed_input, error=error, reason=reason)
             return
         first = ctx.record.wait_reason != reason
-        event = ("queued", {"reason": reason, "retry_at": retry_at}) if first else None
+        event = (EventKind.QUEUED, {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
 
     async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:

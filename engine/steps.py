@@ -24,6 +24,7 @@ from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
+from .event_schema import EventKind
 from .execution import Execution
 from .ids import now_ms
 from .limits import Limit
@@ -182,7 +183,7 @@ async def execute_step(
         runtime.committer.send(step_done(
             ctx.holder,
             StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
-            _event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
+            _event(ctx, EventKind.STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
         if runtime.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
@@ -200,7 +201,7 @@ async def execute_step(
             step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
             await runtime.commit_for(ctx, step_done(
                 ctx.holder, replace(step),
-                _event(ctx, "step_failure", {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
+                _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
             ))  # fmt: skip
             await _fire(ctx, "step_failure", step, error=exc)
             if not will_retry:
@@ -215,7 +216,7 @@ async def execute_step(
         step.status, step.output, step.completed_at = "completed", stored, now
         await runtime.commit_for(ctx, step_done(
             ctx.holder, step,
-            _event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
+            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         if runtime.hooks.any_for(ctx.job):
@@ -272,7 +273,7 @@ async def sleep(duration: Any) -> None:
         await runtime.commit_for(ctx, Batch(
             updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)],
-            events=[_event(ctx, "sleep", {"key": key, "until": until, "line": line}, step.started_at)],
+            events=[_event(ctx, EventKind.SLEEP, {"key": key, "until": until, "line": line}, step.started_at)],
         ))  # fmt: skip
     remaining = until - now_ms()
     if remaining > runtime.short_sleep_ms:
@@ -283,7 +284,7 @@ async def sleep(duration: Any) -> None:
         await _park(ctx, asyncio.sleep(remaining / 1000))
     now = now_ms()
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, "wake", {"key": key}, now)))
+    await runtime.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, EventKind.WAKE, {"key": key}, now)))
     ctx.history[key] = step
 
 
@@ -326,10 +327,10 @@ async def child_step(
     if child_id is None:
         child = runtime.new_record(job, input, parent=ctx)
         step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
-        events = [_event(ctx, "step_start", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
+        events = [_event(ctx, EventKind.STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
-            events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
+            events.append(_event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
         result = await runtime.guard(ctx, runtime.create(job, child, Batch(
             updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
@@ -352,7 +353,7 @@ async def child_step(
         step.output = {"child_id": child_id, "output": done.output}
         await runtime.commit_for(ctx, step_done(
             ctx.holder, step,
-            _event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
+            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         return load_typed(job.options.output, done.output)
@@ -363,6 +364,6 @@ async def child_step(
     step.status, step.error, step.completed_at = "failed", err, now
     await runtime.commit_for(ctx, step_done(
         ctx.holder, step,
-        _event(ctx, "step_failure", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
+        _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
     ))  # fmt: skip
     raise exc

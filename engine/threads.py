@@ -21,6 +21,7 @@ from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import DqError, TimeoutError, allow_error_module, error_from_dict, error_to_dict
+from .event_schema import EventKind
 from .serialize import plain_json
 from .steps import _caller_line, execute_step
 
@@ -101,7 +102,7 @@ async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
             loop.remove_reader(parent.fileno())
             return
         if kind == "log":
-            runtime.send(ctx, "log", {"key": key, "message": str(value)})
+            runtime.send(ctx, EventKind.LOG, {"key": key, "message": str(value)})
         elif not done.done():
             done.set_result((kind, value))
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import Interrupt
+from .event_schema import EventKind
 from .storage.base import (
     Batch,
     EventRecord,
@@ -173,7 +174,7 @@ def complete(h: Holder, *, output: Any, current_step: str | None, now: int) -> T
         "status": "completed", "output": output, "error": None, "completed_at": now,
         "control": None, "wait_reason": None, "current_step": current_step, **_released(),
     }  # fmt: skip
-    return _held(h, fields, EventRecord(h.id, h.job_name, "success", {"output": output}, now))
+    return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.SUCCESS, {"output": output}, now))
 
 
 def fail(h: Holder, *, error: dict[str, Any], attempt: int, current_step: str | None, now: int) -> Transition:
@@ -184,8 +185,8 @@ def fail(h: Holder, *, error: dict[str, Any], attempt: int, current_step: str | 
     }  # fmt: skip
     return _held(
         h, fields,
-        EventRecord(h.id, h.job_name, "error", {"attempt": attempt, "error": error}, now),
-        EventRecord(h.id, h.job_name, "failure", {"error": error}, now),
+        EventRecord(h.id, h.job_name, EventKind.ERROR, {"attempt": attempt, "error": error}, now),
+        EventRecord(h.id, h.job_name, EventKind.FAILURE, {"error": error}, now),
     )  # fmt: skip
 
 
@@ -197,7 +198,7 @@ def cancel_running(
         "status": "cancelled", "output": None, "error": error, "completed_at": now,
         "control": None, "wait_reason": None, "current_step": current_step, **_released(),
     }  # fmt: skip
-    return _held(h, fields, EventRecord(h.id, h.job_name, "cancel", {"reason": reason}, now))
+    return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.CANCEL, {"reason": reason}, now))
 
 
 def retry(h: Holder, *, error: dict[str, Any], retry_count: int, run_at: int, now: int) -> Transition:
@@ -209,8 +210,8 @@ def retry(h: Holder, *, error: dict[str, Any], retry_count: int, run_at: int, no
     }  # fmt: skip
     return _held(
         h, fields,
-        EventRecord(h.id, h.job_name, "error", {"attempt": retry_count, "error": error}, now),
-        EventRecord(h.id, h.job_name, "retry", {"attempt": retry_count + 1, "run_at": run_at, "delay_ms": run_at - now}, now),
+        EventRecord(h.id, h.job_name, EventKind.ERROR, {"attempt": retry_count, "error": error}, now),
+        EventRecord(h.id, h.job_name, EventKind.RETRY, {"attempt": retry_count + 1, "run_at": run_at, "delay_ms": run_at - now}, now),
     )  # fmt: skip
 
 
@@ -245,7 +246,7 @@ def release(h: Holder, *, current_step: str | None, now: int, reason: str) -> Tr
         "status": "pending", "run_at": now, "wait_reason": "released",
         "current_step": current_step, **_released(),
     }  # fmt: skip
-    return _held(h, fields, EventRecord(h.id, h.job_name, "released", {"reason": reason}, now), only_running=True)
+    return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.RELEASED, {"reason": reason}, now), only_running=True)
 
 
 # -- requests from any process -------------------------------------------------------------
@@ -259,7 +260,7 @@ def request(rec: ExecutionRecord, control: Control | None, *, now: int, event: t
 def pause_idle(rec: ExecutionRecord, *, now: int) -> Transition:
     return _idle(
         rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"),
-        EventRecord(rec.id, rec.job_name, "pause", {}, now),
+        EventRecord(rec.id, rec.job_name, EventKind.PAUSE, {}, now),
     )  # fmt: skip
 
 
@@ -267,7 +268,7 @@ def resume(rec: ExecutionRecord, *, now: int) -> Transition:
     """Paused -> pending, due now."""
     return _idle(
         rec, {"status": "pending", "run_at": now, "wait_reason": "resumed", "control": None}, ("paused",),
-        EventRecord(rec.id, rec.job_name, "resume", {}, now),
+        EventRecord(rec.id, rec.job_name, EventKind.RESUME, {}, now),
     )  # fmt: skip
 
 
@@ -279,7 +280,7 @@ def cancel_idle(rec: ExecutionRecord, *, error: dict[str, Any], reason: str | No
     }  # fmt: skip
     return _idle(
         rec, fields, ("pending", "waiting", "paused"),
-        EventRecord(rec.id, rec.job_name, "cancel", {"reason": reason}, now),
+        EventRecord(rec.id, rec.job_name, EventKind.CANCEL, {"reason": reason}, now),
     )  # fmt: skip
 
 
@@ -291,4 +292,4 @@ def retry_manually(rec: ExecutionRecord, *, now: int) -> Transition:
         "wait_reason": "retry",
     }  # fmt: skip
     data = {"attempt": rec.retry_count + 2, "manual": True, "run_at": now, "delay_ms": 0}
-    return _idle(rec, fields, ("failed", "cancelled"), EventRecord(rec.id, rec.job_name, "retry", data, now))
+    return _idle(rec, fields, ("failed", "cancelled"), EventRecord(rec.id, rec.job_name, EventKind.RETRY, data, now))

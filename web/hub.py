@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dq.engine.event_schema import ENDINGS, OUTCOMES, STEP_POSITION, EventKind
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord
 from dq.engine.storage.query import matches
@@ -162,9 +163,9 @@ class Hub:
         eid = ev.execution_id
         if not eid:
             return
-        if ev.type in ("step_start", "sleep", "wait") and isinstance(ev.data, dict) and ev.data.get("key"):
+        if ev.type in STEP_POSITION and isinstance(ev.data, dict) and ev.data.get("key"):
             self.current[eid] = str(ev.data["key"])
-        elif ev.type in ("success", "failure", "cancel"):
+        elif ev.type in ENDINGS:
             self.current.pop(eid, None)
         if len(self.current) > 50_000:
             self.current.clear()
@@ -235,12 +236,12 @@ class Hub:
             out.append(Message("minis", seq, live.minis_html(recs, now)))
         if "new" in self.interest:
             for ev in events:
-                if ev.type == "trigger" and ev.execution_id in by_id:
+                if ev.type == EventKind.TRIGGER and ev.execution_id in by_id:
                     out.append(Message("new", ev.seq, "", append=True, record=by_id[ev.execution_id]))
         if "overview" in self.interest:
             top = await loaders.overview_counts(self.dash)
             out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
-            if any(e.type in ("success", "failure", "error") for e in events):
+            if any(e.type in OUTCOMES for e in events):
                 self._scan_dirty = True
         return out
 
@@ -262,7 +263,7 @@ class Hub:
         for ev in events:
             if ev.execution_id:
                 by_exec.setdefault(ev.execution_id, []).append(ev)
-            parent = ev.data.get("parent_id") if ev.type == "trigger" and isinstance(ev.data, dict) else None
+            parent = ev.data.get("parent_id") if ev.type == EventKind.TRIGGER and isinstance(ev.data, dict) else None
             if parent:
                 child_of.add(str(parent))
         for eid, cache in list(self.cache.items()):
