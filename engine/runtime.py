@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import context
+from . import attempt, context
 from .committer import Committer
 from .errors import (
     CancelledError,
     Interrupt,
     JobError,
     LeaseLostError,
-    NonDeterminismError,
     StorageLostError,
-    TimeoutError,
     error_from_dict,
     error_to_dict,
 )
@@ -41,7 +38,6 @@ from .storage.base import (
 from .transitions import (
     LOST,
     SHUTDOWN,
-    TIMEOUT,
     UNAVAILABLE,
     Control,
     SuspendStatus,
@@ -52,7 +48,6 @@ from .transitions import (
 from .transitions import cancel_running as cancelled_transition
 from .transitions import complete as completed_transition
 from .transitions import fail as failed_transition
-from .transitions import retry as retry_transition
 from .transitions import suspend as suspend_transition
 from .triggers import Triggers
 
@@ -63,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dq")
 
-#: Attempt timeouts longer than this are enforced by the watchdog (1 s precision).
-_WATCHDOG_MIN_MS = 30_000
 #: Retry delays after a storage error: first, and the cap (at least the poll interval).
 _BACKOFF_S = (0.05, 2.0)
 T = TypeVar("T")
@@ -117,7 +110,7 @@ class Runtime:
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
             ("watch", self._watch_loop()),
-            ("watchdog", self._watchdog_loop()),
+            ("watchdog", attempt.watchdog(self)),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
         ):
@@ -436,23 +429,23 @@ class Runtime:
                     return
                 ctx.holds_slot = True
             resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
-            attempt = rec.retry_count + 1
-            self.send(ctx, EventKind.START, {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
+            attempt_no = rec.retry_count + 1
+            self.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": self.worker_id})
             if not resumed and self.hooks.any_for(job):
-                await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
-            output = await self._call_handler(ctx, typed_input)
+                await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt_no})
+            output = await attempt.call_handler(self, ctx, typed_input)
             _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
             await self._finish(ctx, "completed", typed_input, output=stored_out)
         except Interrupt as intr:
-            await self._interrupted(ctx, intr, typed_input)
+            await attempt.interrupted(self, ctx, intr, typed_input)
         except asyncio.CancelledError:
             if ctx.control is None:
                 raise
-            await self._interrupted(ctx, ctx.control.interrupt(), typed_input)
+            await attempt.interrupted(self, ctx, ctx.control.interrupt(), typed_input)
         except StorageLostError as exc:
             self.lose_storage(exc)
         except Exception as exc:
-            await self._attempt_failed(ctx, typed_input, exc)
+            await attempt.attempt_failed(self, ctx, typed_input, exc)
         finally:
             self.contexts.pop(rec.id, None)
             if ctx.control == UNAVAILABLE:
@@ -472,57 +465,6 @@ class Runtime:
         first = ctx.record.wait_reason != reason
         event = (EventKind.QUEUED, {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
-
-    async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:
-        job = ctx.job
-        args = (typed_input,) if job.takes_input else ()
-        qtoken = context.set_queue(self.queue)
-        etoken = context.set_execution(ctx)
-        try:
-            if job.timeout_ms > _WATCHDOG_MIN_MS:
-                # Long timeouts (the default is a day) are enforced by one watchdog
-                # for all executions instead of a timer per execution.
-                ctx.deadline = asyncio.get_running_loop().time() + job.timeout_ms / 1000
-                try:
-                    return await self._invoke(job, args)
-                except asyncio.CancelledError:
-                    if ctx.control != TIMEOUT:
-                        raise
-                    ctx.control = None
-                    task = asyncio.current_task()
-                    if task is not None:
-                        task.uncancel()
-                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
-            scope = asyncio.timeout(job.timeout_ms / 1000)
-            try:
-                async with scope:
-                    return await self._invoke(job, args)
-            except builtins.TimeoutError as exc:
-                if scope.expired() and not isinstance(exc, TimeoutError):
-                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
-                raise
-        finally:
-            ctx.deadline = None
-            context.reset_execution(etoken)
-            context.reset_queue(qtoken)
-
-    @staticmethod
-    async def _invoke(job: Job, args: tuple[Any, ...]) -> Any:
-        if job.is_async:
-            return await job.handler(*args)
-        return await asyncio.to_thread(job.handler, *args)
-
-    async def _watchdog_loop(self) -> None:
-        """Time out attempts past their (long) deadline."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1.0)
-            now = loop.time()
-            for ctx in list(self.contexts.values()):
-                if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
-                    ctx.control = TIMEOUT
-                    if ctx.task is not None:
-                        ctx.task.cancel()
 
     # -- writes from a running execution -------------------------------------------------
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
@@ -665,46 +607,6 @@ class Runtime:
             await hooks.fire(job, "cancel", rec.id, {"input": typed_input, "reason": reason})
             result = {"status": "cancelled", "output": None, "error": None, "reason": reason}
         await hooks.fire(job, "settled", rec.id, {"input": typed_input, "result": result})
-
-    async def _attempt_failed(self, ctx: ExecutionContext, typed_input: Any, exc: Exception) -> None:
-        job, rec = ctx.job, ctx.record
-        try:
-            retries = job.retry_for(typed_input)
-        except Exception as retry_exc:
-            log.warning("dq: retry(input) of job %r raised %r; not retrying", job.name, retry_exc)
-            retries = 0
-        if isinstance(exc, NonDeterminismError) or rec.retry_count >= retries:
-            await self._finish(ctx, "failed", typed_input, error=exc)
-            return
-        retry = rec.retry_count + 1
-        try:
-            delay = job.backoff_for(retry, typed_input)
-        except Exception as backoff_exc:
-            log.warning("dq: backoff of job %r raised %r; retrying at once", job.name, backoff_exc)
-            delay = 0
-        now = now_ms()
-        ctx.finishing = True
-        change = retry_transition(ctx.holder, error=error_to_dict(exc), retry_count=retry, run_at=now + delay, now=now)
-        try:
-            await self.commit_for(ctx, change.batch())
-        except Interrupt:
-            return
-        if self._timer is not None:
-            self._timer.at(now + delay)
-        await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": exc, "attempt": retry})
-
-    async def _interrupted(self, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
-        kind = intr.kind
-        if kind in ("suspend", "lost", "unavailable"):
-            return
-        if kind == "cancel":
-            error = CancelledError(f"execution {ctx.id} was cancelled", intr.reason)
-            await self._finish(ctx, "cancelled", typed_input, error=error, reason=intr.reason)
-        elif kind == "pause":
-            await self.suspend(ctx, "paused", wait_reason="paused", event=("pause", {}))
-            await self.hooks.fire(ctx.job, "pause", ctx.id, {"input": typed_input})
-        elif kind == "shutdown":
-            await self.suspend(ctx, "pending", wait_reason="released", event=("released", {"reason": "shutdown"}))
 
     async def suspend(
         self,
