@@ -1,23 +1,27 @@
-"""One attempt of an execution: the handler's call with its timeout, and what its
-failure or interruption means (retry, fail, cancel, pause, release)."""
+"""The executor's side of one attempt: the handler's call with its replay context and
+timeout, and what its outcome means (complete, retry, fail, cancel, pause, release).
+Every state change goes to the state owner through `seam.StateOwner`."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import logging
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import context
 from .errors import CancelledError, Interrupt, NonDeterminismError, TimeoutError, error_to_dict
+from .event_schema import EventKind
 from .ids import now_ms
-from .transitions import TIMEOUT
+from .seam import StateOwner
+from .serialize import validate_in
+from .transitions import TIMEOUT, cancel_running, complete, fail
 from .transitions import retry as retry_transition
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
     from .job import Job
-    from .runtime import Runtime
 
 log = logging.getLogger("dq")
 
@@ -25,10 +29,25 @@ log = logging.getLogger("dq")
 _WATCHDOG_MIN_MS = 30_000
 
 
-async def call_handler(runtime: Runtime, ctx: ExecutionContext, typed_input: Any) -> Any:
+async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> None:
+    """Call the handler (admitted and claimed) and hand its output to the owner. An
+    exception leaves here for `attempt_failed`, an Interrupt for `interrupted`."""
+    job, rec = ctx.job, ctx.record
+    resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
+    attempt_no = rec.retry_count + 1
+    owner.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id})
+    if not resumed and owner.hooks.any_for(job):
+        await owner.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt_no})
+    output = await call_handler(ctx, typed_input)
+    _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
+    change = complete(ctx.holder, output=stored_out, current_step=rec.current_step, now=now_ms())
+    await owner.end(ctx, change, typed_input)
+
+
+async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
     job = ctx.job
     args = (typed_input,) if job.takes_input else ()
-    qtoken = context.set_queue(runtime.queue)
+    qtoken = context.set_queue(ctx.queue)
     etoken = context.set_execution(ctx)
     try:
         if job.timeout_ms > _WATCHDOG_MIN_MS:
@@ -63,19 +82,20 @@ async def invoke(job: Job, args: tuple[Any, ...]) -> Any:
         return await job.handler(*args)
     return await asyncio.to_thread(job.handler, *args)
 
-async def watchdog(runtime: Runtime) -> None:
+async def watchdog(running: Callable[[], Iterable[ExecutionContext]]) -> None:
     """Time out attempts past their (long) deadline."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(1.0)
         now = loop.time()
-        for ctx in list(runtime.contexts.values()):
+        for ctx in list(running()):
             if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
                 ctx.control = TIMEOUT
                 if ctx.task is not None:
                     ctx.task.cancel()
 
-async def attempt_failed(runtime: Runtime, ctx: ExecutionContext, typed_input: Any, exc: Exception) -> None:
+async def attempt_failed(owner: StateOwner, ctx: ExecutionContext, typed_input: Any, exc: Exception) -> None:
+    """Retry after the job's backoff, or fail for good (retries exhausted, nondeterminism)."""
     job, rec = ctx.job, ctx.record
     try:
         retries = job.retry_for(typed_input)
@@ -83,7 +103,9 @@ async def attempt_failed(runtime: Runtime, ctx: ExecutionContext, typed_input: A
         log.warning("dq: retry(input) of job %r raised %r; not retrying", job.name, retry_exc)
         retries = 0
     if isinstance(exc, NonDeterminismError) or rec.retry_count >= retries:
-        await runtime._finish(ctx, "failed", typed_input, error=exc)
+        err = error_to_dict(exc)
+        change = fail(ctx.holder, error=err, attempt=rec.retry_count + 1, current_step=rec.current_step, now=now_ms())
+        await owner.end(ctx, change, typed_input, error=exc)
         return
     retry = rec.retry_count + 1
     try:
@@ -92,25 +114,24 @@ async def attempt_failed(runtime: Runtime, ctx: ExecutionContext, typed_input: A
         log.warning("dq: backoff of job %r raised %r; retrying at once", job.name, backoff_exc)
         delay = 0
     now = now_ms()
-    ctx.finishing = True
     change = retry_transition(ctx.holder, error=error_to_dict(exc), retry_count=retry, run_at=now + delay, now=now)
-    try:
-        await runtime.commit_for(ctx, change.batch())
-    except Interrupt:
-        return
-    if runtime.timer is not None:
-        runtime.timer.at(now + delay)
-    await runtime.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": exc, "attempt": retry})
+    await owner.end(ctx, change, typed_input, error=exc)
 
-async def interrupted(runtime: Runtime, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
+async def interrupted(owner: StateOwner, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
+    """What an Interrupt means: nothing more to write (suspended, lost, storage gone),
+    cancelled, paused, or released at shutdown."""
     kind = intr.kind
     if kind in ("suspend", "lost", "unavailable"):
         return
     if kind == "cancel":
         error = CancelledError(f"execution {ctx.id} was cancelled", intr.reason)
-        await runtime._finish(ctx, "cancelled", typed_input, error=error, reason=intr.reason)
+        rec = ctx.record
+        change = cancel_running(
+            ctx.holder, error=error_to_dict(error), reason=intr.reason, current_step=rec.current_step, now=now_ms()
+        )  # fmt: skip
+        await owner.end(ctx, change, typed_input, error=error, reason=intr.reason)
     elif kind == "pause":
-        await runtime.suspend(ctx, "paused", wait_reason="paused", event=("pause", {}))
-        await runtime.hooks.fire(ctx.job, "pause", ctx.id, {"input": typed_input})
+        await owner.suspend(ctx, "paused", wait_reason="paused", event=(EventKind.PAUSE, {}))
+        await owner.hooks.fire(ctx.job, "pause", ctx.id, {"input": typed_input})
     elif kind == "shutdown":
-        await runtime.suspend(ctx, "pending", wait_reason="released", event=("released", {"reason": "shutdown"}))
+        await owner.suspend(ctx, "pending", wait_reason="released", event=(EventKind.RELEASED, {"reason": "shutdown"}))

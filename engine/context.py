@@ -13,6 +13,7 @@ from .transitions import Control, Holder
 if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue
+    from .seam import StateOwner
     from .storage.base import ExecutionRecord, StepRecord
 
 _execution: ContextVar[ExecutionContext | None] = ContextVar("dq_execution", default=None)
@@ -27,6 +28,8 @@ class ExecutionContext:
     job: Job
     record: ExecutionRecord
     history: dict[str, StepRecord]
+    #: Where the attempt's state changes go (the seam): steps never reach the Runtime.
+    owner: StateOwner
     #: Key counters: name -> how many times it was called in this run.
     counts: dict[str, int] = field(default_factory=dict)
     calls: int = 0

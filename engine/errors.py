@@ -6,9 +6,12 @@ import builtins
 import json
 import sys
 import traceback as tb
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
+
+if TYPE_CHECKING:
+    from .storage.base import ExecutionRecord
 
 
 class DqError(Exception):
@@ -204,3 +207,12 @@ def error_from_dict(data: dict[str, Any]) -> BaseException:
         exc.reason = data.get("reason")
     exc.__dq_traceback__ = traceback  # type: ignore[attr-defined]
     return exc
+
+
+def job_error(rec: ExecutionRecord) -> BaseException:
+    """What `result()` raises for a failed or cancelled execution."""
+    if rec.status == "cancelled":
+        reason = (rec.error or {}).get("reason") if rec.error else None
+        return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
+    cause = error_from_dict(rec.error) if rec.error else None
+    return JobError(f"job {rec.job_name!r} failed: {cause}", cause)

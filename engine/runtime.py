@@ -17,7 +17,6 @@ from .errors import (
     JobError,
     LeaseLostError,
     StorageLostError,
-    error_from_dict,
     error_to_dict,
 )
 from .event_schema import EventKind
@@ -40,20 +39,20 @@ from .transitions import (
     SHUTDOWN,
     UNAVAILABLE,
     Control,
+    EndStatus,
     SuspendStatus,
     Transition,
     claim_new,
+    ending,
     release,
 )
-from .transitions import cancel_running as cancelled_transition
-from .transitions import complete as completed_transition
-from .transitions import fail as failed_transition
 from .transitions import suspend as suspend_transition
 from .triggers import Triggers
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
     from .job import Job
+    from .limits import Limit
     from .queue import Queue
 
 log = logging.getLogger("dq")
@@ -110,7 +109,7 @@ class Runtime:
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
             ("watch", self._watch_loop()),
-            ("watchdog", attempt.watchdog(self)),
+            ("watchdog", attempt.watchdog(self.contexts.values)),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
         ):
@@ -397,9 +396,7 @@ class Runtime:
         self.paused_jobs = {k.split(":", 1)[1] for k in flags}
 
     def _context(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> ExecutionContext:
-        from .context import ExecutionContext
-
-        return ExecutionContext(self.queue, job, rec, history)
+        return context.ExecutionContext(self.queue, job, rec, history, self)
 
     def _spawn(self, ctx: ExecutionContext, *, load_history: bool) -> None:
         task = asyncio.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
@@ -428,14 +425,7 @@ class Runtime:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
                 ctx.holds_slot = True
-            resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
-            attempt_no = rec.retry_count + 1
-            self.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": self.worker_id})
-            if not resumed and self.hooks.any_for(job):
-                await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt_no})
-            output = await attempt.call_handler(self, ctx, typed_input)
-            _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
-            await self._finish(ctx, "completed", typed_input, output=stored_out)
+            await attempt.run(self, ctx, typed_input)
         except Interrupt as intr:
             await attempt.interrupted(self, ctx, intr, typed_input)
         except asyncio.CancelledError:
@@ -466,7 +456,22 @@ class Runtime:
         event = (EventKind.QUEUED, {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
 
-    # -- writes from a running execution -------------------------------------------------
+    # -- the seam: what the executor asks of the state owner (seam.StateOwner) -------------
+    def record(self, batch: Batch) -> None:
+        self.committer.send(batch)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        return await self.storage.get_execution(execution_id)
+
+    async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
+        return await self.queue.lifecycle.cancel(execution_id, reason)
+
+    async def take_slot(self, limit: Limit, holder: str, execution_id: str) -> bool:
+        return (await self.flow.take(limit, holder, execution_id)).ok
+
+    async def give_back_slot(self, limit: Limit, holder: str) -> None:
+        await self.flow.give_back(limit, holder)
+
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
         self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
@@ -548,30 +553,46 @@ class Runtime:
     async def _finish(
         self,
         ctx: ExecutionContext,
-        status: str,
+        status: EndStatus,
         typed_input: Any,
         *,
         output: Any = None,
         error: BaseException | None = None,
         reason: str | None = None,
     ) -> None:
+        rec = ctx.record
+        change = ending(
+            ctx.holder, status, output=output, error=error_to_dict(error) if error is not None else None,
+            reason=reason, attempt=rec.retry_count + 1, current_step=rec.current_step, now=now_ms(),
+        )  # fmt: skip
+        await self.end(ctx, change, typed_input, error=error, reason=reason)
+
+    async def end(
+        self,
+        ctx: ExecutionContext,
+        change: Transition,
+        typed_input: Any,
+        *,
+        error: BaseException | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Commit an attempt's outcome, then what follows it: for a retry its timer and
+        `on_error`; for an ending the downstream triggers, the children of a cancelled
+        execution, the hooks and whoever awaits the result."""
         job, rec = ctx.job, ctx.record
         ctx.finishing = True
-        now = now_ms()
-        change: Transition
-        if status == "completed":
-            change = completed_transition(ctx.holder, output=output, current_step=rec.current_step, now=now)
-        else:
-            err = error_to_dict(error) if error is not None else {}
-            if status == "failed":
-                change = failed_transition(ctx.holder, error=err, attempt=rec.retry_count + 1, current_step=rec.current_step, now=now)
-            else:
-                change = cancelled_transition(ctx.holder, error=err, reason=reason, current_step=rec.current_step, now=now)
+        status = change.fields.get("status")
         batch = change.batch()
-        later = self.triggers.downstream(job, output, batch) if status == "completed" else []
+        later = self.triggers.downstream(job, change.fields.get("output"), batch) if status == "completed" else []
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
+            return
+        if status == "waiting":  # a retry: the record stays as the attempt saw it
+            run_at = change.fields.get("run_at")
+            if run_at is not None and self._timer is not None:
+                self._timer.at(run_at)
+            await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": error, "attempt": rec.retry_count + 1})
             return
         change.apply_to(rec)
         if batch.executions:
@@ -704,15 +725,6 @@ class Runtime:
                 self.interrupt(ctx, LOST)
             elif ctx.control is None and (requested := Control.parse(controls[eid])) is not None:
                 self.interrupt(ctx, requested)
-
-
-def job_error(rec: ExecutionRecord) -> BaseException:
-    """What `result()` raises for a failed or cancelled execution."""
-    if rec.status == "cancelled":
-        reason = (rec.error or {}).get("reason") if rec.error else None
-        return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
-    cause = error_from_dict(rec.error) if rec.error else None
-    return JobError(f"job {rec.job_name!r} failed: {cause}", cause)
 
 
 async def _cancel_until_done(tasks: Collection[asyncio.Task[None]]) -> None:

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
-from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
+from .errors import (
+    Interrupt,
+    NonDeterminismError,
+    TimeoutError,
+    error_from_dict,
+    error_to_dict,
+    job_error,
+)
 from .event_schema import EventKind
 from .execution import Execution
 from .ids import now_ms
@@ -81,7 +88,7 @@ def _event(ctx: ExecutionContext, type: str, data: dict[str, Any], at: int) -> E
 
 
 async def _fire(ctx: ExecutionContext, event: str, step: StepRecord, **extra: Any) -> None:
-    hooks = ctx.queue.runtime.hooks
+    hooks = ctx.owner.hooks
     if hooks.wanted(ctx.job, event):
         info = {"key": step.key, "name": step.name, "kind": step.kind, "attempt": step.attempt,
                 "status": step.status, "event": event, **extra}  # fmt: skip
@@ -135,16 +142,16 @@ async def run(
 @asynccontextmanager
 async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) -> AsyncIterator[None]:
     """`run(..., concurrency=N)`: at most N of this step at once across all executions and processes."""
-    flow = ctx.queue.runtime.flow
+    owner = ctx.owner
     slot = Limit(f"step:{ctx.job.name}:{label}", limit)
     holder = f"{ctx.id}|{key}"
-    while not (await flow.take(slot, holder, ctx.id)).ok:
-        await _park(ctx, asyncio.sleep(ctx.queue.runtime.slot_retry_ms / 1000))
+    while not await owner.take_slot(slot, holder, ctx.id):
+        await _park(ctx, asyncio.sleep(owner.slot_retry_ms / 1000))
         _boundary(ctx)
     try:
         yield
     finally:
-        await asyncio.shield(flow.give_back(slot, holder))
+        await asyncio.shield(owner.give_back_slot(slot, holder))
 
 
 async def execute_step(
@@ -173,19 +180,19 @@ async def execute_step(
                 raise error_from_dict(prior.error or {})
             if prior.status == "retrying":
                 attempt = prior.attempt + 1
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
     while True:
         # The stored record's current_step is written when the execution suspends
         # or ends, not per step (an UPDATE per step): while it runs, the running
         # step record and the step_start event say where it is.
         ctx.record.current_step = key
-        runtime.committer.send(step_done(
+        owner.record(step_done(
             ctx.holder,
             StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
             _event(ctx, EventKind.STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
-        if runtime.hooks.any_for(ctx.job):
+        if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
         try:
             if concurrency is not None:
@@ -199,7 +206,7 @@ async def execute_step(
             now = now_ms()
             err = error_to_dict(exc)
             step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
-            await runtime.commit_for(ctx, step_done(
+            await owner.commit_for(ctx, step_done(
                 ctx.holder, replace(step),
                 _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
             ))  # fmt: skip
@@ -214,12 +221,12 @@ async def execute_step(
             continue
         now = now_ms()
         step.status, step.output, step.completed_at = "completed", stored, now
-        await runtime.commit_for(ctx, step_done(
+        await owner.commit_for(ctx, step_done(
             ctx.holder, step,
             _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
-        if runtime.hooks.any_for(ctx.job):
+        if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_success", step)
         return value
 
@@ -262,7 +269,7 @@ async def sleep(duration: Any) -> None:
     prior = _replayed(ctx, key, "sleep", "sleep")
     if prior is not None and prior.status == "completed":
         return
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     ctx.record.current_step = key
     if prior is not None and isinstance(prior.output, Mapping):
         step, until = prior, int(prior.output["until"])
@@ -270,21 +277,21 @@ async def sleep(duration: Any) -> None:
         step = _new_step(ctx, key, "sleep", "sleep", seq, line, prior)
         until = step.started_at + ms
         step.output = {"until": until}
-        await runtime.commit_for(ctx, Batch(
+        await owner.commit_for(ctx, Batch(
             updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)],
             events=[_event(ctx, EventKind.SLEEP, {"key": key, "until": until, "line": line}, step.started_at)],
         ))  # fmt: skip
     remaining = until - now_ms()
-    if remaining > runtime.short_sleep_ms:
-        if await runtime.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
+    if remaining > owner.short_sleep_ms:
+        if await owner.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
             raise Interrupt("suspend")
         raise LOST.interrupt()
     if remaining > 0:
         await _park(ctx, asyncio.sleep(remaining / 1000))
     now = now_ms()
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, EventKind.WAKE, {"key": key}, now)))
+    await owner.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, EventKind.WAKE, {"key": key}, now)))
     ctx.history[key] = step
 
 
@@ -302,8 +309,8 @@ async def child_step(
 ) -> Any:
     """`job.run`/`job.start` inside a handler: the child is created once, in the same
     transaction as the step that records its id."""
-    runtime = ctx.queue.runtime
-    runtime.check_registered(job)
+    owner = ctx.owner
+    owner.check_registered(job)
     kind = "child" if wait else "start"
     # Keyed by job and input: branches of an asyncio.gather may call children in a
     # different order on replay; calls with equal inputs are interchangeable.
@@ -314,7 +321,7 @@ async def child_step(
     if prior is not None and isinstance(prior.output, Mapping):
         if prior.status == "completed":
             if not wait:
-                rec = await ctx.queue.storage.get_execution(prior.output["child_id"])
+                rec = await ctx.owner.get_execution(prior.output["child_id"])
                 if rec is not None:
                     return Execution(ctx.queue, rec)
             else:
@@ -325,18 +332,18 @@ async def child_step(
             child_id = prior.output["child_id"]
     step: StepRecord
     if child_id is None:
-        child = runtime.new_record(job, input, parent=ctx)
+        child = owner.new_record(job, input, parent=ctx)
         step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
         events = [_event(ctx, EventKind.STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
             events.append(_event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await runtime.guard(ctx, runtime.create(job, child, Batch(
+        result = await owner.guard(ctx, owner.create(job, child, Batch(
             updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
         )))  # fmt: skip
         if ctx.id in result.refused:
-            await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
+            await owner.cancel(child.id, "parent lost its lease before recording the child")
             raise LOST.interrupt()
         if not wait:
             ctx.history[key] = step
@@ -346,23 +353,21 @@ async def child_step(
         assert prior is not None
         step = prior
     ctx.record.current_step = key
-    done = await _park(ctx, runtime.guard(ctx, runtime.wait_terminal(child_id)))
+    done = await _park(ctx, owner.guard(ctx, owner.wait_terminal(child_id)))
     now = now_ms()
     if done.status == "completed":
         step.status, step.completed_at = "completed", now
         step.output = {"child_id": child_id, "output": done.output}
-        await runtime.commit_for(ctx, step_done(
+        await owner.commit_for(ctx, step_done(
             ctx.holder, step,
             _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         return load_typed(job.options.output, done.output)
-    from .runtime import job_error
-
     exc = job_error(done)
     err = error_to_dict(exc)
     step.status, step.error, step.completed_at = "failed", err, now
-    await runtime.commit_for(ctx, step_done(
+    await owner.commit_for(ctx, step_done(
         ctx.holder, step,
         _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
     ))  # fmt: skip

@@ -85,7 +85,7 @@ def _reference(fn: Callable[..., Any], step: str) -> str:
 
 async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
                       timeout_ms: int | None, memory_mb: int | None, cpu_s: int | None) -> Any:  # fmt: skip
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     parent, child = _MP.Pipe(duplex=False)
     proc = _MP.Process(target=_child, args=(child, ref, input, memory_mb, cpu_s), daemon=True)
     await asyncio.to_thread(proc.start)
@@ -102,7 +102,7 @@ async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
             loop.remove_reader(parent.fileno())
             return
         if kind == "log":
-            runtime.send(ctx, EventKind.LOG, {"key": key, "message": str(value)})
+            owner.send(ctx, EventKind.LOG, {"key": key, "message": str(value)})
         elif not done.done():
             done.set_result((kind, value))
 

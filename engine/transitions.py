@@ -201,6 +201,25 @@ def cancel_running(
     return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.CANCEL, {"reason": reason}, now))
 
 
+def ending(
+    h: Holder,
+    status: EndStatus,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    reason: str | None = None,
+    attempt: int,
+    current_step: str | None,
+    now: int,
+) -> Transition:
+    """The transition of one of the three endings (`complete`, `fail`, `cancel_running`)."""
+    if status == "completed":
+        return complete(h, output=output, current_step=current_step, now=now)
+    if status == "failed":
+        return fail(h, error=error or {}, attempt=attempt, current_step=current_step, now=now)
+    return cancel_running(h, error=error or {}, reason=reason, current_step=current_step, now=now)
+
+
 def retry(h: Holder, *, error: dict[str, Any], retry_count: int, run_at: int, now: int) -> Transition:
     """A failed attempt with retries left: waiting until `run_at`, then attempt
     `retry_count + 1` replays the completed steps."""
