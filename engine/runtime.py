@@ -15,7 +15,6 @@ from .errors import (
     CancelledError,
     Interrupt,
     JobError,
-    LeaseLostError,
     StorageLostError,
     error_to_dict,
 )
@@ -24,14 +23,13 @@ from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
 from .ids import new_id, now_ms
+from .results import Results
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
-    TERMINAL,
     Batch,
     CommitResult,
     EventRecord,
-    ExecutionQuery,
     ExecutionRecord,
 )
 from .transitions import (
@@ -81,7 +79,7 @@ class Runtime:
         self.bus = EventBus(self.storage)
         self.hooks = Hooks(self._record_event, queue)
         self.committer: Committer = None  # type: ignore[assignment]  # set in start()
-        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
         self._timer: Timer | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
@@ -108,7 +106,7 @@ class Runtime:
         for name, coro in (
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
-            ("watch", self._watch_loop()),
+            ("watch", self.results.watch()),
             ("watchdog", attempt.watchdog(self.contexts.values)),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
@@ -150,10 +148,7 @@ class Runtime:
             ctx.control = LOST
             if ctx.task is not None and ctx.task is not current and ctx.started:
                 ctx.task.cancel()
-        for futs in self._waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(StorageLostError(*exc.args))
+        self.results.fail_all(exc)
 
     async def recover(self) -> list[str]:
         """Reclaim executions held by dead processes of this host and by expired leases."""
@@ -189,10 +184,7 @@ class Runtime:
         await self.committer.aclose()
         await self.storage.remove_worker(self.worker_id)
         await self.bus.aclose()
-        for futs in self._waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.cancel()
+        self.results.cancel_all()
         await self.storage.aclose()
 
     def kick(self) -> None:
@@ -310,19 +302,7 @@ class Runtime:
     async def settled(self, execution_ids: list[str]) -> list[asyncio.Future[ExecutionRecord]]:
         """Futures resolved when each execution ends (cheaper than one task per result())."""
         self.check_usable()
-        futs = []
-        loop = asyncio.get_running_loop()
-        for eid in execution_ids:
-            fut: asyncio.Future[ExecutionRecord] = loop.create_future()
-            self._waiters.setdefault(eid, []).append(fut)
-            futs.append(fut)
-        # Those that ended before we registered are resolved from storage.
-        others = [i for i in execution_ids if i not in self.contexts]
-        for start in range(0, len(others), 500):
-            query = ExecutionQuery(ids=others[start : start + 500], statuses=sorted(TERMINAL))
-            for rec in await self.storage.query(query):
-                self.resolve(rec)
-        return futs
+        return await self.results.settled(execution_ids)
 
     async def start_job(self, job: Job, input: Any, line: int | None = None) -> Execution:
         ctx = context.current_or_none()
@@ -655,45 +635,14 @@ class Runtime:
             self.kick()
         return True
 
-    # -- waiting for results -------------------------------------------------------------
+    # -- waiting for results (results.py) ----------------------------------------------------
     def resolve(self, rec: ExecutionRecord) -> None:
-        for fut in self._waiters.pop(rec.id, ()):
-            if not fut.done():
-                fut.set_result(rec)
+        self.results.resolve(rec)
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
         self.check_usable()
-        fut: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(execution_id, []).append(fut)
-        try:
-            rec = await self.storage.get_execution(execution_id)
-            if rec is None:
-                raise LeaseLostError(f"execution {execution_id!r} does not exist")
-            if rec.status in TERMINAL:
-                return rec
-            return await fut
-        finally:
-            futs = self._waiters.get(execution_id)
-            if futs is not None and fut in futs:
-                futs.remove(fut)
-                if not futs:
-                    del self._waiters[execution_id]
-
-    async def _watch_loop(self) -> None:
-        """Resolve waiters of executions that finish in other processes."""
-        while True:
-            await asyncio.sleep(self.poll_s)
-            ids = [i for i in self._waiters if i not in self.contexts]
-            if not ids:
-                continue
-            try:
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    for rec in await self.storage.query(ExecutionQuery(ids=chunk, statuses=sorted(TERMINAL))):
-                        self.resolve(rec)
-            except Exception as exc:
-                log.warning("dq: watching results failed: %s", exc)
+        return await self.results.wait_terminal(execution_id)
 
     # -- leases ---------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
