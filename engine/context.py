@@ -50,11 +50,9 @@ class ExecutionContext:
 
     def __post_init__(self) -> None:
         self.id: str = self.record.id  # read on every step: an attribute, not a property
-
-    @property
-    def holder(self) -> Holder:
-        """This process's claim on the execution: what its writes are fenced by."""
-        return Holder(self.id, self.job.name, self.record.token)
+        #: This process's claim on the execution (its token is fixed for the attempt):
+        #: what its writes are fenced by. Built once: every step's writes use it.
+        self.holder = Holder(self.id, self.job.name, self.record.token)
 
     @property
     def attempt(self) -> int:

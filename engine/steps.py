@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _DEFAULT_BACKOFF = make_backoff(None)
+# Module globals: an enum member's lookup costs ~0.2 µs, on every step.
+_STEP_START, _STEP_SUCCESS, _STEP_FAILURE = EventKind.STEP_START, EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE
 _ENGINE = __name__.rsplit(".", 1)[0] + "."
 
 
@@ -190,7 +192,7 @@ async def execute_step(
         owner.record(step_done(
             ctx.holder,
             StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
-            _event(ctx, EventKind.STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
+            _event(ctx, _STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
         if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
@@ -208,7 +210,7 @@ async def execute_step(
             step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
             await owner.commit_for(ctx, step_done(
                 ctx.holder, replace(step),
-                _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
+                _event(ctx, _STEP_FAILURE, {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
             ))  # fmt: skip
             await _fire(ctx, "step_failure", step, error=exc)
             if not will_retry:
@@ -223,7 +225,7 @@ async def execute_step(
         step.status, step.output, step.completed_at = "completed", stored, now
         await owner.commit_for(ctx, step_done(
             ctx.holder, step,
-            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
+            _event(ctx, _STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         if owner.hooks.any_for(ctx.job):
@@ -256,6 +258,9 @@ async def _invoke(fn: Callable[[], Any]) -> Any:
 
 
 def _is_async(fn: Callable[[], Any]) -> bool:
+    # The common case first (an `async def`, ~0.2 µs): this runs on every step.
+    if getattr(getattr(fn, "__code__", None), "co_flags", 0) & inspect.CO_COROUTINE:
+        return True
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
@@ -334,10 +339,10 @@ async def child_step(
     if child_id is None:
         child = owner.new_record(job, input, parent=ctx)
         step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
-        events = [_event(ctx, EventKind.STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
+        events = [_event(ctx, _STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
-            events.append(_event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
+            events.append(_event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
         result = await owner.guard(ctx, owner.create(job, child, Batch(
             updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
@@ -360,7 +365,7 @@ async def child_step(
         step.output = {"child_id": child_id, "output": done.output}
         await owner.commit_for(ctx, step_done(
             ctx.holder, step,
-            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
+            _event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         return load_typed(job.options.output, done.output)
@@ -369,6 +374,6 @@ async def child_step(
     step.status, step.error, step.completed_at = "failed", err, now
     await owner.commit_for(ctx, step_done(
         ctx.holder, step,
-        _event(ctx, EventKind.STEP_FAILURE, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
+        _event(ctx, _STEP_FAILURE, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
     ))  # fmt: skip
     raise exc

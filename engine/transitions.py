@@ -46,6 +46,8 @@ from .storage.base import (
     StepRecord,
 )
 
+_SUCCESS = EventKind.SUCCESS  # a module global: read on every completion
+
 #: Where an execution goes when its holder lets it go without ending it.
 SuspendStatus = Literal["waiting", "paused", "pending"]
 EndStatus = Literal["completed", "failed", "cancelled"]
@@ -174,7 +176,7 @@ def complete(h: Holder, *, output: Any, current_step: str | None, now: int) -> T
         "status": "completed", "output": output, "error": None, "completed_at": now,
         "control": None, "wait_reason": None, "current_step": current_step, **_released(),
     }  # fmt: skip
-    return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.SUCCESS, {"output": output}, now))
+    return _held(h, fields, EventRecord(h.id, h.job_name, _SUCCESS, {"output": output}, now))
 
 
 def fail(h: Holder, *, error: dict[str, Any], attempt: int, current_step: str | None, now: int) -> Transition:
