@@ -200,6 +200,8 @@ async def execute_step(
             if concurrency is not None:
                 async with _step_slot(ctx, key, label, concurrency):
                     value = await _call(fn, timeout_ms, key)
+            elif timeout_ms is None:
+                value = await _start(fn)
             else:
                 value = await _call(fn, timeout_ms, key)
             stored = dump_step(value, key)
@@ -235,25 +237,31 @@ async def execute_step(
 
 async def _call(fn: Callable[[], Any], timeout_ms: int | None, key: str) -> Any:
     if timeout_ms is None:
-        return await _invoke(fn)
+        return await _start(fn)
     scope = asyncio.timeout(timeout_ms / 1000)
     try:
         async with scope:
-            return await _invoke(fn)
+            return await _start(fn)
     except builtins.TimeoutError as exc:
         if scope.expired() and not isinstance(exc, TimeoutError):
             raise TimeoutError(f"step {key!r} timed out after {timeout_ms} ms") from None
         raise
 
 
-async def _invoke(fn: Callable[[], Any]) -> Any:
-    """An async `fn` runs on the loop. A sync one runs in the default thread pool (with
+def _start(fn: Callable[[], Any]) -> Awaitable[Any]:
+    """The step's work. An async `fn` runs on the loop (its coroutine is returned as
+    is: no extra frame per step). A sync one runs in the default thread pool (with
     the caller's contextvars), never on the loop: a blocking call would freeze every
-    execution, the dashboard and lease renewal. What it returns is awaited on the loop
-    when awaitable (`lambda: client.get(url)`)."""
+    execution, the dashboard and lease renewal."""
     if _is_async(fn):
-        return await fn()
+        result: Awaitable[Any] = fn()
+        return result
+    return _in_thread(fn)
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
     value = await asyncio.to_thread(fn)
+    # What it returns is awaited on the loop when awaitable (`lambda: client.get(url)`).
     return await value if inspect.isawaitable(value) else value
 
 

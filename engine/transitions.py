@@ -166,9 +166,9 @@ def enter_step(h: Holder, key: str) -> ExecutionUpdate:
     return ExecutionUpdate(h.id, {"current_step": key}, token=h.token)
 
 
-def step_done(h: Holder, step: StepRecord, *events: EventRecord) -> Batch:
-    """A step's record (started, completed, failed, woken) and its events, fenced."""
-    return Batch(steps=[step], events=list(events), fences={h.id: h.token})
+def step_done(h: Holder, step: StepRecord, event: EventRecord) -> Batch:
+    """A step's record (started, completed, failed, woken) and its event, fenced."""
+    return Batch([], [], [step], [event], fences={h.id: h.token})
 
 
 def complete(h: Holder, *, output: Any, current_step: str | None, now: int) -> Transition:

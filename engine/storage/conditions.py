@@ -31,9 +31,11 @@ def expectations_fail(expect: Mapping[str, Any], state_now: Callable[[str], Any]
     return any(state_now(key) != value for key, value in expect.items())
 
 
-def refused_fences(fences: Mapping[str, int], current: Callable[[str], Current | None]) -> set[str]:
-    """The fenced executions whose writer's token is stale (or that do not exist)."""
-    refused = set()
+def refused_fences(
+    fences: Mapping[str, int], current: Callable[[str], Current | None], refused: set[str]
+) -> set[str]:
+    """Add to `refused` (and return it) the fenced executions whose writer's token is
+    stale, or that do not exist."""
     for eid, token in fences.items():
         cur = current(eid)
         if cur is None or cur.token != token:

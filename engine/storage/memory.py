@@ -64,10 +64,12 @@ class MemoryStorage(Storage):
         if batch.expect and expectations_fail(batch.expect, state.get):
             result.conflict = True
             return result
-        refused = result.refused = refused_fences(batch.fences, executions.get) if batch.fences else set()
-        for eid in batch.fences:
-            if eid not in refused:
-                result.controls[eid] = None
+        refused = result.refused
+        if batch.fences:
+            refused_fences(batch.fences, executions.get, refused)
+            for eid in batch.fences:
+                if eid not in refused:
+                    result.controls[eid] = None
         for upd in batch.updates:
             if not _FIELDS.issuperset(upd.fields):
                 raise ValueError(f"unknown execution field(s) {sorted(set(upd.fields) - _FIELDS)}")

@@ -488,7 +488,7 @@ class SqlStorage(Storage):
         # id -> the conditions' columns, as the updates apply
         sim = {eid: _Row(*row) for eid, row in current.items()}
         sim.update((r["id"], _Row(r["token"], r["status"], r["control"])) for r in new_rows)
-        refused |= refused_fences(batch.fences, sim.get)
+        refused_fences(batch.fences, sim.get, refused)
         merged: dict[str, dict[str, Any]] = {}
         notify = bool(batch.messages) or any(r["status"] in CLAIMABLE for r in new_rows)
         for upd, fields in prepared.updates:

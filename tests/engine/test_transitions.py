@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dq.engine import transitions as t
-from dq.engine.storage.base import ExecutionRecord, StepRecord
+from dq.engine.storage.base import EventRecord, ExecutionRecord, StepRecord
 from dq.engine.transitions import Control, ControlKind, Holder
 
 H = Holder("e1", "job", token=7)
@@ -44,8 +44,8 @@ def test_holder_writes_are_fenced_and_release_the_lease() -> None:
     assert pending.fields["run_at"] == 9 and pending.events == []
     released = t.release(H, current_step="k", now=3, reason="storage unavailable")
     assert released.update.statuses == ("running",) and "control" not in released.fields
-    batch = t.step_done(H, StepRecord("e1", "k", "k", "run", "completed"))
-    assert batch.fences == {"e1": 7} and batch.updates == []
+    batch = t.step_done(H, StepRecord("e1", "k", "k", "run", "completed"), EventRecord("e1", "job", "wake", {"key": "k"}))
+    assert batch.fences == {"e1": 7} and batch.updates == [] and [e.type for e in batch.events] == ["wake"]
 
 
 def test_requests_and_idle_changes_are_conditioned_on_status() -> None:
