@@ -37,6 +37,7 @@ from .transitions import (
     SHUTDOWN,
     UNAVAILABLE,
     Control,
+    ControlKind,
     EndStatus,
     SuspendStatus,
     Transition,
@@ -392,7 +393,7 @@ class Runtime:
         try:
             if load_history:
                 ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
-            requested = Control.parse(rec.control)
+            requested = Control.parse(rec.control) if rec.control else None
             if requested is not None:
                 raise requested.interrupt()
             if ctx.control is not None:  # asked before the task ran (see `interrupt`)
@@ -418,7 +419,7 @@ class Runtime:
             await attempt.attempt_failed(self, ctx, typed_input, exc)
         finally:
             self.contexts.pop(rec.id, None)
-            if ctx.control == UNAVAILABLE:
+            if ctx.control is not None and ctx.control.kind is ControlKind.UNAVAILABLE:
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
@@ -561,15 +562,16 @@ class Runtime:
         execution, the hooks and whoever awaits the result."""
         job, rec = ctx.job, ctx.record
         ctx.finishing = True
-        status = change.fields.get("status")
+        fields = change.update.fields
+        status = fields.get("status")
         batch = change.batch()
-        later = self.triggers.downstream(job, change.fields.get("output"), batch) if status == "completed" else []
+        later = self.triggers.downstream(job, fields.get("output"), batch) if status == "completed" else []
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
             return
         if status == "waiting":  # a retry: the record stays as the attempt saw it
-            run_at = change.fields.get("run_at")
+            run_at = fields.get("run_at")
             if run_at is not None and self._timer is not None:
                 self._timer.at(run_at)
             await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": error, "attempt": rec.retry_count + 1})
@@ -586,7 +588,7 @@ class Runtime:
             await self.queue.lifecycle.cancel_children(rec.id, reason)
         # Hooks first: whoever awaits the result sees their effects done.
         await self.settled_hooks(job, rec, typed_input, error, reason)
-        self.resolve(rec)
+        self.results.resolve(rec)
 
     async def settled_hooks(
         self, job: Job, rec: ExecutionRecord, typed_input: Any, error: BaseException | None, reason: str | None

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .errors import Interrupt
 from .event_schema import EventKind
@@ -104,9 +104,9 @@ UNAVAILABLE = Control(ControlKind.UNAVAILABLE)
 TIMEOUT = Control(ControlKind.TIMEOUT)
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """A process's claim on a running execution: its id, job and fencing token."""
+class Holder(NamedTuple):
+    """A process's claim on a running execution: its id, job and fencing token.
+    (A NamedTuple: one is made per attempt, cheaply.)"""
 
     id: str
     job_name: str
@@ -146,8 +146,8 @@ def _idle(rec: ExecutionRecord, fields: ExecutionFields, statuses: tuple[str, ..
     return Transition(ExecutionUpdate(rec.id, fields, statuses=statuses), list(events))
 
 
-def _released() -> ExecutionFields:
-    return {"worker_id": None, "lease_until": None}
+#: The holder lets go of the execution (spread into a new dict by each transition).
+_RELEASED: ExecutionFields = {"worker_id": None, "lease_until": None}
 
 
 # -- claim -------------------------------------------------------------------------------
@@ -174,16 +174,17 @@ def step_done(h: Holder, step: StepRecord, event: EventRecord) -> Batch:
 def complete(h: Holder, *, output: Any, current_step: str | None, now: int) -> Transition:
     fields: ExecutionFields = {
         "status": "completed", "output": output, "error": None, "completed_at": now,
-        "control": None, "wait_reason": None, "current_step": current_step, **_released(),
+        "control": None, "wait_reason": None, "current_step": current_step, **_RELEASED,
     }  # fmt: skip
-    return _held(h, fields, EventRecord(h.id, h.job_name, _SUCCESS, {"output": output}, now))
+    # Built directly (no helper calls): every execution that completes comes here.
+    return Transition(ExecutionUpdate(h.id, fields, h.token), [EventRecord(h.id, h.job_name, _SUCCESS, {"output": output}, now)])
 
 
 def fail(h: Holder, *, error: dict[str, Any], attempt: int, current_step: str | None, now: int) -> Transition:
     """Retries exhausted (or not retryable): failed for good."""
     fields: ExecutionFields = {
         "status": "failed", "output": None, "error": error, "completed_at": now,
-        "control": None, "wait_reason": None, "current_step": current_step, **_released(),
+        "control": None, "wait_reason": None, "current_step": current_step, **_RELEASED,
     }  # fmt: skip
     return _held(
         h, fields,
@@ -198,7 +199,7 @@ def cancel_running(
     """The holder acts on a cancel (or a throttle in discard mode)."""
     fields: ExecutionFields = {
         "status": "cancelled", "output": None, "error": error, "completed_at": now,
-        "control": None, "wait_reason": None, "current_step": current_step, **_released(),
+        "control": None, "wait_reason": None, "current_step": current_step, **_RELEASED,
     }  # fmt: skip
     return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.CANCEL, {"reason": reason}, now))
 
@@ -227,7 +228,7 @@ def retry(h: Holder, *, error: dict[str, Any], retry_count: int, run_at: int, no
     `retry_count + 1` replays the completed steps."""
     fields: ExecutionFields = {
         "status": "waiting", "retry_count": retry_count, "run_at": run_at, "error": error,
-        "wait_reason": "retry", "current_step": None, **_released(),
+        "wait_reason": "retry", "current_step": None, **_RELEASED,
     }  # fmt: skip
     return _held(
         h, fields,
@@ -250,7 +251,7 @@ def suspend(
     (sleep, backoff, a wait), paused, or pending again (held back, shut down)."""
     fields: ExecutionFields = {
         "status": status, "wait_reason": wait_reason, "control": None,
-        "current_step": current_step, **_released(),
+        "current_step": current_step, **_RELEASED,
     }  # fmt: skip
     if run_at is not None:
         fields["run_at"] = run_at
@@ -265,7 +266,7 @@ def release(h: Holder, *, current_step: str | None, now: int, reason: str) -> Tr
     meanwhile (`control`) is kept for the next claim to act on."""
     fields: ExecutionFields = {
         "status": "pending", "run_at": now, "wait_reason": "released",
-        "current_step": current_step, **_released(),
+        "current_step": current_step, **_RELEASED,
     }  # fmt: skip
     return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.RELEASED, {"reason": reason}, now), only_running=True)
 
@@ -297,7 +298,7 @@ def cancel_idle(rec: ExecutionRecord, *, error: dict[str, Any], reason: str | No
     """Cancel an execution nobody runs (pending, waiting or paused)."""
     fields: ExecutionFields = {
         "status": "cancelled", "completed_at": now, "error": error,
-        "control": None, "wait_reason": None, **_released(),
+        "control": None, "wait_reason": None, **_RELEASED,
     }  # fmt: skip
     return _idle(
         rec, fields, ("pending", "waiting", "paused"),
