@@ -14,6 +14,7 @@ from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
+from .distributed.service import Orchestration, WorkerService
 from .runtime import Runtime
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage
@@ -212,6 +213,9 @@ class Queue:
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)
         self.lifecycle = Lifecycle(self)
+        #: The orchestration node and the remote worker (API.md "Distribution").
+        self.orchestration = Orchestration(self)
+        self.worker = WorkerService(self)
         self._start_task: asyncio.Task[None] | None = None
         self._closed = False
 
