@@ -3,7 +3,9 @@
 `multi` runs `steps` steps; each appends "<execution> <step> <pid>" to
 $DQ_TEST_WORKDIR/effects (fsync'd) when it runs, sleeps `sleep_s` and returns
 the pid, so a test sees which process ran which step and whether a completed
-step ever ran again. Environment: DQ_TEST_LEASE (the queue's lease).
+step ever ran again. Step `block_step` waits while the file `block` exists in
+the work dir (and says so in "blocked"). Environment: DQ_TEST_LEASE (the
+queue's lease), DQ_TEST_INTERVAL (the node's heartbeat interval).
 """
 
 from __future__ import annotations
@@ -18,19 +20,30 @@ from dq import create_job, create_queue, run
 PID = os.getpid()
 
 
-def _effect(execution: str, step: int) -> None:
+def _append(name: str, line: str) -> None:
     workdir = os.environ.get("DQ_TEST_WORKDIR")
     if not workdir:
         return
-    with open(Path(workdir) / "effects", "a") as f:
-        f.write(f"{execution} {step} {PID}\n")
+    with open(Path(workdir) / name, "a") as f:
+        f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _effect(execution: str, step: int) -> None:
+    _append("effects", f"{execution} {step} {PID}")
 
 
 async def _step(data: dict[str, Any], n: int) -> dict[str, int]:
     _effect(data["id"], n)
     await asyncio.sleep(float(data.get("sleep_s", 0)))
+    block = data.get("block")
+    if block and n == data.get("block_step"):
+        path = Path(os.environ["DQ_TEST_WORKDIR"]) / block
+        if path.exists():
+            _append("blocked", f"{data['id']} {n} {PID}")
+        while path.exists():
+            await asyncio.sleep(0.01)
     return {"pid": PID, "n": n}
 
 
@@ -43,4 +56,7 @@ async def multi(data: dict[str, Any]) -> dict[str, Any]:
     return {"pids": pids}
 
 
-queue = create_queue(jobs=[multi], lease=os.environ.get("DQ_TEST_LEASE", "30s"), shutdown_grace="2s")
+queue = create_queue(
+    jobs=[multi], lease=os.environ.get("DQ_TEST_LEASE", "30s"), shutdown_grace="2s",
+    orchestration={"interval": os.environ.get("DQ_TEST_INTERVAL", "1/s")},
+)  # fmt: skip
