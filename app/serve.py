@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def _close_node_on_exit(server: uvicorn.Server, close: Callable[[], Awaitable[None]]) -> None:
     """End the node's long polls as soon as shutdown begins: uvicorn waits for open
-    requests before it stops."""
-    while not server.should_exit:
+    requests before it stops. (`should_exit` is a plain flag uvicorn's signal handler sets.)"""
+    while not server.should_exit:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     await close()

@@ -8,13 +8,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .distributed.service import Orchestration, WorkerService
 from .durations import parse_duration
 from .errors import DqError
 from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
-from .distributed.service import Orchestration, WorkerService
 from .runtime import Runtime
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage

@@ -117,7 +117,7 @@ def _error(status: int, message: str) -> tuple[int, bytes]:
     return status, wire.encode({"error": message})
 
 
-def mount(app: Any, prefix: str, node_app: NodeApp) -> Any:
+def mount(app: Any, prefix: str, node_app: Any) -> Any:
     """`app` with `node_app` answering every path under `prefix` (the rest, and the
     lifespan, go to `app`)."""
     prefix = "/" + prefix.strip("/")

@@ -24,7 +24,16 @@ import httpx
 import msgspec
 
 from ..errors import DqError
-from ..storage.base import Batch, CommitResult, ExecutionQuery, ExecutionRecord, PipeMessage, StepRecord, EventRecord, Storage
+from ..storage.base import (
+    Batch,
+    CommitResult,
+    EventRecord,
+    ExecutionQuery,
+    ExecutionRecord,
+    PipeMessage,
+    StepRecord,
+    Storage,
+)
 from . import wire
 
 log = logging.getLogger("dq.worker")

@@ -9,6 +9,7 @@ current event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import socket
@@ -78,7 +79,9 @@ class _Server:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=2)  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The host program owns the signals (e.g. `dq-ui worker`'s SIGTERM handling):
+        # uvicorn would replace its handlers while it serves.
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -164,7 +167,11 @@ class WorkerService:
         if port is not None:
             self._server = _Server(mount(_not_found, endpoint, _WakeApp(worker, token)), host or "127.0.0.1", port)
             await self._server.start()
-        await worker.start()
+        try:
+            await worker.start()
+        except BaseException:
+            await self.stop()
+            raise
         self.worker = worker
         return worker
 

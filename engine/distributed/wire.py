@@ -13,7 +13,15 @@ from typing import Any
 
 import msgspec
 
-from ..storage.base import Batch, CommitResult, EventRecord, ExecutionQuery, ExecutionRecord, PipeMessage, StepRecord
+from ..storage.base import (
+    Batch,
+    CommitResult,
+    EventRecord,
+    ExecutionQuery,
+    ExecutionRecord,
+    PipeMessage,
+    StepRecord,
+)
 
 #: Bumped when a call's shape changes; the node refuses other versions at registration.
 PROTOCOL = 1
@@ -153,7 +161,10 @@ _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 _batch_decoder = msgspec.json.Decoder(Batch)
 _arg_decoders = {name: msgspec.json.Decoder(args) for name, (args, _reply) in CALLS.items()}
-_reply_decoders = {name: msgspec.json.Decoder(dict[str, reply]) for name, (_args, reply) in CALLS.items()}
+_reply_decoders = {
+    name: msgspec.json.Decoder(dict[str, reply])  # type: ignore[valid-type]  # a runtime type, by design
+    for name, (_args, reply) in CALLS.items()
+}
 
 
 def decode_batch(body: bytes) -> Batch:

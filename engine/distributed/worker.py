@@ -61,10 +61,15 @@ class Worker:
         return dict(self.remote.registered.refused) if self.remote.registered else {}
 
     async def start(self) -> None:
-        await self.queue.start()
+        try:
+            await self.queue.start()
+        except BaseException:
+            await self.queue.close()
+            raise
         registered = self.remote.registered
         assert registered is not None
         if not registered.accepted:
+            await self.queue.close()
             raise DqError(f"the node refuses every job of this worker: {registered.refused}")
         self._beat = asyncio.create_task(self._beats(registered.interval_ms / 1000), name="dq-worker-heartbeat")
 

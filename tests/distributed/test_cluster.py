@@ -9,9 +9,9 @@ import pytest
 
 from dq.engine.storage.base import ExecutionQuery
 from dq.engine.storage.sql import SqlStorage
-from tests.faults.conftest import add_executions
+from tests.faults.conftest import add_executions, lines
 
-from .conftest import Cluster, free_port, wait_until
+from .conftest import TARGET, Cluster, free_port, list_workers, url, wait_until
 
 
 @pytest.mark.timeout(180)
@@ -49,4 +49,53 @@ async def test_a_node_and_two_workers_run_50_executions_together(cluster: Cluste
 
 
 def _effects(workdir: Path) -> list[tuple[str, str]]:
-    return [(line.split()[0], line.split()[1]) for line in (workdir / "effects").read_text().splitlines()]
+    return [(line.split()[0], line.split()[1]) for line in lines(workdir / "effects")]
+
+
+@pytest.mark.timeout(180)
+async def test_kill_9_the_node_and_restart_it(cluster: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dq.db"
+    port = free_port()
+    node = await cluster.node(f"sqlite:///{db}", port, "--no-local-work")
+    w1 = await cluster.worker(port, "--concurrency", "5")
+    w2 = await cluster.worker(port, "--concurrency", "5")
+    storage = SqlStorage.sqlite(str(db))
+    await storage.open()
+    try:
+        ids = await add_executions(storage, "multi", [{"id": f"e{i}", "steps": 8, "sleep_s": 0.1} for i in range(10)])
+
+        def some_progress() -> bool:
+            return len(_effects(tmp_path)) >= 30
+
+        await wait_until(some_progress, 60, w1.describe)
+        await node.kill9()
+        stored_before = {rec: [s.key for s in await storage.get_steps(rec) if s.status == "completed"] for rec in ids}
+        node = await cluster.node(f"sqlite:///{db}", port, "--no-local-work")
+
+        async def done() -> bool:
+            return (await storage.count(ExecutionQuery())).get("completed", 0) == 10
+
+        await wait_until(done, 120, lambda: f"{node.describe()}\n{w1.describe()}\n{w2.describe()}")
+        assert w1.proc.poll() is None and w2.proc.poll() is None  # the workers carried on
+        ran = collections.Counter(_effects(tmp_path))
+        for rec in await storage.query(ExecutionQuery(ids=ids)):
+            steps = await storage.get_steps(rec.id)
+            assert [(s.key, s.status) for s in steps] == [(f"step-{n}", "completed") for n in range(1, 9)]
+            eid = rec.input["id"]
+            # A step stored before the node died never ran again; at most the one in
+            # flight (whose report may or may not have reached the node) ran twice.
+            for key in stored_before[rec.id]:
+                assert ran[(eid, key.removeprefix("step-"))] == 1, (eid, key)
+            assert sum(n - 1 for (e, _s), n in ran.items() if e == eid) <= 1, (eid, ran)
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_with_a_wrong_token_is_refused_and_registers_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    await cluster.node(f"sqlite:///{tmp_path / 'dq.db'}", port)
+    bad = cluster._spawn("worker", ["worker", TARGET, "--orchestrator", url(port), "--token", "wrong"], None)
+    assert await bad.exit_code(60) == 2
+    assert "refused the request (401)" in bad.errors(), bad.describe()
+    assert not [w for w in await list_workers(port) if (w.get("info") or {}).get("kind") == "remote"]  # type: ignore[union-attr]

@@ -55,7 +55,7 @@ async def test_kill_9_a_worker_mid_step_repeatedly(cluster: Cluster, tmp_path: P
             def blocked(run_no: int = run_no) -> bool:
                 return len({x.split()[0] for x in lines(tmp_path / "blocked") if x.startswith(f"r{run_no}e")}) == PER_RUN
 
-            await wait_until(blocked, 60, lambda v=victim: f"run {run_no} blocked in step 3: {v.describe()}")
+            await wait_until(blocked, 60, lambda v=victim, r=run_no: f"run {r} blocked in step 3: {v.describe()}")
             await victim.kill9()
             (tmp_path / f"block-{run_no}").unlink()
 
@@ -63,7 +63,7 @@ async def test_kill_9_a_worker_mid_step_repeatedly(cluster: Cluster, tmp_path: P
                 counts = await storage.count(ExecutionQuery())
                 return counts.get("completed", 0) == (run_no + 1) * PER_RUN
 
-            await wait_until(settled, 60, lambda: f"run {run_no} resumed by the survivor: {survivor.describe()}")
+            await wait_until(settled, 60, lambda r=run_no: f"run {r} resumed by the survivor: {survivor.describe()}")
         recs = await storage.query(ExecutionQuery())
         assert len(recs) == RUNS * PER_RUN
         assert {(r.status, r.retry_count) for r in recs} == {("completed", 0)}
