@@ -204,7 +204,7 @@ class Node:
         info = {
             "kind": "remote", "host": a.host, "pid": a.pid, "version": a.version,
             "capacity": a.capacity, "url": a.url, "jobs": sorted(accepted), "refused_jobs": refused,
-            "node": self.id, "state": "running", "running": 0,
+            "node": self.id, "interval_ms": self.interval_ms, "state": "running", "running": 0,
         }  # fmt: skip
         self.workers[a.worker_id] = RemoteWorker(a, accepted, refused, info=info)
         await self.storage.heartbeat(a.worker_id, info)
