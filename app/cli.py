@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=None, help="jobs in flight (default: all)")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print one JSON line")
+    bench.add_argument("--workers", type=int, default=0,
+                       help="also run the jobs through an orchestration node with N local worker processes")
+    bench.add_argument("--worker-concurrency", type=int, default=200, help="executions per worker (with --workers)")
     bench.add_argument(
         "--gc",
         choices=("tuned", "default"),

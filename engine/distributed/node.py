@@ -156,7 +156,7 @@ class Node:
         while len(self._known) > _KNOWN_IDS:
             self._known.popitem(last=False)
 
-    async def _claim(self, a: wire.Claim, gone: asyncio.Event) -> list[Any]:
+    async def _claim(self, a: wire.Claim, gone: asyncio.Event) -> wire.Claimed:
         remote = self.workers.get(a.worker_id)
         if remote is None:
             raise NodeError(409, f"worker {a.worker_id!r} is not registered with this node: register first")
@@ -164,19 +164,19 @@ class Node:
             raise NodeError(400, "claim: limit must be >= 0 and lease_ms > 0")
         names = [n for n in (a.job_names if a.job_names is not None else remote.accepted) if n in remote.accepted]
         if not names or a.limit == 0:
-            return []
+            return wire.Claimed([], {})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(a.wait_ms, 0), _MAX_WAIT_MS) / 1000
         while True:
             if a.worker_id in self.lost or a.worker_id not in self.workers or gone.is_set():
-                return []  # lost, gone or stopped: no work until it is heard from again
+                return wire.Claimed([], {})  # lost, gone or stopped: no work until heard from again
             event = self._work
             recs = await self.storage.claim(a.worker_id, limit=a.limit, lease_ms=a.lease_ms,
                                             job_names=names, exclude_jobs=a.exclude_jobs)  # fmt: skip
             left = deadline - loop.time()
             if recs or left <= 0 or self.closing:
                 self._remember(r.id for r in recs)
-                return recs
+                return wire.Claimed(recs, {r.id: await self.storage.get_steps(r.id) for r in recs})
             due = await self.storage.next_due(names, a.exclude_jobs)
             if due is not None:
                 left = min(left, max(0.0, (due - now_ms()) / 1000))

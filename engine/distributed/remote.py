@@ -83,6 +83,8 @@ class RemoteStorage(Storage):
         self.registered: wire.Registered | None = None
         self._client: httpx.AsyncClient | None = None
         self._closed = False
+        #: Histories that came with claimed executions, until the runtime loads them.
+        self._histories: dict[str, list[StepRecord]] = {}
 
     # -- transport -----------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -161,8 +163,9 @@ class RemoteStorage(Storage):
     ) -> list[ExecutionRecord]:  # fmt: skip
         args = wire.Claim(worker_id, limit, lease_ms, list(job_names) if job_names is not None else None,
                           list(exclude_jobs), self.long_poll_ms)  # fmt: skip
-        recs: list[ExecutionRecord] = await self._args("claim", args)
-        return recs
+        claimed: wire.Claimed = await self._args("claim", args)
+        self._histories.update(claimed.histories)
+        return claimed.records
 
     async def renew(self, worker_id: str, ids: Sequence[str], lease_ms: int) -> dict[str, str | None]:
         controls: dict[str, str | None] = await self._args("renew", wire.Renew(worker_id, list(ids), lease_ms))
@@ -185,6 +188,11 @@ class RemoteStorage(Storage):
         return counts
 
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
+        # Right after a claim nobody else writes this execution's steps: the
+        # history that came with it is current.
+        cached = self._histories.pop(execution_id, None)
+        if cached is not None:
+            return cached
         steps: list[StepRecord] = await self._args("get_steps", wire.ById(execution_id))
         return steps
 

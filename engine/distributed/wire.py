@@ -118,6 +118,14 @@ class Register(_Args):
     url: str | None = None
 
 
+class Claimed(msgspec.Struct):
+    """Claimed executions with their step histories: the worker loads each history
+    next, so it comes in the same round trip."""
+
+    records: list[ExecutionRecord]
+    histories: dict[str, list[StepRecord]]
+
+
 class Registered(msgspec.Struct):
     node: str
     interval_ms: int
@@ -137,7 +145,7 @@ class HeartbeatReply(msgspec.Struct):
 CALLS: dict[str, tuple[type[_Args], Any]] = {
     "now": (NoArgs, int),
     "commit": (NoArgs, CommitResult),  # the body is the Batch itself (see `encode_commit`)
-    "claim": (Claim, list[ExecutionRecord]),
+    "claim": (Claim, Claimed),
     "renew": (Renew, dict[str, str | None]),
     "reclaim": (Reclaim, list[str]),
     "get_execution": (ById, ExecutionRecord | None),

@@ -115,12 +115,12 @@ async def test_a_worker_with_different_code_is_told_and_gets_no_work(node: Any) 
     assert reply["accepted"] == [] and "differs from the node's" in reply["refused"]["multi"]
     claim = {"worker_id": "old", "limit": 5, "lease_ms": 10_000}
     r = await client.post("/v1/claim", content=json.dumps(claim), headers=AUTH)
-    assert r.json()["result"] == []
+    assert r.json()["result"]["records"] == []
     same = fingerprints(jobs.queue.definitions)
     r = await client.post("/v1/register", content=json.dumps(register("new", same)), headers=AUTH)
     assert r.json()["result"]["accepted"] == ["multi"]
     r = await client.post("/v1/claim", content=json.dumps({**claim, "worker_id": "new"}), headers=AUTH)
-    assert [rec["id"] for rec in r.json()["result"]] == ["x1"]
+    assert [rec["id"] for rec in r.json()["result"]["records"]] == ["x1"]
     # An unregistered worker is asked to register (a restarted node forgot it).
     r = await client.post("/v1/claim", content=json.dumps({**claim, "worker_id": "nobody"}), headers=AUTH)
     assert r.status_code == 409 and "register" in r.json()["error"]
