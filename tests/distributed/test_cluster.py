@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import os
+import secrets
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from dq.engine.storage.base import ExecutionQuery
 from dq.engine.storage.sql import SqlStorage
 from tests.faults.conftest import add_executions, lines
+from tests.storage.conftest import create_pg_database, drop_pg_database, pg_dsn
 
 from .conftest import TARGET, Cluster, free_port, list_workers, url, wait_until
 
@@ -99,3 +103,78 @@ async def test_a_worker_with_a_wrong_token_is_refused_and_registers_nothing(clus
     assert await bad.exit_code(60) == 2
     assert "refused the request (401)" in bad.errors(), bad.describe()
     assert not [w for w in await list_workers(port) if (w.get("info") or {}).get("kind") == "remote"]  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_a_worker_hands_back_what_it_runs(cluster: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dq.db"
+    port = free_port()
+    await cluster.node(f"sqlite:///{db}", port, "--no-local-work")
+    first = await cluster.worker(port, "--concurrency", "4")
+    storage = SqlStorage.sqlite(str(db))
+    await storage.open()
+    try:
+        # Steps of 1.5 s: the 2 s shutdown grace ends some of them mid-step.
+        ids = await add_executions(storage, "multi", [{"id": f"e{i}", "steps": 4, "sleep_s": 1.5} for i in range(4)])
+        await wait_until(lambda: len(_effects(tmp_path)) >= 4, 60, first.describe)
+        first.signal(signal.SIGTERM)
+        assert await first.exit_code(30) == 0, first.describe()
+        assert "stopped" in first.output()
+        # Nothing is left held by the stopped worker, and it unregistered.
+        recs = await storage.query(ExecutionQuery(ids=ids))
+        assert all(r.status in ("pending", "completed") and r.worker_id is None for r in recs), recs
+        assert not [w for w in await storage.list_workers() if (w["info"] or {}).get("pid") == first.pid]
+        ran_by_first = collections.Counter(_effects(tmp_path))
+        second = await cluster.worker(port, "--concurrency", "4")
+
+        async def done() -> bool:
+            return (await storage.count(ExecutionQuery())).get("completed", 0) == 4
+
+        await wait_until(done, 60, second.describe)
+        ran = collections.Counter(_effects(tmp_path))
+        for rec in await storage.query(ExecutionQuery(ids=ids)):
+            eid = rec.input["id"]
+            stored = [s for s in await storage.get_steps(rec.id)]
+            assert [(s.key, s.status) for s in stored] == [(f"step-{n}", "completed") for n in range(1, 5)]
+            for s in stored:
+                n = s.key.removeprefix("step-")
+                # A step the first worker completed never ran again; one it was in
+                # when its grace ran out ran again once, on the second worker.
+                expected = 1 if s.output["pid"] == first.pid or not ran_by_first[(eid, n)] else 2
+                assert ran[(eid, n)] == expected, (eid, n, ran[(eid, n)])
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.timeout(240)
+async def test_two_nodes_on_postgres_serve_three_workers(cluster: Cluster, tmp_path: Path) -> None:
+    name = f"dq_dist_{os.getpid()}_{secrets.token_hex(4)}"
+    await create_pg_database(name)
+    dsn = pg_dsn(name)
+    storage = SqlStorage.postgres(dsn)
+    try:
+        port_a, port_b = free_port(), free_port()
+        await cluster.node(dsn, port_a, "--no-local-work")
+        await cluster.node(dsn, port_b, "--no-local-work")
+        workers = [await cluster.worker(port_a, "--concurrency", "4"), await cluster.worker(port_a, "--concurrency", "4"),
+                   await cluster.worker(port_b, "--concurrency", "4")]  # fmt: skip
+        await storage.open()
+        ids = await add_executions(storage, "multi", [{"id": f"e{i}", "steps": 4, "sleep_s": 0.05} for i in range(40)])
+
+        async def done() -> bool:
+            return (await storage.count(ExecutionQuery())).get("completed", 0) == 40
+
+        await wait_until(done, 120, lambda: "\n".join(w.describe() for w in workers))
+        pids: collections.Counter[int] = collections.Counter()
+        for rec in await storage.query(ExecutionQuery(ids=ids)):
+            steps = await storage.get_steps(rec.id)
+            assert [(s.key, s.status) for s in steps] == [(f"step-{n}", "completed") for n in range(1, 5)]
+            pids.update(s.output["pid"] for s in steps)
+        assert set(pids) == {w.pid for w in workers}, pids  # the worker of node B too
+        assert set(collections.Counter(_effects(tmp_path)).values()) == {1}
+        # Both nodes and all three workers are listed on the shared storage.
+        kinds = collections.Counter((w["info"] or {}).get("kind") for w in await storage.list_workers())
+        assert kinds["node"] == 2 and kinds["remote"] == 3, kinds
+    finally:
+        await storage.aclose()
+        await drop_pg_database(name)
