@@ -308,6 +308,7 @@ class Node:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "node", "host": socket.gethostname(), "pid": os.getpid(), "url": self.url,
+                "version": wire.dq_version(),
                 "interval_ms": self.interval_ms, "local_work": self.local_work,
                 "state": "running", "workers": len(self.workers)}  # fmt: skip
 

@@ -9,6 +9,8 @@ field), so the protocol cannot drift from engine/storage/base.py.
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import msgspec
@@ -164,6 +166,14 @@ CALLS: dict[str, tuple[type[_Args], Any]] = {
     "remove_worker": (WorkerId, None),
     "register": (Register, Registered),
 }
+
+@cache
+def dq_version() -> str:
+    try:
+        return version("dq")
+    except PackageNotFoundError:
+        return "0+unknown"
+
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode

@@ -51,7 +51,7 @@ class Worker:
         self.id = runtime.worker_id
         self.remote.registration = wire.Register(
             worker_id=self.id, protocol=wire.PROTOCOL, host=socket.gethostname(), pid=os.getpid(),
-            version=_version(), capacity=capacity, jobs=fingerprints(queue.definitions), url=url,
+            version=wire.dq_version(), capacity=capacity, jobs=fingerprints(queue.definitions), url=url,
         )  # fmt: skip
         self._beat: asyncio.Task[None] | None = None
         self.stopping = False
@@ -106,12 +106,3 @@ class Worker:
             self._beat.cancel()
             await asyncio.gather(self._beat, return_exceptions=True)
         await self.queue.close()
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("dq")
-    except Exception:
-        return "0+unknown"
