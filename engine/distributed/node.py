@@ -46,6 +46,8 @@ MISSED_BEATS = 3
 #: Event types after which a long-polling claim should look again.
 _NEW_WORK = frozenset({"trigger", "retry", "released", "resume", "queued", "debounced"})
 _LOST_KEY = "worker_lost:"
+#: A lost worker stays listed (the Workers page shows it) this long, then is forgotten.
+FORGET_AFTER_MS = 3_600_000
 _KNOWN_IDS = 200_000
 _MAX_WAIT_MS = 30_000
 
@@ -319,9 +321,14 @@ class Node:
         lost = []
         for w in await self.storage.list_workers():
             info = w.get("info") or {}
-            if info.get("kind") != "remote" or now - int(w.get("last_heartbeat") or 0) <= limit:
+            silent_ms = now - int(w.get("last_heartbeat") or 0)
+            if info.get("kind") != "remote" or silent_ms <= limit:
                 continue
             key = _LOST_KEY + w["id"]
+            if silent_ms > FORGET_AFTER_MS:
+                await self.storage.remove_worker(w["id"])
+                await self.storage.commit(Batch(state={key: None}))
+                continue
             # Once per silence, by one node: the flag is set only where it was absent.
             result = await self.storage.commit(Batch(state={key: now}, expect={key: None}))
             if result.conflict:

@@ -3,6 +3,7 @@ code fingerprints, and the non-loopback rule. Every refusal changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,13 +13,16 @@ import httpx
 import pytest
 
 from dq import DqError, create_job, create_queue, create_sqlite_storage, run
+from dq.engine.distributed import node as node_module
 from dq.engine.distributed import wire
 from dq.engine.distributed.fingerprint import fingerprints
 from dq.engine.distributed.http import NodeApp
+from dq.engine.distributed.node import Node
 from dq.engine.queue import Queue
-from dq.engine.storage.base import ExecutionQuery
+from dq.engine.storage.base import Batch, ExecutionQuery, StepRecord
 
 from . import jobs
+from .conftest import free_port
 
 TOKEN = "s3cret"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -149,8 +153,6 @@ async def test_the_worker_side_reports_refused_jobs(tmp_path: Path) -> None:
 def test_a_node_on_a_public_address_needs_a_token() -> None:
     queue = create_queue(jobs=[jobs.multi], orchestration={"host": "0.0.0.0"})
     with pytest.raises(DqError, match="without a token"):
-        import asyncio
-
         asyncio.run(queue.orchestration.start())
 
 
@@ -162,6 +164,46 @@ def test_bad_orchestration_options_fail_at_definition() -> None:
 
 
 def _port() -> int:
-    from .conftest import free_port
-
     return free_port()
+
+
+async def test_one_of_two_nodes_marks_a_silent_worker_lost_and_fences_it(tmp_path: Path) -> None:
+    storage = create_sqlite_storage(str(tmp_path / "shared.db"))
+    queue = jobs.queue.with_storage(storage)
+    await queue.start()
+    a, b = Node(queue, interval_ms=20), Node(queue, interval_ms=20)
+    try:
+        reg = wire.Register(worker_id="w", protocol=wire.PROTOCOL, host="h", pid=1, version="t", capacity=1,
+                            jobs=fingerprints(jobs.queue.definitions))  # fmt: skip
+        await a.handle("register", wire.encode(reg), "w")
+        await a.handle("commit", json.dumps(new_execution()).encode(), "w")
+        claim = wire.Claim(worker_id="w", limit=1, lease_ms=60_000)
+        [rec] = wire.decode_reply("claim", await a.handle("claim", wire.encode(claim), "w")).records
+        await asyncio.sleep(0.1)  # > 3 intervals without a heartbeat
+        lost = [await a.find_lost(), await b.find_lost()]
+        assert sorted(lost, key=len) == [[], ["w"]]  # exactly one node acted
+        again = await storage.get_execution(rec.id)
+        # Handed to others (here the node's own runtime takes it at once), with a raised token.
+        assert again is not None and again.worker_id != "w" and again.token > rec.token
+        # The lost worker's late report is refused by fencing; nothing of it is stored.
+        step = StepRecord(rec.id, "step-1", "step-1", "run", "completed", output={"late": True})
+        late = Batch(steps=[step], fences={rec.id: rec.token})
+        result = wire.decode_reply("commit", await a.handle("commit", wire.encode(late), "w"))
+        assert result.refused == {rec.id} and await storage.get_steps(rec.id) == []
+        assert a.workers["w"].refused_reports == 1
+        # It gets no work until it is heard from; its next heartbeat says it was lost, once.
+        assert wire.decode_reply("claim", await a.handle("claim", wire.encode(claim), "w")).records == []
+        beat = wire.Heartbeat(worker_id="w", info={"state": "running"})
+        assert wire.decode_reply("heartbeat", await a.handle("heartbeat", wire.encode(beat), "w")).lost
+        assert not wire.decode_reply("heartbeat", await b.handle("heartbeat", wire.encode(beat), "w")).known
+        assert not wire.decode_reply("heartbeat", await a.handle("heartbeat", wire.encode(beat), "w")).lost
+        # A worker silent for longer than FORGET_AFTER_MS is dropped from the list.
+        node_module.FORGET_AFTER_MS = 50
+        try:
+            await asyncio.sleep(0.1)
+            await a.find_lost()
+        finally:
+            node_module.FORGET_AFTER_MS = 3_600_000
+        assert "w" not in {w["id"] for w in await storage.list_workers()}
+    finally:
+        await queue.close()
