@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dq import create_job, create_queue, run
+from dq import create_job, create_pipe, create_queue, run, sleep, thread
 
 PID = os.getpid()
 
@@ -56,7 +56,26 @@ async def multi(data: dict[str, Any]) -> dict[str, Any]:
     return {"pids": pids}
 
 
+def square(n: int, ctx: Any) -> int:
+    """A thread() step: runs in a separate process of the worker."""
+    return n * n
+
+
+signals = create_pipe(name="signals")
+
+
+@create_job(name="composite", retry=0)
+async def composite(data: dict[str, Any]) -> dict[str, Any]:
+    """Every kind of step through a remote worker: run, durable sleep, child job, thread, pipe."""
+    first = await run("first", lambda: _step(data, 1))
+    await sleep("300ms")
+    child = await multi.run({"id": f"{data['id']}-child", "steps": 2})
+    squared = await thread("square", square, 7)
+    await signals.send({"from": data["id"]})
+    return {"first": first["pid"], "child": child["pids"], "squared": squared}
+
+
 queue = create_queue(
-    jobs=[multi], lease=os.environ.get("DQ_TEST_LEASE", "30s"), shutdown_grace="2s",
+    jobs=[multi, composite], pipes=[signals], lease=os.environ.get("DQ_TEST_LEASE", "30s"), shutdown_grace="2s",
     orchestration={"interval": os.environ.get("DQ_TEST_INTERVAL", "1/s")},
 )  # fmt: skip

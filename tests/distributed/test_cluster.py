@@ -178,3 +178,32 @@ async def test_two_nodes_on_postgres_serve_three_workers(cluster: Cluster, tmp_p
     finally:
         await storage.aclose()
         await drop_pg_database(name)
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_runs_sleeps_child_jobs_threads_and_pipes(cluster: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dq.db"
+    port = free_port()
+    await cluster.node(f"sqlite:///{db}", port, "--no-local-work")
+    worker = await cluster.worker(port, "--concurrency", "4")
+    storage = SqlStorage.sqlite(str(db))
+    await storage.open()
+    try:
+        [eid] = await add_executions(storage, "composite", [{"id": "c1"}])
+
+        async def done() -> bool:
+            rec = await storage.get_execution(eid)
+            return rec is not None and rec.status in ("completed", "failed")
+
+        await wait_until(done, 60, worker.describe)
+        rec = await storage.get_execution(eid)
+        assert rec is not None and rec.status == "completed", rec
+        assert rec.output == {"first": worker.pid, "child": [worker.pid, worker.pid], "squared": 49}
+        steps = await storage.get_steps(eid)
+        assert [s.kind for s in steps] == ["run", "sleep", "child", "thread", "send"]
+        [child] = await storage.query(ExecutionQuery(parent_id=eid))
+        assert child.status == "completed" and child.job_name == "multi"
+        [msg] = await storage.read_messages("signals")
+        assert msg.data == {"from": "c1"}
+    finally:
+        await storage.aclose()
