@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ _REPEATABLE = frozenset({
     "list_workers", "remove_worker", "register",
 })  # fmt: skip
 _BACKOFF_S = (0.05, 2.0)
+_HISTORY_TTL_S = 10.0
 
 
 class NodeUnavailable(ConnectionError):
@@ -83,8 +85,9 @@ class RemoteStorage(Storage):
         self.registered: wire.Registered | None = None
         self._client: httpx.AsyncClient | None = None
         self._closed = False
-        #: Histories that came with claimed executions, until the runtime loads them.
-        self._histories: dict[str, list[StepRecord]] = {}
+        #: Histories that came with claimed executions, until the runtime loads them
+        #: (right after the claim; an entry left unread is dropped after _HISTORY_TTL_S).
+        self._histories: dict[str, tuple[float, list[StepRecord]]] = {}
 
     # -- transport -----------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -164,7 +167,9 @@ class RemoteStorage(Storage):
         args = wire.Claim(worker_id, limit, lease_ms, list(job_names) if job_names is not None else None,
                           list(exclude_jobs), self.long_poll_ms)  # fmt: skip
         claimed: wire.Claimed = await self._args("claim", args)
-        self._histories.update(claimed.histories)
+        now = time.monotonic()
+        self._histories = {k: v for k, v in self._histories.items() if now - v[0] < _HISTORY_TTL_S}
+        self._histories.update((eid, (now, steps)) for eid, steps in claimed.histories.items())
         return claimed.records
 
     async def renew(self, worker_id: str, ids: Sequence[str], lease_ms: int) -> dict[str, str | None]:
@@ -191,8 +196,8 @@ class RemoteStorage(Storage):
         # Right after a claim nobody else writes this execution's steps: the
         # history that came with it is current.
         cached = self._histories.pop(execution_id, None)
-        if cached is not None:
-            return cached
+        if cached is not None and time.monotonic() - cached[0] < _HISTORY_TTL_S:
+            return cached[1]
         steps: list[StepRecord] = await self._args("get_steps", wire.ById(execution_id))
         return steps
 
