@@ -122,7 +122,7 @@ async def test_a_worker_with_different_code_is_told_and_gets_no_work(node: Any) 
     assert r.json()["result"]["records"] == []
     same = fingerprints(jobs.queue.definitions)
     r = await client.post("/v1/register", content=json.dumps(register("new", same)), headers=AUTH)
-    assert r.json()["result"]["accepted"] == ["multi"]
+    assert r.json()["result"]["accepted"] == ["composite", "multi"]
     r = await client.post("/v1/claim", content=json.dumps({**claim, "worker_id": "new"}), headers=AUTH)
     assert [rec["id"] for rec in r.json()["result"]["records"]] == ["x1"]
     # An unregistered worker is asked to register (a restarted node forgot it).
