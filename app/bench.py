@@ -94,9 +94,6 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.worker_concurrency < 1:
         print("dq-ui bench: --workers must be >= 0 and --worker-concurrency >= 1")
         return 2
-    if args.workers and url.split("://", 1)[0] == "memory":
-        print("dq-ui bench: --workers needs a storage the node can share (sqlite:///, postgresql://, redis://)")
-        return 2
     result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
     result["gc"] = gc_mode
     result["gc_thresholds"] = list(gc.get_threshold())
