@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 
-from dq.engine.distributed.remote import NodeRefused, NodeUnavailable
+from dq import DqError
+from dq.engine.distributed.remote import NodeUnavailable
 
 from .serve import UsageError, load_target
 
@@ -44,9 +45,9 @@ def main(args: argparse.Namespace) -> int:
                 host=args.host, port=args.port, orchestrator=args.orchestrator, token=token,
                 concurrency=args.concurrency,
             )  # fmt: skip
-        except (NodeRefused, NodeUnavailable) as exc:
+        except (DqError, NodeUnavailable) as exc:  # refused (token, code) or unreachable
             print(f"dq-ui worker: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, NodeRefused) else 1
+            return 1 if isinstance(exc, NodeUnavailable) else 2
         for job, why in sorted(worker.refused_jobs.items()):
             print(f"dq-ui worker: job {job!r} refused by the node: {why}", file=sys.stderr, flush=True)
         print(f"dq-ui worker: {worker.id} running {worker.capacity} at a time for {args.orchestrator}", flush=True)

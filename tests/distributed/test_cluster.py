@@ -15,7 +15,7 @@ from dq.engine.storage.sql import SqlStorage
 from tests.faults.conftest import add_executions, lines
 from tests.storage.conftest import create_pg_database, drop_pg_database, pg_dsn
 
-from .conftest import TARGET, Cluster, free_port, list_workers, url, wait_until
+from .conftest import TARGET, TOKEN, Cluster, free_port, list_workers, url, wait_until
 
 
 @pytest.mark.timeout(180)
@@ -207,3 +207,14 @@ async def test_a_worker_runs_sleeps_child_jobs_threads_and_pipes(cluster: Cluste
         assert msg.data == {"from": "c1"}
     finally:
         await storage.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_with_other_code_is_refused_on_both_sides(cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    node = await cluster.node(f"sqlite:///{tmp_path / 'dq.db'}", port)
+    other = cluster._spawn("worker", ["worker", "tests.distributed.other_jobs:queue", "--orchestrator", url(port),
+                                      "--token", TOKEN], None)  # fmt: skip
+    assert await other.exit_code(60) == 2, other.describe()
+    assert "the worker's code for job 'multi' differs from the node's" in other.errors()
+    await wait_until(lambda: "differs from the node's" in node.errors(), 10, node.describe)
