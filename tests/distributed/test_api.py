@@ -136,9 +136,8 @@ async def test_the_worker_side_reports_refused_jobs(tmp_path: Path) -> None:
     async def multi(data: Any) -> int:  # same name, other code
         return await run("other", lambda: 1)
 
-    node_queue = jobs.queue.with_storage(create_sqlite_storage(str(tmp_path / "n.db")))
-    node_queue.orchestration_options = {"port": _port()}
-    node_queue.orchestration = type(node_queue.orchestration)(node_queue)
+    node_queue = create_queue(jobs=[jobs.multi], storage=create_sqlite_storage(str(tmp_path / "n.db")),
+                              orchestration={"port": free_port()})  # fmt: skip
     await node_queue.orchestration.start()
     try:
         other = create_queue(jobs=[multi], orchestration={"port": node_queue.orchestration.options.port})
@@ -161,10 +160,6 @@ def test_bad_orchestration_options_fail_at_definition() -> None:
         create_queue(jobs=[jobs.multi], orchestration={"interval": "often"})
     with pytest.raises(ValueError, match="unknown option"):
         create_queue(jobs=[jobs.multi], orchestration={"prot": 4000})
-
-
-def _port() -> int:
-    return free_port()
 
 
 async def test_one_of_two_nodes_marks_a_silent_worker_lost_and_fences_it(tmp_path: Path) -> None:
@@ -207,3 +202,27 @@ async def test_one_of_two_nodes_marks_a_silent_worker_lost_and_fences_it(tmp_pat
         assert "w" not in {w["id"] for w in await storage.list_workers()}
     finally:
         await queue.close()
+
+
+async def test_the_worker_endpoint_wakes_it_with_the_token(tmp_path: Path) -> None:
+    node_port, worker_port = free_port(), free_port()
+    node_queue = create_queue(jobs=[jobs.multi, jobs.composite], pipes=[jobs.signals],
+                              storage=create_sqlite_storage(str(tmp_path / "n.db")),
+                              orchestration={"port": node_port, "token": TOKEN})  # fmt: skip
+    await node_queue.orchestration.start(local_work=False)
+    other = create_queue(jobs=[jobs.multi, jobs.composite], pipes=[jobs.signals],
+                         orchestration={"port": node_port, "token": TOKEN})  # fmt: skip
+    try:
+        worker = await other.worker.start(port=worker_port, endpoint="/api/v1/jobs")
+        assert worker.remote.registration is not None
+        assert worker.remote.registration.url == f"http://127.0.0.1:{worker_port}/api/v1/jobs"
+        listed = {w["id"]: w["info"] for w in await node_queue.storage.list_workers()}
+        assert listed[worker.id]["url"] == worker.remote.registration.url
+        async with httpx.AsyncClient(base_url=worker.remote.registration.url) as client:
+            assert (await client.post("/wake")).status_code == 401
+            assert (await client.post("/wake", headers=AUTH)).status_code == 204
+            assert (await client.post("/nope", headers=AUTH)).status_code == 404
+    finally:
+        await other.worker.stop()
+        await node_queue.orchestration.stop()
+        await node_queue.close()

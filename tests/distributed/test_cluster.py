@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dq.engine.storage.base import ExecutionQuery
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionUpdate
 from dq.engine.storage.sql import SqlStorage
 from tests.faults.conftest import add_executions, lines
 from tests.storage.conftest import create_pg_database, drop_pg_database, pg_dsn
@@ -218,3 +218,30 @@ async def test_a_worker_with_other_code_is_refused_on_both_sides(cluster: Cluste
     assert await other.exit_code(60) == 2, other.describe()
     assert "the worker's code for job 'multi' differs from the node's" in other.errors()
     await wait_until(lambda: "differs from the node's" in node.errors(), 10, node.describe)
+
+
+@pytest.mark.timeout(120)
+async def test_a_cancel_reaches_a_remote_execution_mid_step(cluster: Cluster, tmp_path: Path) -> None:
+    db = tmp_path / "dq.db"
+    port = free_port()
+    await cluster.node(f"sqlite:///{db}", port, "--no-local-work", env={"DQ_TEST_INTERVAL": "200ms"})
+    worker = await cluster.worker(port, "--concurrency", "2")
+    storage = SqlStorage.sqlite(str(db))
+    await storage.open()
+    try:
+        [eid] = await add_executions(storage, "multi", [{"id": "long", "steps": 2, "sleep_s": 30}])
+        await wait_until(lambda: len(_effects(tmp_path)) == 1, 30, worker.describe)
+        # What Execution.cancel() writes for a running execution held elsewhere.
+        await storage.commit(Batch(updates=[ExecutionUpdate(eid, {"control": "cancel:by test"}, statuses=("running",))]))
+
+        async def cancelled() -> bool:
+            rec = await storage.get_execution(eid)
+            return rec is not None and rec.status == "cancelled"
+
+        # Well before the 30 s step ends: the worker heard it at a heartbeat, not a step boundary.
+        await wait_until(cancelled, 10, worker.describe)
+        rec = await storage.get_execution(eid)
+        assert rec is not None and (rec.error or {}).get("reason") == "by test"
+        assert [s.status for s in await storage.get_steps(eid)] != ["completed"]
+    finally:
+        await storage.aclose()
