@@ -46,10 +46,8 @@ class NodeApp:
 
     async def _answer(self, scope: Scope, receive: Any) -> tuple[int, bytes]:
         headers = dict(scope.get("headers") or ())
-        if self.token is not None:
-            given = headers.get(wire.TOKEN_HEADER.encode(), b"")
-            if not (given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), self.token)):
-                return _error(401, "a valid worker token is required (Authorization: Bearer <token>)")
+        if not authorized(headers, self.token):
+            return _error(401, "a valid worker token is required (Authorization: Bearer <token>)")
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -105,6 +103,22 @@ class NodeApp:
                     await self.node.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def authorized(headers: dict[bytes, bytes], token: bytes | None) -> bool:
+    """No token configured, or `Authorization: Bearer <token>` (compared in constant time)."""
+    if token is None:
+        return True
+    given = headers.get(wire.TOKEN_HEADER.encode(), b"")
+    return given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), token)
+
+
+async def not_found(scope: Scope, receive: Any, send: Any) -> None:
+    """The app beside a mounted API when nothing else is served."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"not found\n"})
 
 
 async def _watch_disconnect(receive: Any, gone: asyncio.Event) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ import uvicorn
 
 from ..durations import parse_interval
 from ..errors import DqError
-from .http import NodeApp, mount
+from .http import NodeApp, authorized, mount, not_found
 from .node import Node
 from .worker import Worker
 
@@ -98,13 +97,6 @@ class _Server:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def _not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"not found\n"})
-
-
 class Orchestration:
     """`queue.orchestration`: run this process as the node (`start()`), or build its
     worker API to mount elsewhere (`app()`, as `dq-ui serve` does)."""
@@ -126,7 +118,7 @@ class Orchestration:
         assert self.node is not None
         self.node.url = opts.url
         await self.node.start()
-        self._server = _Server(mount(_not_found, opts.endpoint, node_app), opts.host, opts.port)
+        self._server = _Server(mount(not_found, opts.endpoint, node_app), opts.host, opts.port)
         await self._server.start()
 
     async def stop(self) -> None:
@@ -165,7 +157,7 @@ class WorkerService:
             url = f"http://{advertised}:{port}/{endpoint.strip('/')}"
         worker = Worker(self.queue, orchestrator or opts.url, token, concurrency=concurrency, url=url)
         if port is not None:
-            self._server = _Server(mount(_not_found, endpoint, _WakeApp(worker, token)), host or "127.0.0.1", port)
+            self._server = _Server(mount(not_found, endpoint, _WakeApp(worker, token)), host or "127.0.0.1", port)
             await self._server.start()
         try:
             await worker.start()
@@ -187,24 +179,20 @@ class _WakeApp:
 
     def __init__(self, worker: Worker, token: str | None) -> None:
         self.worker = worker
-        self.token = token
+        self.token = token.encode() if token else None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        headers = dict(scope.get("headers") or ())
-        status = 204
-        if self.token is not None:
-            given = headers.get(b"authorization", b"")
-            if not (given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), self.token.encode())):
-                status = 401
-        if status == 204:
-            if scope.get("path") != "/wake" or scope.get("method") != "POST":
-                status = 404
-            else:
-                task = asyncio.create_task(self.worker.wake(), name="dq-worker-wake")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if not authorized(dict(scope.get("headers") or ()), self.token):
+            status = 401
+        elif scope.get("path") != "/wake" or scope.get("method") != "POST":
+            status = 404
+        else:
+            status = 204
+            task = asyncio.create_task(self.worker.wake(), name="dq-worker-wake")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
