@@ -91,9 +91,14 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dq-ui bench: {exc}")
         return 2
+    if args.workers < 0 or args.worker_concurrency < 1:
+        print("dq-ui bench: --workers must be >= 0 and --worker-concurrency >= 1")
+        return 2
     result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
     result["gc"] = gc_mode
     result["gc_thresholds"] = list(gc.get_threshold())
+    if args.workers:
+        return _report_workers(args, result)
     if args.json:
         print(json.dumps(result))
     else:
@@ -102,4 +107,24 @@ def main(args: argparse.Namespace) -> int:
             f"{result['storage']:<10} {result['jobs']:>7} {result['steps']:>6} {result['median_s']:>9.3f} "
             f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f} {gc_mode:>6}"
         )
+    return 0
+
+
+def _report_workers(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    """In-process and through a node with N worker processes, same storage, same run."""
+    from .bench_workers import measure_workers
+
+    remote = measure_workers(args.storage, args.jobs, args.steps, args.workers, args.runs, args.worker_concurrency)
+    ratio = remote["steps_per_s"] / local["steps_per_s"] if local["steps_per_s"] else 0.0
+    result = {**local, "node": remote, "node_vs_in_process": round(ratio, 3)}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'mode':<26} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10}")
+    print(f"{'in-process ' + local['storage']:<26} {args.jobs:>7} {args.steps:>6} {local['median_s']:>9.3f} "
+          f"{local['jobs_per_s']:>10.0f} {local['steps_per_s']:>10.0f}")  # fmt: skip
+    label = f"node + {args.workers} worker(s)"
+    print(f"{label:<26} {args.jobs:>7} {args.steps:>6} {remote['median_s']:>9.3f} "
+          f"{remote['jobs_per_s']:>10.0f} {remote['steps_per_s']:>10.0f}")  # fmt: skip
+    print(f"node / in-process: {ratio:.2f}")
     return 0

@@ -21,10 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None, help="access token (or DQ_UI_TOKEN)")
     serve.add_argument("--read-only", action="store_true", help="hide and refuse lifecycle controls")
 
-    worker = sub.add_parser("worker", help="run a remote worker")
-    worker.add_argument("target")
-    worker.add_argument("--orchestrator", required=True)
-    worker.add_argument("--token", default=None)
+    serve.add_argument("--no-local-work", action="store_true",
+                       help="run no execution on this node: remote workers only")
+
+    worker = sub.add_parser("worker", help="run a remote worker for an orchestration node")
+    worker.add_argument("target", help="module:queue or path/to/file.py:queue (the job code)")
+    worker.add_argument("--orchestrator", required=True, help="the node's worker API, e.g. http://node:8000/orchestration")
+    worker.add_argument("--token", default=None, help="the node's token (or DQ_UI_TOKEN)")
+    worker.add_argument("--concurrency", type=int, default=None, help="executions at a time (default 100)")
+    worker.add_argument("--host", default=None, help="listen here for the node's wake-up calls (with --port)")
+    worker.add_argument("--port", type=int, default=None, help="port of the wake-up endpoint (default: none, polling only)")
 
     bench = sub.add_parser("bench", help="measure jobs/s and steps/s")
     bench.add_argument("--storage", default="memory://")
@@ -33,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=None, help="jobs in flight (default: all)")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print one JSON line")
+    bench.add_argument("--workers", type=int, default=0,
+                       help="also run the jobs through an orchestration node with N local worker processes")
+    bench.add_argument("--worker-concurrency", type=int, default=200, help="executions per worker (with --workers)")
     bench.add_argument(
         "--gc",
         choices=("tuned", "default"),
@@ -52,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         from .serve import main as serve_main
 
         return serve_main(args)
-    print("dq-ui worker: the orchestration node is not built yet", file=sys.stderr)
-    return 2
+    from .worker import main as worker_main
+
+    return worker_main(args)
 
 
 if __name__ == "__main__":

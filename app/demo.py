@@ -246,3 +246,7 @@ async def trickle(queue: Any, *, every_s: tuple[float, float] = (2.5, 6.0), burs
 
 def create_demo_queue(storage: Any) -> Any:
     return create_queue(jobs={j.name: j for j in JOBS}, storage=storage, shutdown_grace="1s")
+
+
+#: The demo's jobs for `dq-ui worker dq.app.demo:queue` (a worker uses the node's storage).
+queue = create_demo_queue(None)

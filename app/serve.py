@@ -18,10 +18,12 @@ from typing import Any
 import uvicorn
 
 from dq import Queue, storage_from_url
+from dq.engine.distributed.http import mount
 
 from .gc_tuning import gc_mode, tune_gc
 
 DEFAULT_STORAGE = "sqlite:///dq.db"
+NODE_PREFIX = "/orchestration"
 
 
 class UsageError(Exception):
@@ -117,6 +119,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(token=token, read_only=bool(args.read_only))
     app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
+    # The orchestration node's worker API, beside the dashboard (API.md "Command line").
+    node_app = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
+    app = mount(app, NODE_PREFIX, node_app)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=2, lifespan="on")  # fmt: skip
@@ -133,11 +138,20 @@ def main(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 await queue.close()
             return 2
+        node = node_app.node
+        node.url = url.rstrip("/") + NODE_PREFIX
+        await node.start()
         print(f"dq-ui: serving {label} on {queue.storage.kind} storage", flush=True)
         print(f"dq-ui: open {url}" + (f"?token={token}" if token else ""), flush=True)
+        print(f"dq-ui: workers connect to {node.url}" + ("" if node.local_work else " (no local work)"), flush=True)
         if settings.read_only:
             print("dq-ui: read-only: lifecycle controls are disabled", flush=True)
-        await server.serve()
+        closer = asyncio.create_task(_close_node_on_exit(server, node.close), name="dq-node-closer")
+        try:
+            await server.serve()
+        finally:
+            closer.cancel()
+            await node.close()
         return 0 if server.started else 1
 
     try:
@@ -146,3 +160,11 @@ def main(args: argparse.Namespace) -> int:
         code = 0
     print("dq-ui: stopped", flush=True)
     return code
+
+
+async def _close_node_on_exit(server: uvicorn.Server, close: Callable[[], Awaitable[None]]) -> None:
+    """End the node's long polls as soon as shutdown begins: uvicorn waits for open
+    requests before it stops. (`should_exit` is a plain flag uvicorn's signal handler sets.)"""
+    while not server.should_exit:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    await close()

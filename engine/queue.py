@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .distributed.service import Orchestration, WorkerService
 from .durations import parse_duration
 from .errors import DqError
 from .execution import Execution
@@ -212,6 +213,9 @@ class Queue:
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)
         self.lifecycle = Lifecycle(self)
+        #: The orchestration node and the remote worker (API.md "Distribution").
+        self.orchestration = Orchestration(self)
+        self.worker = WorkerService(self)
         self._start_task: asyncio.Task[None] | None = None
         self._closed = False
 

@@ -652,7 +652,7 @@ class Runtime:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._renew()
+                await self.renew_leases()
                 await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
                 if await self.storage.reclaim():
                     self.kick()
@@ -663,7 +663,7 @@ class Runtime:
             except Exception as exc:
                 log.warning("dq: lease renewal failed: %s", exc)
 
-    async def _renew(self) -> None:
+    async def renew_leases(self) -> None:
         held = {i: c for i, c in self.contexts.items() if not c.finishing and c.record.token}
         if not held:
             return

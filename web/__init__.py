@@ -25,6 +25,7 @@ from .pages import executions, go, overview
 from .render import STATIC_DIR
 from .settings import Settings
 from .sse import live_stream
+from .workers_page import workers_page, workers_stream
 
 
 @get("/healthz", name="healthz", media_type="text/plain")
@@ -35,7 +36,7 @@ async def healthz() -> str:
 ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
-    live_stream, healthz,
+    live_stream, healthz, workers_page, workers_stream,
 ]  # fmt: skip
 
 __all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]

@@ -177,7 +177,9 @@ def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     if ev_type == EventKind.CANCEL:
         return str(data.get("reason") or "")
     if ev_type == EventKind.START:
-        return f"attempt {data.get('attempt', 1)}"
+        # Which worker ran (or resumed) this attempt: a process of this host or a remote worker.
+        where = f" · on {data['worker']}" if data.get("worker") else ""
+        return f"attempt {data.get('attempt', 1)}{where}"
     if ev_type == EventKind.WAIT:
         child = data.get("child_id")
         return f"{data.get('key', '')} · {data.get('kind', '')}" + (f" · {short_id(child)}" if child else "")

@@ -1,0 +1,198 @@
+"""`queue.orchestration` and `queue.worker`: the node and the worker as queue services.
+
+The `orchestration={...}` options are checked when the queue is defined
+(a bad value fails `create_queue`, naming the key); they say where the node
+listens and how workers reach it. Both services serve HTTP with uvicorn in the
+current event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from ..durations import parse_interval
+from ..errors import DqError
+from .http import NodeApp, authorized, mount, not_found
+from .node import Node
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from ..queue import Queue
+
+_KEYS = {"host", "port", "endpoint", "interval", "token", "url"}
+DEFAULT_ENDPOINT = "/orchestration"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OrchestrationOptions:
+    def __init__(self, options: Mapping[str, Any] | None) -> None:
+        opts = dict(options or {})
+        unknown = set(opts) - _KEYS
+        if unknown:
+            raise ValueError(f"orchestration: unknown option(s) {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+        self.host = str(opts.get("host", "127.0.0.1"))
+        port = opts.get("port", 4000)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            raise ValueError(f"orchestration: port must be a TCP port number, got {port!r}")
+        self.port = port
+        endpoint = opts.get("endpoint", DEFAULT_ENDPOINT)
+        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+            raise ValueError(f"orchestration: endpoint must be a path starting with '/', got {endpoint!r}")
+        self.endpoint = "/" + endpoint.strip("/")
+        self.interval_ms = parse_interval(opts.get("interval", "1/s"), "orchestration: interval")
+        token = opts.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("orchestration: token must be a non-empty string")
+        self.token: str | None = token
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        self.url = str(opts.get("url") or f"http://{host}:{self.port}{self.endpoint}")
+
+
+def check_token(host: str, token: str | None) -> None:
+    if not token and not is_loopback(host):
+        raise DqError(f"refusing to run an orchestration node on {host} without a token: "
+                      "workers could take and forge any execution (set orchestration token=, "
+                      "or --token / DQ_UI_TOKEN)")  # fmt: skip
+
+
+class _Server:
+    """A uvicorn server for `app` running as a task of the current loop."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=2)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        # The host program owns the signals (e.g. `dq-ui worker`'s SIGTERM handling):
+        # uvicorn would replace its handlers while it serves.
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name="dq-http")
+        while not self.server.started:
+            if self.task.done():
+                await self.task
+                raise DqError(f"could not listen on {self.server.config.host}:{self.server.config.port}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Orchestration:
+    """`queue.orchestration`: run this process as the node (`start()`), or build its
+    worker API to mount elsewhere (`app()`, as `dq-ui serve` does)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.options = OrchestrationOptions(queue.orchestration_options)
+        self.node: Node | None = None
+        self._server: _Server | None = None
+
+    def app(self, *, token: str | None = None, local_work: bool = True) -> NodeApp:
+        self.node = Node(self.queue, interval_ms=self.options.interval_ms, local_work=local_work)
+        return NodeApp(self.node, token if token is not None else self.options.token)
+
+    async def start(self, *, local_work: bool = True) -> None:
+        opts = self.options
+        check_token(opts.host, opts.token)
+        node_app = self.app(local_work=local_work)
+        assert self.node is not None
+        self.node.url = opts.url
+        await self.node.start()
+        self._server = _Server(mount(not_found, opts.endpoint, node_app), opts.host, opts.port)
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self.node is not None:
+            await self.node.close()  # first: it ends the long polls the server waits for
+        if self._server is not None:
+            await self._server.stop()
+
+
+class WorkerService:
+    """`queue.worker`: run this process as a worker of the node named by the
+    queue's orchestration options (or `orchestrator=`)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.worker: Worker | None = None
+        self._server: _Server | None = None
+
+    async def start(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        endpoint: str = "/dq-worker",
+        *,
+        orchestrator: str | None = None,
+        token: str | None = None,
+        concurrency: int | None = None,
+    ) -> Worker:
+        opts = OrchestrationOptions(self.queue.orchestration_options)
+        token = token if token is not None else opts.token
+        url = None
+        if port is not None:
+            bind = host or "127.0.0.1"
+            check_token(bind, token)
+            advertised = bind if bind not in ("0.0.0.0", "::") else socket.gethostname()
+            url = f"http://{advertised}:{port}/{endpoint.strip('/')}"
+        worker = Worker(self.queue, orchestrator or opts.url, token, concurrency=concurrency, url=url)
+        if port is not None:
+            self._server = _Server(mount(not_found, endpoint, _WakeApp(worker, token)), host or "127.0.0.1", port)
+            await self._server.start()
+        try:
+            await worker.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.worker = worker
+        return worker
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+        if self._server is not None:
+            await self._server.stop()
+
+
+class _WakeApp:
+    """The worker's endpoint: `POST /wake` makes it look for work and interrupts now."""
+
+    def __init__(self, worker: Worker, token: str | None) -> None:
+        self.worker = worker
+        self.token = token.encode() if token else None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if not authorized(dict(scope.get("headers") or ()), self.token):
+            status = 401
+        elif scope.get("path") != "/wake" or scope.get("method") != "POST":
+            status = 404
+        else:
+            status = 204
+            task = asyncio.create_task(self.worker.wake(), name="dq-worker-wake")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
