@@ -19,6 +19,7 @@ from ..storage.base import (
     Batch,
     CommitResult,
     EventRecord,
+    ExecutionFields,
     ExecutionQuery,
     ExecutionRecord,
     PipeMessage,
@@ -185,8 +186,28 @@ _reply_decoders = {
 }
 
 
+class _RawUpdate(msgspec.Struct):
+    fields: dict[str, Any]
+
+
+class _RawUpdates(msgspec.Struct):
+    updates: list[_RawUpdate] = []
+
+
+_raw_updates_decoder = msgspec.json.Decoder(_RawUpdates)
+_UPDATABLE = frozenset(ExecutionFields.__annotations__)
+
+
 def decode_batch(body: bytes) -> Batch:
-    return _batch_decoder.decode(body)
+    batch = _batch_decoder.decode(body)
+    if batch.updates:
+        # msgspec drops keys a TypedDict does not declare: refuse them instead, so a
+        # worker's unknown field is a 400, never a silently smaller update.
+        for upd in _raw_updates_decoder.decode(body).updates:
+            unknown = set(upd.fields) - _UPDATABLE
+            if unknown:
+                raise msgspec.ValidationError(f"unknown execution field(s) {sorted(unknown)} - at `$.updates[].fields`")
+    return batch
 
 
 def decode_args(call: str, body: bytes) -> Any:
