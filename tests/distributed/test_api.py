@@ -184,7 +184,9 @@ async def test_one_of_two_nodes_marks_a_silent_worker_lost_and_fences_it(tmp_pat
         step = StepRecord(rec.id, "step-1", "step-1", "run", "completed", output={"late": True})
         late = Batch(steps=[step], fences={rec.id: rec.token})
         result = wire.decode_reply("commit", await a.handle("commit", wire.encode(late), "w"))
-        assert result.refused == {rec.id} and await storage.get_steps(rec.id) == []
+        assert result.refused == {rec.id}
+        # (The node's own runtime may have run the execution meanwhile: only the late step matters.)
+        assert all(s.output != {"late": True} for s in await storage.get_steps(rec.id))
         assert a.workers["w"].refused_reports == 1
         # It gets no work until it is heard from; its next heartbeat says it was lost, once.
         assert wire.decode_reply("claim", await a.handle("claim", wire.encode(claim), "w")).records == []
