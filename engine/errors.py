@@ -10,6 +10,8 @@ from typing import Any
 
 import pydantic
 
+from .text import scrub
+
 
 class DqError(Exception):
     """Root of every error dq raises."""
@@ -82,19 +84,22 @@ def _type_name(exc: BaseException) -> str:
 
 
 def error_to_dict(exc: BaseException) -> dict[str, Any]:
-    """The stored form of an error: type, message, traceback, cause chain."""
+    """The stored form of an error: type, message, traceback, cause chain.
+
+    An error cannot be refused like a bad input (it is what happened), so its text
+    is made encodable: a lone surrogate becomes U+FFFD (see text.py)."""
     stored_tb = getattr(exc, "__dq_traceback__", None)
     data: dict[str, Any] = {
         "type": getattr(exc, "type_name", None) if isinstance(exc, StoredError) else _type_name(exc),
-        "message": str(exc),
-        "traceback": stored_tb
-        if stored_tb is not None
-        else "".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": scrub(str(exc)),
+        "traceback": scrub(
+            stored_tb if stored_tb is not None else "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        ),
     }
     args = getattr(exc, "__dq_args__", exc.args)
     if args and not isinstance(exc, JobError | ValidationError | CancelledError | StoredError):
         try:
-            json.dumps(args)
+            json.dumps(args, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
             data["args"] = list(args)  # rebuilds the same error (KeyError('k'), custom fields)
         except (TypeError, ValueError):
             pass
@@ -103,7 +108,7 @@ def error_to_dict(exc: BaseException) -> dict[str, Any]:
         data["cause"] = error_to_dict(cause)
     reason = getattr(exc, "reason", None)
     if isinstance(exc, CancelledError) and reason is not None:
-        data["reason"] = reason
+        data["reason"] = scrub(reason) if isinstance(reason, str) else reason
     return data
 
 

@@ -13,7 +13,7 @@ from litestar.response import Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionRecord
 
-from . import render
+from . import params, render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
@@ -24,7 +24,8 @@ Req = Request[Any, Any, Any]
 
 
 async def _record(dash: Dashboard, execution_id: str) -> ExecutionRecord:
-    rec = await dash.storage.get_execution(execution_id)
+    # Text no id can hold never reaches storage (PostgreSQL refuses NUL bytes with an error).
+    rec = await dash.storage.get_execution(execution_id) if params.is_ident(execution_id) else None
     if rec is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
     return rec
@@ -39,9 +40,9 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     steps = await storage.get_steps(execution_id)
     events = await read_all_events(storage, execution_id, upto=seq)
     children = await children_of(storage, execution_id)
-    tab = request.query_params.get("tab") or "trace"
-    tab = tab if tab in ("trace", "events") else "trace"
-    key = request.query_params.get("step") or None
+    query = params.query_lists(request.scope)
+    tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
+    key = _step_key(query, "step") or None
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
@@ -56,7 +57,8 @@ async def waterfall_fragment(request: Req, execution_id: FromPath[str]) -> Respo
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
     ctx = execution_context(dash, rec, steps, events, [], now_ms())
-    ctx.update(nested=request.query_params.get("nested", "1") != "0", oob=False)
+    nested = params.choice(params.last(params.query_lists(request.scope), "nested") or "1", "nested", ("0", "1"))
+    ctx.update(nested=nested == "1", oob=False)
     return html(render.block("execution.html", "waterfall", **ctx))
 
 
@@ -64,13 +66,17 @@ async def waterfall_fragment(request: Req, execution_id: FromPath[str]) -> Respo
 async def step_panel(request: Req, execution_id: FromPath[str]) -> Response[str]:
     """The step panel for `?key=` (htmx swaps it in when a waterfall row is clicked)."""
     dash = dashboard_of(request)
-    key = request.query_params.get("key") or ""
+    key = _step_key(params.query_lists(request.scope), "key")
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
     ctx = panel_context(dash, rec, steps, events, key)
     ctx.update(oob=False, now=now_ms())
     return html(render.page("step_panel.html", **ctx))
+
+
+def _step_key(query: dict[str, list[str]], name: str) -> str:
+    return params.text(params.last(query, name), name, max_len=params.MAX_TEXT * 5)
 
 
 def _download(value: Any, name: FromPath[str]) -> Response[bytes]:
@@ -93,7 +99,7 @@ async def payload_download(request: Req, execution_id: FromPath[str], field: Fro
 @get("/executions/{execution_id:str}/step-output", name="step_output")
 async def step_output_download(request: Req, execution_id: FromPath[str]) -> Response[bytes]:
     dash = dashboard_of(request)
-    key = request.query_params.get("key") or ""
+    key = _step_key(params.query_lists(request.scope), "key")
     await _record(dash, execution_id)
     step = next((s for s in await dash.storage.get_steps(execution_id) if s.key == key), None)
     if step is None:
