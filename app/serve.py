@@ -93,6 +93,17 @@ def build(args: argparse.Namespace) -> tuple[Queue, list[Callable[[], Awaitable[
     return queue, [lambda: demo.trickle(queue)], "demo"
 
 
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """`--allowed-host` values plus DQ_UI_ALLOWED_HOSTS; raises UsageError on a bad one."""
+    from dq.web import ALLOWED_HOSTS_ENV, parse_allowed, split_host
+
+    names = parse_allowed([*args.allowed_host, os.environ.get(ALLOWED_HOSTS_ENV, "")])
+    for name in names:
+        if name != "*" and split_host(name.removeprefix(".")) is None:
+            raise UsageError(f"--allowed-host {name!r} is not a host name (e.g. dq.example.com or .example.com)")
+    return names
+
+
 def main(args: argparse.Namespace) -> int:
     from dq.web import Settings
 
@@ -111,11 +122,12 @@ def main(args: argparse.Namespace) -> int:
             collector = gc_mode()
         except ValueError as exc:
             raise UsageError(f"DQ_GC: {exc}") from None
+        hosts = allowed_hosts(args)
         queue, background, label = build(args)
     except UsageError as exc:
         print(f"dq-ui serve: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(token=token, read_only=bool(args.read_only))
+    settings = Settings(token=token, read_only=bool(args.read_only), bound_host=args.host, allowed_hosts=hosts)
     app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",

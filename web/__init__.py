@@ -20,7 +20,7 @@ from .execution_pages import (
     step_panel,
     waterfall_fragment,
 )
-from .gate import ALLOWED_HOSTS_ENV, Gate, HostPolicy, parse_allowed
+from .gate import ALLOWED_HOSTS_ENV, Gate, HostPolicy, parse_allowed, split_host
 from .jobs_pages import job_page, jobs_page, start_execution
 from .pages import executions, go, overview
 from .render import STATIC_DIR
@@ -45,5 +45,5 @@ GET_ONLY = (LIVE_PATH,)
 
 __all__ = [
     "ALLOWED_HOSTS_ENV", "GET_ONLY", "ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Gate", "HostPolicy",
-    "Settings", "TokenAuth", "http_error", "parse_allowed",
+    "Settings", "TokenAuth", "http_error", "parse_allowed", "split_host",
 ]  # fmt: skip

@@ -35,14 +35,14 @@ async def _record(dash: Dashboard, execution_id: str) -> ExecutionRecord:
 async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[str]:
     dash = dashboard_of(request)
     storage = dash.storage
+    query = params.query_lists(request.scope)
+    tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
+    key = _step_key(query, "step") or None
     seq = await storage.last_event_seq()  # before the reads: the stream resumes from here
     rec = await _record(dash, execution_id)
     steps = await storage.get_steps(execution_id)
     events = await read_all_events(storage, execution_id, upto=seq)
     children = await children_of(storage, execution_id)
-    query = params.query_lists(request.scope)
-    tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
-    key = _step_key(query, "step") or None
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
@@ -53,11 +53,11 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
 async def waterfall_fragment(request: Req, execution_id: FromPath[str]) -> Response[str]:
     """The waterfall alone (a child execution expanded inside its parent's)."""
     dash = dashboard_of(request)
+    nested = params.choice(params.last(params.query_lists(request.scope), "nested") or "1", "nested", ("0", "1"))
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
     ctx = execution_context(dash, rec, steps, events, [], now_ms())
-    nested = params.choice(params.last(params.query_lists(request.scope), "nested") or "1", "nested", ("0", "1"))
     ctx.update(nested=nested == "1", oob=False)
     return html(render.block("execution.html", "waterfall", **ctx))
 
