@@ -79,7 +79,7 @@ def target() -> Iterator[Target]:
         t.call(_settle(queue, done.id, frozenset({"completed"})))  # greet sleeps 5 s
         t.call(_settle(queue, waiting.id, frozenset({"waiting"})))
         t.completed, t.waiting = done.id, waiting.id
-        t.legacy = t.call(write_legacy_row(queue))
+        t.legacy = t.call(write_legacy_row(queue.storage))
         yield t
     finally:
         server.should_exit = True

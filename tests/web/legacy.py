@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dq import Queue
 from dq.engine.ids import new_id, now_ms
-from dq.engine.storage.base import Batch, EventRecord, ExecutionRecord, StepRecord
+from dq.engine.storage.base import Batch, EventRecord, ExecutionRecord, StepRecord, Storage
 
 BAD_INPUT: dict[str, Any] = {"id": "\ud800", "name\udc00": ["ok", "\ud83d"]}
 
 
-async def write_legacy_row(queue: Queue, job_name: str = "broken") -> str:
+async def write_legacy_row(storage: Storage, job_name: str = "broken") -> str:
     """Commit, bypassing validation, an execution whose input, output, error, step and
     events hold lone surrogates. Returns its id."""
     eid, now = new_id(), now_ms()
@@ -29,5 +28,11 @@ async def write_legacy_row(queue: Queue, job_name: str = "broken") -> str:
         EventRecord(eid, job_name, "step_failure", {"key": "explode", "attempt": 1, "error": error}, at=now + 4),
         EventRecord(eid, job_name, "failure", {"error": error}, at=now + 5),
     ]
-    await queue.storage.commit(Batch(executions=[rec], steps=[step], events=events))
+    await storage.commit(Batch(executions=[rec], steps=[step], events=events))
     return eid
+
+
+async def append_legacy_log(storage: Storage, execution_id: str, job_name: str, message: str) -> None:
+    """One more event for an execution: a log line (its text as given, surrogates included)."""
+    event = EventRecord(execution_id, job_name, "log", {"key": "explode", "message": message}, at=now_ms())
+    await storage.commit(Batch(events=[event]))

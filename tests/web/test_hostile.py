@@ -31,7 +31,7 @@ def test_start_form_refuses_a_surrogate_naming_the_field(client: Client) -> None
 
 
 def test_a_stored_surrogate_renders_on_every_page_and_download(client: Client) -> None:
-    eid = client.call(write_legacy_row, client.queue)
+    eid = client.call(write_legacy_row, client.queue.storage)
     for url in ("/", "/executions", "/executions?job=broken", f"/executions/{eid}", f"/executions/{eid}?tab=events",
                 f"/executions/{eid}/waterfall", f"/executions/{eid}/step?key=explode", "/jobs", "/jobs/broken"):  # fmt: skip
         res = client.get(url)
@@ -53,7 +53,7 @@ async def test_one_bad_row_never_cuts_a_stream(queue: Queue, live: LiveServer) -
     before = await queue.storage.last_event_seq()
 
     async def bad_then_good() -> tuple[str, str]:
-        bad = await write_legacy_row(queue)
+        bad = await write_legacy_row(queue.storage)
         await asyncio.sleep(0.5)  # a later tick than the bad row's
         good = await queue.jobs.greet.start({"name": "after the bad row"})
         return bad, good.id
