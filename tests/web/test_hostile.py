@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from dq import Queue, create_queue, create_sqlite_storage
+from dq.app import create_app
 from dq.web import Settings
 
 from .conftest import BASE_URL, FAST, Client, LiveServer, make_queue, open_client
@@ -268,3 +269,26 @@ def test_head_works_wherever_get_does(client: Client) -> None:
         assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], url
     assert client.head("/executions/NOPE").status_code == 404
     assert client.head("/no/such/page").status_code == 404
+
+
+async def _raw_get(port: int, target: bytes, headers: bytes = b"") -> bytes:
+    """A request line as raw bytes (no client library would send these unescaped)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + headers + b"\r\n")
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+@pytest.mark.parametrize("token", [None, "tok"])
+async def test_raw_bytes_are_never_a_500(queue: Queue, token: str | None) -> None:
+    """uvicorn refuses raw non-ASCII request targets itself; header bytes reach the app."""
+    async with LiveServer(create_app(queue, settings=Settings(token=token, **FAST))) as live:  # type: ignore[arg-type]
+        auth = b"Authorization: Bearer tok\r\n" if token else b""
+        for target in (b"/executions?retry=\xff\xfe", b"/?token=\xc3\x28", b"/live?after=\xb2", b"/jobs?q=\xed\xa0\x80"):
+            answer = await _raw_get(live.port, target, auth)
+            status = int(answer.split(b" ", 2)[1])
+            assert status < 500 and b"Traceback" not in answer, (target, answer[:200])
+        cookie = await _raw_get(live.port, b"/", b"Cookie: dq_token=\xff\xfe\r\n")
+        assert int(cookie.split(b" ", 2)[1]) == (401 if token else 200)
