@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlencode
 
 from dq.engine.storage.base import STATUSES, ExecutionQuery
 
 from . import params as p
 
+T = TypeVar("T")
 PAGE_SIZE = 50
 MAX_PAGE = 500
 MAX_RETRIES = 1_000_000
@@ -47,7 +50,7 @@ class Filters:
 
     def query(self) -> ExecutionQuery:
         """The query for the filters alone (no paging)."""
-        tq = iq = self.values
+        tq = iq = self.values  # times and counts, parsed when read
         return ExecutionQuery(
             statuses=self.statuses or None,
             job_names=self.jobs or None,
@@ -101,51 +104,38 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
 
     f = Filters()
 
-    def read(key: str, parse: Callable[[str, str], object]) -> object:
+    def read(key: str, parse: Callable[[str, str], T]) -> T | None:
         value = p.last(params, key)
-        if not value:
-            return None
-        try:
-            return parse(value, key)
-        except p.BadParam as exc:
-            f.errors.append(str(exc.detail))
-            return None
+        return _parsed(f, key, value, parse) if value else None
 
     for s in many("status"):
-        if s in STATUSES and s not in f.statuses:
-            f.statuses.append(s)
-        elif s not in STATUSES:
+        if s not in STATUSES:
             f.errors.append(str(p.BadParam("status", s, "is not a status (" + ", ".join(STATUSES) + ")").detail))
-    for j in dict.fromkeys(many("job")):
-        if read_one(f, "job", j, p.text) is not None:
-            f.jobs.append(j)
+        elif s not in f.statuses:
+            f.statuses.append(s)
+    f.jobs = [j for j in dict.fromkeys(many("job")) if _parsed(f, "job", j, p.text) is not None]
     unknown = [j for j in f.jobs if job_names and j not in job_names]
     if unknown:
         f.notes.append("no job named " + ", ".join(repr(j) for j in unknown))
-    f.q = str(read("q", lambda v, k: p.text(v, k, max_len=64)) or "")
+    f.q = read("q", partial(p.text, max_len=64)) or ""
     for key in _TIME_FIELDS:
         ms = read(key, p.timestamp)
-        if isinstance(ms, int):
+        if ms is not None:
             f.times[key], f.values[key] = p.last(params, key), ms
     for key in _INT_FIELDS:
-        n = read(key, lambda v, k: p.integer(v, k, high=MAX_RETRIES))
-        if isinstance(n, int):
+        n = read(key, partial(p.integer, high=MAX_RETRIES))
+        if n is not None:
             f.ints[key], f.values[key] = str(n), n
-    f.cursor = _str_or_none(read("cursor", p.ident))
-    f.before = _str_or_none(read("before", p.ident))
-    limit = read("limit", lambda v, k: p.integer(v, k, low=1, high=MAX_PAGE))
-    if isinstance(limit, int):
-        f.limit = limit
+    f.cursor = read("cursor", p.ident)
+    f.before = read("before", p.ident)
+    f.limit = read("limit", partial(p.integer, low=1, high=MAX_PAGE)) or PAGE_SIZE
     return f
 
 
-def read_one(f: Filters, key: str, value: str, parse: Callable[[str, str], str]) -> str | None:
+def _parsed(f: Filters, key: str, value: str, parse: Callable[[str, str], T]) -> T | None:
+    """`parse(value, key)`, or None with the reason (naming `key`) added to `f.errors`."""
     try:
         return parse(value, key)
     except p.BadParam as exc:
         f.errors.append(str(exc.detail))
         return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
