@@ -49,34 +49,22 @@ def plain_json(value: Any, what: str) -> Any:
         raise TypeError(f"{what} is nested too deeply to store") from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
-    if not encodable(text):
-        _refuse(value, text, what)
-    return json.loads(text)
+    stored = json.loads(text)
+    if not encodable(text):  # one check over the whole text; the walk only to name the place
+        check_encodable(stored, what)
+    return stored
 
 
 def check_encodable(value: Any, what: str) -> None:
-    """Raise UnencodableText naming `what` and the place when `value` holds a surrogate."""
-    if isinstance(value, str):
-        if not encodable(value):
-            _refuse(value, value, what)
-        return
-    if value is None or isinstance(value, int | float | bool):
-        return
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except RecursionError:
-        raise TypeError(f"{what} is nested too deeply to store") from None
-    if not encodable(text):
-        _refuse(value, text, what)
-
-
-def _refuse(value: Any, text: str, what: str) -> None:
-    where = find_unencodable(value)
-    at = f" at {where}" if where else ""
-    raise UnencodableText(
-        f"{what} holds text that cannot be encoded{at}: {first_unencodable(text)} is a lone "
-        "UTF-16 surrogate (a truncated emoji?); send valid Unicode"
-    )
+    """Raise UnencodableText naming `what` and the place when `value` (JSON) holds a surrogate."""
+    found = find_unencodable(value)
+    if found is not None:
+        where, text = found
+        at = f" at {where}" if where else ""
+        raise UnencodableText(
+            f"{what} holds text that cannot be encoded{at}: {first_unencodable(text)} is a lone "
+            "UTF-16 surrogate (a truncated emoji?); send valid Unicode"
+        )
 
 
 def _model_default(value: Any) -> Any:

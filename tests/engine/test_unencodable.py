@@ -22,8 +22,9 @@ class Ident(BaseModel):
 
 
 def test_find_unencodable_names_the_place() -> None:
-    assert find_unencodable({"a": [1, "ok", {"b": "x\ud800"}]}) == "['a'][2]['b']"
-    assert find_unencodable({"k\udc00": 1}) == "['k\\udc00']"
+    assert find_unencodable({"a": [1, "ok", {"b": "x\ud800"}]}) == ("['a'][2]['b']", "x\ud800")
+    assert find_unencodable({"k\udc00": "\ud800"}) == ("['k\\udc00']", "k\udc00")
+    assert find_unencodable("\udfff") == ("", "\udfff")
     assert find_unencodable(["fine", {"é": "😀"}]) is None
     assert scrub("a\ud800b") == "a\ufffdb" and scrub("\ud83d\ude00") == "😀"
     escaped = escape("x\ud800")
@@ -37,6 +38,8 @@ def test_plain_json_and_step_results_refuse_surrogates() -> None:
         dump_step(["\udfff"], "fetch")
     with pytest.raises(UnencodableText, match=r"at \['id'\]"):
         dump_step(Ident(id="\ud800"), "fetch")
+    with pytest.raises(UnencodableText, match=r"at \['m'\]\[0\]\['id'\]"):
+        plain_json({"m": [Ident(id="\ud800")]}, "input")  # a model nested in plain values
     with pytest.raises(TypeError, match="nested too deeply"):
         nested: Any = []
         for _ in range(100_000):
