@@ -8,6 +8,7 @@ dropped after its status line. One server per module; the examples share it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -58,11 +59,11 @@ async def _settle(queue: Queue, execution_id: str, statuses: frozenset[str]) -> 
     raise AssertionError(f"{execution_id} never reached {sorted(statuses)}")
 
 
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[Target]:
     queue = create_queue(jobs=JOBS, storage=create_memory_storage(), shutdown_grace="200ms")
     port = free_port()
-    app = create_app(queue, settings=Settings(**FAST))  # type: ignore[arg-type]
+    app = create_app(queue, settings=settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
                                            lifespan="on", timeout_graceful_shutdown=1))  # fmt: skip
     loop = asyncio.new_event_loop()
@@ -76,7 +77,7 @@ def target() -> Iterator[Target]:
     try:
         done = t.call(queue.jobs.greet.start({"name": "done"}))
         waiting = t.call(queue.jobs.slow.start(None))
-        t.call(_settle(queue, done.id, frozenset({"completed"})))  # greet sleeps 5 s
+        t.call(_settle(queue, done.id, frozenset({"completed"})))
         t.call(_settle(queue, waiting.id, frozenset({"waiting"})))
         t.completed, t.waiting = done.id, waiting.id
         t.legacy = t.call(write_legacy_row(queue.storage))
@@ -85,3 +86,20 @@ def target() -> Iterator[Target]:
         server.should_exit = True
         thread.join(timeout=15)
         loop.close()
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    """The tokenless loopback default."""
+    with serving(Settings(**FAST)) as t:  # type: ignore[arg-type]
+        yield t
+
+
+TOKEN = "fuzz-token"
+
+
+@pytest.fixture(scope="module")
+def token_target() -> Iterator[Target]:
+    """The same behind `--token`."""
+    with serving(Settings(token=TOKEN, **FAST)) as t:  # type: ignore[arg-type]
+        yield t

@@ -15,7 +15,7 @@ import httpx
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from .conftest import Target
+from .conftest import TOKEN, Target
 
 BOUNDED = settings(
     max_examples=60,
@@ -89,22 +89,50 @@ def _send(target: Target, method: str, url: str, headers: dict[str, bytes], data
             reject()  # the client library refuses to send it: not a request the server can see
 
 
-@BOUNDED
-@given(route=st.sampled_from(GET_ROUTES), seg=segment, field=st.sampled_from(["input", "output", "error", "nope"]),
-       params=query, method=st.sampled_from(["GET", "HEAD"]),
-       last_event_id=st.none() | hostile_text)  # fmt: skip
-def test_reads_never_fail_and_never_change_state(
-    target: Target, route: str, seg: str, field: str, params: list[tuple[str, str]], method: str, last_event_id: str | None
-) -> None:
+READS = {
+    "route": st.sampled_from(GET_ROUTES), "seg": segment, "field": st.sampled_from(["input", "output", "error", "nope"]),
+    "params": query, "method": st.sampled_from(["GET", "HEAD"]), "last_event_id": st.none() | hostile_text,
+}  # fmt: skip
+
+
+def _read(target: Target, route: str, seg: str, field: str, params: list[tuple[str, str]], method: str,
+          last_event_id: str | None, headers: dict[str, bytes]) -> httpx.Response:  # fmt: skip
     before = target.snapshot()
     qs = "&".join(f"{encode(k)}={encode(v)}" for k, v in params)
     url = _fill(route, target, seg, field) + (f"?{qs}" if qs else "")
-    headers = {"last-event-id": _header_value(last_event_id)} if last_event_id is not None else {}
+    if last_event_id is not None:
+        headers = {**headers, "last-event-id": _header_value(last_event_id)}
     res, body = _send(target, method, url, headers)
     _check(res, body)
     if method == "HEAD":
         assert body == b""
     assert target.snapshot() == before
+    return res
+
+
+@BOUNDED
+@given(**READS)
+def test_reads_never_fail_and_never_change_state(
+    target: Target, route: str, seg: str, field: str, params: list[tuple[str, str]], method: str, last_event_id: str | None
+) -> None:
+    _read(target, route, seg, field, params, method, last_event_id, {})
+
+
+@settings(BOUNDED, max_examples=30)
+@given(**READS, auth=st.sampled_from(["bearer", "cookie", "wrong", "none"]))
+def test_reads_behind_a_token_never_fail(
+    token_target: Target, route: str, seg: str, field: str, params: list[tuple[str, str]], method: str,
+    last_event_id: str | None, auth: str,
+) -> None:  # fmt: skip
+    headers = {
+        "bearer": {"authorization": f"Bearer {TOKEN}".encode()},
+        "cookie": {"cookie": f"dq_token={TOKEN}".encode()},
+        "wrong": {"authorization": b"Bearer \xff\xfe", "cookie": b"dq_token=\xc3\x28; x"},
+        "none": {},
+    }[auth]
+    res = _read(token_target, route, seg, field, params, method, last_event_id, headers)
+    if auth in ("wrong", "none") and route in ("/", "/executions", "/jobs", "/go", "/live"):
+        assert res.status_code == 401, res.status_code  # nothing behind the token without it
 
 
 FOREIGN_ORIGINS = [
