@@ -59,6 +59,13 @@ async def _settle(queue: Queue, execution_id: str, statuses: frozenset[str]) -> 
     raise AssertionError(f"{execution_id} never reached {sorted(statuses)}")
 
 
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextlib.contextmanager
 def serving(settings: Settings) -> Iterator[Target]:
     queue = create_queue(jobs=JOBS, storage=create_memory_storage(), shutdown_grace="200ms")
@@ -85,6 +92,8 @@ def serving(settings: Settings) -> Iterator[Target]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        # sse-starlette leaves a shutdown watcher per loop: end it before closing the loop
+        loop.run_until_complete(_cancel_the_rest())
         loop.close()
 
 
