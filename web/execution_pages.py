@@ -104,5 +104,5 @@ async def step_output_download(request: Req, execution_id: FromPath[str]) -> Res
     step = next((s for s in await dash.storage.get_steps(execution_id) if s.key == key), None)
     if step is None:
         raise NotFoundException(f"Execution {execution_id!r} has no step {key!r}.")
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in key)  # a header is Latin-1
     return _download(step.output, f"{execution_id}-{safe}")

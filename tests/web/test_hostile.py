@@ -13,6 +13,7 @@ import pytest
 
 from dq import Queue, create_queue, create_sqlite_storage
 from dq.app import create_app
+from dq.engine.storage.base import Batch, StepRecord
 from dq.web import Settings
 
 from .conftest import BASE_URL, FAST, Client, LiveServer, make_queue, open_client
@@ -292,3 +293,12 @@ async def test_raw_bytes_are_never_a_500(queue: Queue, token: str | None) -> Non
             assert status < 500 and b"Traceback" not in answer, (target, answer[:200])
         cookie = await _raw_get(live.port, b"/", b"Cookie: dq_token=\xff\xfe\r\n")
         assert int(cookie.split(b" ", 2)[1]) == (401 if token else 200)
+
+
+def test_a_step_output_download_with_a_non_latin_step_name(client: Client) -> None:
+    eid = client.call(write_legacy_row, client.queue.storage)
+    step = StepRecord(execution_id=eid, key="步骤#2", name="步骤", kind="run", status="completed", output={"ok": 1}, seq=2)
+    client.call(client.queue.storage.commit, Batch(steps=[step]))
+    res = client.get(f"/executions/{eid}/step-output", params={"key": "步骤#2"})
+    assert res.status_code == 200 and json.loads(res.content) == {"ok": 1}
+    assert res.headers["content-disposition"] == f'attachment; filename="{eid}-___2.json"'
