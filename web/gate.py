@@ -76,8 +76,9 @@ class HostPolicy:
         bound = (self.bound or "").strip("[]").lower()
         if bound and name == bound:
             return True
-        if ip is not None and bound and (_ip(bound) or ip).is_unspecified:
-            return True
+        bound_ip = _ip(bound) if bound else None
+        if ip is not None and bound_ip is not None and bound_ip.is_unspecified:
+            return True  # bound to every address: any IP literal names this machine, no DNS involved
         for entry in self.allowed:
             entry = entry.strip().lower().rstrip(".")
             if name == entry or (entry.startswith(".") and (name == entry[1:] or name.endswith(entry))):

@@ -14,7 +14,7 @@ import pytest
 from dq import Queue, create_queue, create_sqlite_storage
 from dq.app import create_app
 from dq.engine.storage.base import Batch, StepRecord
-from dq.web import Settings
+from dq.web import HostPolicy, Settings, split_host
 
 from .conftest import BASE_URL, FAST, Client, LiveServer, make_queue, open_client
 from .legacy import BAD_INPUT, write_legacy_row
@@ -302,3 +302,13 @@ def test_a_step_output_download_with_a_non_latin_step_name(client: Client) -> No
     res = client.get(f"/executions/{eid}/step-output", params={"key": "步骤#2"})
     assert res.status_code == 200 and json.loads(res.content) == {"ok": 1}
     assert res.headers["content-disposition"] == f'attachment; filename="{eid}-___2.json"'
+
+
+def test_host_header_parsing_and_policy() -> None:
+    assert split_host("LocalHost:8000") == "localhost" and split_host("[::1]:80") == "::1"
+    for bad in ("localhost:²", "[::1", "[evil.example]:80", "a b", "évil.example", "host:80:80", ""):
+        assert split_host(bad) is None, bad
+    policy = HostPolicy(bound="myhost", allowed=(".corp.example",))
+    assert policy.accepts("myhost") and policy.accepts("corp.example") and policy.accepts("127.3.2.1")
+    assert not policy.accepts("0.0.0.0") and not policy.accepts("10.0.0.1") and not policy.accepts("xcorp.example")
+    assert HostPolicy(allowed=("*",)).accepts("anything.example")
