@@ -161,10 +161,11 @@ async def live_stream(scope: Scope, receive: Receive, send: Send) -> None:
             params.ident(params.last(query, "id"), "id")
             params.text(params.last(query, "step"), "step", max_len=params.MAX_TEXT * 5)
         filters = parse_filters(query, list(dash.jobs)) if page == "executions" else None
-        if filters is not None and filters.errors:
-            raise params.BadParam("filters", "", "; ".join(filters.errors))
     except params.BadParam as exc:
         await _plain(send, 400, f"dq-ui: {exc.detail}\n", [])
+        return
+    if filters is not None and filters.errors:  # each names its parameter
+        await _plain(send, 400, "dq-ui: " + "; ".join(filters.errors) + "\n", [])
         return
     if after is not None and after > hub.head and not await hub.catch_up(after):
         after = 0  # from another server lifetime: start over
