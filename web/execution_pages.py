@@ -13,12 +13,12 @@ from litestar.response import Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionRecord
 
-from . import params, render
+from . import loaders, params, render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
 from .sse import stream_url
-from .views import children_of, execution_context, panel_context, read_all_events
+from .views import execution_context, panel_context, read_all_events
 
 Req = Request[Any, Any, Any]
 
@@ -39,13 +39,12 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
     key = _step_key(query, "step") or None
     seq = await storage.last_event_seq()  # before the reads: the stream resumes from here
-    rec = await _record(dash, execution_id)
-    steps = await storage.get_steps(execution_id)
-    events = await read_all_events(storage, execution_id, upto=seq)
-    children = await children_of(storage, execution_id)
+    data = await loaders.execution(dash, execution_id, upto=seq) if params.is_ident(execution_id) else None
+    if data is None or data.rec is None:
+        raise NotFoundException(f"No execution has the id {execution_id!r}.")
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
-    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
+    ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab))
     return html(render.page("execution.html", **ctx))
 
 
