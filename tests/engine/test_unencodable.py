@@ -54,6 +54,19 @@ def test_error_text_is_stored_encodable() -> None:
     json.dumps(stored, ensure_ascii=False).encode()  # encodes
 
 
+class Refused(Exception):
+    def __init__(self, field: str, value: str) -> None:
+        super().__init__(f"refused {field}")
+        self.field, self.value = field, value
+
+
+def test_error_attributes_that_cannot_be_encoded_are_not_kept() -> None:
+    stored = error_to_dict(Refused("name", "x\ud800"))
+    assert stored["attrs"] == {"field": "name"}  # the encodable attribute survives the round trip
+    assert stored["message"] == "refused name"
+    json.dumps(stored, ensure_ascii=False).encode()
+
+
 async def test_inputs_and_messages_are_refused_at_the_call_site(make_queue: Callable[..., Queue]) -> None:
     @create_job(name="plain")
     async def plain(data: Any) -> Any:
