@@ -11,9 +11,18 @@ from litestar import Litestar
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.static_files import create_static_files_router
 
-from dq.web import ROUTES, STATE_KEY, STATIC_DIR, Dashboard, Settings, TokenAuth, http_error
+from dq.web import (
+    GET_ONLY,
+    ROUTES,
+    STATE_KEY,
+    Dashboard,
+    Gate,
+    HostPolicy,
+    Settings,
+    TokenAuth,
+    http_error,
+)
 
 
 def create_app(
@@ -30,7 +39,8 @@ def create_app(
 
     With `manage_queue` the app starts the queue (if not started yet) and
     closes it on shutdown. `background` coroutines (the demo's trickle) run
-    while the app serves.
+    while the app serves. Requests must name a loopback host, `settings.bound_host`
+    or one of `settings.allowed_hosts` (see web/gate.py).
     """
     settings = settings or Settings(token=token, read_only=read_only)
     dash = Dashboard(queue, settings, label=label)
@@ -56,8 +66,8 @@ def create_app(
                 await queue.close()
 
     middleware = [DefineMiddleware(TokenAuth, token=settings.token, cookie=settings.token_cookie)] if settings.token else []
-    return Litestar(
-        route_handlers=[*ROUTES, create_static_files_router(path="/static", directories=[STATIC_DIR], name="static")],
+    app = Litestar(
+        route_handlers=ROUTES,
         lifespan=[lifespan],
         middleware=middleware,
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=settings.csrf_cookie, cookie_httponly=True),
@@ -65,6 +75,10 @@ def create_app(
         state=State({STATE_KEY: dash}),
         debug=False,
     )
+    # In front of the router, so that 404s, 405s and static files pass the gate too.
+    policy = HostPolicy(bound=settings.bound_host, allowed=settings.allowed_hosts)
+    app.asgi_handler = Gate(app.asgi_handler, policy, get_only=GET_ONLY)
+    return app
 
 
 async def _run(fn: Callable[[], Awaitable[None]]) -> None:

@@ -20,6 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--token", default=None, help="access token (or DQ_UI_TOKEN)")
     serve.add_argument("--read-only", action="store_true", help="hide and refuse lifecycle controls")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; .example.com for a domain and its "
+        "subdomains, * for any; or DQ_UI_ALLOWED_HOSTS, comma-separated)",
+    )
 
     serve.add_argument("--no-local-work", action="store_true",
                        help="run no execution on this node: remote workers only")

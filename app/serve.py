@@ -19,6 +19,7 @@ import uvicorn
 
 from dq import Queue, storage_from_url
 from dq.engine.distributed.http import mount
+from dq.web import ALLOWED_HOSTS_ENV, Gate, HostPolicy, Settings, parse_allowed, split_host
 
 from .gc_tuning import gc_mode, tune_gc
 
@@ -95,9 +96,16 @@ def build(args: argparse.Namespace) -> tuple[Queue, list[Callable[[], Awaitable[
     return queue, [lambda: demo.trickle(queue)], "demo"
 
 
-def main(args: argparse.Namespace) -> int:
-    from dq.web import Settings
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """`--allowed-host` values plus DQ_UI_ALLOWED_HOSTS; raises UsageError on a bad one."""
+    names = parse_allowed([*args.allowed_host, os.environ.get(ALLOWED_HOSTS_ENV, "")])
+    for name in names:
+        if name != "*" and split_host(name.removeprefix(".")) is None:
+            raise UsageError(f"--allowed-host {name!r} is not a host name (e.g. dq.example.com or .example.com)")
+    return names
 
+
+def main(args: argparse.Namespace) -> int:
     from . import create_app
 
     token = args.token or os.environ.get("DQ_UI_TOKEN") or None
@@ -113,14 +121,19 @@ def main(args: argparse.Namespace) -> int:
             collector = gc_mode()
         except ValueError as exc:
             raise UsageError(f"DQ_GC: {exc}") from None
+        hosts = allowed_hosts(args)
         queue, background, label = build(args)
     except UsageError as exc:
         print(f"dq-ui serve: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(token=token, read_only=bool(args.read_only))
+    settings = Settings(token=token, read_only=bool(args.read_only), bound_host=args.host, allowed_hosts=hosts)
     app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
     # The orchestration node's worker API, beside the dashboard (API.md "Command line").
-    node_app = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
+    node_app: Any = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
+    if not token:
+        # Tokenless (loopback only): a DNS-rebinding or cross-site page must not reach the
+        # worker API either. With a token, the token is what guards it.
+        node_app = Gate(node_app, HostPolicy(bound=args.host, allowed=hosts), machine_api=True)
     app = mount(app, NODE_PREFIX, node_app)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from .text import scrub
+
 if TYPE_CHECKING:
     from .storage.base import ExecutionRecord
 
@@ -100,7 +102,7 @@ def _type_name(exc: BaseException) -> str:
 
 def _json_or_none(value: Any) -> Any:
     try:
-        json.dumps(value)
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
     except (TypeError, ValueError):
         return None
     return value
@@ -108,15 +110,19 @@ def _json_or_none(value: Any) -> Any:
 
 def error_to_dict(exc: BaseException) -> dict[str, Any]:
     """The stored form of an error: type, message, traceback, args and attributes that
-    serialise to JSON, cause chain."""
+    serialise to JSON, cause chain.
+
+    An error cannot be refused like a bad input (it is what happened), so its text
+    is made encodable: a lone surrogate becomes U+FFFD (see text.py); args and
+    attributes that cannot be encoded are left out like those that do not serialise."""
     stored_tb = getattr(exc, "__dq_traceback__", None)
     stored = isinstance(exc, StoredError)
     data: dict[str, Any] = {
         "type": exc.type_name if isinstance(exc, StoredError) else _type_name(exc),
-        "message": str(exc),
-        "traceback": stored_tb
-        if stored_tb is not None
-        else "".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": scrub(str(exc)),
+        "traceback": scrub(
+            stored_tb if stored_tb is not None else "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        ),
     }
     args = _json_or_none(list(exc.args))
     if args:
@@ -131,7 +137,7 @@ def error_to_dict(exc: BaseException) -> dict[str, Any]:
     if isinstance(cause, BaseException):
         data["cause"] = error_to_dict(cause)
     if isinstance(exc, CancelledError) and exc.reason is not None:
-        data["reason"] = exc.reason
+        data["reason"] = scrub(exc.reason) if isinstance(exc.reason, str) else exc.reason
     return data
 
 

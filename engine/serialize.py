@@ -11,6 +11,7 @@ import pydantic
 from pydantic import BaseModel, TypeAdapter
 
 from .errors import ValidationError
+from .text import encodable, find_unencodable, first_unencodable
 
 _MODEL_TAG = "__dq_model__"
 
@@ -28,16 +29,42 @@ def check_schema(schema: Any, option: str) -> None:
         raise ValueError(f"{option}: {schema!r} is not a type pydantic can validate: {exc}") from exc
 
 
+class UnencodableText(TypeError):
+    """A value holds text that cannot be encoded as UTF-8 (a lone surrogate)."""
+
+
 def plain_json(value: Any, what: str) -> Any:
-    """A JSON-compatible deep copy of `value`; TypeError naming `what` otherwise."""
-    if value is None or isinstance(value, str | int | float | bool):
+    """A JSON-compatible deep copy of `value`; TypeError naming `what` otherwise
+    (UnencodableText when it holds text no page, download or stream could encode)."""
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    if isinstance(value, str):
+        check_encodable(value, what)
         return value
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        value = value.model_dump(mode="json")
     try:
-        return json.loads(json.dumps(value, default=_model_default))
+        text = json.dumps(value, default=_model_default, ensure_ascii=False)
+    except RecursionError:
+        raise TypeError(f"{what} is nested too deeply to store") from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+    stored = json.loads(text)
+    if not encodable(text):  # one check over the whole text; the walk only to name the place
+        check_encodable(stored, what)
+    return stored
+
+
+def check_encodable(value: Any, what: str) -> None:
+    """Raise UnencodableText naming `what` and the place when `value` (JSON) holds a surrogate."""
+    found = find_unencodable(value)
+    if found is not None:
+        where, text = found
+        at = f" at {where}" if where else ""
+        raise UnencodableText(
+            f"{what} holds text that cannot be encoded{at}: {first_unencodable(text)} is a lone "
+            "UTF-16 surrogate (a truncated emoji?); send valid Unicode"
+        )
 
 
 def _model_default(value: Any) -> Any:
@@ -59,7 +86,12 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
         typed = ta.validate_python(value)
     except pydantic.ValidationError as exc:
         raise ValidationError(f"{what} is invalid: {exc}", exc) from None
-    return typed, ta.dump_python(typed, mode="json")
+    stored = ta.dump_python(typed, mode="json")
+    try:
+        check_encodable(stored, what)
+    except TypeError as exc:
+        raise ValidationError(str(exc)) from None
+    return typed, stored
 
 
 def load_typed(schema: Any, stored: Any) -> Any:
@@ -71,11 +103,16 @@ def load_typed(schema: Any, stored: Any) -> Any:
 
 def dump_step(value: Any, step: str) -> Any:
     """The stored form of a step result. Pydantic models keep their class for replay."""
+    what = f"the result of step {step!r}"
     if isinstance(value, BaseModel):
         cls = type(value)
-        return {_MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}", "data": value.model_dump(mode="json")}
+        data = value.model_dump(mode="json")
+        check_encodable(data, what)
+        return {_MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}", "data": data}
     try:
-        return plain_json(value, f"the result of step {step!r}")
+        return plain_json(value, what)
+    except UnencodableText:
+        raise
     except TypeError as exc:
         raise TypeError(f"{exc}; return JSON values or a pydantic model") from None
 

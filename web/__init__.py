@@ -20,11 +20,13 @@ from .execution_pages import (
     step_panel,
     waterfall_fragment,
 )
+from .gate import ALLOWED_HOSTS_ENV, Gate, HostPolicy, parse_allowed, split_host
 from .jobs_pages import job_page, jobs_page, start_execution
 from .pages import executions, go, overview
 from .render import STATIC_DIR
 from .settings import Settings
-from .sse import live_stream
+from .sse import LIVE_PATH, live_stream
+from .static_files import static_file
 from .workers_page import workers_page, workers_stream
 
 
@@ -36,7 +38,13 @@ async def healthz() -> str:
 ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
-    live_stream, healthz, workers_page, workers_stream,
+    live_stream, healthz, static_file, workers_page, workers_stream,
 ]  # fmt: skip
 
-__all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]
+#: Paths answered for GET only: the gate does not turn a HEAD into a GET for them.
+GET_ONLY = (LIVE_PATH,)
+
+__all__ = [
+    "ALLOWED_HOSTS_ENV", "GET_ONLY", "ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Gate", "HostPolicy",
+    "Settings", "TokenAuth", "http_error", "parse_allowed", "split_host",
+]  # fmt: skip

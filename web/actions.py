@@ -16,7 +16,7 @@ from litestar.response import Response
 from dq import DqError
 from dq.engine.ids import now_ms
 
-from . import render
+from . import params, render
 from .dashboard import dashboard_of
 from .pages import html
 
@@ -27,7 +27,7 @@ async def _act(request: Req, execution_id: str, action: str) -> Response[str]:
     dash = dashboard_of(request)
     if dash.settings.read_only:
         raise PermissionDeniedException("The dashboard is read-only: lifecycle controls are disabled.")
-    execution = await dash.queue.jobs.get(execution_id)
+    execution = await dash.queue.jobs.get(execution_id) if params.is_ident(execution_id) else None
     if execution is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
     try:

@@ -33,8 +33,10 @@ class TokenAuth:
         if str(scope["type"]) != "http" or scope["path"].startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope.get("headers", [])}
-        query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+        # errors="replace": raw bytes that are not UTF-8 (in a query too) must not be a 500.
+        headers = {k.decode("latin-1").lower(): v.decode(errors="replace") for k, v in scope.get("headers", [])}
+        raw_query = scope.get("query_string", b"").decode(errors="replace")
+        query = parse_qsl(raw_query, keep_blank_values=True, errors="replace")
         given = next((v for k, v in query if k == "token"), None)
         if given is not None:
             if _same(given, self.token):
@@ -60,7 +62,7 @@ class TokenAuth:
         await self._refuse(scope, send, bad=False)
 
     async def _refuse(self, scope: Scope, send: Send, *, bad: bool) -> None:
-        accept = dict(scope.get("headers", [])).get(b"accept", b"").decode()
+        accept = dict(scope.get("headers", [])).get(b"accept", b"").decode("latin-1")
         if scope.get("method") == "GET" and "text/html" in accept:
             body = render.page("login.html", next_path=scope["path"], bad=bad).encode()
             await _respond(send, 401, body, [(b"content-type", b"text/html; charset=utf-8")])

@@ -13,7 +13,7 @@ from litestar.response import Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionRecord
 
-from . import loaders, render
+from . import loaders, params, render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
@@ -24,7 +24,8 @@ Req = Request[Any, Any, Any]
 
 
 async def _record(dash: Dashboard, execution_id: str) -> ExecutionRecord:
-    rec = await dash.storage.get_execution(execution_id)
+    # Text no id can hold never reaches storage (PostgreSQL refuses NUL bytes with an error).
+    rec = await dash.storage.get_execution(execution_id) if params.is_ident(execution_id) else None
     if rec is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
     return rec
@@ -34,13 +35,13 @@ async def _record(dash: Dashboard, execution_id: str) -> ExecutionRecord:
 async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[str]:
     dash = dashboard_of(request)
     storage = dash.storage
+    query = params.query_lists(request.scope)
+    tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
+    key = _step_key(query, "step") or None
     seq = await storage.last_event_seq()  # before the reads: the stream resumes from here
-    data = await loaders.execution(dash, execution_id, upto=seq)
+    data = await loaders.execution(dash, execution_id, upto=seq) if params.is_ident(execution_id) else None
     if data is None or data.rec is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
-    tab = request.query_params.get("tab") or "trace"
-    tab = tab if tab in ("trace", "events") else "trace"
-    key = request.query_params.get("step") or None
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab))
@@ -51,11 +52,12 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
 async def waterfall_fragment(request: Req, execution_id: FromPath[str]) -> Response[str]:
     """The waterfall alone (a child execution expanded inside its parent's)."""
     dash = dashboard_of(request)
+    nested = params.choice(params.last(params.query_lists(request.scope), "nested") or "1", "nested", ("0", "1"))
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
     ctx = execution_context(dash, rec, steps, events, [], now_ms())
-    ctx.update(nested=request.query_params.get("nested", "1") != "0", oob=False)
+    ctx.update(nested=nested == "1", oob=False)
     return html(render.block("execution.html", "waterfall", **ctx))
 
 
@@ -63,13 +65,17 @@ async def waterfall_fragment(request: Req, execution_id: FromPath[str]) -> Respo
 async def step_panel(request: Req, execution_id: FromPath[str]) -> Response[str]:
     """The step panel for `?key=` (htmx swaps it in when a waterfall row is clicked)."""
     dash = dashboard_of(request)
-    key = request.query_params.get("key") or ""
+    key = _step_key(params.query_lists(request.scope), "key")
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
     ctx = panel_context(dash, rec, steps, events, key)
     ctx.update(oob=False, now=now_ms())
     return html(render.page("step_panel.html", **ctx))
+
+
+def _step_key(query: dict[str, list[str]], name: str) -> str:
+    return params.text(params.last(query, name), name, max_len=params.MAX_TEXT * 5)
 
 
 def _download(value: Any, name: FromPath[str]) -> Response[bytes]:
@@ -92,10 +98,10 @@ async def payload_download(request: Req, execution_id: FromPath[str], field: Fro
 @get("/executions/{execution_id:str}/step-output", name="step_output")
 async def step_output_download(request: Req, execution_id: FromPath[str]) -> Response[bytes]:
     dash = dashboard_of(request)
-    key = request.query_params.get("key") or ""
+    key = _step_key(params.query_lists(request.scope), "key")
     await _record(dash, execution_id)
     step = next((s for s in await dash.storage.get_steps(execution_id) if s.key == key), None)
     if step is None:
         raise NotFoundException(f"Execution {execution_id!r} has no step {key!r}.")
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in key)  # a header is Latin-1
     return _download(step.output, f"{execution_id}-{safe}")

@@ -1,32 +1,30 @@
 """The executions list's filters: URL query parameters <-> `ExecutionQuery`.
 
 Every filter of `queue.jobs.get_all` has a parameter, so a filtered view is a
-link. Bad values are reported next to the form and otherwise ignored.
+link. Values are read by `params` (ASCII digits, ranges, ids); a bad one is
+reported next to the form, naming the parameter, and the page answers 400.
+A job name the queue does not know is only a notice (a bookmark may outlive
+a job).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlencode
 
 from dq.engine.storage.base import STATUSES, ExecutionQuery
 
+from . import params as p
+
+T = TypeVar("T")
 PAGE_SIZE = 50
+MAX_PAGE = 500
+MAX_RETRIES = 1_000_000
 _TIME_FIELDS = ("started_after", "started_before", "completed_after", "completed_before")
 _INT_FIELDS = ("retry", "retry_lt", "retry_gt")
-
-
-def parse_time(text: str) -> int:
-    """ISO date/time (UTC when no zone) or epoch ms -> epoch ms. Raises ValueError."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 @dataclass(slots=True)
@@ -34,12 +32,17 @@ class Filters:
     statuses: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     q: str = ""
+    #: The time and count filters as given (for links and the form) and as parsed.
     times: dict[str, str] = field(default_factory=dict)
     ints: dict[str, str] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
     cursor: str | None = None  # show ids older than this
     before: str | None = None  # show ids newer than this (paging back)
     limit: int = PAGE_SIZE
+    #: Parameters that could not be used (the page answers 400).
     errors: list[str] = field(default_factory=list)
+    #: Things worth saying that are not errors (an unknown job name).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -47,8 +50,7 @@ class Filters:
 
     def query(self) -> ExecutionQuery:
         """The query for the filters alone (no paging)."""
-        tq = {k: parse_time(v) for k, v in self.times.items()}
-        iq = {k: int(v) for k, v in self.ints.items()}
+        tq = iq = self.values  # times and counts, parsed when read
         return ExecutionQuery(
             statuses=self.statuses or None,
             job_names=self.jobs or None,
@@ -100,41 +102,40 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
             out += [v.strip() for v in value.split(",") if v.strip()]
         return out
 
-    def one(key: str) -> str:
-        values = params.get(key, [])
-        return values[-1].strip() if values else ""
-
     f = Filters()
+
+    def read(key: str, parse: Callable[[str, str], T]) -> T | None:
+        value = p.last(params, key)
+        return _parsed(f, key, value, parse) if value else None
+
     for s in many("status"):
-        if s in STATUSES and s not in f.statuses:
+        if s not in STATUSES:
+            f.errors.append(str(p.BadParam("status", s, "is not a status (" + ", ".join(STATUSES) + ")").detail))
+        elif s not in f.statuses:
             f.statuses.append(s)
-        elif s not in STATUSES:
-            f.errors.append(f"unknown status {s!r} ignored")
-    f.jobs = [j for j in dict.fromkeys(many("job"))]
+    f.jobs = [j for j in dict.fromkeys(many("job")) if _parsed(f, "job", j, p.text) is not None]
     unknown = [j for j in f.jobs if job_names and j not in job_names]
     if unknown:
-        f.errors.append("no job named " + ", ".join(repr(j) for j in unknown))
-    f.q = one("q")[:64]
+        f.notes.append("no job named " + ", ".join(repr(j) for j in unknown))
+    f.q = read("q", partial(p.text, max_len=64)) or ""
     for key in _TIME_FIELDS:
-        value = one(key)
-        if not value:
-            continue
-        try:
-            parse_time(value)
-            f.times[key] = value
-        except ValueError:
-            f.errors.append(f"{key.replace('_', ' ')}: {value!r} is not a date/time")
+        ms = read(key, p.timestamp)
+        if ms is not None:
+            f.times[key], f.values[key] = p.last(params, key), ms
     for key in _INT_FIELDS:
-        value = one(key)
-        if not value:
-            continue
-        if value.lstrip("-").isdigit():
-            f.ints[key] = value
-        else:
-            f.errors.append(f"{key.replace('_', ' ')}: {value!r} is not a number")
-    f.cursor = one("cursor") or None
-    f.before = one("before") or None
-    limit = one("limit")
-    if limit.isdigit():
-        f.limit = max(1, min(500, int(limit)))
+        n = read(key, partial(p.integer, high=MAX_RETRIES))
+        if n is not None:
+            f.ints[key], f.values[key] = str(n), n
+    f.cursor = read("cursor", p.ident)
+    f.before = read("before", p.ident)
+    f.limit = read("limit", partial(p.integer, low=1, high=MAX_PAGE)) or PAGE_SIZE
     return f
+
+
+def _parsed(f: Filters, key: str, value: str, parse: Callable[[str, str], T]) -> T | None:
+    """`parse(value, key)`, or None with the reason (naming `key`) added to `f.errors`."""
+    try:
+        return parse(value, key)
+    except p.BadParam as exc:
+        f.errors.append(str(exc.detail))
+        return None

@@ -9,14 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dq.engine.event_schema import EventKind
+from dq.engine.text import escape
 
 #: Payloads larger than this are never inlined whole (collapsed, with a download link).
 MAX_INLINE_BYTES = 64 * 1024
 _HEAD_BYTES = 1024
 
 
-def to_json(value: Any, *, indent: int | None = None) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=False, default=str, sort_keys=False)
+def to_json(value: Any, *, indent: int | None = None, separators: tuple[str, str] | None = None) -> str:
+    """JSON text that always encodes: a surrogate stored in a string (which only JSON
+    strings can hold) is written as its `\\udXXX` escape, so the text is still the value."""
+    text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False, default=str)
+    return escape(text)
 
 
 def iso(ms: int | None) -> str:
@@ -89,7 +93,7 @@ def preview(value: Any, limit: int = 80) -> str:
     """One-line compact JSON, cut at `limit` characters."""
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    text = value if isinstance(value, str) else to_json(value, separators=(",", ":"))
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -287,12 +287,15 @@ class Hub:
             if cache.rec is None:
                 continue
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
-            html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
-            out.append(Message(f"exec:{eid}", seq, html))
-            if mine:
+            try:
+                html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
                 origin = cache.events[0].at if cache.events else 0
-                for ev in mine:
-                    out.append(Message(f"exec:{eid}", ev.seq, live.event_rows_html([ev], origin), append=True))
+                rows = [(ev.seq, live.event_rows_html([ev], origin)) for ev in mine]
+            except Exception:  # one execution that cannot be shown must not hold up the others
+                log.exception("dq-ui: rendering execution %s failed", eid)
+                continue
+            out.append(Message(f"exec:{eid}", seq, html))
+            out += [Message(f"exec:{eid}", ev_seq, row, append=True) for ev_seq, row in rows]
         return out
 
     def _publish(self, tick: Tick) -> None:

@@ -15,8 +15,9 @@ from dq import ValidationError
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import render
+from . import json_input, params, render
 from .dashboard import Dashboard, dashboard_of, short_path
+from .format import to_json
 from .pages import html
 from .stats import job_stats
 
@@ -76,15 +77,15 @@ async def _job_context(dash: Dashboard, request: Req, name: FromPath[str]) -> di
     stats = await job_stats(dash.storage, [name], now)
     recent = await dash.storage.query(ExecutionQuery(job_names=[name], limit=15))
     src = dash.source(name)
-    line = request.query_params.get("line")
+    line = params.last(params.query_lists(request.scope), "line")
     last_input = next((r.input for r in recent if r.input is not None), None)
     ctx = dash.context(request, "jobs")
     ctx.update(
         job=job, st=stats[name], recent=recent, source=src,
         source_file_short=short_path(src.file) if src else "",
-        highlight=int(line) if line and line.isdigit() else None,
+        highlight=params.integer(line, "line", low=1, high=10**7) if line else None,
         calls=src.calls if src else [], options=options_of(job), input_hint=input_hint(job),
-        start_input=json.dumps(last_input, indent=2, ensure_ascii=False) if last_input is not None else input_skeleton(job),
+        start_input=to_json(last_input, indent=2) if last_input is not None else input_skeleton(job),
         start_error=None,
     )  # fmt: skip
     return ctx
@@ -108,9 +109,9 @@ async def start_execution(request: Req, name: FromPath[str]) -> Response[str]:
     text = str(form.get("input") or "").strip() or "null"
     ctx["start_input"] = text
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        ctx["start_error"] = f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        value = json_input.loads(text)
+    except json_input.JsonInputError as exc:
+        ctx["start_error"] = str(exc)
         return _form(request, ctx)
     try:
         execution = await dash.queue.jobs[name].start(value)

@@ -12,7 +12,7 @@ from litestar.response import Redirect, Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import loaders, render
+from . import loaders, params, render
 from .dashboard import dashboard_of
 from .filters import parse_filters
 from .sse import stream_url
@@ -26,8 +26,7 @@ def html(body: str, status_code: int = 200) -> Response[str]:
 
 
 def query_lists(request: Req) -> dict[str, list[str]]:
-    qp = request.query_params
-    return {key: list(qp.getall(key)) for key in qp}
+    return params.query_lists(request.scope)
 
 
 @get("/", name="overview")
@@ -74,19 +73,21 @@ async def executions(request: Req) -> Response[str]:
         f=f, rows=rows, counts=counts, total=total, job_names=sorted(dash.jobs),
         newer_url=newer_url, older_url=older_url, new_count=0,
     )  # fmt: skip
-    return html(render.page("executions.html", **ctx))
+    return html(render.page("executions.html", **ctx), status_code=400 if f.errors else 200)
 
 
 @get("/go", name="go")
 async def go(request: Req) -> Redirect:
     """The go-to box: an exact id opens the execution, anything else searches ids."""
     dash = dashboard_of(request)
-    text = (request.query_params.get("id") or "").strip()
+    text = params.last(query_lists(request), "id")
     if not text:
         return Redirect("/executions")
+    if not params.is_ident(text):  # no id holds it: the list says why, naming the parameter
+        return Redirect(f"/executions?q={quote(text, safe='')}")
     if await dash.storage.get_execution(text) is not None:
         return Redirect(f"/executions/{text}")
     found = await dash.storage.query(ExecutionQuery(id_contains=text, limit=2))
     if len(found) == 1:
         return Redirect(f"/executions/{found[0].id}")
-    return Redirect(f"/executions?q={quote(text)}")
+    return Redirect(f"/executions?q={quote(text, safe='')}")

@@ -11,6 +11,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jinja2_fragments import render_block
 from markupsafe import Markup
 
+from dq.engine.text import scrub
+
 from . import format as fmt
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -55,8 +57,10 @@ def environment() -> Environment:
 
 def block(template: str, name: str, **context: Any) -> str:
     """Render one block of a template (htmx fragments and SSE payloads)."""
-    return render_block(environment(), template, name, **context)
+    return scrub(render_block(environment(), template, name, **context))
 
 
 def page(template: str, **context: Any) -> str:
-    return environment().get_template(template).render(**context)
+    """A whole page. `scrub`: storage may hold text no encoder accepts (rows written
+    before inputs were checked, errors from other versions); it shows as U+FFFD."""
+    return scrub(environment().get_template(template).render(**context))

@@ -13,6 +13,11 @@ class Settings:
     token: str | None = None
     #: Hide the lifecycle controls and the start form, and refuse their POSTs.
     read_only: bool = False
+    #: The address the server listens on: its Host is accepted (any IP for 0.0.0.0 / ::).
+    bound_host: str | None = None
+    #: More Host names to answer besides loopback and `bound_host`: a name, `.domain`
+    #: (it and its subdomains) or `*` (no Host check). See web/gate.py.
+    allowed_hosts: tuple[str, ...] = ()
     #: Seconds between SSE keep-alive comments.
     ping_s: float = 15.0
     #: The hub coalesces bus events into one render per tick.

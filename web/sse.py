@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dq.engine.ids import now_ms
+from dq.engine.text import scrub
 
-from . import live, loaders
+from . import live, loaders, params
 from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
 from .hub import RESYNC, Client, Hub, Tick, new_matches
@@ -27,23 +28,25 @@ from .hub import RESYNC, Client, Hub, Tick, new_matches
 PAGES = ("overview", "executions", "execution")
 
 
-def _after(scope: Scope, params: dict[str, list[str]]) -> int | None:
-    headers = dict(scope.get("headers") or [])
-    raw = headers.get(b"last-event-id", b"").decode() or (params.get("after") or [""])[-1]
-    raw = raw.strip()
-    return int(raw) if raw.isdigit() else None
+def _after(scope: Scope, query: dict[str, list[str]]) -> int | None:
+    """The event seq to resume after: `Last-Event-ID` (the browser's, on reconnect) wins."""
+    header = params.header(scope, b"last-event-id").strip()
+    if header:
+        return params.integer(header, "Last-Event-ID")
+    raw = params.last(query, "after")
+    return params.integer(raw, "after") if raw else None
 
 
-def _topics(page: str, params: dict[str, list[str]]) -> set[str]:
+def _topics(page: str, query: dict[str, list[str]]) -> set[str]:
     if page == "overview":
         return {"overview"}
     if page == "executions":
         return {"rows", "new"}
-    eid = (params.get("id") or [""])[-1]
+    eid = (query.get("id") or [""])[-1]
     return {f"exec:{eid}", "minis"}
 
 
-async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, list[str]], after: int) -> str:
+async def _resync(dash: Dashboard, client: Client, page: str, query: dict[str, list[str]], after: int) -> str:
     """Everything the page shows, rendered fresh: for a client the ring cannot catch up."""
     now = now_ms()
     if page == "overview":
@@ -51,11 +54,11 @@ async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, 
         return live.overview_counts_html(top.counts, top.recent, now) + live.overview_scan_html(scan.tp, scan.groups, now)
     if page == "executions" and client.filters is not None:
         return live.execution_rows_html((await loaders.executions_rows(dash, client.filters)).rows, now)
-    eid = (params.get("id") or [""])[-1]
+    eid = (query.get("id") or [""])[-1]
     cache = await loaders.execution(dash, eid)
     if cache is None:
         return ""
-    step = (params.get("step") or [""])[-1]
+    step = (query.get("step") or [""])[-1]
     html = live.execution_html(dash, cache, now, keys=[step] if step else [], children=True)
     missed = [e for e in cache.events if e.seq > after]
     if missed:
@@ -64,14 +67,16 @@ async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, 
 
 
 def _event(tick_seq: int, parts: list[str]) -> ServerSentEvent:
-    return ServerSentEvent(data=live.template(parts), event="update", id=str(tick_seq))
+    # scrub: storage may hold text no encoder accepts (rows from before inputs were checked);
+    # one such row must not end every stream that carries it.
+    return ServerSentEvent(data=scrub(live.template(parts)), event="update", id=str(tick_seq))
 
 
 async def _stream(dash: Dashboard, hub: Hub, client: Client, replay: list[Tick] | None,
-                  page: str, params: dict[str, list[str]]) -> AsyncIterator[bytes]:  # fmt: skip
+                  page: str, query: dict[str, list[str]]) -> AsyncIterator[bytes]:  # fmt: skip
     try:
         if replay is None:
-            yield await _resynced(dash, hub, client, page, params)
+            yield await _resynced(dash, hub, client, page, query)
         else:
             for tick in replay:
                 for chunk in _encode(client, tick):
@@ -81,7 +86,7 @@ async def _stream(dash: Dashboard, hub: Hub, client: Client, replay: list[Tick] 
             if item is None:
                 return
             if item == RESYNC:
-                yield await _resynced(dash, hub, client, page, params)
+                yield await _resynced(dash, hub, client, page, query)
                 continue
             assert isinstance(item, Tick)
             for chunk in _encode(client, item):
@@ -90,8 +95,8 @@ async def _stream(dash: Dashboard, hub: Hub, client: Client, replay: list[Tick] 
         hub.disconnect(client)
 
 
-async def _resynced(dash: Dashboard, hub: Hub, client: Client, page: str, params: dict[str, list[str]]) -> bytes:
-    html = await _resync(dash, client, page, params, client.after)
+async def _resynced(dash: Dashboard, hub: Hub, client: Client, page: str, query: dict[str, list[str]]) -> bytes:
+    html = await _resync(dash, client, page, query, client.after)
     client.after = hub.head
     return _event(hub.head, [html]).encode()
 
@@ -124,31 +129,53 @@ def _encode(client: Client, tick: Tick) -> list[bytes]:
     return out
 
 
-@asgi("/live", copy_scope=True)
+LIVE_PATH = "/live"
+
+
+@asgi(LIVE_PATH, copy_scope=True)
 async def live_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope.get("method") != "GET":  # a stream is only ever read (HEAD too would never end)
+        await _plain(send, 405, "dq-ui: /live answers GET only\n", [(b"allow", b"GET")])
+        return
     dash: Dashboard = scope["litestar_app"].state[STATE_KEY]
     hub = dash.hub
-    params = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=False)
-    page = (params.get("page") or ["overview"])[-1]
-    if page not in PAGES:
-        page = "overview"
-    after = _after(scope, params)
+    try:
+        query = params.query_lists(scope)
+        page = params.choice(params.last(query, "page") or "overview", "page", PAGES)
+        after = _after(scope, query)
+        if page == "execution":
+            params.ident(params.last(query, "id"), "id")
+            params.text(params.last(query, "step"), "step", max_len=params.MAX_TEXT * 5)
+        filters = parse_filters(query, list(dash.jobs)) if page == "executions" else None
+    except params.BadParam as exc:
+        await _plain(send, 400, f"dq-ui: {exc.detail}\n", [])
+        return
+    if filters is not None and filters.errors:  # each names its parameter
+        await _plain(send, 400, "dq-ui: " + "; ".join(filters.errors) + "\n", [])
+        return
     if after is not None and after > hub.head and not await hub.catch_up(after):
         after = 0  # from another server lifetime: start over
-    filters = parse_filters(params, list(dash.jobs)) if page == "executions" else None
-    client, replay = hub.connect(_topics(page, params), after, filters)
+    client, replay = hub.connect(_topics(page, query), after, filters)
     response = EventSourceResponse(
-        _stream(dash, hub, client, replay, page, params),
+        _stream(dash, hub, client, replay, page, query),
         ping=dash.settings.ping_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     await response(scope, receive, send)  # type: ignore[arg-type]
 
 
-def stream_url(page: str, after: int, **params: Any) -> str:
+async def _plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = scrub(text).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        *headers, (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+    ]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def stream_url(page: str, after: int, **extra: Any) -> str:
     """The page's stream, resuming after the event seq the page was rendered at."""
     pairs: list[tuple[str, str]] = [("page", page), ("after", str(after))]
-    for key, value in params.items():
+    for key, value in extra.items():
         if isinstance(value, list):
             pairs += [(key, str(v)) for v in value]
         elif value is not None:

@@ -20,6 +20,7 @@ from dq.engine.distributed.http import NodeApp
 from dq.engine.distributed.node import Node
 from dq.engine.queue import Queue
 from dq.engine.storage.base import Batch, ExecutionQuery, StepRecord
+from dq.web import Gate, HostPolicy
 
 from . import jobs
 from .conftest import free_port
@@ -228,3 +229,28 @@ async def test_the_worker_endpoint_wakes_it_with_the_token(tmp_path: Path) -> No
         await other.worker.stop()
         await node_queue.orchestration.stop()
         await node_queue.close()
+
+
+async def test_a_tokenless_node_refuses_foreign_hosts_and_pages_but_not_programs(tmp_path: Path) -> None:
+    """`dq-ui serve` without a token (loopback only) puts the worker API behind the
+    dashboard's Host check: a DNS-rebinding page (foreign Host) or a cross-site page
+    (foreign Origin) cannot register workers or commit; a worker (no Origin) can."""
+    queue = jobs.queue.with_storage(create_sqlite_storage(str(tmp_path / "node.db")))
+    app = queue.orchestration.app(token=None, local_work=False)
+    assert app.node is not None
+    await app.node.start()
+    gated = Gate(app, HostPolicy(bound="127.0.0.1", allowed=()), machine_api=True)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=gated), base_url="http://127.0.0.1:8000")
+    try:
+        body = json.dumps(new_execution())
+        r = await client.post("/v1/commit", content=body, headers={"host": "evil.example"})
+        assert r.status_code == 400 and "--allowed-host" in r.text
+        r = await client.post("/v1/commit", content=body, headers={"origin": "http://evil.example"})
+        assert r.status_code == 403
+        assert await stored(queue) == 0
+        r = await client.post("/v1/commit", content=body)
+        assert r.status_code == 200 and await stored(queue) == 1
+    finally:
+        await client.aclose()
+        await app.node.close()
+        await queue.close()

@@ -76,8 +76,14 @@ class Client(TestClient[Litestar]):
         return csrf_of(self.get("/jobs").text)
 
 
+#: The test client talks to the app as a browser on the loopback address would: the gate
+#: refuses other Host names, and state-changing requests without this Origin.
+BASE_URL = "http://127.0.0.1:8000"
+
+
 def open_client(queue: Queue, settings: Settings, **kwargs: Any) -> Client:
-    client = Client(create_app(queue, settings=settings, **kwargs))
+    client = Client(create_app(queue, settings=settings, **kwargs), base_url=BASE_URL)
+    client.headers["origin"] = BASE_URL
     client.queue = queue
     return client
 

@@ -130,3 +130,29 @@ def test_ctrl_c_stops_cleanly_with_sse_clients_connected(tmp_path: Path) -> None
     assert f"{base.replace('127.0.0.1', '0.0.0.0')}/?token=tok" in out  # the login link
     assert "dq-ui: stopped" in out
     assert "Traceback" not in err
+
+
+def test_a_malformed_allowed_host_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DQ_UI_ALLOWED_HOSTS", raising=False)
+    assert "'bad host!' is not a host name" in _fails(["serve", "--allowed-host", "bad host!"], capsys)
+    monkeypatch.setenv("DQ_UI_ALLOWED_HOSTS", "ok.test,evil.test/path")
+    assert "'evil.test/path' is not a host name" in _fails(["serve"], capsys)
+
+
+def test_allowed_hosts_from_the_flag_and_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(["tests/web/target_app.py:queue", "--port", str(port), "--allowed-host", "dq.test"],
+                  env={"DQ_UI_ALLOWED_HOSTS": "other.test, .corp.test"})  # fmt: skip
+    try:
+        _wait_ready(base)
+        for host, status in (("dq.test", 200), (f"other.test:{port}", 200), ("a.corp.test", 200),
+                             (f"localhost:{port}", 200), ("evil.test", 400)):  # fmt: skip
+            assert httpx.get(f"{base}/jobs", headers={"host": host}).status_code == status, host
+        refused = httpx.get(f"{base}/jobs", headers={"host": "evil.test"}).text
+        assert "--allowed-host evil.test" in refused
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
