@@ -129,12 +129,13 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings(token=token, read_only=bool(args.read_only), bound_host=args.host, allowed_hosts=hosts)
     app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
     # The orchestration node's worker API, beside the dashboard (API.md "Command line").
-    node_app: Any = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
+    node_app = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
+    # Tokenless (loopback only): a DNS-rebinding or cross-site page must not reach the
+    # worker API either. With a token, the token is what guards it.
+    node_api: Any = node_app  # an ASGI app of its own (engine/distributed/http.py)
     if not token:
-        # Tokenless (loopback only): a DNS-rebinding or cross-site page must not reach the
-        # worker API either. With a token, the token is what guards it.
-        node_app = Gate(node_app, HostPolicy(bound=args.host, allowed=hosts), machine_api=True)
-    app = mount(app, NODE_PREFIX, node_app)
+        node_api = Gate(node_api, HostPolicy(bound=args.host, allowed=hosts), machine_api=True)
+    app = mount(app, NODE_PREFIX, node_api)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=2, lifespan="on")  # fmt: skip
