@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from . import context
 from .backoff import make_backoff, make_retry
+from .cron import CronSchedule, parse_cron
 from .durations import parse_duration
 from .errors import DqError
 from .limits import check_concurrency, check_debounce, check_throttle
@@ -42,7 +43,7 @@ class JobOptions:
     throttle: Any = None
     debounce: Any = None
     priority: int = 0
-    cron: str | None = None
+    cron: str | dict[str, str] | None = None
     trigger: list[Any] = field(default_factory=list)
     on_trigger: Callable[..., Any] | None = None
     on_start: Callable[..., Any] | None = None
@@ -72,6 +73,7 @@ class Job:
         self.retry_for = make_retry(options.retry)
         self.backoff_for = make_backoff(options.backoff)
         self.timeout_ms = parse_duration(options.timeout, "timeout")
+        self.cron: CronSchedule | None = parse_cron(options.cron) if options.cron is not None else None
         self.is_async = inspect.iscoroutinefunction(handler)
         self.takes_input = _takes_argument(handler)
         self.listeners: dict[str, list[Callable[..., Any]]] = {}
@@ -91,10 +93,12 @@ class Job:
         out["retry"] = _show(o.retry) if o.retry is not None else "3 (default)"
         out["backoff"] = _show(o.backoff) if o.backoff is not None else "exponential from 1s, x2, jitter"
         out["timeout"] = _show(o.timeout)
-        for name in ("concurrency", "throttle", "debounce", "cron"):
+        for name in ("concurrency", "throttle", "debounce"):
             value = getattr(o, name)
             if value is not None:
                 out[name] = _show(value)
+        if self.cron is not None:
+            out["cron"] = self.cron.describe()
         if o.priority:
             out["priority"] = str(o.priority)
         if o.trigger:
@@ -238,9 +242,7 @@ def create_job(
     check_throttle(opts.throttle)
     check_debounce(opts.debounce)
     if opts.cron is not None:
-        from .scheduler import check_cron
-
-        check_cron(opts.cron)
+        parse_cron(opts.cron)
         if opts.input is not None:
             from .serialize import validate_in
 
