@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, overload
 
 from . import context
-from .backoff import make_backoff, make_retry
+from .backoff import backoff_attempts, make_backoff, make_retry
 from .cron import CronSchedule, parse_cron
 from .durations import parse_duration
 from .errors import DqError
@@ -70,7 +70,7 @@ class Job:
         self.handler = handler
         self.name = name
         self.options = options
-        self.retry_for = make_retry(options.retry)
+        self.retry_for = make_retry(options.retry, attempts=backoff_attempts(options.backoff))
         self.backoff_for = make_backoff(options.backoff)
         self.timeout_ms = parse_duration(options.timeout, "timeout")
         self.cron: CronSchedule | None = parse_cron(options.cron) if options.cron is not None else None

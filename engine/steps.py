@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .backoff import make_backoff, make_retry
+from .backoff import DEFAULT_RETRY, backoff_attempts, make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
@@ -101,7 +101,7 @@ async def run(
     fn: Callable[[], Any] | None = None,
     /,
     *,
-    retry: int = 3,
+    retry: int | None = None,
     backoff: Any = None,
     timeout: Any = None,
     concurrency: int | None = None,
@@ -120,8 +120,13 @@ async def run(
     else:
         raise TypeError("run: expected run(name, fn) or run(fn) with a callable fn")
     # The defaults skip option parsing (and its messages): this is every step's path.
-    retries = retry if retry == 3 and type(retry) is int else make_retry(retry, f"step {label!r} retry")(None)
-    backoff_for = _DEFAULT_BACKOFF if backoff is None else make_backoff(backoff, f"step {label!r} backoff")
+    if backoff is None:
+        retries = DEFAULT_RETRY if retry is None else make_retry(retry, f"step {label!r} retry")(None)
+        backoff_for = _DEFAULT_BACKOFF
+    else:
+        attempts = backoff_attempts(backoff, f"step {label!r} backoff")
+        retries = make_retry(retry, f"step {label!r} retry", attempts)(None)
+        backoff_for = make_backoff(backoff, f"step {label!r} backoff")
     timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"step {label!r} concurrency: expected an int >= 1, got {concurrency!r}")

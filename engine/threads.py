@@ -17,7 +17,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .backoff import make_backoff, make_retry
+from .backoff import backoff_attempts, make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import DqError, TimeoutError, error_from_dict, error_to_dict
@@ -137,7 +137,7 @@ async def thread(
     fn: Callable[..., Any],
     input: Any = None,
     *,
-    retry: int = 3,
+    retry: int | None = None,
     backoff: Any = None,
     timeout: Any = None,
     max_memory_mb: int | None = None,
@@ -152,7 +152,8 @@ async def thread(
     for opt, value in (("max_memory_mb", max_memory_mb), ("max_cpu_seconds", max_cpu_seconds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"thread {name!r}: {opt} must be an int >= 1, got {value!r}")
-    retries = make_retry(retry, f"thread {name!r} retry")(None)
+    attempts = backoff_attempts(backoff, f"thread {name!r} backoff")
+    retries = make_retry(retry, f"thread {name!r} retry", attempts)(None)
     backoff_for = make_backoff(backoff, f"thread {name!r} backoff")
     timeout_ms = parse_duration(timeout, f"thread {name!r} timeout") if timeout is not None else None
     key, seq = ctx.next_key(name)
