@@ -276,22 +276,22 @@ class Runtime:
         return result
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
-        """Trigger a debounced job: a new pending execution, or the pending one of its key
-        updated with this input. Returns the id of the execution that answers the trigger."""
+        """Trigger a debounced job: a new execution, which cancels the pending one it
+        supersedes (`FlowControl.plan`). Returns the new execution's id."""
         typed = load_typed(job.options.input, rec.input)
         for _ in range(50):
-            batch, answer = await self.flow.plan(job, rec, typed)
+            batch, previous = await self.flow.plan(job, rec, typed)
             result = await self.committer.commit(batch)
-            if result.conflict or not all(result.applied):
+            if result.conflict:
                 continue
-            if answer == rec.id:
-                if self.hooks.wanted(job, "trigger"):
-                    await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
-                if self._timer is not None:
-                    self._timer.at(rec.run_at)
+            if self.hooks.wanted(job, "trigger"):
+                await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
+            if self._timer is not None:
+                self._timer.at(rec.run_at)
             self.kick()
-            rec.id = answer
-            return answer
+            if previous is not None and result.applied[0]:
+                await self.flow.debounced(job, previous, rec)
+            return rec.id
         raise JobError(f"job {job.name!r}: debounce state kept changing; trigger not stored")
 
     async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
