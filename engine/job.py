@@ -28,6 +28,7 @@ JOB_EVENTS = (
     "trigger", "start", "success", "failure", "error", "cancel", "pause", "resume", "settled", "step",
 )  # fmt: skip
 DEFAULT_TIMEOUT = "1 day"
+DEFAULT_IDEMPOTENCY_TTL = "1 day"
 
 
 @dataclass
@@ -43,6 +44,7 @@ class JobOptions:
     throttle: Any = None
     debounce: Any = None
     priority: int = 0
+    idempotency_ttl: Any = DEFAULT_IDEMPOTENCY_TTL
     cron: str | dict[str, str] | None = None
     trigger: list[Any] = field(default_factory=list)
     on_trigger: Callable[..., Any] | None = None
@@ -73,6 +75,7 @@ class Job:
         self.retry_for = make_retry(options.retry, attempts=backoff_attempts(options.backoff))
         self.backoff_for = make_backoff(options.backoff)
         self.timeout_ms = parse_duration(options.timeout, "timeout")
+        self.idempotency_ttl_ms = parse_duration(options.idempotency_ttl, "idempotency_ttl")
         self.cron: CronSchedule | None = parse_cron(options.cron) if options.cron is not None else None
         self.is_async = inspect.iscoroutinefunction(handler)
         self.takes_input = _takes_argument(handler)
@@ -133,11 +136,11 @@ class Job:
 
     # run/start are plain functions returning a coroutine so that the call site's line
     # is known even when the coroutine runs in another task (asyncio.gather).
-    def run(self, input: Any = None) -> Coroutine[Any, Any, Any]:
-        return self._queue("run").runtime.run_job(self, input, _call_line())
+    def run(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Any]:
+        return self._queue("run").runtime.run_job(self, input, _call_line(), idempotency_key)
 
-    def start(self, input: Any = None) -> Coroutine[Any, Any, Execution]:
-        return self._queue("start").runtime.start_job(self, input, _call_line())
+    def start(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Execution]:
+        return self._queue("start").runtime.start_job(self, input, _call_line(), idempotency_key)
 
     async def cancel(self, input: Any = None, reason: str | None = None) -> int:
         return await self._queue("cancel").lifecycle.cancel_job(self, input, reason)
@@ -167,11 +170,11 @@ class BoundJob:
     def __repr__(self) -> str:
         return f"<Job {self.job.name!r} of {self.queue!r}>"
 
-    def run(self, input: Any = None) -> Coroutine[Any, Any, Any]:
-        return self.queue.runtime.run_job(self.job, input, _call_line())
+    def run(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Any]:
+        return self.queue.runtime.run_job(self.job, input, _call_line(), idempotency_key)
 
-    def start(self, input: Any = None) -> Coroutine[Any, Any, Execution]:
-        return self.queue.runtime.start_job(self.job, input, _call_line())
+    def start(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Execution]:
+        return self.queue.runtime.start_job(self.job, input, _call_line(), idempotency_key)
 
     async def start_many(self, inputs: Iterable[Any]) -> list[Execution]:
         """Start one execution per input, stored in bulk (outside handlers)."""

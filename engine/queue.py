@@ -22,7 +22,7 @@ _FILTERS = {
     "status", "job_name", "started_before", "started_after", "completed_before",
     "completed_after", "created_before", "created_after", "retry_count",
     "retry_count_less_than", "retry_count_greater_than", "limit", "offset", "order",
-    "parent_id", "root_id", "id_contains", "cursor",
+    "parent_id", "root_id", "id_contains", "cursor", "idempotency_key",
 }  # fmt: skip
 
 
@@ -76,6 +76,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         parent_id=filters.get("parent_id"),
         root_id=filters.get("root_id"),
         id_contains=filters.get("id_contains"),
+        idempotency_key=filters.get("idempotency_key"),
         cursor=filters.get("cursor"),
         created_before=_ms(filters.get("created_before"), "created_before"),
         created_after=_ms(filters.get("created_after"), "created_after"),

@@ -26,6 +26,7 @@ from .errors import (
 from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
+from .idempotency import check_key, start_once
 from .ids import new_id, now_ms
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
@@ -266,6 +267,10 @@ class Runtime:
             if isinstance(exc, StorageLostError):
                 self.lose_storage(exc)
             raise
+        if result.conflict:  # an `extra` precondition failed: nothing was stored
+            for ctx in direct:
+                self.contexts.pop(ctx.id, None)
+            return result
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
                 await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
@@ -319,16 +324,24 @@ class Runtime:
                 self.resolve(rec)
         return futs
 
-    async def start_job(self, job: Job, input: Any, line: int | None = None) -> Execution:
+    async def start_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Execution:
+        key = check_key(idempotency_key)
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
             from .steps import child_step
 
-            result = await child_step(ctx, job, input, wait=False, line=line)
+            result = await child_step(ctx, job, input, wait=False, line=line, idempotency_key=key)
             assert isinstance(result, Execution)
             return result
         rec = self.new_record(job, input)  # bad input fails here, before anything starts
         await self.queue.started()
+        if key is not None:
+            first, _started = await start_once(
+                self.storage, rec, key, job.idempotency_ttl_ms, lambda r, extra: self.create(job, r, extra)
+            )
+            return Execution(self.queue, first)
         if job.options.debounce is not None:
             answer = await self._create_debounced(job, rec)
             stored = await self.storage.get_execution(answer)
@@ -336,13 +349,16 @@ class Runtime:
         await self.create(job, rec)
         return Execution(self.queue, rec)
 
-    async def run_job(self, job: Job, input: Any, line: int | None = None) -> Any:
+    async def run_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Any:
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
             from .steps import child_step
 
-            return await child_step(ctx, job, input, wait=True, line=line)
-        execution = await self.start_job(job, input)
+            key = check_key(idempotency_key)
+            return await child_step(ctx, job, input, wait=True, line=line, idempotency_key=key)
+        execution = await self.start_job(job, input, idempotency_key=idempotency_key)
         return await execution.result()
 
     # -- dispatch ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
 from .execution import Execution
+from .idempotency import holder, take
 from .ids import now_ms
 from .limits import Limit
 from .serialize import dump_step, load_step, load_typed, validate_in
@@ -290,7 +291,8 @@ def _digest(job: Job, input: Any) -> str:
 
 
 async def child_step(
-    ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None
+    ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Any:
     """`job.run`/`job.start` inside a handler: the child is created once, in the same
     transaction as the step that records its id."""
@@ -318,22 +320,38 @@ async def child_step(
     step: StepRecord
     if child_id is None:
         child = runtime.new_record(job, input, parent=ctx)
-        step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
-        events = [_event(ctx, "step_start", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
-        if not wait:
-            step.status, step.completed_at = "completed", step.started_at
-            events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await runtime.guard(ctx, runtime.create(job, child, Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
-            steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
-        )))  # fmt: skip
-        if ctx.id in result.refused:
-            await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
-            raise Interrupt("lost")
+        for _ in range(50):
+            # With an idempotency key, the step records the key's holder when there is one.
+            state, first = None, None
+            if idempotency_key is not None:
+                state, first = await runtime.guard(ctx, holder(ctx.queue.storage, job.name, idempotency_key))
+            target = first if first is not None else child
+            step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": target.id})
+            events = [_event(ctx, "step_start", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": target.id}, step.started_at)]
+            if not wait:
+                step.status, step.completed_at = "completed", step.started_at
+                events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": target.id}, step.started_at))
+            batch = Batch(
+                updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+                steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
+            )  # fmt: skip
+            if first is not None:
+                result = await runtime.commit_for(ctx, batch)
+            else:
+                if idempotency_key is not None:
+                    take(batch, child, idempotency_key, state, job.idempotency_ttl_ms)
+                result = await runtime.guard(ctx, runtime.create(job, child, batch))
+                if ctx.id in result.refused:
+                    await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
+                    raise Interrupt("lost")
+            if not result.conflict:
+                break
+        else:
+            raise RuntimeError(f"idempotency key {idempotency_key!r} of job {job.name!r} kept changing")
         if not wait:
             ctx.history[key] = step
-            return Execution(ctx.queue, child)
-        child_id = child.id
+            return Execution(ctx.queue, target)
+        child_id = target.id
     else:
         assert prior is not None
         step = prior

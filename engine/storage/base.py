@@ -52,6 +52,8 @@ class ExecutionRecord:
     wait_reason: str | None = None
     #: The key of the step the handler is in or last reached.
     current_step: str | None = None
+    #: The key given to `start(..., idempotency_key=...)`, if any.
+    idempotency_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -168,6 +170,7 @@ class ExecutionQuery:
     retry_count: int | None = None
     retry_count_less_than: int | None = None
     retry_count_greater_than: int | None = None
+    idempotency_key: str | None = None
     #: Keyset pagination: only ids strictly older (newest order) / newer (oldest order).
     cursor: str | None = None
     limit: int | None = None

@@ -711,6 +711,8 @@ class SqlStorage(Storage):
             conds.append(c.retry_count < q.retry_count_less_than)
         if q.retry_count_greater_than is not None:
             conds.append(c.retry_count > q.retry_count_greater_than)
+        if q.idempotency_key is not None:
+            conds.append(c.idempotency_key == q.idempotency_key)
         if paging and q.cursor is not None:
             conds.append(c.id < q.cursor if q.order == "newest" else c.id > q.cursor)
         return conds

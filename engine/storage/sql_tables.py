@@ -20,7 +20,17 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, func, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field, SQLModel
 
@@ -42,6 +52,8 @@ class ExecutionRow(SQLModel, table=True):
         # Migration 2 makes these two partial (WHERE ... IS NOT NULL).
         Index("ix_executions_parent_id", "parent_id"),
         Index("ix_executions_root_id", "root_id"),
+        # Migration 4 makes this one partial too.
+        Index("ix_executions_idempotency_key", "idempotency_key"),
     )
 
     id: str = Field(primary_key=True, sa_type=_ID)
@@ -65,6 +77,8 @@ class ExecutionRow(SQLModel, table=True):
     control: str | None = None
     wait_reason: str | None = None
     current_step: str | None = None
+    # Added by migration 4 (a fresh database gets it from migration 1's create_all).
+    idempotency_key: str | None = None
 
 
 class StepRow(SQLModel, table=True):
@@ -277,10 +291,25 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
+def _idempotency_key(conn: Connection) -> None:
+    # Migration 1 is create_all of the current tables, so a database created by this
+    # version has the column already; one created before it gets it here.
+    if "idempotency_key" not in {c["name"] for c in inspect(conn).get_columns("executions")}:
+        conn.exec_driver_sql("ALTER TABLE executions ADD COLUMN idempotency_key VARCHAR")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_executions_idempotency_key")
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_executions_idempotency_key ON executions (idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
+    )
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
+#: Each version is applied once when it is not recorded, also when a higher one
+#: already is (two branches may add 3 and 4 in either order).
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
+    (4, "executions.idempotency_key", _idempotency_key),
 )
 
 
@@ -296,7 +325,8 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         SQLModel.metadata.create_all(sync_conn, tables=[SCHEMA_VERSION], checkfirst=True)
 
     await conn.run_sync(create_version_table)
-    current = (await conn.execute(select(func.max(SCHEMA_VERSION.c.version)))).scalar() or 0
+    recorded = set((await conn.execute(select(SCHEMA_VERSION.c.version))).scalars())
+    current = max(recorded, default=0)
     latest = MIGRATIONS[-1][0]
     if current > latest:
         raise SchemaTooNewError(
@@ -305,7 +335,7 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         )
     applied: list[int] = []
     for version, description, apply in MIGRATIONS:
-        if version <= current:
+        if version in recorded:
             continue
         await conn.run_sync(apply)
         row: dict[str, Any] = {
