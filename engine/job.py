@@ -151,10 +151,10 @@ class Job:
     async def resume(self) -> None:
         await self._queue("resume").lifecycle.resume_job(self)
 
-    async def wait_for(self, match: Any) -> Any:
+    async def wait_for(self, match: Any, *, timeout: Any = None) -> Any:
         from .waits import wait_for_job
 
-        return await wait_for_job(self, match)
+        return await wait_for_job(self, match, timeout)
 
 
 class BoundJob:

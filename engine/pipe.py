@@ -53,10 +53,12 @@ class Pipe:
             )
         await queue.pipes[self.name].send(data)
 
-    async def wait_for(self, match: Any = None) -> Any:
+    async def wait_for(self, match: Any = None, *, timeout: Any = None) -> Any:
+        """Inside a handler: the first message matching `match` sent after this step
+        began; with `timeout` (a Duration), TimeoutError past that durable deadline."""
         from .waits import pipe_wait_step
 
-        return await pipe_wait_step(self, match)
+        return await pipe_wait_step(self, match, timeout)
 
 
 class BoundPipe:
