@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ("cron.md", "flow-control.md", "pipes-and-triggers.md")
+PAGES = ("cron.md", "flow-control.md", "pipes-and-triggers.md", "changing-code.md")
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 _PRINT = re.compile(r"^\s*print\(.*\)\s+# (.*)$")
 
