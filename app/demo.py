@@ -244,5 +244,11 @@ async def trickle(queue: Any, *, every_s: tuple[float, float] = (2.5, 6.0), burs
             await queue.jobs.processFile.start({"path": upload_path(rng, n)})
 
 
+#: The demo runs for days on a laptop: its dq.db keeps a bounded history.
+DEMO_RETENTION = {"completed": "1h", "failed": "1 day", "cancelled": "1h"}
+
+
 def create_demo_queue(storage: Any) -> Any:
-    return create_queue(jobs={j.name: j for j in JOBS}, storage=storage, shutdown_grace="1s")
+    return create_queue(
+        jobs={j.name: j for j in JOBS}, storage=storage, shutdown_grace="1s", retention=DEMO_RETENTION
+    )

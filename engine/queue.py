@@ -14,6 +14,7 @@ from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
+from .retention import parse_retention
 from .runtime import Runtime
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage
@@ -181,13 +182,14 @@ class Queue:
         poll_interval: Any = "1s",
         short_sleep: Any = "5s",
         shutdown_grace: Any = "10s",
+        retention: Mapping[str, Any] | None = None,
     ) -> None:
         pairs = list(jobs.items()) if isinstance(jobs, Mapping) else [(j.name, j) for j in jobs]
         by_key = dict(pairs)
         self._args = {"jobs": jobs, "pipes": pipes, "concurrency": concurrency, "logger": logger,
                       "orchestration": orchestration, "monitoring": monitoring, "lease": lease,
                       "poll_interval": poll_interval, "short_sleep": short_sleep,
-                      "shutdown_grace": shutdown_grace}  # fmt: skip
+                      "shutdown_grace": shutdown_grace, "retention": retention}  # fmt: skip
         self.definitions: dict[str, Job] = {}
         for key, job in pairs:
             if not isinstance(job, Job):
@@ -209,6 +211,9 @@ class Queue:
         self.short_sleep_ms = parse_duration(short_sleep, "short_sleep")
         self.shutdown_grace_s = parse_duration(shutdown_grace, "shutdown_grace") / 1000
         self.max_active = concurrency or 10_000
+        #: The retention policy as given (the dashboard shows it), and in ms per status.
+        self.retention_ms = parse_retention(retention)
+        self.retention = dict(retention or {})
         self.jobs = JobsRegistry(self, by_key)
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)

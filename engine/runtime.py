@@ -28,6 +28,7 @@ from .execution import Execution
 from .flow import FlowControl
 from .idempotency import check_key, start_once
 from .ids import new_id, now_ms
+from .retention import Housekeeping
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
@@ -69,6 +70,9 @@ class Runtime:
         self.flow = FlowControl(self)
         self.triggers = Triggers(self)
         self.cron = Cron(self)
+        self.housekeeping = Housekeeping(
+            self.storage, queue.retention_ms, list(queue.definitions), lambda b: self.committer.commit(b), queue.logger
+        )
         self.contexts: dict[str, ExecutionContext] = {}
         self.paused_jobs: set[str] = set()
         self.closing = False
@@ -106,6 +110,7 @@ class Runtime:
             ("watchdog", self._watchdog_loop()),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
+            ("housekeeping", self.housekeeping.run()),
         ):
             task = asyncio.create_task(coro, name=f"dq-{name}")
             task.add_done_callback(self._side_task_done)

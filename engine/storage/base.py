@@ -262,6 +262,13 @@ class Storage(abc.ABC):
         """Matching executions counted by status (limit/offset/cursor ignored)."""
 
     @abc.abstractmethod
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        """Delete those of `ids` that are in a TERMINAL status, with their steps and
+        events, in one atomic change; returns the ids deleted. Unknown ids and
+        executions not (or no longer) terminal are left alone. Pipe messages, state
+        and other executions (children included: the caller passes whole trees) stay."""
+
+    @abc.abstractmethod
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
         """The step history, in first-call order (`seq`)."""
 

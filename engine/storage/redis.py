@@ -196,7 +196,7 @@ class RedisStorage(Storage):
             self._scripts = {
                 name: client.register_script(getattr(lua, name))
                 for name in ("OPEN", "COMMIT", "CLAIM", "RENEW", "RECLAIM", "HEARTBEAT",
-                             "READ_EVENTS", "NEXT_DUE")
+                             "READ_EVENTS", "NEXT_DUE", "DELETE")
             }  # fmt: skip
             schema, epoch = await self._scripts["OPEN"](
                 args=[self._prefix, SCHEMA_VERSION, secrets.token_hex(8)]
@@ -377,6 +377,11 @@ class RedisStorage(Storage):
         return [str(i) for i in await self._call("RECLAIM", *dead_workers)]
 
     # -- executions -----------------------------------------------------------------
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        return [str(i) for i in await self._call("DELETE", *dict.fromkeys(ids))]
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         fields = await self._redis.hgetall(self._k("exec", execution_id))

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..ids import now_ms
 from .base import (
     CLAIMABLE,
+    TERMINAL,
     Batch,
     CommitResult,
     EventRecord,
@@ -820,6 +821,17 @@ class SqlStorage(Storage):
     async def remove_worker(self, worker_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        async with self._write() as conn:
+            stmt = delete(_E).where(_E.c.id.in_(list(ids)), _E.c.status.in_(sorted(TERMINAL)))
+            gone = [str(i) for i in (await conn.execute(stmt.returning(_E.c.id))).scalars()]
+            if gone:
+                await conn.execute(delete(STEPS).where(STEPS.c.execution_id.in_(gone)))
+                await conn.execute(delete(EVENTS).where(EVENTS.c.execution_id.in_(gone)))
+        return gone
 
 
 def _delete_state() -> Executable:

@@ -1,5 +1,5 @@
 """An engine process for the cross-process semantics tests (idempotency races, cron
-ticks with seconds). Usage: python race_worker.py STORAGE_URL KEYS
+ticks with seconds, retention). Usage: python race_worker.py STORAGE_URL KEYS
 
 Prints "ready" once its queue started, waits for a line on stdin, then starts
 `charge` once per key 0..KEYS-1 (all at once) with that idempotency key and
@@ -29,8 +29,9 @@ async def tick() -> None:
 async def main() -> None:
     url, keys = sys.argv[1], int(sys.argv[2])
     queue = create_queue(
-        jobs=[charge, tick], storage=storage_from_url(url), poll_interval="100ms", lease="5s"
-    )
+        jobs=[charge, tick], storage=storage_from_url(url), poll_interval="100ms", lease="5s",
+        retention={"completed": "1 hour"},
+    )  # fmt: skip
     async with queue:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)

@@ -1,6 +1,7 @@
 """Two engine processes on one SQLite file and on one PostgreSQL database: an
-idempotency key raced from both starts one execution, and each cron tick with a
-seconds field starts once (counted from what the storage recorded)."""
+idempotency key raced from both starts one execution, each cron tick with a
+seconds field starts once, and both sweep the retention policy without getting
+in each other's way (counted from what the storage recorded)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dq.engine.storage.base import ExecutionQuery, Storage
+from dq.engine.ids import now_ms
+from dq.engine.storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, Storage
 from dq.engine.storage.factory import storage_from_url
 
 from .test_multiprocess import pg_dsn  # noqa: F401 - a fresh database per test
@@ -42,6 +44,13 @@ async def test_two_processes_race_keys_and_share_cron_ticks(storage_url: str) ->
         for _ in range(2)
     ]
     storage: Storage = storage_from_url(storage_url)
+    await storage.open()  # executions that ended two hours ago: past the 1 hour policy
+    old = now_ms() - 2 * 3_600_000
+    await storage.commit(Batch(
+        executions=[ExecutionRecord(f"OLD{i:03d}", "charge", "completed", created_at=old, run_at=old, completed_at=old) for i in range(300)],
+        events=[EventRecord(f"OLD{i:03d}", "charge", "success", {}, old) for i in range(300)],
+    ))  # fmt: skip
+    await storage.aclose()
     try:
         for w in workers:
             assert w.stdout is not None
@@ -61,6 +70,7 @@ async def test_two_processes_race_keys_and_share_cron_ticks(storage_url: str) ->
             await asyncio.to_thread(w.communicate, None, 30)
     assert answers[0] == answers[1]
     assert len(set(answers[0].values())) == KEYS
+    storage = storage_from_url(storage_url)
     await storage.open()
     try:
         charges = await storage.query(ExecutionQuery(job_names=["charge"]))
@@ -71,7 +81,7 @@ async def test_two_processes_race_keys_and_share_cron_ticks(storage_url: str) ->
             tick_times += [e.data["tick"] for e in events if e.type == "trigger"]
     finally:
         await storage.aclose()
-    assert sorted(r.id for r in charges) == sorted(answers[0].values())
+    assert sorted(r.id for r in charges) == sorted(answers[0].values())  # no OLD left
     assert Counter(r.idempotency_key for r in charges) == {f"k{k}": 1 for k in range(KEYS)}
     assert len(tick_times) >= 2
     assert len(set(tick_times)) == len(tick_times), tick_times  # each tick started once

@@ -775,3 +775,37 @@ def test_records_have_the_fields_this_suite_knows() -> None:
         "completed_at", "worker_id", "lease_until", "token", "control", "wait_reason",
         "current_step", "idempotency_key",
     ]  # fmt: skip
+
+
+# --- retention: deleting executions ---------------------------------------------
+
+
+async def test_delete_executions_removes_terminal_ones_with_steps_and_events(storage: Storage) -> None:
+    await insert(
+        storage,
+        execution("A", status="completed", job_name="keep"),
+        execution("B", status="running"),
+        execution("C", status="failed", parent_id="A", root_id="A", job_name="keep"),
+        execution("D", status="cancelled"),
+    )
+    await storage.commit(Batch(
+        steps=[StepRecord(eid, "s", "s", "run", "completed") for eid in "ABCD"],
+        events=[event(eid) for eid in "ABCDA"] + [event(None, "pipe_send")],
+        messages=[PipeMessage("p", 1)],
+    ))  # fmt: skip
+    gone = await storage.delete_executions(["A", "B", "C", "missing", "A"])
+    assert sorted(gone) == ["A", "C"]
+    assert await storage.get_execution("A") is None and await storage.get_execution("C") is None
+    assert (await get(storage, "B")).status == "running"
+    assert await storage.get_steps("A") == [] and len(await storage.get_steps("B")) == 1
+    assert await storage.read_events(execution_id="A") == []
+    assert [(e.execution_id, e.type) for e in await storage.read_events()] == [
+        ("B", "log"), ("D", "log"), (None, "pipe_send"),
+    ]  # fmt: skip
+    assert [r.id for r in await storage.query(ExecutionQuery(order="oldest"))] == ["B", "D"]
+    assert await storage.count(ExecutionQuery()) == {"running": 1, "cancelled": 1}
+    assert await storage.count(ExecutionQuery(job_names=["keep"])) == {}
+    assert len(await storage.read_messages("p")) == 1
+    assert await storage.delete_executions([]) == []
+    await insert(storage, execution("A"))  # the id is free again
+    assert (await get(storage, "A")).status == "pending"
