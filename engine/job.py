@@ -13,7 +13,6 @@ from . import context
 from .backoff import backoff_attempts, make_backoff, make_retry
 from .cron import CronSchedule, parse_cron
 from .durations import parse_duration
-from .errors import DqError
 from .limits import check_concurrency, check_debounce, check_throttle
 from .serialize import check_schema
 
@@ -126,13 +125,14 @@ class Job:
 
     # -- running ---------------------------------------------------------------
     def _queue(self, method: str) -> Queue:
+        """The handler's queue; outside handlers, the one started queue holding this job."""
         queue = context.ambient_queue()
-        if queue is None:
-            raise DqError(
-                f"{self.name}.{method}() outside a handler: reach the job through its queue, "
-                f"queue.jobs[{self.name!r}].{method}(...)"
-            )
-        return queue
+        if queue is not None:
+            return queue
+        return context.only_started_queue(
+            lambda q: q.definitions.get(self.name) is self,
+            f"{self.name}.{method}()", f"queue.jobs[{self.name!r}].{method}(...)",
+        )  # fmt: skip
 
     # run/start are plain functions returning a coroutine so that the call site's line
     # is known even when the coroutine runs in another task (asyncio.gather).

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from . import context
 from .durations import parse_duration
 from .errors import DqError
 from .execution import Execution
@@ -166,6 +167,9 @@ class PipesRegistry:
     def __iter__(self) -> Iterator[str]:
         return iter(self._pipes)
 
+    def values(self) -> list[Pipe]:
+        return list(self._pipes.values())
+
 
 class Queue:
     def __init__(
@@ -246,7 +250,14 @@ class Queue:
             self._start_task = asyncio.ensure_future(self.runtime.start())
         await asyncio.shield(self._start_task)
         self.runtime.check_usable()  # storage lost dq's data: StorageLostError
+        context.queue_started(self)
         return self.runtime
+
+    def holds_pipe(self, name: str) -> bool:
+        """Whether this queue has the pipe `name`: in `pipes`, or as a trigger of a job."""
+        if any(p.name == name for p in self.pipes.values()):
+            return True
+        return any(getattr(t, "name", None) == name for j in self.definitions.values() for t in j.options.trigger)
 
     @property
     def ready(self) -> asyncio.Future[None]:
@@ -259,6 +270,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        context.queue_closed(self)
         if self._start_task is not None:
             try:
                 await self._start_task

@@ -42,7 +42,7 @@ class Triggers:
                 if isinstance(t, JobTrigger):
                     self.job_routes.setdefault(t.source.name, []).append((job, t.fn))
                 elif isinstance(t, PipeTrigger):
-                    self.pipe_routes.append((job, t.pipe.name, t.pipe.input, t.fn))
+                    self.pipe_routes.append((job, t.name, None, t.view))
                 elif isinstance(t, Pipe):
                     self.pipe_routes.append((job, t.name, t.input, None))
                 else:

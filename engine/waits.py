@@ -154,7 +154,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
     _boundary(ctx)
     prior = _replayed(ctx, key, "wait", pipe.name)
     if prior is not None and prior.status == "completed" and isinstance(prior.output, Mapping):
-        return load_typed(pipe.input, prior.output.get("data"))
+        return pipe.view(prior.output.get("data"))
     prior = _current_attempt(ctx, prior)
     start: dict[str, Any] = {}
     if prior is None or not isinstance(prior.output, Mapping):
@@ -171,7 +171,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
             if message_matches(pipe, match, msg.data):
                 done = {"after_seq": step.output["after_seq"], "deadline": deadline, "seq": msg.seq, "data": msg.data}
                 await _close_wait(ctx, step, done)
-                return load_typed(pipe.input, msg.data)
+                return pipe.view(msg.data)
         await _wait_more(ctx, step, deadline, f"waiting on pipe {pipe.name!r}")
 
 
