@@ -34,6 +34,8 @@ class Filters:
     statuses: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     q: str = ""
+    #: An exact idempotency key (`key=` in the URL).
+    key: str = ""
     times: dict[str, str] = field(default_factory=dict)
     ints: dict[str, str] = field(default_factory=dict)
     cursor: str | None = None  # show ids older than this
@@ -43,7 +45,7 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return bool(self.statuses or self.jobs or self.q or self.times or self.ints)
+        return bool(self.statuses or self.jobs or self.q or self.key or self.times or self.ints)
 
     def query(self) -> ExecutionQuery:
         """The query for the filters alone (no paging)."""
@@ -53,6 +55,7 @@ class Filters:
             statuses=self.statuses or None,
             job_names=self.jobs or None,
             id_contains=self.q or None,
+            idempotency_key=self.key or None,
             started_after=tq.get("started_after"),
             started_before=tq.get("started_before"),
             completed_after=tq.get("completed_after"),
@@ -77,6 +80,8 @@ class Filters:
         out += [("job", j) for j in self.jobs]
         if self.q:
             out.append(("q", self.q))
+        if self.key:
+            out.append(("key", self.key))
         out += list(self.times.items()) + list(self.ints.items())
         if self.limit != PAGE_SIZE:
             out.append(("limit", str(self.limit)))
@@ -115,6 +120,7 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
     if unknown:
         f.errors.append("no job named " + ", ".join(repr(j) for j in unknown))
     f.q = one("q")[:64]
+    f.key = one("key")[:200]
     for key in _TIME_FIELDS:
         value = one(key)
         if not value:

@@ -43,6 +43,8 @@ async def overview(request: Req) -> Response[str]:
         tp=await throughput(storage, now),
         groups=await failure_groups(storage, dash.jobs, now),
         job_count=len(dash.jobs),
+        retention=dict(getattr(dash.queue, "retention", None) or {}),
+        housekeeping=getattr(getattr(dash.queue, "runtime", None), "housekeeping", None),
     )
     return html(render.page("overview.html", **ctx))
 
