@@ -85,7 +85,6 @@ class Housekeeping:
         for status, keep_ms in self.policy.items():
             removed += await self._expire(status, now - keep_ms, self.max_per_sweep - removed)
         await sweep_expired(self.storage, self._commit)
-        self.removed += removed
         self.last_sweep_at = now
         return removed
 
@@ -109,7 +108,9 @@ class Housekeeping:
                 if all(t.status in TERMINAL for t in tree):
                     doomed += [root.id, *(t.id for t in tree)]
             for start in range(0, len(doomed), PAGE):
-                removed += len(await self.storage.delete_executions(doomed[start : start + PAGE]))
+                gone = len(await self.storage.delete_executions(doomed[start : start + PAGE]))
+                removed += gone
+                self.removed += gone
             if len(page) < PAGE:
                 break
         return removed

@@ -275,6 +275,8 @@ class Runtime:
         if result.conflict:  # an `extra` precondition failed: nothing was stored
             for ctx in direct:
                 self.contexts.pop(ctx.id, None)
+                rec = ctx.record
+                rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
             return result
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
