@@ -1,7 +1,8 @@
 """An engine process for the cross-process semantics tests (idempotency races, cron
 ticks with seconds, retention). Usage: python race_worker.py STORAGE_URL KEYS
 
-Prints "ready" once its queue started, waits for a line on stdin, then starts
+Prints "ready" once its queue started, reads a start time (epoch ms) on stdin,
+waits for it (so that both processes race), then starts
 `charge` once per key 0..KEYS-1 (all at once) with that idempotency key and
 prints a JSON object key -> execution id; then serves until stdin closes.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from dq import create_job, create_queue, storage_from_url
@@ -34,7 +36,8 @@ async def main() -> None:
     )  # fmt: skip
     async with queue:
         print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
+        go_at_ms = int(await asyncio.to_thread(sys.stdin.readline))
+        await asyncio.sleep(max(0.0, go_at_ms / 1000 - time.time()))  # both start together
         executions = await asyncio.gather(
             *(queue.jobs.charge.start({"key": k}, idempotency_key=f"k{k}") for k in range(keys))
         )

@@ -56,9 +56,10 @@ async def test_two_processes_race_keys_and_share_cron_ticks(storage_url: str) ->
             assert w.stdout is not None
             line = await asyncio.to_thread(w.stdout.readline)
             assert line.strip() == b"ready", w.stderr.read() if w.stderr else b""
-        for w in workers:  # both race the same keys
+        go_at = f"{now_ms() + 500}\n".encode()
+        for w in workers:  # both race the same keys, from the same instant
             assert w.stdin is not None
-            w.stdin.write(b"go\n")
+            w.stdin.write(go_at)
             w.stdin.flush()
         answers = []
         for w in workers:
