@@ -92,7 +92,8 @@ def _throttled(**options: Any) -> dict[str, Any]:
         create_job(lambda: None, name="_probe_throttle", throttle="1 per second")
     except (TypeError, ValueError, NotImplementedError):
         return options
-    return {**options, "throttle": "1 per second"}
+    # "queue": a call that comes too early waits its turn (the default, "discard", drops it).
+    return {**options, "throttle": {"duration": "1 per second", "mode": "queue"}}
 
 
 # -- jobs ---------------------------------------------------------------------------

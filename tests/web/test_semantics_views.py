@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from dq import Queue, create_job, create_memory_storage, create_queue, patched, run
+from dq.app.demo import DEMO_RETENTION, create_demo_queue
 
 from .conftest import Client
 from .sample import JOBS
@@ -38,3 +39,15 @@ def test_a_patch_marker_shows_in_the_trace(client: Client) -> None:
     eid = client.run("careful")
     page = text(client.get(f"/executions/{eid}", headers=HTML).text)
     assert "new-greeting" in page and "greet" in page
+
+
+async def test_the_demo_queues_musicbrainz_calls_instead_of_dropping_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Throttle discards by default now; the demo's 1/s musicBrainz throttle queues."""
+    monkeypatch.setenv("DQ_DEMO_SPEED", "20")
+    monkeypatch.setenv("DQ_DEMO_FAILURES", "0")
+    queue = create_demo_queue(create_memory_storage())
+    assert queue.retention == DEMO_RETENTION
+    async with queue:
+        calls = [await queue.jobs.musicBrainz.start({"fingerprint": c * 20}) for c in "ab"]
+        found = [await c.result() for c in calls]
+    assert [r.id for r in found] == ["mbid-" + "a" * 12, "mbid-" + "b" * 12]
