@@ -15,7 +15,8 @@ from .errors import CancelledError, error_to_dict
 from .ids import now_ms
 from .limits import Limit, Timed, resolve_concurrency, resolve_timed, window_admits
 from .serialize import load_typed
-from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
+from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord
+from .transitions import Transition, supersede
 
 if TYPE_CHECKING:
     from .job import Job
@@ -160,8 +161,8 @@ class FlowControl:
         return Gate(False, now_ms() + self.runtime.slot_retry_ms, f"contended throttle for {t.key}")
 
     # -- debounce, when triggered ----------------------------------------------------------------
-    async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, str | None]:
-        """The writes that trigger `rec`, and the id of the pending execution they cancel.
+    async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, Transition | None]:
+        """The writes that trigger `rec`, and the cancelling of the pending execution it supersedes.
 
         Trailing: `rec` waits `interval` (capped by `timeout` since the first trigger of
         the series); the series' previous pending execution is cancelled with reason
@@ -191,19 +192,15 @@ class FlowControl:
         if previous is None or previous.status != "pending":
             return batch, None
         error = error_to_dict(CancelledError(f"execution {previous.id} was debounced by {rec.id}", "debounced"))
-        fields = {
-            "status": "cancelled", "completed_at": now, "error": error,
-            "control": None, "wait_reason": None, "worker_id": None, "lease_until": None,
-        }  # fmt: skip
-        batch.updates.append(ExecutionUpdate(previous.id, fields, statuses=("pending",)))
-        return batch, previous.id
+        change = supersede(previous, by=rec.id, error=error, now=now)
+        batch.updates.append(change.update)
+        return batch, change
 
-    async def debounced(self, job: Job, previous_id: str, by: ExecutionRecord) -> None:
-        """After the commit that cancelled `previous_id` for `by`: its event, hooks and waiters."""
-        now = now_ms()
-        event = EventRecord(previous_id, job.name, "cancel", {"reason": "debounced", "by": by.id}, now)
-        await self.runtime.committer.commit(Batch(events=[event]))
-        rec = await self.storage.get_execution(previous_id)
+    async def debounced(self, job: Job, change: Transition, by: ExecutionRecord) -> None:
+        """After the commit that applied `change` (cancelling the execution `by`
+        supersedes): its event, hooks and waiters."""
+        await self.runtime.committer.commit(Batch(events=change.events))
+        rec = await self.storage.get_execution(change.update.id)
         if rec is None:
             return
         await self.runtime.settled_hooks(job, rec, None, None, "debounced")

@@ -21,9 +21,11 @@ leaves every recorded history valid.
 from __future__ import annotations
 
 from .context import current
+from .event_schema import EventKind
 from .ids import now_ms
 from .steps import _replayed
-from .storage.base import Batch, EventRecord, StepRecord
+from .storage.base import EventRecord, StepRecord
+from .transitions import step_done
 
 KIND = "patch"
 
@@ -47,10 +49,6 @@ def patched(change_id: str) -> bool:
     data = {"key": key, "name": change_id, "kind": KIND, "attempt": 1, "duration_ms": 0}
     # Not awaited: the committer writes it in order before any later write of this
     # execution, so no step after this point can be stored without the marker.
-    ctx.queue.runtime.committer.send(Batch(
-        steps=[step],
-        events=[EventRecord(ctx.id, ctx.job.name, "step_success", data, now)],
-        fences={ctx.id: ctx.record.token},
-    ))  # fmt: skip
+    ctx.owner.record(step_done(ctx.holder, step, EventRecord(ctx.id, ctx.job.name, EventKind.STEP_SUCCESS, data, now)))
     ctx.history[key] = step
     return True

@@ -131,3 +131,6 @@ def message_matches(pipe: Pipe, match: Any, data: Any) -> bool:
     except TypeError:
         json_form = value
     return matches(match, json_form, value)
+
+
+__all__ = ["BoundPipe", "Pipe", "PipeTrigger", "create_pipe", "message_matches"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import TimeoutError, error_from_dict, error_to_dict
+from .event_schema import EventKind
 from .ids import now_ms
 from .serialize import load_typed
 from .steps import _boundary, _caller_line, _event, _new_step, _park, _replayed
@@ -38,8 +39,8 @@ async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
     `timeout`) is stored with the step; past the deadline the step raises TimeoutError."""
     timeout_ms = _timeout_ms(timeout, f"{job.name}.wait_for")
     ctx = current()
-    runtime = ctx.queue.runtime
-    runtime.check_registered(job)
+    owner = ctx.owner
+    owner.check_registered(job)
     key, seq = ctx.next_key(f"wait:{job.name}")
     line = _caller_line()
     _boundary(ctx)
@@ -53,9 +54,9 @@ async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
         step = _new_step(ctx, key, job.name, "wait", seq, line, prior)
         since = step.started_at
         step.output = {"since": since, "deadline": since + timeout_ms if timeout_ms is not None else None}
-        await runtime.commit_for(ctx, Batch(
+        await owner.commit_for(ctx, Batch(
             steps=[replace(step)],
-            events=[_event(ctx, "wait", {"key": key, "kind": "job", "job": job.name, "line": line, "deadline": step.output["deadline"]}, since)],
+            events=[_event(ctx, EventKind.WAIT, {"key": key, "kind": "job", "job": job.name, "line": line, "deadline": step.output["deadline"]}, since)],
         ))  # fmt: skip
     deadline = step.output.get("deadline")
     ctx.record.current_step = key
@@ -73,9 +74,9 @@ async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
                 now = now_ms()
                 step.status, step.completed_at = "completed", now
                 step.output = {"since": since, "deadline": deadline, "execution_id": rec.id, "output": rec.output}
-                await runtime.commit_for(ctx, Batch(
+                await owner.commit_for(ctx, Batch(
                     steps=[step],
-                    events=[_event(ctx, "step_success", {"key": key, "name": job.name, "kind": "wait", "attempt": 1, "duration_ms": now - step.started_at}, now)],
+                    events=[_event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": "wait", "attempt": 1, "duration_ms": now - step.started_at}, now)],
                 ))  # fmt: skip
                 ctx.history[key] = step
                 return load_typed(job.options.output, rec.output)
@@ -104,13 +105,13 @@ async def _wait_more(ctx: ExecutionContext, step: StepRecord, deadline: int | No
     if deadline is not None and now >= deadline:
         error = TimeoutError(f"{what} timed out at its deadline ({deadline - step.started_at} ms after it began)")
         step.status, step.completed_at, step.error = "failed", now, error_to_dict(error)
-        await ctx.queue.runtime.commit_for(ctx, Batch(
+        await ctx.owner.commit_for(ctx, Batch(
             steps=[step],
-            events=[_event(ctx, "step_failure", {"key": step.key, "name": step.name, "kind": "wait", "attempt": 1, "error": step.error, "will_retry": False, "duration_ms": now - step.started_at}, now)],
+            events=[_event(ctx, EventKind.STEP_FAILURE, {"key": step.key, "name": step.name, "kind": "wait", "attempt": 1, "error": step.error, "will_retry": False, "duration_ms": now - step.started_at}, now)],
         ))  # fmt: skip
         ctx.history[step.key] = step
         raise error
-    delay_s = ctx.queue.runtime.poll_s
+    delay_s = ctx.owner.poll_s
     if deadline is not None:
         delay_s = min(delay_s, (deadline - now) / 1000)
     await _park(ctx, asyncio.sleep(delay_s))
@@ -124,9 +125,9 @@ async def _open_wait(ctx: ExecutionContext, key: str, seq: int, line: int | None
         return prior
     step = _new_step(ctx, key, name, "wait", seq, line, prior, output=start)
     start["deadline"] = step.started_at + timeout_ms if timeout_ms is not None else None
-    await ctx.queue.runtime.commit_for(ctx, Batch(
+    await ctx.owner.commit_for(ctx, Batch(
         steps=[replace(step)],
-        events=[_event(ctx, "wait", {"key": key, "line": line, **event, "deadline": start["deadline"]}, step.started_at)],
+        events=[_event(ctx, EventKind.WAIT, {"key": key, "line": line, **event, "deadline": start["deadline"]}, step.started_at)],
     ))  # fmt: skip
     return step
 
@@ -134,9 +135,9 @@ async def _open_wait(ctx: ExecutionContext, key: str, seq: int, line: int | None
 async def _close_wait(ctx: ExecutionContext, step: StepRecord, output: dict[str, Any]) -> None:
     now = now_ms()
     step.status, step.completed_at, step.output = "completed", now, output
-    await ctx.queue.runtime.commit_for(ctx, Batch(
+    await ctx.owner.commit_for(ctx, Batch(
         steps=[step],
-        events=[_event(ctx, "step_success", {"key": step.key, "name": step.name, "kind": step.kind, "attempt": 1, "duration_ms": now - step.started_at}, now)],
+        events=[_event(ctx, EventKind.STEP_SUCCESS, {"key": step.key, "name": step.name, "kind": step.kind, "attempt": 1, "duration_ms": now - step.started_at}, now)],
     ))  # fmt: skip
     ctx.history[step.key] = step
 
@@ -177,7 +178,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
 
 async def pipe_send_step(ctx: ExecutionContext, pipe: Pipe, stored: Any) -> None:
     """`pipe.send` inside a handler: the message and the step record commit together, once."""
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     key, seq = ctx.next_key(f"send:{pipe.name}")
     line = _caller_line()
     _boundary(ctx)
@@ -187,13 +188,13 @@ async def pipe_send_step(ctx: ExecutionContext, pipe: Pipe, stored: Any) -> None
     step = _new_step(ctx, key, pipe.name, "send", seq, line, prior, output={"data": stored})
     now = step.started_at
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, Batch(
+    await owner.commit_for(ctx, Batch(
         steps=[step],
         messages=[PipeMessage(pipe.name, stored, now)],
         events=[
-            _event(ctx, "step_start", {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "line": line}, now),
-            _event(ctx, "step_success", {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "duration_ms": 0}, now),
+            _event(ctx, EventKind.STEP_START, {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "line": line}, now),
+            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "duration_ms": 0}, now),
         ],
     ))  # fmt: skip
     ctx.history[key] = step
-    runtime.kick()
+    owner.kick()
