@@ -173,14 +173,14 @@ async def test_migration_4_adds_the_idempotency_key_to_an_older_database(fresh: 
     storage = fresh()
     await storage.open()
     await storage.commit(Batch(executions=[execution("OLD")]))
-    async with storage.engine.begin() as conn:  # back to what versions 1-2 created
+    async with storage.engine.begin() as conn:  # back to what versions 1-3 created
         await conn.execute(text("DROP INDEX ix_executions_idempotency_key"))
         await conn.execute(text("ALTER TABLE executions DROP COLUMN idempotency_key"))
         await conn.execute(text("DELETE FROM schema_version WHERE version = 4"))
     await storage.aclose()
     upgraded = fresh()
     await upgraded.open()
-    assert [v for v, _d, _a in await version_rows(upgraded)] == [1, 2, 4]
+    assert [v for v, _d, _a in await version_rows(upgraded)] == [1, 2, 3, 4]
     old = await upgraded.get_execution("OLD")
     assert old is not None and old.idempotency_key is None
     new = execution("NEW")
