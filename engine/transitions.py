@@ -9,6 +9,7 @@ build an execution's fields by hand.
                  |-> paused  -> pending      suspend("paused"), resume()
                  |-> pending                 release()         (storage unreachable, shutdown)
     pending/waiting/paused -> cancelled      cancel_idle()
+    pending -> cancelled ("debounced")       supersede()       (a later trigger of its debounce series)
     pending/waiting -> paused                pause_idle()
     failed/cancelled -> pending              retry_manually()
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
