@@ -92,7 +92,8 @@ def _throttled(**options: Any) -> dict[str, Any]:
         create_job(lambda: None, name="_probe_throttle", throttle="1 per second")
     except (TypeError, ValueError, NotImplementedError):
         return options
-    return {**options, "throttle": "1 per second"}
+    # "queue": a call that comes too early waits its turn (the default, "discard", drops it).
+    return {**options, "throttle": {"duration": "1 per second", "mode": "queue"}}
 
 
 # -- jobs ---------------------------------------------------------------------------
@@ -244,8 +245,14 @@ async def trickle(queue: Any, *, every_s: tuple[float, float] = (2.5, 6.0), burs
             await queue.jobs.processFile.start({"path": upload_path(rng, n)})
 
 
+#: The demo runs for days on a laptop: its dq.db keeps a bounded history.
+DEMO_RETENTION = {"completed": "1h", "failed": "1 day", "cancelled": "1h"}
+
+
 def create_demo_queue(storage: Any) -> Any:
-    return create_queue(jobs={j.name: j for j in JOBS}, storage=storage, shutdown_grace="1s")
+    return create_queue(
+        jobs={j.name: j for j in JOBS}, storage=storage, shutdown_grace="1s", retention=DEMO_RETENTION
+    )
 
 
 #: The demo's jobs for `dq-ui worker dq.app.demo:queue` (a worker uses the node's storage).

@@ -13,6 +13,7 @@ from .errors import (
 )
 from .execution import Execution, current_execution
 from .job import Job, create_job
+from .patching import patched
 from .pipe import Pipe, create_pipe
 from .queue import Queue, create_queue
 from .steps import run, sleep
@@ -50,6 +51,7 @@ __all__ = [
     "current_execution",
     "parse_duration",
     "parse_frequency",
+    "patched",
     "run",
     "sleep",
     "storage_from_url",

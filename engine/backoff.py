@@ -18,11 +18,9 @@ class Exponential:
     max_ms: int | None = None
     factor: float = 2.0
     jitter: float = 1.0  # fraction of the delay added at random: 1.0 makes the first wait 1-2 s
-    attempts: int | None = None  # after this many retries the delay stops growing
 
     def delay(self, retry: int) -> int:
-        n = retry - 1 if self.attempts is None else min(retry, self.attempts) - 1
-        base = self.initial_ms * self.factor ** max(0, n)
+        base = self.initial_ms * self.factor ** max(0, retry - 1)
         if self.max_ms is not None:
             base = min(base, self.max_ms)
         return int(base * (1 + random.random() * self.jitter))
@@ -51,7 +49,6 @@ def make_backoff(value: Any, option: str = "backoff") -> Backoff:
             max_ms=parse_duration(value["max"], f"{option}.max") if value.get("max") is not None else None,
             factor=float(value.get("factor", 2)),
             jitter=float(value.get("jitter", 0)),
-            attempts=int(value["attempts"]) if value.get("attempts") is not None else None,
         )
         if policy.factor <= 0 or policy.jitter < 0:
             raise ValueError(f"{option}: factor must be > 0 and jitter >= 0, got {dict(value)!r}")
@@ -80,11 +77,26 @@ def _three(_input: Any) -> int:
     return DEFAULT_RETRY
 
 
-def make_retry(value: Any, option: str = "retry") -> Callable[[Any], int]:
+def backoff_attempts(value: Any, option: str = "backoff") -> int | None:
+    """The `attempts` of a backoff dict: the most retries that backoff allows."""
+    if not isinstance(value, Mapping) or value.get("attempts") is None:
+        return None
+    attempts = value["attempts"]
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise ValueError(f"{option}.attempts: expected an int >= 0 (the most retries), got {attempts!r}")
+    return attempts
+
+
+def make_retry(value: Any, option: str = "retry", attempts: int | None = None) -> Callable[[Any], int]:
+    """Retries after the first attempt. A backoff's `attempts` caps them: alone it
+    is the count, with `retry` also set the smaller of the two wins."""
+    if attempts is not None:
+        if value is None:
+            return lambda _input: attempts
+        inner = make_retry(value, option)
+        return lambda input: min(inner(input), attempts)
     if value is None or (value == DEFAULT_RETRY and type(value) is int):
         return _three
-    if value is None:
-        return lambda _input: DEFAULT_RETRY
     if isinstance(value, bool) or not (isinstance(value, int) or callable(value)):
         raise ValueError(f"{option}: expected an int or fn(input) -> int, got {value!r}")
     if isinstance(value, int):

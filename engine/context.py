@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 _execution: ContextVar[ExecutionContext | None] = ContextVar("dq_execution", default=None)
 _queue: ContextVar[Queue | None] = ContextVar("dq_queue", default=None)
+#: Queues started and not closed in this process: a job or pipe called directly
+#: outside a handler runs on the one that holds it.
+_started: weakref.WeakSet[Queue] = weakref.WeakSet()
 
 
 @dataclass(eq=False)
@@ -98,3 +103,28 @@ def set_queue(queue: Queue | None) -> Any:
 
 def reset_queue(token: Any) -> None:
     _queue.reset(token)
+
+
+def queue_started(queue: Queue) -> None:
+    _started.add(queue)
+
+
+def queue_closed(queue: Queue) -> None:
+    _started.discard(queue)
+
+
+def only_started_queue(holds: Callable[[Queue], bool], what: str, instead: str) -> Queue:
+    """The one started queue for which `holds(queue)`; DqError naming the situation
+    (none, or several) and what to call instead."""
+    holders = [q for q in list(_started) if holds(q)]
+    if len(holders) == 1:
+        return holders[0]
+    if not holders:
+        raise DqError(
+            f"{what} called outside a handler, and no started queue holds it: start a queue "
+            f"with it first (async with create_queue(...)), or call {instead}"
+        )
+    raise DqError(
+        f"{what} called outside a handler, and {len(holders)} started queues hold it "
+        f"({', '.join(map(repr, holders))}): call {instead} on the queue you mean"
+    )

@@ -137,6 +137,8 @@ class Wait(TypedDict):
     job: NotRequired[str]
     pipe: NotRequired[str]
     child_id: NotRequired[str]
+    #: `wait_for(..., timeout=)`: when the wait fails with TimeoutError (ms; None: never).
+    deadline: NotRequired[int | None]
 
 
 class Log(TypedDict):
@@ -174,6 +176,8 @@ class Failure(TypedDict):
 
 class Cancel(TypedDict):
     reason: str | None
+    #: A debounced execution superseded by a later trigger: that trigger's execution.
+    by: NotRequired[str]
 
 
 class HookError(TypedDict):

@@ -60,6 +60,10 @@ class Execution:
         return self.record.parent_id
 
     @property
+    def idempotency_key(self) -> str | None:
+        return self.record.idempotency_key
+
+    @property
     def created_at(self) -> datetime:
         return _dt(self.record.created_at) or datetime.now(UTC)
 

@@ -3,7 +3,7 @@
 Concurrency and throttle gate the *start* of an execution: after a claim, the
 runtime takes a slot (or a window start); when it can't, the execution goes back
 to pending with the reason and the time worth retrying. Debounce acts when an
-execution is *triggered*, because it merges triggers. Every decision is one
+execution is *triggered*: a trigger cancels the pending one it supersedes. Every decision is one
 compare-and-set on a state key (`Batch.expect`), so it holds across processes.
 """
 
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import CancelledError, error_to_dict
 from .ids import now_ms
 from .limits import Limit, Timed, resolve_concurrency, resolve_timed, window_admits
 from .serialize import load_typed
-from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
+from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord
+from .transitions import Transition, supersede
 
 if TYPE_CHECKING:
     from .job import Job
@@ -159,36 +161,47 @@ class FlowControl:
         return Gate(False, now_ms() + self.runtime.slot_retry_ms, f"contended throttle for {t.key}")
 
     # -- debounce, when triggered ----------------------------------------------------------------
-    async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, str]:
-        """The writes that trigger `rec` (and the id of the execution that will answer it).
-        With debounce, a trigger may instead update the pending execution of its key."""
+    async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, Transition | None]:
+        """The writes that trigger `rec`, and the cancelling of the pending execution it supersedes.
+
+        Trailing: `rec` waits `interval` (capped by `timeout` since the first trigger of
+        the series); the series' previous pending execution is cancelled with reason
+        `debounced` in the same transaction, so only the last input runs. Leading: `rec`
+        runs at once unless the window of an earlier start is open; then it behaves as
+        trailing. The update on the previous execution only applies while it is still
+        pending: one claimed in the meantime runs (it started before this trigger)."""
         trigger = EventRecord(rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at)
         d = resolve_timed(job.name, job.options.debounce, typed, "debounce")
         if d is None:
-            return Batch(executions=[rec], events=[trigger]), rec.id
+            return Batch(executions=[rec], events=[trigger]), None
         key = "debounce:" + d.key
         state = (await self.storage.get_state([key])).get(key)
         now = now_ms()
-        within_timeout = state is not None and (d.timeout_ms is None or now < state["first"] + d.timeout_ms)
-        if d.mode == "leading":
-            if state is not None and within_timeout and now < state["until"]:
-                new = {**state, "until": now + d.interval_ms}
-                absorbed = EventRecord(state["execution"], job.name, "debounced", {"input": rec.input, "mode": "leading"}, now)
-                return Batch(events=[absorbed], state={key: new}, expect={key: state}), state["execution"]
+        first = int(state["first"]) if state is not None else now
+        in_series = state is not None and (d.timeout_ms is None or now < first + d.timeout_ms)
+        if d.mode == "leading" and not (in_series and now < int(state.get("until", 0))):
             new = {"execution": rec.id, "first": now, "until": now + d.interval_ms}
-            return Batch(executions=[rec], events=[trigger], state={key: new}, expect={key: state}), rec.id
-        # trailing: the latest input runs once the key has been quiet for the interval
-        if state is not None and within_timeout:
-            run_at = now + d.interval_ms
-            if d.timeout_ms is not None:
-                run_at = min(run_at, state["first"] + d.timeout_ms)
-            existing = await self.storage.get_execution(state["execution"])
-            if existing is not None and existing.status == "pending":
-                update = ExecutionUpdate(existing.id, {"input": rec.input, "run_at": run_at}, statuses=("pending",))
-                merged = EventRecord(existing.id, job.name, "debounced", {"input": rec.input, "mode": "trailing", "run_at": run_at}, now)
-                new = {**state, "last": now}
-                return Batch(updates=[update], events=[merged], state={key: new}, expect={key: state}), existing.id
-        rec.run_at = now + d.interval_ms if d.timeout_ms is None else now + min(d.interval_ms, d.timeout_ms)
+            return Batch(executions=[rec], events=[trigger], state={key: new}, expect={key: state}), None
+        if not in_series:
+            first = now
+        rec.run_at = now + d.interval_ms if d.timeout_ms is None else min(now + d.interval_ms, first + d.timeout_ms)
         rec.wait_reason = f"debounced ({d.mode}, {d.interval_ms} ms)"
-        new = {"execution": rec.id, "first": now}
-        return Batch(executions=[rec], events=[trigger], state={key: new}, expect={key: state}), rec.id
+        new = {"execution": rec.id, "first": first, "until": rec.run_at}
+        batch = Batch(executions=[rec], events=[trigger], state={key: new}, expect={key: state})
+        previous = await self.storage.get_execution(state["execution"]) if in_series else None
+        if previous is None or previous.status != "pending":
+            return batch, None
+        error = error_to_dict(CancelledError(f"execution {previous.id} was debounced by {rec.id}", "debounced"))
+        change = supersede(previous, by=rec.id, error=error, now=now)
+        batch.updates.append(change.update)
+        return batch, change
+
+    async def debounced(self, job: Job, change: Transition, by: ExecutionRecord) -> None:
+        """After the commit that applied `change` (cancelling the execution `by`
+        supersedes): its event, hooks and waiters."""
+        await self.runtime.committer.commit(Batch(events=change.events))
+        rec = await self.storage.get_execution(change.update.id)
+        if rec is None:
+            return
+        await self.runtime.settled_hooks(job, rec, None, None, "debounced")
+        self.runtime.resolve(rec)

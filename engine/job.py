@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, overload
 
 from . import context
-from .backoff import make_backoff, make_retry
+from .backoff import backoff_attempts, make_backoff, make_retry
+from .cron import CronSchedule, parse_cron
 from .durations import parse_duration
-from .errors import DqError, allow_error_module
+from .errors import allow_error_module
 from .event_schema import JOB_EVENTS
 from .limits import check_concurrency, check_debounce, check_throttle
 from .serialize import check_schema
@@ -25,6 +26,7 @@ HOOK_OPTIONS = (
     "on_trigger", "on_start", "on_success", "on_failure", "on_error", "on_cancel", "on_settled",
 )  # fmt: skip
 DEFAULT_TIMEOUT = "1 day"
+DEFAULT_IDEMPOTENCY_TTL = "1 day"
 
 
 @dataclass
@@ -40,7 +42,8 @@ class JobOptions:
     throttle: Any = None
     debounce: Any = None
     priority: int = 0
-    cron: str | None = None
+    idempotency_ttl: Any = DEFAULT_IDEMPOTENCY_TTL
+    cron: str | dict[str, str] | None = None
     trigger: list[Any] = field(default_factory=list)
     on_trigger: Callable[..., Any] | None = None
     on_start: Callable[..., Any] | None = None
@@ -69,9 +72,11 @@ class Job:
         allow_error_module(getattr(handler, "__module__", None) or "__main__")
         self.name = name
         self.options = options
-        self.retry_for = make_retry(options.retry)
+        self.retry_for = make_retry(options.retry, attempts=backoff_attempts(options.backoff))
         self.backoff_for = make_backoff(options.backoff)
         self.timeout_ms = parse_duration(options.timeout, "timeout")
+        self.idempotency_ttl_ms = parse_duration(options.idempotency_ttl, "idempotency_ttl")
+        self.cron: CronSchedule | None = parse_cron(options.cron) if options.cron is not None else None
         self.is_async = inspect.iscoroutinefunction(handler)
         self.takes_input = _takes_argument(handler)
         self.listeners: dict[str, list[Callable[..., Any]]] = {}
@@ -91,10 +96,12 @@ class Job:
         out["retry"] = _show(o.retry) if o.retry is not None else "3 (default)"
         out["backoff"] = _show(o.backoff) if o.backoff is not None else "exponential from 1s, x2, jitter"
         out["timeout"] = _show(o.timeout)
-        for name in ("concurrency", "throttle", "debounce", "cron"):
+        for name in ("concurrency", "throttle", "debounce"):
             value = getattr(o, name)
             if value is not None:
                 out[name] = _show(value)
+        if self.cron is not None:
+            out["cron"] = self.cron.describe()
         if o.priority:
             out["priority"] = str(o.priority)
         if o.trigger:
@@ -119,21 +126,22 @@ class Job:
 
     # -- running ---------------------------------------------------------------
     def _queue(self, method: str) -> Queue:
+        """The handler's queue; outside handlers, the one started queue holding this job."""
         queue = context.ambient_queue()
-        if queue is None:
-            raise DqError(
-                f"{self.name}.{method}() outside a handler: reach the job through its queue, "
-                f"queue.jobs[{self.name!r}].{method}(...)"
-            )
-        return queue
+        if queue is not None:
+            return queue
+        return context.only_started_queue(
+            lambda q: q.definitions.get(self.name) is self,
+            f"{self.name}.{method}()", f"queue.jobs[{self.name!r}].{method}(...)",
+        )  # fmt: skip
 
     # run/start are plain functions returning a coroutine so that the call site's line
     # is known even when the coroutine runs in another task (asyncio.gather).
-    def run(self, input: Any = None) -> Coroutine[Any, Any, Any]:
-        return self._queue("run").runtime.run_job(self, input, _call_line())
+    def run(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Any]:
+        return self._queue("run").runtime.run_job(self, input, _call_line(), idempotency_key)
 
-    def start(self, input: Any = None) -> Coroutine[Any, Any, Execution]:
-        return self._queue("start").runtime.start_job(self, input, _call_line())
+    def start(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Execution]:
+        return self._queue("start").runtime.start_job(self, input, _call_line(), idempotency_key)
 
     async def cancel(self, input: Any = None, reason: str | None = None) -> int:
         return await self._queue("cancel").lifecycle.cancel_job(self, input, reason)
@@ -144,10 +152,10 @@ class Job:
     async def resume(self) -> None:
         await self._queue("resume").lifecycle.resume_job(self)
 
-    async def wait_for(self, match: Any) -> Any:
+    async def wait_for(self, match: Any, *, timeout: Any = None) -> Any:
         from .waits import wait_for_job
 
-        return await wait_for_job(self, match)
+        return await wait_for_job(self, match, timeout)
 
 
 class BoundJob:
@@ -163,11 +171,11 @@ class BoundJob:
     def __repr__(self) -> str:
         return f"<Job {self.job.name!r} of {self.queue!r}>"
 
-    def run(self, input: Any = None) -> Coroutine[Any, Any, Any]:
-        return self.queue.runtime.run_job(self.job, input, _call_line())
+    def run(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Any]:
+        return self.queue.runtime.run_job(self.job, input, _call_line(), idempotency_key)
 
-    def start(self, input: Any = None) -> Coroutine[Any, Any, Execution]:
-        return self.queue.runtime.start_job(self.job, input, _call_line())
+    def start(self, input: Any = None, *, idempotency_key: str | None = None) -> Coroutine[Any, Any, Execution]:
+        return self.queue.runtime.start_job(self.job, input, _call_line(), idempotency_key)
 
     async def start_many(self, inputs: Iterable[Any]) -> list[Execution]:
         """Start one execution per input, stored in bulk (outside handlers)."""
@@ -238,9 +246,7 @@ def create_job(
     check_throttle(opts.throttle)
     check_debounce(opts.debounce)
     if opts.cron is not None:
-        from .scheduler import check_cron
-
-        check_cron(opts.cron)
+        parse_cron(opts.cron)
         if opts.input is not None:
             from .serialize import validate_in
 

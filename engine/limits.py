@@ -78,7 +78,7 @@ def _check_timed(value: Any, option: str, modes: tuple[str, ...], extra: set[str
 
 
 def check_throttle(value: Any) -> None:
-    _check_timed(value, "throttle", ("queue", "discard"), set())
+    _check_timed(value, "throttle", ("discard", "queue"), set())
 
 
 def check_debounce(value: Any) -> None:
@@ -149,7 +149,7 @@ def resolve_timed(job_name: str, value: Any, input: Any, option: str) -> Timed |
     value = _resolve(value, input, option)
     if value is None:
         return None
-    default_mode = "queue" if option == "throttle" else "trailing"
+    default_mode = "discard" if option == "throttle" else "trailing"
     if isinstance(value, Mapping):
         key = f"{job_name}:{value['id']}" if value.get("id") is not None else job_name
         timeout = value.get("timeout")

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from . import context
 from .distributed.service import Orchestration, WorkerService
 from .durations import parse_duration
 from .errors import DqError
@@ -15,6 +16,7 @@ from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
+from .retention import parse_retention
 from .runtime import Runtime
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage
@@ -23,7 +25,7 @@ _FILTERS = {
     "status", "job_name", "started_before", "started_after", "completed_before",
     "completed_after", "created_before", "created_after", "retry_count",
     "retry_count_less_than", "retry_count_greater_than", "limit", "offset", "order",
-    "parent_id", "root_id", "id_contains", "cursor",
+    "parent_id", "root_id", "id_contains", "cursor", "idempotency_key",
 }  # fmt: skip
 
 
@@ -77,6 +79,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         parent_id=filters.get("parent_id"),
         root_id=filters.get("root_id"),
         id_contains=filters.get("id_contains"),
+        idempotency_key=filters.get("idempotency_key"),
         cursor=filters.get("cursor"),
         created_before=_ms(filters.get("created_before"), "created_before"),
         created_after=_ms(filters.get("created_after"), "created_after"),
@@ -165,6 +168,9 @@ class PipesRegistry:
     def __iter__(self) -> Iterator[str]:
         return iter(self._pipes)
 
+    def values(self) -> list[Pipe]:
+        return list(self._pipes.values())
+
 
 class Queue:
     def __init__(
@@ -181,13 +187,14 @@ class Queue:
         poll_interval: Any = "1s",
         short_sleep: Any = "5s",
         shutdown_grace: Any = "10s",
+        retention: Mapping[str, Any] | None = None,
     ) -> None:
         pairs = list(jobs.items()) if isinstance(jobs, Mapping) else [(j.name, j) for j in jobs]
         by_key = dict(pairs)
         self._args = {"jobs": jobs, "pipes": pipes, "concurrency": concurrency, "logger": logger,
                       "orchestration": orchestration, "monitoring": monitoring, "lease": lease,
                       "poll_interval": poll_interval, "short_sleep": short_sleep,
-                      "shutdown_grace": shutdown_grace}  # fmt: skip
+                      "shutdown_grace": shutdown_grace, "retention": retention}  # fmt: skip
         self.definitions: dict[str, Job] = {}
         for key, job in pairs:
             if not isinstance(job, Job):
@@ -209,6 +216,9 @@ class Queue:
         self.short_sleep_ms = parse_duration(short_sleep, "short_sleep")
         self.shutdown_grace_s = parse_duration(shutdown_grace, "shutdown_grace") / 1000
         self.max_active = concurrency or 10_000
+        #: The retention policy as given (the dashboard shows it), and in ms per status.
+        self.retention_ms = parse_retention(retention)
+        self.retention = dict(retention or {})
         self.jobs = JobsRegistry(self, by_key)
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)
@@ -244,7 +254,14 @@ class Queue:
             self._start_task = asyncio.ensure_future(self.runtime.start())
         await asyncio.shield(self._start_task)
         self.runtime.check_usable()  # storage lost dq's data: StorageLostError
+        context.queue_started(self)
         return self.runtime
+
+    def holds_pipe(self, name: str) -> bool:
+        """Whether this queue has the pipe `name`: in `pipes`, or as a trigger of a job."""
+        if any(p.name == name for p in self.pipes.values()):
+            return True
+        return any(getattr(t, "name", None) == name for j in self.definitions.values() for t in j.options.trigger)
 
     @property
     def ready(self) -> asyncio.Future[None]:
@@ -257,6 +274,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        context.queue_closed(self)
         if self._start_task is not None:
             try:
                 await self._start_task

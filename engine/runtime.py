@@ -22,8 +22,10 @@ from .event_schema import EventKind
 from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
+from .idempotency import check_key, holder, start_once
 from .ids import new_id, now_ms
 from .results import Results
+from .retention import Housekeeping
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
@@ -74,6 +76,9 @@ class Runtime:
         self.flow = FlowControl(self)
         self.triggers = Triggers(self)
         self.cron = Cron(self)
+        self.housekeeping = Housekeeping(
+            self.storage, queue.retention_ms, list(queue.definitions), lambda b: self.committer.commit(b), queue.logger
+        )
         self.contexts: dict[str, ExecutionContext] = {}
         self.paused_jobs: set[str] = set()
         self.closing = False
@@ -111,6 +116,7 @@ class Runtime:
             ("watchdog", attempt.watchdog(self.contexts.values)),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
+            *([("housekeeping", self.housekeeping.run())] if self.storage.housekeeping else []),
         ):
             task = asyncio.create_task(coro, name=f"dq-{name}")
             task.add_done_callback(self._side_task_done)
@@ -264,6 +270,12 @@ class Runtime:
             if isinstance(exc, StorageLostError):
                 self.lose_storage(exc)
             raise
+        if result.conflict:  # an `extra` precondition failed: nothing was stored
+            for ctx in direct:
+                self.contexts.pop(ctx.id, None)
+                rec = ctx.record
+                rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
+            return result
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
                 await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
@@ -274,22 +286,22 @@ class Runtime:
         return result
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
-        """Trigger a debounced job: a new pending execution, or the pending one of its key
-        updated with this input. Returns the id of the execution that answers the trigger."""
+        """Trigger a debounced job: a new execution, which cancels the pending one it
+        supersedes (`FlowControl.plan`). Returns the new execution's id."""
         typed = load_typed(job.options.input, rec.input)
         for _ in range(50):
-            batch, answer = await self.flow.plan(job, rec, typed)
+            batch, previous = await self.flow.plan(job, rec, typed)
             result = await self.committer.commit(batch)
-            if result.conflict or not all(result.applied):
+            if result.conflict:
                 continue
-            if answer == rec.id:
-                if self.hooks.wanted(job, "trigger"):
-                    await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
-                if self._timer is not None:
-                    self._timer.at(rec.run_at)
+            if self.hooks.wanted(job, "trigger"):
+                await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
+            if self._timer is not None:
+                self._timer.at(rec.run_at)
             self.kick()
-            rec.id = answer
-            return answer
+            if previous is not None and result.applied[0]:
+                await self.flow.debounced(job, previous, rec)
+            return rec.id
         raise JobError(f"job {job.name!r}: debounce state kept changing; trigger not stored")
 
     async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
@@ -305,16 +317,24 @@ class Runtime:
         self.check_usable()
         return await self.results.settled(execution_ids)
 
-    async def start_job(self, job: Job, input: Any, line: int | None = None) -> Execution:
+    async def start_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Execution:
+        key = check_key(idempotency_key)
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
             from .steps import child_step
 
-            result = await child_step(ctx, job, input, wait=False, line=line)
+            result = await child_step(ctx, job, input, wait=False, line=line, idempotency_key=key)
             assert isinstance(result, Execution)
             return result
         rec = self.new_record(job, input)  # bad input fails here, before anything starts
         await self.queue.started()
+        if key is not None:
+            first, _started = await start_once(
+                self.storage, rec, key, job.idempotency_ttl_ms, lambda r, extra: self.create(job, r, extra)
+            )
+            return Execution(self.queue, first)
         if job.options.debounce is not None:
             answer = await self._create_debounced(job, rec)
             stored = await self.storage.get_execution(answer)
@@ -322,13 +342,16 @@ class Runtime:
         await self.create(job, rec)
         return Execution(self.queue, rec)
 
-    async def run_job(self, job: Job, input: Any, line: int | None = None) -> Any:
+    async def run_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Any:
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
             from .steps import child_step
 
-            return await child_step(ctx, job, input, wait=True, line=line)
-        execution = await self.start_job(job, input)
+            key = check_key(idempotency_key)
+            return await child_step(ctx, job, input, wait=True, line=line, idempotency_key=key)
+        execution = await self.start_job(job, input, idempotency_key=idempotency_key)
         return await execution.result()
 
     # -- dispatch ------------------------------------------------------------------
@@ -443,6 +466,9 @@ class Runtime:
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         return await self.storage.get_execution(execution_id)
+
+    async def idempotency_holder(self, job_name: str, key: str) -> tuple[Any, ExecutionRecord | None]:
+        return await holder(self.storage, job_name, key)
 
     async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
         return await self.queue.lifecycle.cancel(execution_id, reason)

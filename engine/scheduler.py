@@ -1,4 +1,4 @@
-"""Cron expressions and the wake-up timer that drives the dispatcher."""
+"""Cron ticks and the wake-up timer that drives the dispatcher."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from croniter import croniter
-
 from . import clock
+from .cron import CronSchedule
 from .ids import now_ms
 from .storage.base import Batch, EventRecord
 
@@ -31,17 +29,6 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
             return True
     except TimeoutError:
         return False
-
-
-def check_cron(expr: object) -> None:
-    if not isinstance(expr, str) or not croniter.is_valid(expr):
-        raise ValueError(
-            f"cron: {expr!r} is not a valid cron expression "
-            "(5 fields, or 6 with seconds last: '*/5 * * * *')"
-        )
-    fields = expr.split()
-    if len(fields) not in (5, 6):
-        raise ValueError(f"cron: {expr!r} must have 5 fields (or 6 with a seconds field)")
 
 
 class Timer:
@@ -96,7 +83,7 @@ class Cron:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.jobs = [j for j in runtime.queue.definitions.values() if j.options.cron]
+        self.jobs = [j for j in runtime.queue.definitions.values() if j.cron is not None]
 
     async def run(self) -> None:
         if not self.jobs:
@@ -104,23 +91,23 @@ class Cron:
         await asyncio.gather(*(self._job_loop(job) for job in self.jobs))
 
     async def _job_loop(self, job: Job) -> None:
-        expr = str(job.options.cron)
+        schedule = job.cron
+        assert schedule is not None
         while True:
             try:
-                delay = await self._tick(job, expr)
+                delay = await self._tick(job, schedule)
             except Exception as exc:
                 self.runtime.queue.logger.warning("dq: cron of job %r failed: %s", job.name, exc)
                 delay = self.runtime.poll_s
             await asyncio.sleep(delay)
 
-    async def _tick(self, job: Job, expr: str) -> float:
+    async def _tick(self, job: Job, schedule: CronSchedule) -> float:
         """Start the due tick if any; returns seconds until the next one."""
         runtime = self.runtime
         key = f"cron:{job.name}"
         state = (await runtime.storage.get_state([key])).get(key)
         now = now_ms()
-        now_dt = datetime.fromtimestamp(now / 1000, UTC)
-        latest_due = _ms(croniter(expr, now_dt).get_prev(datetime))
+        latest_due = schedule.prev(now)
         if state is None:
             # First sight of this job: the schedule starts now, nothing to catch up.
             await runtime.committer.commit(Batch(state={key: {"last": latest_due}}, expect={key: None}))
@@ -129,7 +116,7 @@ class Cron:
             rec.wait_reason = None
             batch = Batch(
                 executions=[rec],
-                events=[EventRecord(rec.id, job.name, "trigger", {"input": None, "parent_id": None, "cron": expr, "tick": latest_due}, now)],
+                events=[EventRecord(rec.id, job.name, "trigger", {"input": None, "parent_id": None, "cron": schedule.describe(), "tick": latest_due}, now)],
                 state={key: {"last": latest_due}},
                 expect={key: state},
             )
@@ -138,9 +125,5 @@ class Cron:
                 runtime.kick()
                 if runtime.hooks.wanted(job, "trigger"):
                     await runtime.hooks.fire(job, "trigger", rec.id, {"input": None})
-        following = _ms(croniter(expr, now_dt).get_next(datetime))
+        following = schedule.next(now)
         return max(0.0, (following - now_ms()) / 1000) + 0.001
-
-
-def _ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)

@@ -102,6 +102,10 @@ class StateOwner(Protocol):
     async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
         """Cancel an execution and its unfinished children (lifecycle.cancel)."""
 
+    async def idempotency_holder(self, job_name: str, key: str) -> tuple[Any, ExecutionRecord | None]:
+        """The stored state of `job_name`'s idempotency `key` (for the compare-and-set
+        that takes it) and the execution holding it while unexpired."""
+
     # -- flow control, hooks, wake-ups -------------------------------------------------------
     async def take_slot(self, limit: Limit, holder: str, execution_id: str) -> bool:
         """Take one of `limit`'s slots for `holder` (a step's `concurrency`); False when

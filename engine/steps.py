@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .backoff import make_backoff, make_retry
+from .backoff import DEFAULT_RETRY, backoff_attempts, make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import (
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .event_schema import EventKind
 from .execution import Execution
+from .idempotency import take
 from .ids import now_ms
 from .limits import Limit
 from .serialize import dump_step, load_step, load_typed, validate_in
@@ -111,7 +112,7 @@ async def run(
     fn: Callable[[], Any] | None = None,
     /,
     *,
-    retry: int = 3,
+    retry: int | None = None,
     backoff: Any = None,
     timeout: Any = None,
     concurrency: int | None = None,
@@ -130,8 +131,13 @@ async def run(
     else:
         raise TypeError("run: expected run(name, fn) or run(fn) with a callable fn")
     # The defaults skip option parsing (and its messages): this is every step's path.
-    retries = retry if retry == 3 and type(retry) is int else make_retry(retry, f"step {label!r} retry")(None)
-    backoff_for = _DEFAULT_BACKOFF if backoff is None else make_backoff(backoff, f"step {label!r} backoff")
+    if backoff is None:
+        retries = DEFAULT_RETRY if retry is None else make_retry(retry, f"step {label!r} retry")(None)
+        backoff_for = _DEFAULT_BACKOFF
+    else:
+        attempts = backoff_attempts(backoff, f"step {label!r} backoff")
+        retries = make_retry(retry, f"step {label!r} retry", attempts)(None)
+        backoff_for = make_backoff(backoff, f"step {label!r} backoff")
     timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"step {label!r} concurrency: expected an int >= 1, got {concurrency!r}")
@@ -318,7 +324,8 @@ def _digest(job: Job, input: Any) -> str:
 
 
 async def child_step(
-    ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None
+    ctx: ExecutionContext, job: Job, input: Any, *, wait: bool, line: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Any:
     """`job.run`/`job.start` inside a handler: the child is created once, in the same
     transaction as the step that records its id."""
@@ -346,22 +353,38 @@ async def child_step(
     step: StepRecord
     if child_id is None:
         child = owner.new_record(job, input, parent=ctx)
-        step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
-        events = [_event(ctx, _STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
-        if not wait:
-            step.status, step.completed_at = "completed", step.started_at
-            events.append(_event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await owner.guard(ctx, owner.create(job, child, Batch(
-            updates=[enter_step(ctx.holder, key)],
-            steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
-        )))  # fmt: skip
-        if ctx.id in result.refused:
-            await owner.cancel(child.id, "parent lost its lease before recording the child")
-            raise LOST.interrupt()
+        for _ in range(50):
+            # With an idempotency key, the step records the key's holder when there is one.
+            state, first = None, None
+            if idempotency_key is not None:
+                state, first = await owner.guard(ctx, owner.idempotency_holder(job.name, idempotency_key))
+            target = first if first is not None else child
+            step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": target.id})
+            events = [_event(ctx, _STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": target.id}, step.started_at)]
+            if not wait:
+                step.status, step.completed_at = "completed", step.started_at
+                events.append(_event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": target.id}, step.started_at))
+            batch = Batch(
+                updates=[enter_step(ctx.holder, key)],
+                steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
+            )  # fmt: skip
+            if first is not None:
+                result = await owner.commit_for(ctx, batch)
+            else:
+                if idempotency_key is not None:
+                    take(batch, child, idempotency_key, state, job.idempotency_ttl_ms)
+                result = await owner.guard(ctx, owner.create(job, child, batch))
+                if ctx.id in result.refused:
+                    await owner.cancel(child.id, "parent lost its lease before recording the child")
+                    raise LOST.interrupt()
+            if not result.conflict:
+                break
+        else:
+            raise RuntimeError(f"idempotency key {idempotency_key!r} of job {job.name!r} kept changing")
         if not wait:
             ctx.history[key] = step
-            return Execution(ctx.queue, child)
-        child_id = child.id
+            return Execution(ctx.queue, target)
+        child_id = target.id
     else:
         assert prior is not None
         step = prior

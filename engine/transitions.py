@@ -9,6 +9,7 @@ build an execution's fields by hand.
                  |-> paused  -> pending      suspend("paused"), resume()
                  |-> pending                 release()         (storage unreachable, shutdown)
     pending/waiting/paused -> cancelled      cancel_idle()
+    pending -> cancelled ("debounced")       supersede()       (a later trigger of its debounce series)
     pending/waiting -> paused                pause_idle()
     failed/cancelled -> pending              retry_manually()
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
@@ -303,6 +304,20 @@ def cancel_idle(rec: ExecutionRecord, *, error: dict[str, Any], reason: str | No
     return _idle(
         rec, fields, ("pending", "waiting", "paused"),
         EventRecord(rec.id, rec.job_name, EventKind.CANCEL, {"reason": reason}, now),
+    )  # fmt: skip
+
+
+def supersede(rec: ExecutionRecord, *, by: str, error: dict[str, Any], now: int) -> Transition:
+    """Cancel a pending debounced execution that the trigger `by` supersedes (reason
+    `debounced`); only while it is still pending: one claimed meanwhile runs. Commit
+    the update with the trigger, and the event once the update applied."""
+    fields: ExecutionFields = {
+        "status": "cancelled", "completed_at": now, "error": error,
+        "control": None, "wait_reason": None, **_RELEASED,
+    }  # fmt: skip
+    return _idle(
+        rec, fields, ("pending",),
+        EventRecord(rec.id, rec.job_name, EventKind.CANCEL, {"reason": "debounced", "by": by}, now),
     )  # fmt: skip
 
 

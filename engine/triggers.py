@@ -42,7 +42,7 @@ class Triggers:
                 if isinstance(t, JobTrigger):
                     self.job_routes.setdefault(t.source.name, []).append((job, t.fn))
                 elif isinstance(t, PipeTrigger):
-                    self.pipe_routes.append((job, t.pipe.name, t.pipe.input, t.fn))
+                    self.pipe_routes.append((job, t.name, None, t.view))
                 elif isinstance(t, Pipe):
                     self.pipe_routes.append((job, t.name, t.input, None))
                 else:
@@ -100,11 +100,13 @@ class Triggers:
             errors.state, errors.expect = {key: {"seq": msg.seq}}, {key: state}
             await runtime.committer.commit(errors)
             return True
-        batch, _answer = await runtime.flow.plan(job, rec, load_typed(job.options.input, rec.input))
+        batch, previous = await runtime.flow.plan(job, rec, load_typed(job.options.input, rec.input))
         batch.state[key], batch.expect[key] = {"seq": msg.seq}, state
         result = await runtime.committer.commit(batch)
-        if not result.conflict and all(result.applied):
+        if not result.conflict:
             await self._after(job, batch.executions)
+            if previous is not None and result.applied[0]:
+                await runtime.flow.debounced(job, previous, rec)
         return True
 
     def _record(self, job: Job, pipe: str, schema: Any, fn: Mapper, data: Any, seq: int,

@@ -32,6 +32,8 @@ class Filters:
     statuses: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     q: str = ""
+    #: An exact idempotency key (`key=` in the URL).
+    key: str = ""
     #: The time and count filters as given (for links and the form) and as parsed.
     times: dict[str, str] = field(default_factory=dict)
     ints: dict[str, str] = field(default_factory=dict)
@@ -46,7 +48,7 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return bool(self.statuses or self.jobs or self.q or self.times or self.ints)
+        return bool(self.statuses or self.jobs or self.q or self.key or self.times or self.ints)
 
     def query(self) -> ExecutionQuery:
         """The query for the filters alone (no paging)."""
@@ -55,6 +57,7 @@ class Filters:
             statuses=self.statuses or None,
             job_names=self.jobs or None,
             id_contains=self.q or None,
+            idempotency_key=self.key or None,
             started_after=tq.get("started_after"),
             started_before=tq.get("started_before"),
             completed_after=tq.get("completed_after"),
@@ -79,6 +82,8 @@ class Filters:
         out += [("job", j) for j in self.jobs]
         if self.q:
             out.append(("q", self.q))
+        if self.key:
+            out.append(("key", self.key))
         out += list(self.times.items()) + list(self.ints.items())
         if self.limit != PAGE_SIZE:
             out.append(("limit", str(self.limit)))
@@ -118,6 +123,7 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
     if unknown:
         f.notes.append("no job named " + ", ".join(repr(j) for j in unknown))
     f.q = read("q", partial(p.text, max_len=64)) or ""
+    f.key = read("key", partial(p.text, max_len=200)) or ""
     for key in _TIME_FIELDS:
         ms = read(key, p.timestamp)
         if ms is not None:

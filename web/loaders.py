@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
 
@@ -38,6 +38,14 @@ class OverviewScan:
 
 
 @dataclass(slots=True)
+class RetentionShown:
+    #: The queue's retention policy as given (status -> how long to keep).
+    policy: dict[str, Any]
+    #: Executions this process's housekeeping deleted (None: no started runtime here).
+    removed: int | None
+
+
+@dataclass(slots=True)
 class ExecutionsRows:
     rows: list[ExecutionRecord]
     #: More rows than the page shows lie beyond it (in its direction).
@@ -56,6 +64,13 @@ async def overview_scan(dash: Dashboard, now: int) -> OverviewScan:
     tp = await throughput(dash.storage, now)
     groups = await failure_groups(dash.storage, dash.jobs, now)
     return OverviewScan(tp, list(groups))
+
+
+def retention(dash: Dashboard) -> RetentionShown:
+    """The overview's retention policy and how many executions it removed so far."""
+    policy = dict(getattr(dash.queue, "retention", None) or {})
+    housekeeping = getattr(getattr(dash.queue, "runtime", None), "housekeeping", None)
+    return RetentionShown(policy, housekeeping.removed if housekeeping is not None else None)
 
 
 async def executions_rows(dash: Dashboard, f: Filters) -> ExecutionsRows:

@@ -37,7 +37,8 @@ async def overview(request: Req) -> Response[str]:
     now = now_ms()
     ctx = dash.context(request, "overview", stream_url("overview", seq))
     top, scan = await loaders.overview_counts(dash), await loaders.overview_scan(dash, now)
-    ctx.update(counts=top.counts, recent=top.recent, tp=scan.tp, groups=scan.groups, job_count=len(dash.jobs))
+    ctx.update(counts=top.counts, recent=top.recent, tp=scan.tp, groups=scan.groups, job_count=len(dash.jobs),
+               retention=loaders.retention(dash))
     return html(render.page("overview.html", **ctx))
 
 

@@ -65,6 +65,7 @@ class NodeRefused(DqError):
 
 class RemoteStorage(Storage):
     kind = "remote"
+    housekeeping = False
 
     def __init__(
         self,
@@ -193,6 +194,9 @@ class RemoteStorage(Storage):
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
         counts: dict[str, int] = await self._args("count", wire.Query(query))
         return counts
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        raise DqError("a worker's storage deletes nothing: retention runs on the orchestration node")
 
     async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:
         # Charts are the node's dashboard's business; a worker runs handlers only.

@@ -51,6 +51,8 @@ class ExecutionRecord:
     wait_reason: str | None = None
     #: The key of the step the handler is in or last reached.
     current_step: str | None = None
+    #: The key given to `start(..., idempotency_key=...)`, if any.
+    idempotency_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -185,6 +187,7 @@ class ExecutionQuery:
     retry_count: int | None = None
     retry_count_less_than: int | None = None
     retry_count_greater_than: int | None = None
+    idempotency_key: str | None = None
     #: Keyset pagination: only ids strictly older (newest order) / newer (oldest order).
     cursor: str | None = None
     limit: int | None = None
@@ -239,6 +242,9 @@ class Storage(abc.ABC):
     #: goes to disk or over a network), so the runtime calls it directly, without
     #: group commit.
     synchronous_commit: bool = False
+    #: False for a client of storage another process owns (a worker's RemoteStorage):
+    #: that process runs retention and expiry sweeps, this one does not.
+    housekeeping: bool = True
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -325,6 +331,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
         """Matching executions counted by status (limit/offset/cursor ignored)."""
+
+    @abc.abstractmethod
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        """Delete those of `ids` that are in a TERMINAL status, with their steps and
+        events, in one atomic change; returns the ids deleted. Unknown ids and
+        executions not (or no longer) terminal are left alone. Pipe messages, state
+        and other executions (children included: the caller passes whole trees) stay."""
 
     @abc.abstractmethod
     async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:

@@ -11,6 +11,7 @@ from typing import Any
 from ..ids import now_ms
 from .base import (
     CLAIMABLE,
+    TERMINAL,
     Aggregate,
     Batch,
     CommitResult,
@@ -203,6 +204,19 @@ class MemoryStorage(Storage):
             if matches(r, query, paging=False):
                 out[r.status] = out.get(r.status, 0) + 1
         return out
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        gone = [i for i in dict.fromkeys(ids) if (r := self._executions.get(i)) and r.status in TERMINAL]
+        for eid in gone:
+            del self._executions[eid]
+            self._pending.discard(eid)
+            self._steps.pop(eid, None)
+            self._by_execution.pop(eid, None)
+        if gone:
+            dead = set(gone)
+            self._events = [e for e in self._events if e.execution_id not in dead]
+            self._event_seqs = [e.seq for e in self._events]
+        return gone
 
     async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:
         agg = Aggregate()

@@ -54,6 +54,8 @@ def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> 
         return False
     if q.retry_count_greater_than is not None and not rec.retry_count > q.retry_count_greater_than:
         return False
+    if q.idempotency_key is not None and rec.idempotency_key != q.idempotency_key:
+        return False
     if paging and q.cursor is not None:
         return rec.id < q.cursor if q.order == "newest" else rec.id > q.cursor
     return True

@@ -198,7 +198,7 @@ class RedisStorage(Storage):
             self._scripts = {
                 name: client.register_script(getattr(lua, name))
                 for name in ("OPEN", "COMMIT", "CLAIM", "RENEW", "RECLAIM", "HEARTBEAT",
-                             "READ_EVENTS", "NEXT_DUE")
+                             "READ_EVENTS", "NEXT_DUE", "DELETE")
             }  # fmt: skip
             schema, epoch = await self._scripts["OPEN"](
                 args=[self._prefix, SCHEMA_VERSION, secrets.token_hex(8)]
@@ -379,6 +379,11 @@ class RedisStorage(Storage):
         return [str(i) for i in await self._call("RECLAIM", *dead_workers)]
 
     # -- executions -----------------------------------------------------------------
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        return [str(i) for i in await self._call("DELETE", *dict.fromkeys(ids))]
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         fields = await self._redis.hgetall(self._k("exec", execution_id))
@@ -652,5 +657,5 @@ def _only_status_and_job(q: ExecutionQuery) -> bool:
         and q.started_before is None and q.started_after is None
         and q.completed_before is None and q.completed_after is None
         and q.retry_count is None and q.retry_count_less_than is None
-        and q.retry_count_greater_than is None
+        and q.retry_count_greater_than is None and q.idempotency_key is None
     )  # fmt: skip

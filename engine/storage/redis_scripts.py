@@ -476,6 +476,32 @@ return done
 """
 )
 
+# ARGV: prefix, epoch, then execution ids. Deletes the terminal ones with their
+# steps and events (retention); returns the ids deleted.
+DELETE = (
+    _PRELUDE
+    + _INDEX
+    + _BULK
+    + """
+local TERMINAL = {completed = true, failed = true, cancelled = true}
+local gone, seqs = {}, {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local v = redis.call('HMGET', ekey(id), 'status', 'job_name', 'priority')
+  if v[1] and TERMINAL[v[1]] then
+    unindex(id, v[1], v[2], v[3] or '0')
+    redis.call('ZREM', P .. ':ids', id)
+    redis.call('DEL', ekey(id), P .. ':steps:' .. id)
+    for _, seq in ipairs(redis.call('ZRANGE', P .. ':events:' .. id, 0, -1)) do seqs[#seqs + 1] = seq end
+    redis.call('DEL', P .. ':events:' .. id)
+    gone[#gone + 1] = id
+  end
+end
+bulk('HDEL', P .. ':events', seqs)
+return gone
+"""
+)
+
 # ARGV: prefix, epoch, worker_id, info JSON. Stamps the heartbeat with the server clock.
 HEARTBEAT = (
     _PRELUDE

@@ -51,6 +51,7 @@ from ..ids import now_ms
 from .base import (
     CLAIMABLE,
     DURATIONS_LIMIT,
+    TERMINAL,
     Aggregate,
     Batch,
     CommitResult,
@@ -716,6 +717,8 @@ class SqlStorage(Storage):
             conds.append(c.retry_count < q.retry_count_less_than)
         if q.retry_count_greater_than is not None:
             conds.append(c.retry_count > q.retry_count_greater_than)
+        if q.idempotency_key is not None:
+            conds.append(c.idempotency_key == q.idempotency_key)
         if paging and q.cursor is not None:
             conds.append(c.id < q.cursor if q.order == "newest" else c.id > q.cursor)
         return conds
@@ -846,6 +849,17 @@ class SqlStorage(Storage):
     async def remove_worker(self, worker_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))
+
+    async def delete_executions(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        async with self._write() as conn:
+            stmt = delete(_E).where(_E.c.id.in_(list(ids)), _E.c.status.in_(sorted(TERMINAL)))
+            gone = [str(i) for i in (await conn.execute(stmt.returning(_E.c.id))).scalars()]
+            if gone:
+                await conn.execute(delete(STEPS).where(STEPS.c.execution_id.in_(gone)))
+                await conn.execute(delete(EVENTS).where(EVENTS.c.execution_id.in_(gone)))
+        return gone
 
 
 def _delete_state() -> Executable:

@@ -29,7 +29,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     inspect,
     select,
 )
@@ -54,6 +53,8 @@ class ExecutionRow(SQLModel, table=True):
         # Migration 2 makes these two partial (WHERE ... IS NOT NULL).
         Index("ix_executions_parent_id", "parent_id"),
         Index("ix_executions_root_id", "root_id"),
+        # Migration 4 makes this one partial too.
+        Index("ix_executions_idempotency_key", "idempotency_key"),
     )
 
     id: str = Field(primary_key=True, sa_type=_ID)
@@ -76,6 +77,8 @@ class ExecutionRow(SQLModel, table=True):
     control: str | None = None
     wait_reason: str | None = None
     current_step: str | None = None
+    # Added by migration 4 (a fresh database gets it from migration 1's create_all).
+    idempotency_key: str | None = None
 
 
 class StepRow(SQLModel, table=True):
@@ -288,6 +291,16 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
+def _idempotency_key(conn: Connection) -> None:
+    # Migration 1 is create_all of the current tables, so a database created by this
+    # version has the column already; one created before it gets it here.
+    if "idempotency_key" not in {c["name"] for c in inspect(conn).get_columns("executions")}:
+        conn.exec_driver_sql("ALTER TABLE executions ADD COLUMN idempotency_key VARCHAR")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_executions_idempotency_key")
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_executions_idempotency_key ON executions (idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
+    )
 def _drop_concurrency_key(conn: Connection) -> None:
     # Never written or read: concurrency keys live in the limit state. Migration 1
     # (create_all of today's tables) no longer creates it, so only databases made
@@ -297,10 +310,13 @@ def _drop_concurrency_key(conn: Connection) -> None:
 
 
 #: Numbered, applied in order, never edited once released (add a new one instead).
+#: Each version is applied once when it is not recorded, also when a higher one
+#: already is (two branches may add 3 and 4 in either order).
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
     (3, "drop the unused executions.concurrency_key column", _drop_concurrency_key),
+    (4, "executions.idempotency_key", _idempotency_key),
 )
 
 
@@ -316,7 +332,8 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         SQLModel.metadata.create_all(sync_conn, tables=[SCHEMA_VERSION], checkfirst=True)
 
     await conn.run_sync(create_version_table)
-    current = (await conn.execute(select(func.max(SCHEMA_VERSION.c.version)))).scalar() or 0
+    recorded = set((await conn.execute(select(SCHEMA_VERSION.c.version))).scalars())
+    current = max(recorded, default=0)
     latest = MIGRATIONS[-1][0]
     if current > latest:
         raise SchemaTooNewError(
@@ -325,7 +342,7 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         )
     applied: list[int] = []
     for version, description, apply in MIGRATIONS:
-        if version <= current:
+        if version in recorded:
             continue
         await conn.run_sync(apply)
         row: dict[str, Any] = {

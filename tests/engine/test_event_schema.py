@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from dq import Queue, create_job, create_pipe, run, sleep
+from dq import Queue, create_job, create_pipe, patched, run, sleep
 from dq.engine.event_schema import SCHEMA, EventKind, check
 
 
@@ -73,3 +73,43 @@ async def test_every_event_written_matches_its_schema(make_queue: Callable[..., 
         "error", "retry", "success", "cancel", "resume", "hook_error", "pipe_send",
     }  # fmt: skip
     assert expected <= seen, sorted(expected - seen)
+
+
+async def test_events_of_debounce_deadlines_patches_and_keys_match_their_schema(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """The events written by a superseded debounce (cancel with `by`), a wait with a
+    deadline (wait with `deadline`, then its TimeoutError), a patch marker and an
+    idempotent start are described by the schema too."""
+    approvals = create_pipe("approvals")
+
+    @create_job(name="save", debounce="1s")
+    async def save(data: int) -> int:
+        return data
+
+    @create_job(name="approve")
+    async def approve(order: str) -> str:
+        if patched("approvals-expire"):
+            try:
+                await approvals.wait_for({"order": order}, timeout="100ms")
+            except TimeoutError:
+                return "expired"
+        return "approved"
+
+    queue = make_queue([save, approve], pipes=[approvals])
+    async with queue:
+        first = await queue.jobs.save.start(1)
+        last = await queue.jobs.save.start(2)
+        assert await last.result() == 2
+        await first.refresh()
+        assert first.status == "cancelled"
+        keyed = await queue.jobs.approve.start("A", idempotency_key="order-A")
+        again = await queue.jobs.approve.start("A", idempotency_key="order-A")
+        assert again.id == keyed.id
+        assert await keyed.result() == "expired"
+        events = await queue.storage.read_events(0, limit=10_000)
+    problems = [p for ev in events for p in check(ev.type, ev.data)]
+    assert problems == []
+    assert any(ev.type == "cancel" and ev.data.get("by") == last.id for ev in events)
+    assert any(ev.type == "wait" and ev.data.get("deadline") is not None for ev in events)
+    assert any(ev.type == "step_success" and ev.data.get("kind") == "patch" for ev in events)

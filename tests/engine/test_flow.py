@@ -110,14 +110,14 @@ async def test_throttle_queue_and_discard(make_queue: Callable[..., Queue]) -> N
     # Checked on the admission times the throttle stored (see test_rolling_rate_limit).
     admitted: dict[str, int] = {}
 
-    @create_job(name="queued", throttle="300ms")
+    @create_job(name="queued", throttle={"duration": "300ms", "mode": "queue"})
     async def queued(data: int) -> None:
         me = current().id
         for value in (await queue.storage.list_state("throttle:")).values():
             if value.get("execution") == me:
                 admitted[me] = value["next"] - 300
 
-    @create_job(name="dropped", throttle={"duration": "1 hour", "mode": "discard"})
+    @create_job(name="dropped", throttle="1 hour")  # discard is the default mode
     async def dropped(data: int) -> int:
         return data
 
@@ -139,9 +139,12 @@ async def test_throttle_queue_and_discard(make_queue: Callable[..., Queue]) -> N
 
 
 async def test_debounce_trailing_runs_once_with_the_latest_input(make_queue: Callable[..., Queue]) -> None:
+    """Each trigger is its own execution; it cancels the pending one it supersedes
+    (reason `debounced`), and only the last input runs."""
     seen: list[int] = []
+    cancelled: list[tuple[str, str | None]] = []
 
-    @create_job(name="save", debounce="200ms")
+    @create_job(name="save", debounce="200ms", on_cancel=lambda _d, reason: cancelled.append((_d, reason)))
     async def save(data: int) -> int:
         seen.append(data)
         return data
@@ -149,9 +152,33 @@ async def test_debounce_trailing_runs_once_with_the_latest_input(make_queue: Cal
     queue = make_queue([save])
     async with queue:
         executions = [await queue.jobs.save.start(i) for i in range(5)]
-        assert len({e.id for e in executions}) == 1
-        assert await executions[0].result() == 4
+        assert len({e.id for e in executions}) == 5
+        assert [e.input for e in executions] == [0, 1, 2, 3, 4]
+        assert await executions[-1].result() == 4
+        for e in executions[:-1]:
+            with pytest.raises(CancelledError) as info:
+                await e.result()
+            assert info.value.reason == "debounced"
+            await e.refresh()
+            assert e.status == "cancelled"
+            cancel = [ev for ev in await e.events() if ev.type == "cancel"]
+            assert [ev.data["reason"] for ev in cancel] == ["debounced"]
     assert seen == [4]
+    assert sorted(cancelled) == [(i, "debounced") for i in range(4)]
+
+
+async def test_throttle_discards_by_default(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="once", throttle="1 hour")
+    async def once(data: int) -> int:
+        return data
+
+    queue = make_queue([once])
+    async with queue:
+        assert await queue.jobs.once.run(1) == 1
+        late = await queue.jobs.once.start(2)
+        with pytest.raises(CancelledError) as info:
+            await late.result()
+        assert info.value.reason is not None and info.value.reason.startswith("discarded by throttle")
 
 
 async def test_debounce_timeout_bounds_a_stream(make_queue: Callable[..., Queue]) -> None:
@@ -174,6 +201,8 @@ async def test_debounce_timeout_bounds_a_stream(make_queue: Callable[..., Queue]
 
 
 async def test_debounce_leading(make_queue: Callable[..., Queue]) -> None:
+    """The first trigger runs at once; those within the window behave as trailing
+    (the last one runs when the window closes); after a quiet window, leading again."""
     seen: list[int] = []
 
     @create_job(name="lead", debounce={"duration": "300ms", "mode": "leading"})
@@ -183,13 +212,22 @@ async def test_debounce_leading(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue([lead])
     async with queue:
         first = await queue.jobs.lead.start(0)
-        others = [await queue.jobs.lead.start(i) for i in (1, 2, 3)]
-        assert {o.id for o in others} == {first.id}
         await first.result()
+        others = [await queue.jobs.lead.start(i) for i in (1, 2, 3)]
+        assert len({first.id, *(o.id for o in others)}) == 4
+        await others[-1].result()
+        for o in others[:-1]:
+            await o.refresh()
+            assert o.status == "cancelled"
+        assert seen == [0, 3]
         await asyncio.sleep(0.4)
         later = await queue.jobs.lead.start(9)
         await later.result()
-    assert seen == [0, 9]
+        assert seen == [0, 3, 9]
+        # The leading start was due at once, the trailing one when the window closed.
+        for ex, held in ((first, False), (others[-1], True), (later, False)):
+            rec = await queue.storage.get_execution(ex.id)
+            assert rec is not None and (rec.run_at > rec.created_at) is held
 
 
 async def test_priority_when_slots_are_scarce(make_queue: Callable[..., Queue]) -> None:

@@ -149,8 +149,8 @@ def test_every_backoff_form() -> None:
     assert [seq(n, None) for n in (1, 2, 3)] == [1000, 5000, 5000]
     exp = make_backoff({"initial": "100ms", "factor": 3, "max": "1s"})
     assert [exp(n, None) for n in (1, 2, 3, 4)] == [100, 300, 900, 1000]
-    capped = make_backoff({"initial": 100, "attempts": 2})
-    assert [capped(n, None) for n in (1, 2, 3)] == [100, 200, 200]
+    counted = make_backoff({"initial": 100, "attempts": 2})
+    assert [counted(n, None) for n in (1, 2, 3)] == [100, 200, 400]  # attempts counts retries only
     assert make_backoff(lambda attempt, data: attempt * data)(3, 7) == 21
     assert make_backoff(lambda attempt: f"{attempt}s")(2, None) == 2000
     default = make_backoff(None)
@@ -234,3 +234,54 @@ async def test_long_timeouts_are_enforced_by_the_watchdog(
             await queue.jobs.stuck.run(None)
     assert isinstance(info.value.cause, TimeoutError) and "500ms" in str(info.value.cause)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("retry", "attempts", "calls"),
+    [(None, 1, 2), (5, 2, 3), (1, 4, 2), (None, 0, 1)],
+)
+async def test_backoff_attempts_is_the_most_retries(
+    make_queue: Callable[..., Queue], retry: int | None, attempts: int, calls: int
+) -> None:
+    """`attempts` caps the retries; with `retry` also set the smaller wins."""
+    made: list[int] = []
+    options: dict[str, Any] = {"backoff": {"initial": 1, "attempts": attempts}}
+    if retry is not None:
+        options["retry"] = retry
+
+    @create_job(name="flaky", **options)
+    async def flaky(data: Any) -> None:
+        made.append(1)
+        raise RuntimeError("no")
+
+    queue = make_queue([flaky])
+    async with queue:
+        ex = await queue.jobs.flaky.start(None)
+        with pytest.raises(JobError):
+            await ex.result()
+        await ex.refresh()
+    assert len(made) == calls and ex.retry_count == calls - 1
+
+
+async def test_step_backoff_attempts_caps_the_step_retries(make_queue: Callable[..., Queue]) -> None:
+    calls: list[int] = []
+
+    def boom() -> None:
+        calls.append(1)
+        raise RuntimeError("no")
+
+    @create_job(name="stepper", retry=0)
+    async def stepper(data: Any) -> None:
+        await run("boom", boom, retry=5, backoff={"initial": 1, "attempts": 1})
+
+    queue = make_queue([stepper])
+    async with queue:
+        with pytest.raises(JobError):
+            await queue.jobs.stepper.run(None)
+    assert len(calls) == 2
+
+
+def test_backoff_attempts_must_be_a_count() -> None:
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"backoff\.attempts"):
+            create_job(lambda: None, name="j", backoff={"attempts": bad})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -68,3 +69,71 @@ async def test_thread_needs_an_importable_function(make_queue: Callable[..., Que
         with pytest.raises(JobError) as info:
             await queue.jobs.local.run(None)
     assert "importable" in str(info.value.cause)
+
+
+async def test_calls_with_one_limit_profile_share_a_process(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="pids", retry=0)
+    async def pids(data: Any) -> Any:
+        first = await thread("first", threadfns.whoami, None)
+        second = await thread("second", threadfns.whoami, None)
+        capped = await thread("capped", threadfns.whoami, None, max_memory_mb=900)
+        try:
+            await thread("stuck", threadfns.nap, None, timeout="200ms", retry=0)
+        except TimeoutError:
+            pass
+        after_kill = await thread("after", threadfns.whoami, None)
+        return [first, second, capped, after_kill]
+
+    queue = make_queue([pids])
+    async with queue:
+        first, second, capped, after_kill = await queue.jobs.pids.run(None)
+    assert first == second  # reused
+    assert capped != first  # another limit profile, another pool
+    assert os.getpid() not in (first, capped, after_kill)
+
+
+async def test_cpu_limits_hold_per_call_in_a_reused_process(make_queue: Callable[..., Queue]) -> None:
+    """Two calls of 0.7 s CPU under max_cpu_seconds=1 in one process: each is within
+    its limit (1.4 s in total is not a breach), and a call over it still is."""
+
+    @create_job(name="burner", retry=0)
+    async def burner(data: Any) -> Any:
+        one = await thread("one", threadfns.burn, 0.7, max_cpu_seconds=1)
+        two = await thread("two", threadfns.burn, 0.7, max_cpu_seconds=1)
+        return [one, two]
+
+    @create_job(name="hog", retry=0)
+    async def hog(data: Any) -> Any:
+        return await thread("hog", threadfns.spin, None, max_cpu_seconds=1, retry=0)
+
+    queue = make_queue([burner, hog])
+    async with queue:
+        one, two = await queue.jobs.burner.run(None)
+        with pytest.raises(JobError) as info:
+            await queue.jobs.hog.run(None)
+    assert one == two
+    assert isinstance(info.value.cause, ResourceLimitError)
+
+
+async def test_thread_concurrency_holds_across_executions(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="serial")
+    async def serial(n: int) -> Any:
+        return await thread("hold", threadfns.hold, 0.3, concurrency=1)
+
+    queue = make_queue([serial])
+    async with queue:
+        spans = [await e.result() for e in await queue.jobs.serial.start_many([1, 2, 3])]
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in pairwise(spans)), spans
+
+
+async def test_thread_concurrency_is_checked(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="bad", retry=0)
+    async def bad(data: Any) -> Any:
+        return await thread("x", threadfns.whoami, None, concurrency=0)
+
+    queue = make_queue([bad])
+    async with queue:
+        with pytest.raises(JobError) as info:
+            await queue.jobs.bad.run(None)
+    assert "concurrency" in str(info.value.cause)

@@ -31,3 +31,21 @@ def nap(data: Any, ctx: Any) -> None:
 
 def fail(data: Any, ctx: Any) -> None:
     raise LookupError(f"no such cover: {data}")
+
+
+def whoami(data: Any, ctx: Any) -> int:
+    return os.getpid()
+
+
+def burn(seconds: float, ctx: Any) -> int:
+    """Use `seconds` of CPU time, then return the process id."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return os.getpid()
+
+
+def hold(seconds: float, ctx: Any) -> list[float]:
+    start = time.monotonic()
+    time.sleep(seconds)
+    return [start, time.monotonic()]

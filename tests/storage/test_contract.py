@@ -70,6 +70,7 @@ async def test_create_and_get_round_trips_every_field(storage: Storage) -> None:
         control="pause",
         wait_reason="sleep",
         current_step="step#2",
+        idempotency_key="order-7",
     )
     await insert(storage, rec)
     assert await storage.get_execution("E1") == rec
@@ -558,7 +559,12 @@ _QUERIES = [
     ExecutionQuery(cursor="01D", order="oldest"),
     ExecutionQuery(cursor="01D", limit=2, job_names=["ingest", "transcode"]),
     ExecutionQuery(limit=0),
+    ExecutionQuery(idempotency_key="k1"),
+    ExecutionQuery(idempotency_key="k1", job_names=["notify"]),
+    ExecutionQuery(idempotency_key="absent"),
 ]
+#: Idempotency keys of some of the dataset's executions (same key, two jobs).
+_KEYS = {"01B": "k1", "01F": "k1", "01G": "k2"}
 
 
 @pytest.fixture
@@ -568,6 +574,8 @@ async def dataset(storage: Storage) -> list[ExecutionRecord]:
                   created_at=c, run_at=c, started_at=st, completed_at=co)
         for i, j, s, r, p, root, c, st, co in _DATASET
     ]  # fmt: skip
+    for rec in recs:
+        rec.idempotency_key = _KEYS.get(rec.id)
     await insert(storage, *recs)
     return recs
 
@@ -609,6 +617,7 @@ async def test_query_examples(storage: Storage, dataset: list[ExecutionRecord]) 
     assert await ids(root_id="01A", statuses=["running", "waiting"]) == ["01E", "01C"]
     assert await ids(cursor="01D") == ["01C", "01B", "01A"]
     assert await ids(cursor="01D", order="oldest", limit=2) == ["01E", "01F"]
+    assert await ids(idempotency_key="k1") == ["01F", "01B"]
     assert await storage.count(ExecutionQuery(job_names=["ingest"], limit=1, cursor="01A")) == {
         "completed": 2,
         "failed": 1,
@@ -786,5 +795,39 @@ def test_records_have_the_fields_this_suite_knows() -> None:
         "id", "job_name", "status", "input", "output", "error", "retry_count", "parent_id",
         "root_id", "priority", "created_at", "run_at", "started_at",
         "completed_at", "worker_id", "lease_until", "token", "control", "wait_reason",
-        "current_step",
+        "current_step", "idempotency_key",
     ]  # fmt: skip
+
+
+# --- retention: deleting executions ---------------------------------------------
+
+
+async def test_delete_executions_removes_terminal_ones_with_steps_and_events(storage: Storage) -> None:
+    await insert(
+        storage,
+        execution("A", status="completed", job_name="keep"),
+        execution("B", status="running"),
+        execution("C", status="failed", parent_id="A", root_id="A", job_name="keep"),
+        execution("D", status="cancelled"),
+    )
+    await storage.commit(Batch(
+        steps=[StepRecord(eid, "s", "s", "run", "completed") for eid in "ABCD"],
+        events=[event(eid) for eid in "ABCDA"] + [event(None, "pipe_send")],
+        messages=[PipeMessage("p", 1)],
+    ))  # fmt: skip
+    gone = await storage.delete_executions(["A", "B", "C", "missing", "A"])
+    assert sorted(gone) == ["A", "C"]
+    assert await storage.get_execution("A") is None and await storage.get_execution("C") is None
+    assert (await get(storage, "B")).status == "running"
+    assert await storage.get_steps("A") == [] and len(await storage.get_steps("B")) == 1
+    assert await storage.read_events(execution_id="A") == []
+    assert [(e.execution_id, e.type) for e in await storage.read_events()] == [
+        ("B", "log"), ("D", "log"), (None, "pipe_send"),
+    ]  # fmt: skip
+    assert [r.id for r in await storage.query(ExecutionQuery(order="oldest"))] == ["B", "D"]
+    assert await storage.count(ExecutionQuery()) == {"running": 1, "cancelled": 1}
+    assert await storage.count(ExecutionQuery(job_names=["keep"])) == {}
+    assert len(await storage.read_messages("p")) == 1
+    assert await storage.delete_executions([]) == []
+    await insert(storage, execution("A"))  # the id is free again
+    assert (await get(storage, "A")).status == "pending"

@@ -169,6 +169,56 @@ async def test_lineage_indexes_are_partial_and_serve_queries_by_parent_and_root(
     await storage.aclose()
 
 
+async def test_migration_4_adds_the_idempotency_key_to_an_older_database(fresh: Fresh) -> None:
+    storage = fresh()
+    await storage.open()
+    await storage.commit(Batch(executions=[execution("OLD")]))
+    async with storage.engine.begin() as conn:  # back to what versions 1-3 created
+        await conn.execute(text("DROP INDEX ix_executions_idempotency_key"))
+        await conn.execute(text("ALTER TABLE executions DROP COLUMN idempotency_key"))
+        await conn.execute(text("DELETE FROM schema_version WHERE version = 4"))
+    await storage.aclose()
+    upgraded = fresh()
+    await upgraded.open()
+    assert [v for v, _d, _a in await version_rows(upgraded)] == [1, 2, 3, 4]
+    old = await upgraded.get_execution("OLD")
+    assert old is not None and old.idempotency_key is None
+    new = execution("NEW")
+    new.idempotency_key = "k"
+    await upgraded.commit(Batch(executions=[new]))
+    assert [r.id for r in await upgraded.query(ExecutionQuery(idempotency_key="k"))] == ["NEW"]
+    await upgraded.aclose()
+
+
+async def test_a_migration_numbered_below_the_latest_still_runs_once(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions are applied by what is recorded, not by the highest one: a migration
+    merged after a higher-numbered one was applied (two branches) still runs, once."""
+    ran: list[str] = []
+
+    def step(name: str) -> Callable[[Connection], None]:
+        def apply(conn: Connection) -> None:
+            ran.append(name)
+            conn.execute(text(f"CREATE TABLE extra_{name} (x INTEGER)"))
+
+        return apply
+
+    latest = sql_tables.MIGRATIONS[-1][0]
+    later = (latest + 2, "later", step("later"))
+    monkeypatch.setattr(sql_tables, "MIGRATIONS", (*sql_tables.MIGRATIONS, later))
+    storage = fresh()
+    await storage.open()
+    await storage.aclose()
+    between = (latest + 1, "between", step("between"))
+    monkeypatch.setattr(sql_tables, "MIGRATIONS", (*sql_tables.MIGRATIONS[:-1], between, later))
+    for _ in range(2):
+        again = fresh()
+        await again.open()
+        await again.aclose()
+    assert ran == ["later", "between"]
+
+
 async def test_new_migrations_run_in_order_once(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch
 ) -> None:

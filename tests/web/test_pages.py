@@ -229,3 +229,15 @@ def test_a_running_execution_shows_the_step_it_is_in(client: Client) -> None:
     assert client.settle(eid) == "cancelled"
     stored = client.call(client.queue.storage.get_execution, eid)
     assert stored is not None and stored.current_step == "holding"
+
+
+def test_the_idempotency_key_is_shown_and_searchable(client: Client) -> None:
+    keyed = client.call(lambda: client.queue.jobs["greet"].start({"name": "kay"}, idempotency_key="signup/kay 1"))
+    client.settle(str(keyed.id))
+    other = client.run("greet", {"name": "lee"})
+    page = client.get(f"/executions/{keyed.id}", headers=HTML).text
+    assert "idempotency key" in text(page) and "signup/kay 1" in text(page)
+    assert "/executions?key=signup/kay%201" in page
+    found = client.get("/executions?key=signup/kay%201", headers=HTML).text
+    assert f'id="row-{keyed.id}"' in found and f'id="row-{other}"' not in found
+    assert 'value="signup/kay 1"' in found
