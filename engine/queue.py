@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from .durations import parse_duration
 from .errors import DqError
@@ -15,14 +16,16 @@ from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
 from .runtime import Runtime
+from .serialize import plain_json
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage
+from .storage.query import check_keys
 
 _FILTERS = {
     "status", "job_name", "started_before", "started_after", "completed_before",
     "completed_after", "created_before", "created_after", "retry_count",
     "retry_count_less_than", "retry_count_greater_than", "limit", "offset", "order",
-    "parent_id", "root_id", "id_contains", "cursor",
+    "parent_id", "root_id", "id_contains", "cursor", "input",
 }  # fmt: skip
 
 
@@ -50,6 +53,20 @@ def _names(value: Any, name: str) -> list[str] | None:
     if not all(isinstance(v, str) for v in items):
         raise ValueError(f"{name}: expected a string or a list of strings, got {value!r}")
     return items
+
+
+def _input_subset(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"input: expected a dict (a subset of the input JSON), got {value!r}")
+    try:
+        subset = plain_json(value, "input")
+        json.dumps(subset, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"input: {exc}") from None
+    check_keys(subset)
+    return cast(dict[str, Any], subset)
 
 
 def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
@@ -89,6 +106,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         limit=ints["limit"],
         offset=ints["offset"] or 0,
         order=order,
+        input=_input_subset(filters.get("input")),
     )
 
 

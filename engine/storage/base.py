@@ -168,6 +168,9 @@ class ExecutionQuery:
     retry_count: int | None = None
     retry_count_less_than: int | None = None
     retry_count_greater_than: int | None = None
+    #: A subset of the input JSON: nested dicts match recursively, any other value
+    #: must be equal (`query.json_contains`); None: no condition.
+    input: dict[str, Any] | None = None
     #: Keyset pagination: only ids strictly older (newest order) / newer (oldest order).
     cursor: str | None = None
     limit: int | None = None

@@ -20,7 +20,7 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, func, select
+from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field, SQLModel
 
@@ -277,10 +277,27 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
+def _input_index(conn: Connection) -> None:
+    # The `input={...}` filter is jsonb containment on PostgreSQL; jsonb_path_ops is
+    # the smaller GIN operator class and answers exactly `@>`. The expression must
+    # stay the one sql_postgres._input_contains writes. SQLite has no index that
+    # serves a subset match of any shape: the filter scans what the others leave.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS ix_executions_input ON executions"
+            " USING gin ((CAST(input AS JSONB)) jsonb_path_ops)"
+        )
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
+#: Numbers are unique but need not be contiguous: branches reserve theirs, and
+#: `migrate` applies every one a database has not recorded, so a database that got
+#: 5 first still gets 3 and 4 when they arrive. A migration therefore must not
+#: depend on the ones numbered below it that it was not written after.
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
+    (5, "GIN index on executions.input as jsonb (PostgreSQL)", _input_index),
 )
 
 
@@ -296,16 +313,16 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         SQLModel.metadata.create_all(sync_conn, tables=[SCHEMA_VERSION], checkfirst=True)
 
     await conn.run_sync(create_version_table)
-    current = (await conn.execute(select(func.max(SCHEMA_VERSION.c.version)))).scalar() or 0
-    latest = MIGRATIONS[-1][0]
-    if current > latest:
+    recorded = {int(v) for v in (await conn.execute(select(SCHEMA_VERSION.c.version))).scalars()}
+    unknown = recorded - {version for version, _, _ in MIGRATIONS}
+    if unknown:
         raise SchemaTooNewError(
-            f"database schema version {current} is newer than this dq supports "
-            f"({latest}); upgrade dq"
+            f"database schema has migrations {sorted(unknown)} that this dq does not know "
+            f"(it knows {[v for v, _, _ in MIGRATIONS]}); upgrade dq"
         )
     applied: list[int] = []
     for version, description, apply in MIGRATIONS:
-        if version <= current:
+        if version in recorded:
             continue
         await conn.run_sync(apply)
         row: dict[str, Any] = {
