@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import error_from_dict
+from .replay import KEEP_INPUT
 from .storage.base import EventRecord, ExecutionRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class Execution:
         return self.record.parent_id
 
     @property
+    def replay_of(self) -> str | None:
+        return self.record.replay_of
+
+    @property
     def created_at(self) -> datetime:
         return _dt(self.record.created_at) or datetime.now(UTC)
 
@@ -100,6 +105,13 @@ class Execution:
     async def retry(self) -> bool:
         """A failed or cancelled execution runs again (a new attempt; completed steps stay memoised)."""
         return await self._queue.lifecycle.retry(self.id)
+
+    async def replay(self, from_step: str | None = None, input: Any = KEEP_INPUT) -> Execution:
+        """A new execution of the same job (`replay_of` = this one's id). The completed
+        steps recorded before `from_step` return their stored results without running;
+        `from_step` and everything after it run again. Without `from_step` nothing is
+        reused. `input` replaces the input (validated: `ValidationError` here)."""
+        return Execution(self._queue, await self._queue.replayer.replay(self.id, from_step, input))
 
     async def steps(self) -> list[StepRecord]:
         return await self._queue.storage.get_steps(self.id)

@@ -15,6 +15,7 @@ from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
+from .replay import Replayer
 from .runtime import Runtime
 from .serialize import plain_json
 from .storage.base import STATUSES, ExecutionQuery, Storage
@@ -25,7 +26,7 @@ _FILTERS = {
     "status", "job_name", "started_before", "started_after", "completed_before",
     "completed_after", "created_before", "created_after", "retry_count",
     "retry_count_less_than", "retry_count_greater_than", "limit", "offset", "order",
-    "parent_id", "root_id", "id_contains", "cursor", "input",
+    "parent_id", "root_id", "id_contains", "cursor", "input", "replay_of",
 }  # fmt: skip
 
 
@@ -92,6 +93,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         job_names=_names(filters.get("job_name"), "job_name"),
         parent_id=filters.get("parent_id"),
         root_id=filters.get("root_id"),
+        replay_of=filters.get("replay_of"),
         id_contains=filters.get("id_contains"),
         cursor=filters.get("cursor"),
         created_before=_ms(filters.get("created_before"), "created_before"),
@@ -230,6 +232,7 @@ class Queue:
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)
         self.lifecycle = Lifecycle(self)
+        self.replayer = Replayer(self)
         self._start_task: asyncio.Task[None] | None = None
         self._closed = False
 

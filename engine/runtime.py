@@ -252,7 +252,9 @@ class Runtime:
                 rec.started_at = rec.created_at
                 rec.lease_until = rec.created_at + self.clock_offset_ms + self.lease_ms
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
-                self.contexts[rec.id] = ctx = self._context(job, rec, {})
+                # A replay is created with the steps it reuses: they are its history.
+                history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
+                self.contexts[rec.id] = ctx = self._context(job, rec, history)
                 direct.append(ctx)
             batch.executions.append(rec)
             batch.events.append(EventRecord(

@@ -52,6 +52,8 @@ class ExecutionRecord:
     wait_reason: str | None = None
     #: The key of the step the handler is in or last reached.
     current_step: str | None = None
+    #: The execution this one replays (`Execution.replay`), if any.
+    replay_of: str | None = None
 
 
 @dataclass(slots=True)
@@ -159,6 +161,7 @@ class ExecutionQuery:
     id_contains: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    replay_of: str | None = None
     created_before: int | None = None
     created_after: int | None = None
     started_before: int | None = None

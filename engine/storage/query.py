@@ -41,6 +41,8 @@ def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> 
         return False
     if q.root_id is not None and rec.root_id != q.root_id:
         return False
+    if q.replay_of is not None and rec.replay_of != q.replay_of:
+        return False
     if not _between(rec.created_at, q.created_after, q.created_before):
         return False
     if not _between(rec.started_at, q.started_after, q.started_before):

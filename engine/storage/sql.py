@@ -721,6 +721,8 @@ class SqlStorage(Storage):
             conds.append(c.parent_id == q.parent_id)
         if q.root_id is not None:
             conds.append(c.root_id == q.root_id)
+        if q.replay_of is not None:
+            conds.append(c.replay_of == q.replay_of)
         for col, after, before in (
             (c.created_at, q.created_after, q.created_before),
             (c.started_at, q.started_after, q.started_before),

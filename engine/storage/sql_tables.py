@@ -20,7 +20,7 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, select
+from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field, SQLModel
 
@@ -65,6 +65,8 @@ class ExecutionRow(SQLModel, table=True):
     control: str | None = None
     wait_reason: str | None = None
     current_step: str | None = None
+    # Added by migration 5 (a fresh database gets it from migration 1's create_all).
+    replay_of: str | None = None
 
 
 class StepRow(SQLModel, table=True):
@@ -277,7 +279,16 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
-def _input_index(conn: Connection) -> None:
+def _replays_and_input_index(conn: Connection) -> None:
+    # Idempotent, whatever migrations 3 and 4 (other branches) did: a database
+    # created after this column was declared already has it from migration 1.
+    columns = {c["name"] for c in inspect(conn).get_columns("executions")}
+    if "replay_of" not in columns:
+        conn.exec_driver_sql("ALTER TABLE executions ADD COLUMN replay_of VARCHAR")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_executions_replay_of ON executions (replay_of)"
+        " WHERE replay_of IS NOT NULL"
+    )
     # The `input={...}` filter is jsonb containment on PostgreSQL; jsonb_path_ops is
     # the smaller GIN operator class and answers exactly `@>`. The expression must
     # stay the one sql_postgres._input_contains writes. SQLite has no index that
@@ -297,7 +308,7 @@ def _input_index(conn: Connection) -> None:
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
-    (5, "GIN index on executions.input as jsonb (PostgreSQL)", _input_index),
+    (5, "executions.replay_of; GIN index on executions.input as jsonb (PostgreSQL)", _replays_and_input_index),
 )
 
 

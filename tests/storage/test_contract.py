@@ -70,6 +70,7 @@ async def test_create_and_get_round_trips_every_field(storage: Storage) -> None:
         control="pause",
         wait_reason="sleep",
         current_step="step#2",
+        replay_of="E0",
     )
     await insert(storage, rec)
     assert await storage.get_execution("E1") == rec
@@ -764,7 +765,7 @@ def test_records_have_the_fields_this_suite_knows() -> None:
         "id", "job_name", "status", "input", "output", "error", "retry_count", "parent_id",
         "root_id", "priority", "concurrency_key", "created_at", "run_at", "started_at",
         "completed_at", "worker_id", "lease_until", "token", "control", "wait_reason",
-        "current_step",
+        "current_step", "replay_of",
     ]  # fmt: skip
 
 
@@ -810,6 +811,14 @@ async def test_input_filter_matches_the_reference_semantics(storage: Storage, su
         assert [r.id for r in await storage.query(q)] == _expected(recs, q)
         expected_count = sum(1 for r in recs if matches(r, q, paging=False))
         assert sum((await storage.count(q)).values()) == expected_count
+
+
+async def test_query_by_replay_of(storage: Storage) -> None:
+    await insert(storage, execution("A"), execution("B", replay_of="A"), execution("C", replay_of="B"),
+                 execution("D", replay_of="A", status="failed"))  # fmt: skip
+    assert [r.id for r in await storage.query(ExecutionQuery(replay_of="A"))] == ["D", "B"]
+    assert await storage.count(ExecutionQuery(replay_of="A")) == {"pending": 1, "failed": 1}
+    assert [r.id for r in await storage.query(ExecutionQuery(replay_of="B"))] == ["C"]
 
 
 async def test_input_filter_examples(storage: Storage) -> None:
