@@ -8,6 +8,7 @@ that its holder reads on its next commit or lease renewal.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import CancelledError, DqError, error_to_dict
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 _ATTEMPTS = 8
+#: Children read per query when a pause or resume spreads to them.
+_PAGE = 500
 
 
 class Lifecycle:
@@ -53,19 +56,27 @@ class Lifecycle:
         return result.applied[0]
 
     # -- one execution -----------------------------------------------------------------
-    async def pause(self, execution_id: str) -> bool:
-        """Pause at the next step boundary. False when it already ended."""
+    async def pause(self, execution_id: str, *, by: str = "api") -> bool:
+        """Pause at the next step boundary, with its unfinished children (a composite
+        workflow pauses as one unit). False when it already ended. `by` says who asked
+        (recorded in the event log)."""
+        done = await self._pause_one(execution_id, by)
+        if done:
+            await self._each_child(execution_id, ("pending", "waiting", "running"), self.pause, f"parent {execution_id}")
+        return done
+
+    async def _pause_one(self, execution_id: str, by: str) -> bool:
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
             rec = await self._load(execution_id)
             if rec.status == "paused":
                 return True
             if rec.status in ("pending", "waiting"):
-                if await self._apply(rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"), ("pause", {})):
+                if await self._apply(rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"), ("pause", {"by": by})):
                     await self._fire(rec, "pause", {})
                     return True
             elif rec.status == "running":
-                if await self._apply(rec, {"control": "pause"}, ("running",), None):
+                if await self._apply(rec, {"control": "pause"}, ("running",), ("requested", {"action": "pause", "by": by})):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
                         runtime._interrupt(ctx, "pause")
@@ -74,20 +85,36 @@ class Lifecycle:
                 return False
         raise DqError(f"execution {execution_id!r} kept changing state; pause not applied")
 
-    async def resume(self, execution_id: str) -> bool:
+    async def resume(self, execution_id: str, *, by: str = "api") -> bool:
+        """Undo a pause, of its paused children too."""
+        done = await self._resume_one(execution_id, by)
+        if done:
+            await self._each_child(execution_id, ("paused", "running"), self.resume, f"parent {execution_id}")
+        return done
+
+    async def _each_child(
+        self, parent_id: str, statuses: tuple[str, ...], act: Callable[..., Awaitable[bool]], by: str
+    ) -> None:
+        query = ExecutionQuery(parent_id=parent_id, statuses=list(statuses), order="oldest", limit=_PAGE)
+        while children := await self.queue.storage.query(query):
+            for child in children:
+                await act(child.id, by=by)
+            query.cursor = children[-1].id
+
+    async def _resume_one(self, execution_id: str, by: str) -> bool:
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
             rec = await self._load(execution_id)
             if rec.status == "paused":
                 fields = {"status": "pending", "run_at": now_ms(), "wait_reason": "resumed", "control": None}
-                if await self._apply(rec, fields, ("paused",), ("resume", {})):
+                if await self._apply(rec, fields, ("paused",), ("resume", {"by": by})):
                     runtime.kick()
                     await self._fire(rec, "resume", {})
                     return True
             elif rec.status == "running":
                 if rec.control != "pause":
                     return False
-                if await self._apply(rec, {"control": None}, ("running",), ("resume", {})):
+                if await self._apply(rec, {"control": None}, ("running",), ("resume", {"by": by})):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None and ctx.control == "pause":
                         ctx.control = None
@@ -96,7 +123,7 @@ class Lifecycle:
                 return False
         raise DqError(f"execution {execution_id!r} kept changing state; resume not applied")
 
-    async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
+    async def cancel(self, execution_id: str, reason: str | None = None, *, by: str = "api") -> bool:
         """Cancel it and its unfinished children. False when it already ended."""
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
@@ -105,7 +132,8 @@ class Lifecycle:
                 return False
             if rec.status == "running":
                 control = "cancel" + (f":{reason}" if reason else "")
-                if await self._apply(rec, {"control": control}, ("running",), None):
+                requested = ("requested", {"action": "cancel", "reason": reason, "by": by})
+                if await self._apply(rec, {"control": control}, ("running",), requested):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
                         runtime._interrupt(ctx, control)
@@ -116,7 +144,7 @@ class Lifecycle:
                 "status": "cancelled", "completed_at": now_ms(), "error": error,
                 "control": None, "wait_reason": None, "worker_id": None, "lease_until": None,
             }  # fmt: skip
-            if await self._apply(rec, fields, ("pending", "waiting", "paused"), ("cancel", {"reason": reason})):
+            if await self._apply(rec, fields, ("pending", "waiting", "paused"), ("cancel", {"reason": reason, "by": by})):
                 for name, value in fields.items():
                     setattr(rec, name, value)
                 await self.cancel_children(rec.id, reason)
@@ -132,9 +160,9 @@ class Lifecycle:
             ExecutionQuery(parent_id=parent_id, statuses=sorted(ACTIVE))
         )
         for child in children:
-            await self.cancel(child.id, reason or f"parent {parent_id} cancelled")
+            await self.cancel(child.id, reason or f"parent {parent_id} cancelled", by=f"parent {parent_id}")
 
-    async def retry(self, execution_id: str) -> bool:
+    async def retry(self, execution_id: str, *, by: str = "api") -> bool:
         runtime = await self._runtime()
         rec = await self._load(execution_id)
         if rec.status not in ("failed", "cancelled"):
@@ -144,7 +172,7 @@ class Lifecycle:
             "completed_at": None, "error": None, "output": None, "control": None,
             "wait_reason": "retry",
         }  # fmt: skip
-        event = ("retry", {"attempt": rec.retry_count + 2, "manual": True, "run_at": fields["run_at"], "delay_ms": 0})
+        event = ("retry", {"attempt": rec.retry_count + 2, "manual": True, "run_at": fields["run_at"], "delay_ms": 0, "by": by})
         if await self._apply(rec, fields, ("failed", "cancelled"), event):
             runtime.kick()
             return True

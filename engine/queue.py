@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from .bulk import Bulk
 from .durations import parse_duration
 from .errors import DqError
 from .execution import Execution
@@ -164,6 +165,38 @@ class JobsRegistry:
         found = await self.get_all(**filters)
         return found[0] if found else None
 
+    # Bulk actions take get_all's filters and return how many executions they changed;
+    # `by` is recorded in each one's event log as who asked.
+    async def cancel_all(self, *, reason: str | None = None, by: str = "bulk", **filters: Any) -> int:
+        """Cancel the unfinished matches (and their children)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.cancel_all(query, reason, by=by)
+
+    async def pause_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        """Pause the pending, waiting and running matches (running ones at their next step)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.pause_all(query, by=by)
+
+    async def resume_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.resume_all(query, by=by)
+
+    async def retry_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        """Retry the failed matches (cancelled ones too when `status` names them)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.retry_all(query, by=by)
+
+    async def replay_all(self, *, from_step: str | None = None, by: str = "bulk", **filters: Any) -> int:
+        """Replay each ended match (`Execution.replay`); with `from_step`, those that
+        did not record that step are left out."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.replay_all(query, from_step, by=by)
+
 
 class PipesRegistry:
     def __init__(self, queue: Queue, pipes: dict[str, Pipe]) -> None:
@@ -233,6 +266,7 @@ class Queue:
         self.runtime = Runtime(self)
         self.lifecycle = Lifecycle(self)
         self.replayer = Replayer(self)
+        self.bulk = Bulk(self)
         self._start_task: asyncio.Task[None] | None = None
         self._closed = False
 
