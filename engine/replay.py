@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 #: `StepRecord.job_attempt` of a step copied from the execution a replay replays.
 REUSED = -1
 
-#: Sentinel for "keep the original's input" (None is an input like any other).
-KEEP_INPUT: Any = object()
-
 
 def reused_steps(history: list[StepRecord], from_step: str | None, execution_id: str) -> list[StepRecord]:
     """The completed steps of `history` recorded before `from_step`, as steps of
@@ -76,12 +73,12 @@ class Replayer:
         return reused, [s for s in history if s.key not in keys]
 
     async def replay(
-        self, execution_id: str, from_step: str | None = None, input: Any = KEEP_INPUT, *, by: str = "api"
+        self, execution_id: str, from_step: str | None = None, input: Any = None, *, by: str = "api"
     ) -> ExecutionRecord:
         runtime = await self.queue.started()
         original, job = await self._original(execution_id)
         # Validated here: bad input raises ValidationError before anything is stored.
-        rec = runtime.new_record(job, original.input if input is KEEP_INPUT else input)
+        rec = runtime.new_record(job, original.input if input is None else input)
         rec.replay_of = original.id
         steps = reused_steps(await self.queue.storage.get_steps(original.id), from_step, rec.id)
         data = {"of": original.id, "from_step": from_step, "reused": [s.key for s in steps], "by": by}

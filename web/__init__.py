@@ -21,6 +21,15 @@ from .execution_pages import (
     waterfall_fragment,
 )
 from .jobs_pages import job_page, jobs_page, start_execution
+from .operate import (
+    bulk_action,
+    bulk_progress,
+    job_cancel,
+    job_pause,
+    job_resume,
+    replay,
+    replay_dialog,
+)
 from .pages import executions, go, overview
 from .render import STATIC_DIR
 from .settings import Settings
@@ -36,6 +45,7 @@ ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
     live_stream, healthz,
+    replay_dialog, replay, bulk_action, bulk_progress, job_pause, job_resume, job_cancel,
 ]  # fmt: skip
 
 __all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]

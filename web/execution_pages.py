@@ -11,7 +11,7 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from dq.engine.ids import now_ms
-from dq.engine.storage.base import ExecutionRecord
+from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
 
 from . import render
 from .dashboard import Dashboard, dashboard_of
@@ -45,6 +45,7 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
+    ctx["replays"] = await storage.query(ExecutionQuery(replay_of=execution_id, limit=50))
     return html(render.page("execution.html", **ctx))
 
 

@@ -6,9 +6,12 @@ link. Bad values are reported next to the form and otherwise ignored.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from dq.engine.storage.base import STATUSES, ExecutionQuery
@@ -16,6 +19,49 @@ from dq.engine.storage.base import STATUSES, ExecutionQuery
 PAGE_SIZE = 50
 _TIME_FIELDS = ("started_after", "started_before", "completed_after", "completed_before")
 _INT_FIELDS = ("retry", "retry_lt", "retry_gt")
+_Q_MAX = 500
+#: A term of the filter box: runs of non-space characters and "quoted strings".
+_TERM = re.compile(r'(?:[^\s"]|"(?:[^"\\]|\\.)*")+')
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # NaN, Infinity: searched as text
+
+
+def parse_search(text: str, errors: list[str]) -> tuple[str, dict[str, Any]]:
+    """The filter box: `input.user.id=7 input.path="a b.mp3" 01J9` -> ("01J9", {...}).
+
+    An `input.<path>=<value>` term asks for that value at that path of the input;
+    the value is JSON when it parses as JSON (`7`, `true`, `null`, `"7"`, `[1]`)
+    and a string otherwise. Terms are ANDed; the rest is an id search."""
+    subset: dict[str, Any] = {}
+    rest: list[str] = []
+    for term in _TERM.findall(text):
+        if not term.startswith("input."):
+            rest.append(term)
+            continue
+        path, eq, raw = term[len("input.") :].partition("=")
+        keys = path.split(".")
+        if not eq or not all(keys) or any('"' in k for k in keys):
+            errors.append(f"{term!r}: write input.<path>=<value>, e.g. input.user.id=7")
+            continue
+        try:
+            value: Any = json.loads(raw, parse_constant=_not_json)
+        except ValueError:
+            value = raw
+        node = subset
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                errors.append(f"{term!r} conflicts with input.{key}={child!r}")
+                break
+            node = child
+        else:
+            if keys[-1] in node and isinstance(node[keys[-1]], dict) != isinstance(value, dict):
+                errors.append(f"{term!r} conflicts with another input term")
+            else:
+                node[keys[-1]] = value
+    return " ".join(rest), subset
 
 
 def parse_time(text: str) -> int:
@@ -40,6 +86,9 @@ class Filters:
     before: str | None = None  # show ids newer than this (paging back)
     limit: int = PAGE_SIZE
     errors: list[str] = field(default_factory=list)
+    #: From `input.<path>=<value>` terms of `q` (ANDed); the other terms search ids.
+    input: dict[str, Any] = field(default_factory=dict)
+    id_text: str = ""
 
     @property
     def active(self) -> bool:
@@ -52,7 +101,8 @@ class Filters:
         return ExecutionQuery(
             statuses=self.statuses or None,
             job_names=self.jobs or None,
-            id_contains=self.q or None,
+            id_contains=self.id_text or None,
+            input=self.input or None,
             started_after=tq.get("started_after"),
             started_before=tq.get("started_before"),
             completed_after=tq.get("completed_after"),
@@ -114,7 +164,8 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
     unknown = [j for j in f.jobs if job_names and j not in job_names]
     if unknown:
         f.errors.append("no job named " + ", ".join(repr(j) for j in unknown))
-    f.q = one("q")[:64]
+    f.q = one("q")[:_Q_MAX]
+    f.id_text, f.input = parse_search(f.q, f.errors)
     for key in _TIME_FIELDS:
         value = one(key)
         if not value:

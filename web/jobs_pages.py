@@ -87,6 +87,10 @@ async def _job_context(dash: Dashboard, request: Req, name: FromPath[str]) -> di
         start_input=json.dumps(last_input, indent=2, ensure_ascii=False) if last_input is not None else input_skeleton(job),
         start_error=None,
     )  # fmt: skip
+    ctx.update(
+        job_paused=bool(await dash.storage.get_state([f"job_paused:{name}"])),
+        job_name=name, cancel_input="{}", cancel_error=None, cancelled=None,
+    )  # fmt: skip
     return ctx
 
 
