@@ -68,7 +68,6 @@ def test_bulk_cancel_every_pending_execution_of_a_job(page: Page, server: str) -
         page.goto(f"{server}/executions?job=processFile&status=pending")
         for eid in held:
             expect(page.locator(f"#row-{eid}")).to_be_visible()
-    shot(page, "search-by-input")
         page.select_option("#bulk-form select[name=action]", "cancel")
         page.click('[data-action="bulk-all"]')
         count = int(page.locator("#bulk-count").inner_text())
