@@ -27,6 +27,7 @@ from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
 from .ids import new_id, now_ms
+from .replay import REUSED
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
@@ -415,7 +416,8 @@ class Runtime:
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
-                first_start = rec.retry_count == 0 and not ctx.history
+                # A replay's reused steps are not a start of its own: its first run is.
+                first_start = rec.retry_count == 0 and all(s.job_attempt == REUSED for s in ctx.history.values())
                 gate = await self.guard(ctx, self.flow.admit(job, rec, first_start))
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")

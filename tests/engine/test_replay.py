@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from dq import DqError, JobError, Queue, ValidationError, create_job, run
 from dq.engine.replay import REUSED
+from tests.engine.test_lifecycle import until
 
 
 class FileIn(BaseModel):
@@ -149,3 +150,25 @@ async def test_a_replay_created_before_a_restart_runs_after_it(
     # a child step is keyed by its input, which changed with the new path: it runs
     assert calls == {"probe": 1, "tag": 2, "transcode": 2, "publish": 1}
     assert out["tagged"] == "tagged:e.wav"
+
+
+async def test_a_replay_counts_as_a_start_for_rate_limits(make_queue: Callable[..., Queue]) -> None:
+    """Reused steps do not make a replay a resumption: it takes its own start in a window."""
+
+    @create_job(name="rated", concurrency="1/m")
+    async def rated(data: Any) -> str:
+        await run("one", lambda: 1)
+        return str(await run("two", lambda: 2))
+
+    queue = make_queue([rated])
+    async with queue:
+        original = await queue.jobs.rated.start(None)
+        assert await original.result() == "2"
+        replay = await original.replay(from_step="two")
+
+        async def queued() -> bool:
+            return any(e.type == "queued" for e in await replay.events())
+
+        await until(queued)  # held back by the window the original's start took
+        await replay.refresh()
+        assert replay.status == "pending" and replay.record.wait_reason is not None
