@@ -179,6 +179,8 @@ def test_replay_dialog_shows_reused_and_rerun_steps_and_replays(client: Client) 
     new_page = client.get(target).text
     assert f'id="replay-of" href="/executions/{original}"' in new_page
     assert f"mini-{new}" in client.get(f"/executions/{original}").text  # the original lists its replays
+    log = htmllib.unescape(client.get(target, params={"tab": "events"}).text)
+    assert f"replay of {original[-8:]} from step encode · reused: fetch · by dashboard" in log
     replay_events = [e for e in client.call(client.queue.storage.read_events, 0) if e.execution_id == new and e.type == "replay"]
     assert replay_events[0].data["by"] == "dashboard" and replay_events[0].data["reused"] == ["fetch"]
 
