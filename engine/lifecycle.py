@@ -199,17 +199,17 @@ class Lifecycle:
                 count += 1
         return count
 
-    async def pause_job(self, job: Job) -> None:
+    async def pause_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": True}))
         runtime.paused_jobs.add(job.name)
         for rec in await self._active_of(job, ("pending", "waiting", "running")):
-            await self.pause(rec.id)
+            await self.pause(rec.id, by=by)
 
-    async def resume_job(self, job: Job) -> None:
+    async def resume_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": None}))
         runtime.paused_jobs.discard(job.name)
         for rec in await self._active_of(job, ("paused", "running")):
-            await self.resume(rec.id)
+            await self.resume(rec.id, by=by)
         runtime.kick()

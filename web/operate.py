@@ -265,7 +265,7 @@ async def _job_control(request: Req, name: str, action: str) -> Response[str]:
     if dash.job(name) is None:
         raise NotFoundException(f"This queue has no job named {name!r}.")
     job = dash.queue.jobs[name]
-    await (job.pause() if action == "pause" else job.resume())
+    await (job.pause(by="dashboard") if action == "pause" else job.resume(by="dashboard"))
     return _redirect(request, f"/jobs/{name}")
 
 

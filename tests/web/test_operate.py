@@ -236,6 +236,19 @@ def test_job_pause_resume_and_cancel_by_input(client: Client) -> None:
     assert post(client, "/jobs/nosuch/pause", {}).status_code == 404
 
 
+def test_a_job_pause_from_the_dashboard_is_recorded_on_its_executions(client: Client) -> None:
+    eid = client.start("slow")
+    client.settle(eid, statuses=frozenset({"waiting"}))
+    post(client, "/jobs/slow/pause", {})
+    assert client.settle(eid, statuses=frozenset({"paused"})) == "paused"
+    post(client, "/jobs/slow/resume", {})
+    assert client.settle(eid, statuses=frozenset({"waiting", "pending"})) in ("waiting", "pending")
+    events = [e for e in client.call(client.queue.storage.read_events, 0) if e.execution_id == eid]
+    assert [(e.type, e.data.get("by")) for e in events if e.type in ("pause", "resume")] == [
+        ("pause", "dashboard"), ("resume", "dashboard"),
+    ]  # fmt: skip
+
+
 def test_failure_groups_offer_replay_all(client: Client) -> None:
     failed = [client.run("convert", {"path": f"{i}.wav", "fail": True}) for i in range(2)]
     page = client.get("/").text
