@@ -69,6 +69,13 @@ def test_bulk_cancel_every_pending_execution_of_a_job(page: Page, server: str) -
         for eid in held:
             expect(page.locator(f"#row-{eid}")).to_be_visible()
         page.select_option("#bulk-form select[name=action]", "cancel")
+        # ticked rows: the confirm step counts just those; "No" backs out
+        page.check(f"#row-{held[0]} input[name=ids]")
+        page.click('[data-action="bulk-selected"]')
+        expect(page.locator("#bulk-count")).to_have_text("1")
+        expect(page.locator("#bulk-filter")).to_contain_text("1 selected execution")
+        page.click("#bulk-confirm button:has-text('No')")
+        expect(page.locator("#bulk-confirm")).to_have_count(0)
         page.click('[data-action="bulk-all"]')
         count = int(page.locator("#bulk-count").inner_text())
         assert count >= 3
