@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html as htmllib
+import os
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,6 +203,19 @@ def test_replay_dialog_errors_inline_and_store_nothing(client: Client, form: dic
     assert 'id="replay-error"' in res.text and message in htmllib.unescape(res.text)
     assert form["input"].strip() in htmllib.unescape(res.text)  # kept for correction
     assert len(client.call(client.queue.jobs.get_all)) == before
+
+
+def test_replay_dialog_warns_when_the_jobs_code_changed_since_the_run(client: Client) -> None:
+    original = client.run("convert", {"path": "old.wav"})
+    assert 'id="replay-code-changed"' not in client.get(f"/executions/{original}/replay").text
+    source = Path(__file__)
+    stat = source.stat()
+    later = time.time() + 5
+    os.utime(source, (later, later))  # "a fix was deployed" after the run
+    try:
+        assert 'id="replay-code-changed"' in client.get(f"/executions/{original}/replay").text
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_replay_of_an_unfinished_execution_is_explained(client: Client) -> None:
