@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import DqError
+from .event_schema import EventKind
 from .ids import now_ms
 from .storage.base import TERMINAL, Batch, EventRecord, ExecutionRecord, StepRecord
 from .storage.query import clone
@@ -82,6 +83,6 @@ class Replayer:
         rec.replay_of = original.id
         steps = reused_steps(await self.queue.storage.get_steps(original.id), from_step, rec.id)
         data = {"of": original.id, "from_step": from_step, "reused": [s.key for s in steps], "by": by}
-        event = EventRecord(rec.id, job.name, "replay", data, now_ms())
+        event = EventRecord(rec.id, job.name, EventKind.REPLAY, data, now_ms())
         await runtime.create(job, rec, Batch(steps=steps, events=[event]))
         return rec
