@@ -15,7 +15,7 @@ from dq import ValidationError
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import render
+from . import loaders, render
 from .dashboard import Dashboard, dashboard_of, short_path
 from .pages import html
 from .stats import job_stats
@@ -88,7 +88,7 @@ async def _job_context(dash: Dashboard, request: Req, name: FromPath[str]) -> di
         start_error=None,
     )  # fmt: skip
     ctx.update(
-        job_paused=bool(await dash.storage.get_state([f"job_paused:{name}"])),
+        job_paused=await loaders.job_paused(dash, name),
         job_name=name, cancel_input="{}", cancel_error=None, cancelled=None,
     )  # fmt: skip
     return ctx

@@ -28,10 +28,9 @@ from litestar.response import Response
 
 from dq import DqError, ValidationError
 from dq.engine.ids import new_id, now_ms
-from dq.engine.replay import reused_steps
-from dq.engine.storage.base import ExecutionQuery, ExecutionRecord, StepRecord
+from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
 
-from . import render
+from . import loaders, render
 from .dashboard import Dashboard, dashboard_of
 from .filters import Filters, parse_filters
 from .pages import html
@@ -57,12 +56,6 @@ def _redirect(request: Req, url: str) -> Response[str]:
 # --- the replay dialog -------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class ReplayRow:
-    step: StepRecord
-    reused: bool
-
-
 def code_changed(dash: Dashboard, rec: ExecutionRecord) -> bool:
     """Whether the job's source file was modified after the execution was created."""
     src = dash.source(rec.job_name)
@@ -73,14 +66,11 @@ def code_changed(dash: Dashboard, rec: ExecutionRecord) -> bool:
 
 
 async def _replay_context(dash: Dashboard, rec: ExecutionRecord, from_step: str, input_text: str | None) -> dict[str, Any]:
-    steps = await dash.storage.get_steps(rec.id)
-    keys = {s.key for s in steps}
-    chosen = from_step if from_step in keys else ""
-    reused = {s.key for s in reused_steps(steps, chosen or None, rec.id)}
+    plan = await loaders.replay_plan(dash, rec, from_step)
     return {
         "rec": rec,
-        "rows": [ReplayRow(s, s.key in reused) for s in steps],
-        "from_step": chosen,
+        "rows": plan.rows,
+        "from_step": plan.from_step,
         "input_text": input_text if input_text is not None else json.dumps(rec.input, indent=2, ensure_ascii=False),
         "code_changed": code_changed(dash, rec),
         "job_missing": dash.job(rec.job_name) is None,
@@ -267,10 +257,6 @@ async def _job_control(request: Req, name: str, action: str) -> Response[str]:
     job = dash.queue.jobs[name]
     await (job.pause(by="dashboard") if action == "pause" else job.resume(by="dashboard"))
     return _redirect(request, f"/jobs/{name}")
-
-
-async def job_paused(dash: Dashboard, name: str) -> bool:
-    return bool(await dash.storage.get_state([f"job_paused:{name}"]))
 
 
 @post("/jobs/{name:str}/cancel", name="job_cancel")
