@@ -20,6 +20,7 @@ class EventKind(enum.StrEnum):
     TRIGGER_ERROR = "trigger_error"
     QUEUED = "queued"
     DEBOUNCED = "debounced"
+    REPLAY = "replay"
     # an attempt
     START = "start"
     STEP_START = "step_start"
@@ -32,6 +33,7 @@ class EventKind(enum.StrEnum):
     # the lifecycle
     PAUSE = "pause"
     RESUME = "resume"
+    REQUESTED = "requested"
     RELEASED = "released"
     RETRY = "retry"
     ERROR = "error"
@@ -146,8 +148,29 @@ class Log(TypedDict):
     message: str
 
 
-class Empty(TypedDict):
-    pass
+class Replay(TypedDict):
+    """Created by `Execution.replay`: the original, the step it replays from and the
+    steps it reuses (copied, not run again), and who asked."""
+
+    of: str
+    from_step: str | None
+    reused: list[str]
+    by: str
+
+
+class Asked(TypedDict):
+    """A pause or resume; `by` says who asked (api, dashboard, bulk, parent <id>)."""
+
+    by: NotRequired[str]
+
+
+class Requested(TypedDict):
+    """A pause or cancel asked of a running execution, acted on by its holder at its
+    next step boundary (the `pause` or `cancel` event follows)."""
+
+    action: str
+    by: str
+    reason: NotRequired[str | None]
 
 
 class Released(TypedDict):
@@ -159,6 +182,7 @@ class Retry(TypedDict):
     run_at: int
     delay_ms: int
     manual: NotRequired[bool]
+    by: NotRequired[str]
 
 
 class AttemptError(TypedDict):
@@ -176,7 +200,8 @@ class Failure(TypedDict):
 
 class Cancel(TypedDict):
     reason: str | None
-    #: A debounced execution superseded by a later trigger: that trigger's execution.
+    #: Who asked (api, dashboard, bulk, parent <id>); for a debounced execution
+    #: superseded by a later trigger, that trigger's execution.
     by: NotRequired[str]
 
 
@@ -196,6 +221,7 @@ SCHEMA: dict[EventKind, type] = {
     EventKind.TRIGGER_ERROR: TriggerError,
     EventKind.QUEUED: Queued,
     EventKind.DEBOUNCED: Debounced,
+    EventKind.REPLAY: Replay,
     EventKind.START: Start,
     EventKind.STEP_START: StepStart,
     EventKind.STEP_SUCCESS: StepSuccess,
@@ -204,8 +230,9 @@ SCHEMA: dict[EventKind, type] = {
     EventKind.WAKE: Wake,
     EventKind.WAIT: Wait,
     EventKind.LOG: Log,
-    EventKind.PAUSE: Empty,
-    EventKind.RESUME: Empty,
+    EventKind.PAUSE: Asked,
+    EventKind.RESUME: Asked,
+    EventKind.REQUESTED: Requested,
     EventKind.RELEASED: Released,
     EventKind.RETRY: Retry,
     EventKind.ERROR: AttemptError,

@@ -64,6 +64,10 @@ class Execution:
         return self.record.idempotency_key
 
     @property
+    def replay_of(self) -> str | None:
+        return self.record.replay_of
+
+    @property
     def created_at(self) -> datetime:
         return _dt(self.record.created_at) or datetime.now(UTC)
 
@@ -90,18 +94,27 @@ class Execution:
             return load_typed(job.options.output if job else None, rec.output)
         raise job_error(rec)
 
-    async def pause(self) -> bool:
-        return await self._queue.lifecycle.pause(self.id)
+    # `by` says who asked; it is recorded in the event log ("api", "dashboard", ...).
+    async def pause(self, *, by: str = "api") -> bool:
+        """Pause at the next step, with its unfinished children."""
+        return await self._queue.lifecycle.pause(self.id, by=by)
 
-    async def resume(self) -> bool:
-        return await self._queue.lifecycle.resume(self.id)
+    async def resume(self, *, by: str = "api") -> bool:
+        return await self._queue.lifecycle.resume(self.id, by=by)
 
-    async def cancel(self, reason: str | None = None) -> bool:
-        return await self._queue.lifecycle.cancel(self.id, reason)
+    async def cancel(self, reason: str | None = None, *, by: str = "api") -> bool:
+        return await self._queue.lifecycle.cancel(self.id, reason, by=by)
 
-    async def retry(self) -> bool:
+    async def retry(self, *, by: str = "api") -> bool:
         """A failed or cancelled execution runs again (a new attempt; completed steps stay memoised)."""
-        return await self._queue.lifecycle.retry(self.id)
+        return await self._queue.lifecycle.retry(self.id, by=by)
+
+    async def replay(self, from_step: str | None = None, input: Any = None, *, by: str = "api") -> Execution:
+        """A new execution of the same job (`replay_of` = this one's id). The completed
+        steps recorded before `from_step` return their stored results without running;
+        `from_step` and everything after it run again. Without `from_step` nothing is
+        reused. `input`, unless None, replaces the input (validated: `ValidationError` here)."""
+        return Execution(self._queue, await self._queue.replayer.replay(self.id, from_step, input, by=by))
 
     async def steps(self) -> list[StepRecord]:
         return await self._queue.storage.get_steps(self.id)

@@ -146,11 +146,11 @@ class Job:
     async def cancel(self, input: Any = None, reason: str | None = None) -> int:
         return await self._queue("cancel").lifecycle.cancel_job(self, input, reason)
 
-    async def pause(self) -> None:
-        await self._queue("pause").lifecycle.pause_job(self)
+    async def pause(self, *, by: str = "api") -> None:
+        await self._queue("pause").lifecycle.pause_job(self, by=by)
 
-    async def resume(self) -> None:
-        await self._queue("resume").lifecycle.resume_job(self)
+    async def resume(self, *, by: str = "api") -> None:
+        await self._queue("resume").lifecycle.resume_job(self, by=by)
 
     async def wait_for(self, match: Any, *, timeout: Any = None) -> Any:
         from .waits import wait_for_job
@@ -185,11 +185,11 @@ class BoundJob:
     async def cancel(self, input: Any = None, reason: str | None = None) -> int:
         return await self.queue.lifecycle.cancel_job(self.job, input, reason)
 
-    async def pause(self) -> None:
-        await self.queue.lifecycle.pause_job(self.job)
+    async def pause(self, *, by: str = "api") -> None:
+        await self.queue.lifecycle.pause_job(self.job, by=by)
 
-    async def resume(self) -> None:
-        await self.queue.lifecycle.resume_job(self.job)
+    async def resume(self, *, by: str = "api") -> None:
+        await self.queue.lifecycle.resume_job(self.job, by=by)
 
 
 def _call_line() -> int:

@@ -8,6 +8,7 @@ that its holder reads on its next commit or lease renewal.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import transitions
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 _ATTEMPTS = 8
+#: Children read per query when a pause or resume spreads to them.
+_PAGE = 500
 
 
 class Lifecycle:
@@ -44,19 +47,27 @@ class Lifecycle:
         return result.applied[0]
 
     # -- one execution -----------------------------------------------------------------
-    async def pause(self, execution_id: str) -> bool:
-        """Pause at the next step boundary. False when it already ended."""
+    async def pause(self, execution_id: str, *, by: str = "api") -> bool:
+        """Pause at the next step boundary, with its unfinished children (a composite
+        workflow pauses as one unit). False when it already ended. `by` says who asked
+        (recorded in the event log)."""
+        done = await self._pause_one(execution_id, by)
+        if done:
+            await self._each_child(execution_id, ("pending", "waiting", "running"), self.pause, f"parent {execution_id}")
+        return done
+
+    async def _pause_one(self, execution_id: str, by: str) -> bool:
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
             rec = await self._load(execution_id)
             if rec.status == "paused":
                 return True
             if rec.status in ("pending", "waiting"):
-                if await self._apply(transitions.pause_idle(rec, now=now_ms())):
+                if await self._apply(transitions.pause_idle(rec, now=now_ms(), by=by)):
                     await self._fire(rec, "pause", {})
                     return True
             elif rec.status == "running":
-                if await self._apply(transitions.request(rec, PAUSE, now=now_ms())):
+                if await self._apply(transitions.request(rec, PAUSE, now=now_ms(), by=by)):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
                         runtime.interrupt(ctx, PAUSE)
@@ -65,19 +76,35 @@ class Lifecycle:
                 return False
         raise DqError(f"execution {execution_id!r} kept changing state; pause not applied")
 
-    async def resume(self, execution_id: str) -> bool:
+    async def resume(self, execution_id: str, *, by: str = "api") -> bool:
+        """Undo a pause, of its paused children too."""
+        done = await self._resume_one(execution_id, by)
+        if done:
+            await self._each_child(execution_id, ("paused", "running"), self.resume, f"parent {execution_id}")
+        return done
+
+    async def _each_child(
+        self, parent_id: str, statuses: tuple[str, ...], act: Callable[..., Awaitable[bool]], by: str
+    ) -> None:
+        query = ExecutionQuery(parent_id=parent_id, statuses=list(statuses), order="oldest", limit=_PAGE)
+        while children := await self.queue.storage.query(query):
+            for child in children:
+                await act(child.id, by=by)
+            query.cursor = children[-1].id
+
+    async def _resume_one(self, execution_id: str, by: str) -> bool:
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
             rec = await self._load(execution_id)
             if rec.status == "paused":
-                if await self._apply(transitions.resume(rec, now=now_ms())):
+                if await self._apply(transitions.resume(rec, now=now_ms(), by=by)):
                     runtime.kick()
                     await self._fire(rec, "resume", {})
                     return True
             elif rec.status == "running":
                 if Control.parse(rec.control) != PAUSE:
                     return False
-                if await self._apply(transitions.request(rec, None, now=now_ms(), event=("resume", {}))):
+                if await self._apply(transitions.withdraw_pause(rec, now=now_ms(), by=by)):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None and ctx.control == PAUSE:
                         ctx.control = None
@@ -86,7 +113,7 @@ class Lifecycle:
                 return False
         raise DqError(f"execution {execution_id!r} kept changing state; resume not applied")
 
-    async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
+    async def cancel(self, execution_id: str, reason: str | None = None, *, by: str = "api") -> bool:
         """Cancel it and its unfinished children. False when it already ended."""
         runtime = await self._runtime()
         for _ in range(_ATTEMPTS):
@@ -95,14 +122,14 @@ class Lifecycle:
                 return False
             if rec.status == "running":
                 control = Control(ControlKind.CANCEL, reason or None)
-                if await self._apply(transitions.request(rec, control, now=now_ms())):
+                if await self._apply(transitions.request(rec, control, now=now_ms(), by=by)):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
                         runtime.interrupt(ctx, control)
                     return True
                 continue
             error = error_to_dict(CancelledError(f"execution {rec.id} was cancelled", reason))
-            change = transitions.cancel_idle(rec, error=error, reason=reason, now=now_ms())
+            change = transitions.cancel_idle(rec, error=error, reason=reason, now=now_ms(), by=by)
             if await self._apply(change):
                 change.apply_to(rec)
                 await self.cancel_children(rec.id, reason)
@@ -118,14 +145,14 @@ class Lifecycle:
             ExecutionQuery(parent_id=parent_id, statuses=sorted(ACTIVE))
         )
         for child in children:
-            await self.cancel(child.id, reason or f"parent {parent_id} cancelled")
+            await self.cancel(child.id, reason or f"parent {parent_id} cancelled", by=f"parent {parent_id}")
 
-    async def retry(self, execution_id: str) -> bool:
+    async def retry(self, execution_id: str, *, by: str = "api") -> bool:
         runtime = await self._runtime()
         rec = await self._load(execution_id)
         if rec.status not in ("failed", "cancelled"):
             return False
-        if await self._apply(transitions.retry_manually(rec, now=now_ms())):
+        if await self._apply(transitions.retry_manually(rec, now=now_ms(), by=by)):
             runtime.kick()
             return True
         return False
@@ -151,17 +178,17 @@ class Lifecycle:
                 count += 1
         return count
 
-    async def pause_job(self, job: Job) -> None:
+    async def pause_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": True}))
         runtime.paused_jobs.add(job.name)
         for rec in await self._active_of(job, ("pending", "waiting", "running")):
-            await self.pause(rec.id)
+            await self.pause(rec.id, by=by)
 
-    async def resume_job(self, job: Job) -> None:
+    async def resume_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": None}))
         runtime.paused_jobs.discard(job.name)
         for rec in await self._active_of(job, ("paused", "running")):
-            await self.resume(rec.id)
+            await self.resume(rec.id, by=by)
         runtime.kick()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from . import context
+from .bulk import Bulk
 from .distributed.service import Orchestration, WorkerService
 from .durations import parse_duration
 from .errors import DqError
@@ -16,16 +18,19 @@ from .execution import Execution
 from .job import BoundJob, Job
 from .lifecycle import Lifecycle
 from .pipe import BoundPipe, Pipe
+from .replay import Replayer
 from .retention import parse_retention
 from .runtime import Runtime
+from .serialize import plain_json
 from .storage.base import STATUSES, ExecutionQuery, Storage
 from .storage.memory import MemoryStorage
+from .storage.query import check_keys
 
 _FILTERS = {
     "status", "job_name", "started_before", "started_after", "completed_before",
     "completed_after", "created_before", "created_after", "retry_count",
     "retry_count_less_than", "retry_count_greater_than", "limit", "offset", "order",
-    "parent_id", "root_id", "id_contains", "cursor", "idempotency_key",
+    "parent_id", "root_id", "id_contains", "cursor", "idempotency_key", "input", "replay_of",
 }  # fmt: skip
 
 
@@ -55,6 +60,20 @@ def _names(value: Any, name: str) -> list[str] | None:
     return items
 
 
+def _input_subset(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"input: expected a dict (a subset of the input JSON), got {value!r}")
+    try:
+        subset = plain_json(value, "input")
+        json.dumps(subset, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"input: {exc}") from None
+    check_keys(subset)
+    return cast(dict[str, Any], subset)
+
+
 def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
     """The query filters of docs/queries.md as an ExecutionQuery; unknown or malformed filters are errors."""
     unknown = set(filters) - _FILTERS
@@ -78,6 +97,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         job_names=_names(filters.get("job_name"), "job_name"),
         parent_id=filters.get("parent_id"),
         root_id=filters.get("root_id"),
+        replay_of=filters.get("replay_of"),
         id_contains=filters.get("id_contains"),
         idempotency_key=filters.get("idempotency_key"),
         cursor=filters.get("cursor"),
@@ -93,6 +113,7 @@ def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
         limit=ints["limit"],
         offset=ints["offset"] or 0,
         order=order,
+        input=_input_subset(filters.get("input")),
     )
 
 
@@ -147,6 +168,38 @@ class JobsRegistry:
         filters["limit"] = 1
         found = await self.get_all(**filters)
         return found[0] if found else None
+
+    # Bulk actions take get_all's filters and return how many executions they changed;
+    # `by` is recorded in each one's event log as who asked.
+    async def cancel_all(self, *, reason: str | None = None, by: str = "bulk", **filters: Any) -> int:
+        """Cancel the unfinished matches (and their children)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.cancel_all(query, reason, by=by)
+
+    async def pause_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        """Pause the pending, waiting and running matches (running ones at their next step)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.pause_all(query, by=by)
+
+    async def resume_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.resume_all(query, by=by)
+
+    async def retry_all(self, *, by: str = "bulk", **filters: Any) -> int:
+        """Retry the failed matches (cancelled ones too when `status` names them)."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.retry_all(query, by=by)
+
+    async def replay_all(self, *, from_step: str | None = None, by: str = "bulk", **filters: Any) -> int:
+        """Replay each ended match (`Execution.replay`); with `from_step`, those that
+        did not record that step are left out."""
+        query = build_query(filters)
+        await self._queue.started()
+        return await self._queue.bulk.replay_all(query, from_step, by=by)
 
 
 class PipesRegistry:
@@ -226,6 +279,8 @@ class Queue:
         #: The orchestration node and the remote worker (API.md "Distribution").
         self.orchestration = Orchestration(self)
         self.worker = WorkerService(self)
+        self.replayer = Replayer(self)
+        self.bulk = Bulk(self)
         self._start_task: asyncio.Task[None] | None = None
         self._closed = False
 

@@ -24,6 +24,7 @@ from .execution import Execution
 from .flow import FlowControl
 from .idempotency import check_key, holder, start_once
 from .ids import new_id, now_ms
+from .replay import REUSED
 from .results import Results
 from .retention import Housekeeping
 from .scheduler import Cron, Timer, wait_event
@@ -256,7 +257,9 @@ class Runtime:
             if self._can_dispatch_now(job):
                 claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
-                self.contexts[rec.id] = ctx = self._context(job, rec, {})
+                # A replay is created with the steps it reuses: they are its history.
+                history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
+                self.contexts[rec.id] = ctx = self._context(job, rec, history)
                 direct.append(ctx)
             batch.executions.append(rec)
             batch.events.append(EventRecord(
@@ -423,7 +426,8 @@ class Runtime:
                 raise ctx.control.interrupt()
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job):
-                first_start = rec.retry_count == 0 and not ctx.history
+                # A replay's reused steps are not a start of its own: its first run is.
+                first_start = rec.retry_count == 0 and all(s.job_attempt == REUSED for s in ctx.history.values())
                 gate = await self.guard(ctx, self.flow.admit(job, rec, first_start))
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")

@@ -80,7 +80,7 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
             stored = plain_json(value, what)
         except TypeError as exc:
             raise ValidationError(str(exc)) from None
-        return stored, stored
+        return stored, _finite(stored, what)
     ta = adapter(schema)
     try:
         typed = ta.validate_python(value)
@@ -91,7 +91,17 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
         check_encodable(stored, what)
     except TypeError as exc:
         raise ValidationError(str(exc)) from None
-    return typed, stored
+    return typed, _finite(stored, what)
+
+
+def _finite(stored: Any, what: str) -> Any:
+    # NaN and Infinity are not JSON: PostgreSQL's jsonb (the input index, the
+    # input filter) refuses them, so they are refused here, before anything is stored.
+    try:
+        json.dumps(stored, allow_nan=False)
+    except ValueError:
+        raise ValidationError(f"{what} is invalid: NaN and Infinity are not JSON numbers") from None
+    return stored
 
 
 def load_typed(schema: Any, stored: Any) -> Any:

@@ -16,7 +16,8 @@ build an execution's fields by hand.
                                              atomic statement each), or `claim_new` for an
                                              execution its creator stores already claimed
     running (held elsewhere) -> (request)    request(): a stored `Control` its holder
-                                             reads at its next commit or lease renewal
+                                             reads at its next commit or lease renewal;
+                                             withdraw_pause() takes a pause request back
     lose lease                               nothing is written: the holder's token is
                                              stale, `Storage.commit` refuses its writes
 
@@ -273,29 +274,56 @@ def release(h: Holder, *, current_step: str | None, now: int, reason: str) -> Tr
 
 
 # -- requests from any process -------------------------------------------------------------
-def request(rec: ExecutionRecord, control: Control | None, *, now: int, event: tuple[str, dict[str, Any]] | None = None) -> Transition:
+def request(
+    rec: ExecutionRecord,
+    control: Control | None,
+    *,
+    now: int,
+    event: tuple[str, dict[str, Any]] | None = None,
+    by: str | None = None,
+) -> Transition:
     """Ask the holder of a running execution to pause or cancel (or withdraw a pause:
-    `control` None); it acts at its next step boundary, commit or lease renewal."""
+    `control` None); it acts at its next step boundary, commit or lease renewal. With
+    `by` (who asked), a `requested` event records the request."""
     events = [EventRecord(rec.id, rec.job_name, event[0], event[1], now)] if event is not None else []
+    if by is not None and control is not None:
+        data: dict[str, Any] = {"action": control.kind.value, "by": by}
+        if control.kind is ControlKind.CANCEL:
+            data["reason"] = control.reason
+        events.append(EventRecord(rec.id, rec.job_name, EventKind.REQUESTED, data, now))
     return _idle(rec, {"control": control.encode() if control is not None else None}, ("running",), *events)
 
 
-def pause_idle(rec: ExecutionRecord, *, now: int) -> Transition:
+def withdraw_pause(rec: ExecutionRecord, *, now: int, by: str | None = None) -> Transition:
+    """Resume a running execution whose pause was requested but not yet acted on."""
     return _idle(
-        rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"),
-        EventRecord(rec.id, rec.job_name, EventKind.PAUSE, {}, now),
+        rec, {"control": None}, ("running",),
+        EventRecord(rec.id, rec.job_name, EventKind.RESUME, _by(by), now),
     )  # fmt: skip
 
 
-def resume(rec: ExecutionRecord, *, now: int) -> Transition:
+def _by(by: str | None) -> dict[str, Any]:
+    return {} if by is None else {"by": by}
+
+
+def pause_idle(rec: ExecutionRecord, *, now: int, by: str | None = None) -> Transition:
+    return _idle(
+        rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"),
+        EventRecord(rec.id, rec.job_name, EventKind.PAUSE, _by(by), now),
+    )  # fmt: skip
+
+
+def resume(rec: ExecutionRecord, *, now: int, by: str | None = None) -> Transition:
     """Paused -> pending, due now."""
     return _idle(
         rec, {"status": "pending", "run_at": now, "wait_reason": "resumed", "control": None}, ("paused",),
-        EventRecord(rec.id, rec.job_name, EventKind.RESUME, {}, now),
+        EventRecord(rec.id, rec.job_name, EventKind.RESUME, _by(by), now),
     )  # fmt: skip
 
 
-def cancel_idle(rec: ExecutionRecord, *, error: dict[str, Any], reason: str | None, now: int) -> Transition:
+def cancel_idle(
+    rec: ExecutionRecord, *, error: dict[str, Any], reason: str | None, now: int, by: str | None = None
+) -> Transition:
     """Cancel an execution nobody runs (pending, waiting or paused)."""
     fields: ExecutionFields = {
         "status": "cancelled", "completed_at": now, "error": error,
@@ -303,7 +331,7 @@ def cancel_idle(rec: ExecutionRecord, *, error: dict[str, Any], reason: str | No
     }  # fmt: skip
     return _idle(
         rec, fields, ("pending", "waiting", "paused"),
-        EventRecord(rec.id, rec.job_name, EventKind.CANCEL, {"reason": reason}, now),
+        EventRecord(rec.id, rec.job_name, EventKind.CANCEL, {"reason": reason, **_by(by)}, now),
     )  # fmt: skip
 
 
@@ -321,12 +349,12 @@ def supersede(rec: ExecutionRecord, *, by: str, error: dict[str, Any], now: int)
     )  # fmt: skip
 
 
-def retry_manually(rec: ExecutionRecord, *, now: int) -> Transition:
+def retry_manually(rec: ExecutionRecord, *, now: int, by: str | None = None) -> Transition:
     """A failed or cancelled execution runs again (its completed steps replay)."""
     fields: ExecutionFields = {
         "status": "pending", "run_at": now, "retry_count": rec.retry_count + 1,
         "completed_at": None, "error": None, "output": None, "control": None,
         "wait_reason": "retry",
     }  # fmt: skip
-    data = {"attempt": rec.retry_count + 2, "manual": True, "run_at": now, "delay_ms": 0}
+    data = {"attempt": rec.retry_count + 2, "manual": True, "run_at": now, "delay_ms": 0, **_by(by)}
     return _idle(rec, fields, ("failed", "cancelled"), EventRecord(rec.id, rec.job_name, EventKind.RETRY, data, now))

@@ -22,6 +22,15 @@ from .execution_pages import (
 )
 from .gate import ALLOWED_HOSTS_ENV, Gate, HostPolicy, parse_allowed, split_host
 from .jobs_pages import job_page, jobs_page, start_execution
+from .operate import (
+    bulk_action,
+    bulk_progress,
+    job_cancel,
+    job_pause,
+    job_resume,
+    replay,
+    replay_dialog,
+)
 from .pages import executions, go, overview
 from .render import STATIC_DIR
 from .settings import Settings
@@ -39,6 +48,7 @@ ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
     live_stream, healthz, static_file, workers_page, workers_stream,
+    replay_dialog, replay, bulk_action, bulk_progress, job_pause, job_resume, job_cancel,
 ]  # fmt: skip
 
 #: Paths answered for GET only: the gate does not turn a HEAD into a GET for them.

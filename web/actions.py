@@ -32,9 +32,9 @@ async def _act(request: Req, execution_id: str, action: str) -> Response[str]:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
     try:
         if action == "cancel":
-            done = await execution.cancel(reason="cancelled from the dashboard")
+            done = await execution.cancel(reason="cancelled from the dashboard", by="dashboard")
         else:
-            done = await getattr(execution, action)()
+            done = await getattr(execution, action)(by="dashboard")
     except DqError as exc:
         return html(str(exc), status_code=409)
     rec = await dash.storage.get_execution(execution_id)

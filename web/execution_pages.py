@@ -45,6 +45,7 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab))
+    ctx["replays"] = await loaders.replays(dash, execution_id)
     return html(render.page("execution.html", **ctx))
 
 

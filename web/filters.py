@@ -9,10 +9,12 @@ a job).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from dq.engine.storage.base import STATUSES, ExecutionQuery
@@ -25,6 +27,49 @@ MAX_PAGE = 500
 MAX_RETRIES = 1_000_000
 _TIME_FIELDS = ("started_after", "started_before", "completed_after", "completed_before")
 _INT_FIELDS = ("retry", "retry_lt", "retry_gt")
+_Q_MAX = 500
+#: A term of the filter box: runs of non-space characters and "quoted strings".
+_TERM = re.compile(r'(?:[^\s"]|"(?:[^"\\]|\\.)*")+')
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # NaN, Infinity: searched as text
+
+
+def parse_search(text: str, errors: list[str]) -> tuple[str, dict[str, Any]]:
+    """The filter box: `input.user.id=7 input.path="a b.mp3" 01J9` -> ("01J9", {...}).
+
+    An `input.<path>=<value>` term asks for that value at that path of the input;
+    the value is JSON when it parses as JSON (`7`, `true`, `null`, `"7"`, `[1]`)
+    and a string otherwise. Terms are ANDed; the rest is an id search."""
+    subset: dict[str, Any] = {}
+    rest: list[str] = []
+    for term in _TERM.findall(text):
+        if not term.startswith("input."):
+            rest.append(term)
+            continue
+        path, eq, raw = term[len("input.") :].partition("=")
+        keys = path.split(".")
+        if not eq or not all(keys) or any('"' in k for k in keys):
+            errors.append(f"{term!r}: write input.<path>=<value>, e.g. input.user.id=7")
+            continue
+        try:
+            value: Any = json.loads(raw, parse_constant=_not_json)
+        except ValueError:
+            value = raw
+        node = subset
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                errors.append(f"{term!r} conflicts with input.{key}={child!r}")
+                break
+            node = child
+        else:
+            if keys[-1] in node and isinstance(node[keys[-1]], dict) != isinstance(value, dict):
+                errors.append(f"{term!r} conflicts with another input term")
+            else:
+                node[keys[-1]] = value
+    return " ".join(rest), subset
 
 
 @dataclass(slots=True)
@@ -45,6 +90,9 @@ class Filters:
     errors: list[str] = field(default_factory=list)
     #: Things worth saying that are not errors (an unknown job name).
     notes: list[str] = field(default_factory=list)
+    #: From `input.<path>=<value>` terms of `q` (ANDed); the other terms search ids.
+    input: dict[str, Any] = field(default_factory=dict)
+    id_text: str = ""
 
     @property
     def active(self) -> bool:
@@ -56,8 +104,9 @@ class Filters:
         return ExecutionQuery(
             statuses=self.statuses or None,
             job_names=self.jobs or None,
-            id_contains=self.q or None,
+            id_contains=self.id_text or None,
             idempotency_key=self.key or None,
+            input=self.input or None,
             started_after=tq.get("started_after"),
             started_before=tq.get("started_before"),
             completed_after=tq.get("completed_after"),
@@ -122,8 +171,9 @@ def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] 
     unknown = [j for j in f.jobs if job_names and j not in job_names]
     if unknown:
         f.notes.append("no job named " + ", ".join(repr(j) for j in unknown))
-    f.q = read("q", partial(p.text, max_len=64)) or ""
+    f.q = read("q", partial(p.text, max_len=_Q_MAX)) or ""
     f.key = read("key", partial(p.text, max_len=200)) or ""
+    f.id_text, f.input = parse_search(f.q, f.errors)
     for key in _TIME_FIELDS:
         ms = read(key, p.timestamp)
         if ms is not None:

@@ -179,7 +179,16 @@ def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     if ev_type == EventKind.SUCCESS:
         return "output " + preview(data.get("output"), 100)
     if ev_type == EventKind.CANCEL:
-        return str(data.get("reason") or "")
+        return " · ".join(p for p in (str(data.get("reason") or ""), _by(data)) if p)
+    if ev_type in (EventKind.PAUSE, EventKind.RESUME):
+        return _by(data)
+    if ev_type == EventKind.REQUESTED:
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        return f"{data.get('action', '')}{reason} at the next step · {_by(data)}"
+    if ev_type == EventKind.REPLAY:
+        reused = ", ".join(step_label(k) for k in data.get("reused") or []) or "none"
+        start = f"from step {step_label(data.get('from_step'))}" if data.get("from_step") else "from the start"
+        return f"replay of {short_id(data.get('of'))} {start} · reused: {reused} · {_by(data)}"
     if ev_type == EventKind.START:
         # Which worker ran (or resumed) this attempt: a process of this host or a remote worker.
         where = f" · on {data['worker']}" if data.get("worker") else ""
@@ -190,6 +199,10 @@ def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     if ev_type == EventKind.HOOK_ERROR:
         return f"{data.get('hook')} · {error_head(data.get('error'), 90)}"
     return preview(data, 120) if data else ""
+
+
+def _by(data: dict[str, Any]) -> str:
+    return f"by {data['by']}" if data.get("by") else ""
 
 
 _CHILD_DIGEST = re.compile(r"\([0-9a-f]{8}\)(?=#\d+$|$)")

@@ -15,7 +15,7 @@ from dq import ValidationError
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import json_input, params, render
+from . import json_input, loaders, params, render
 from .dashboard import Dashboard, dashboard_of, short_path
 from .format import to_json
 from .pages import html
@@ -87,6 +87,10 @@ async def _job_context(dash: Dashboard, request: Req, name: FromPath[str]) -> di
         calls=src.calls if src else [], options=options_of(job), input_hint=input_hint(job),
         start_input=to_json(last_input, indent=2) if last_input is not None else input_skeleton(job),
         start_error=None,
+    )  # fmt: skip
+    ctx.update(
+        job_paused=await loaders.job_paused(dash, name),
+        job_name=name, cancel_input="{}", cancel_error=None, cancelled=None,
     )  # fmt: skip
     return ctx
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
+from dq.engine.replay import reused_steps
+from dq.engine.storage.base import ExecutionQuery, ExecutionRecord, StepRecord
 
 from .filters import Filters
 from .live import ExecCache
@@ -103,3 +104,39 @@ async def execution(dash: Dashboard, execution_id: str, *, upto: int | None = No
         children=await children_of(storage, execution_id),
         loaded=True,
     )
+
+
+#: The replays an execution page lists.
+REPLAYS = 50
+
+
+async def replays(dash: Dashboard, execution_id: str) -> list[ExecutionRecord]:
+    """The executions that replay `execution_id` (its page links to them), newest first."""
+    return await dash.storage.query(ExecutionQuery(replay_of=execution_id, limit=REPLAYS))
+
+
+@dataclass(slots=True)
+class ReplayRow:
+    step: StepRecord
+    #: Copied into the replay with its stored output, not run again.
+    reused: bool
+
+
+@dataclass(slots=True)
+class ReplayPlan:
+    rows: list[ReplayRow]
+    #: The step the replay starts from ("" when `from_step` is none of the execution's).
+    from_step: str
+
+
+async def replay_plan(dash: Dashboard, rec: ExecutionRecord, from_step: str) -> ReplayPlan:
+    """The replay dialog: each recorded step of `rec`, reused or run again from `from_step`."""
+    steps = await dash.storage.get_steps(rec.id)
+    chosen = from_step if any(s.key == from_step for s in steps) else ""
+    reused = {s.key for s in reused_steps(steps, chosen or None, rec.id)}
+    return ReplayPlan([ReplayRow(s, s.key in reused) for s in steps], chosen)
+
+
+async def job_paused(dash: Dashboard, name: str) -> bool:
+    """Whether `job.pause()` holds back new executions of the job (the job page's controls)."""
+    return bool(await dash.storage.get_state([f"job_paused:{name}"]))

@@ -85,6 +85,8 @@ class FailureGroup:
     last_at: int
     message: str
     example_id: str
+    #: Every failed execution of the group (for "replay all"; at most the 2,000 scanned).
+    ids: list[str] = field(default_factory=list)
 
 
 #: (execution id, completed_at) -> (failed step key, its line). A failed execution's steps
@@ -138,8 +140,10 @@ async def failure_groups(
                 job_name=rec.job_name, error_type=key[1] or "Error", step=key[2], line=line,
                 count=1, last_at=at, message=_message(rec), example_id=rec.id,
             )  # fmt: skip
+            groups[key].ids.append(rec.id)
         else:
             grp.count += 1
+            grp.ids.append(rec.id)
             if at > grp.last_at:
                 grp.last_at, grp.message, grp.example_id = at, _message(rec), rec.id
     return sorted(groups.values(), key=lambda g: (-g.count, -g.last_at))[:top]

@@ -53,6 +53,8 @@ class ExecutionRecord:
     current_step: str | None = None
     #: The key given to `start(..., idempotency_key=...)`, if any.
     idempotency_key: str | None = None
+    #: The execution this one replays (`Execution.replay`), if any.
+    replay_of: str | None = None
 
 
 @dataclass(slots=True)
@@ -178,6 +180,7 @@ class ExecutionQuery:
     id_contains: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    replay_of: str | None = None
     created_before: int | None = None
     created_after: int | None = None
     started_before: int | None = None
@@ -188,6 +191,9 @@ class ExecutionQuery:
     retry_count_less_than: int | None = None
     retry_count_greater_than: int | None = None
     idempotency_key: str | None = None
+    #: A subset of the input JSON: nested dicts match recursively, any other value
+    #: must be equal (`query.json_contains`); None: no condition.
+    input: dict[str, Any] | None = None
     #: Keyset pagination: only ids strictly older (newest order) / newer (oldest order).
     cursor: str | None = None
     limit: int | None = None

@@ -42,6 +42,8 @@ def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> 
         return False
     if q.root_id is not None and rec.root_id != q.root_id:
         return False
+    if q.replay_of is not None and rec.replay_of != q.replay_of:
+        return False
     if not _between(rec.created_at, q.created_after, q.created_before):
         return False
     if not _between(rec.started_at, q.started_after, q.started_before):
@@ -56,6 +58,8 @@ def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> 
         return False
     if q.idempotency_key is not None and rec.idempotency_key != q.idempotency_key:
         return False
+    if q.input is not None and not json_contains(rec.input, q.input):
+        return False
     if paging and q.cursor is not None:
         return rec.id < q.cursor if q.order == "newest" else rec.id > q.cursor
     return True
@@ -65,6 +69,50 @@ def sort_and_page(recs: list[ExecutionRecord], q: ExecutionQuery) -> list[Execut
     recs.sort(key=lambda r: r.id, reverse=q.order == "newest")
     end = None if q.limit is None else q.offset + q.limit
     return recs[q.offset : end]
+
+
+def json_contains(value: Any, sub: Any) -> bool:
+    """Whether JSON `value` contains `sub`: a dict contains the keys of a `sub` dict
+    with values that contain theirs (recursively); anything else must be equal."""
+    if isinstance(sub, dict):
+        return isinstance(value, dict) and all(
+            k in value and json_contains(value[k], v) for k, v in sub.items()
+        )
+    return json_equal(value, sub)
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: true/false are not the numbers 1/0 (as in Python), 1 equals 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def json_leaves(sub: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """The (key path, value) pairs a subset match checks: the non-dict values of
+    `sub`, and its empty dicts (which only require an object there)."""
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in sub.items():
+        if isinstance(value, dict) and value:
+            out.extend(json_leaves(value, (*path, key)))
+        else:
+            out.append(((*path, key), value))
+    return out
+
+
+def check_keys(sub: dict[str, Any], path: str = "input") -> None:
+    """Refuse what no adapter can express as a JSON path: keys with a double quote."""
+    for key, value in sub.items():
+        if '"' in key:
+            raise ValueError(f"{path}: key {key!r} contains a double quote, which a filter cannot match")
+        if isinstance(value, dict):
+            check_keys(value, f"{path}.{key}")
 
 
 def fold(recs: Iterable[ExecutionRecord], q: ExecutionQuery, buckets: TimeBuckets, into: Aggregate, *, durations: bool) -> None:

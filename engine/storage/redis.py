@@ -658,4 +658,5 @@ def _only_status_and_job(q: ExecutionQuery) -> bool:
         and q.completed_before is None and q.completed_after is None
         and q.retry_count is None and q.retry_count_less_than is None
         and q.retry_count_greater_than is None and q.idempotency_key is None
+        and q.input is None and q.replay_of is None
     )  # fmt: skip

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -36,6 +37,7 @@ from sqlalchemy import (
     String,
     Table,
     Update,
+    and_,
     bindparam,
     delete,
     func,
@@ -66,6 +68,7 @@ from .base import (
     exception_chain,
 )
 from .conditions import expectations_fail, refused_fences, update_applies
+from .query import json_leaves
 from .sql_tables import (
     EVENT_COLUMNS,
     EVENTS,
@@ -333,6 +336,28 @@ class SqlStorage(Storage):
     def _contains_ci(self, column: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
         # instr/strpos rather than LIKE: no wildcard escaping, exact substring semantics.
         return func.instr(func.upper(column), func.upper(literal(needle, String))) > 0
+
+    def _input_contains(self, column: ColumnElement[Any], sub: dict[str, Any]) -> ColumnElement[bool]:
+        """`query.json_contains(column, sub)` in SQL. This form is SQLite's JSON1: one
+        json_type check per leaf (JSON's types, so true is not 1) and json_extract
+        for its value; a scan of the rows the other conditions leave."""
+        conds: list[ColumnElement[bool]] = [func.json_type(column) == "object"]
+        for path, value in json_leaves(sub):
+            # Keys as the stored text spells them (ASCII escapes): SQLite matches path
+            # keys against the raw text.
+            where = literal("$" + "".join("." + encode_basestring_ascii(key) for key in path), String)
+            kind = func.json_type(column, where)
+            if isinstance(value, bool) or value is None:
+                conds.append(kind == ("null" if value is None else str(value).lower()))
+            elif isinstance(value, dict):
+                conds.append(kind == "object")
+            elif isinstance(value, list):
+                conds.append(and_(kind == "array", func.json_extract(column, where) == func.json(dumps(value))))
+            elif isinstance(value, str):
+                conds.append(and_(kind == "text", func.json_extract(column, where) == value))
+            else:
+                conds.append(and_(kind.in_(("integer", "real")), func.json_extract(column, where) == value))
+        return and_(*conds)
 
     def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
         """`ids` (a SELECT of execution ids) as a subquery for `WHERE id IN (...)`
@@ -702,6 +727,8 @@ class SqlStorage(Storage):
             conds.append(c.parent_id == q.parent_id)
         if q.root_id is not None:
             conds.append(c.root_id == q.root_id)
+        if q.replay_of is not None:
+            conds.append(c.replay_of == q.replay_of)
         for col, after, before in (
             (c.created_at, q.created_after, q.created_before),
             (c.started_at, q.started_after, q.started_before),
@@ -719,6 +746,8 @@ class SqlStorage(Storage):
             conds.append(c.retry_count > q.retry_count_greater_than)
         if q.idempotency_key is not None:
             conds.append(c.idempotency_key == q.idempotency_key)
+        if q.input is not None:
+            conds.append(self._input_contains(c.input, q.input))
         if paging and q.cursor is not None:
             conds.append(c.id < q.cursor if q.order == "newest" else c.id > q.cursor)
         return conds

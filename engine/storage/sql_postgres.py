@@ -15,7 +15,9 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    and_,
     any_,
+    cast,
     func,
     literal,
     literal_column,
@@ -24,12 +26,15 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..ids import new_id
 from .base import exception_chain
+from .query import json_leaves
 from .sql import CommitIO, SqlStorage, Write, log
+from .sql_tables import dumps
 
 
 class _SqlAlchemyIO:
@@ -140,6 +145,18 @@ class PostgresStorage(SqlStorage):
 
     def _contains_ci(self, column: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
         return func.strpos(func.upper(column), func.upper(literal(needle, String))) > 0
+
+    def _input_contains(self, column: ColumnElement[Any], sub: dict[str, Any]) -> ColumnElement[bool]:
+        # jsonb containment, answered by migration 5's GIN index on (input::jsonb).
+        # `@>` is containment inside arrays too, where json_contains asks for equality:
+        # list values get an exact comparison on top.
+        doc = cast(column, JSONB)
+        conds: list[ColumnElement[bool]] = [doc.op("@>")(cast(literal(dumps(sub), String), JSONB))]
+        for path, value in json_leaves(sub):
+            if isinstance(value, list):
+                at = doc.op("#>")(literal(list(path), ARRAY(String)))
+                conds.append(at == cast(literal(dumps(value), String), JSONB))
+        return and_(*conds)
 
     def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
         # Callers that wait (skip_locked=False) order by id, as commit locks rows,

@@ -79,6 +79,8 @@ class ExecutionRow(SQLModel, table=True):
     current_step: str | None = None
     # Added by migration 4 (a fresh database gets it from migration 1's create_all).
     idempotency_key: str | None = None
+    # Added by migration 5 (a fresh database gets it from migration 1's create_all).
+    replay_of: str | None = None
 
 
 class StepRow(SQLModel, table=True):
@@ -309,14 +311,38 @@ def _drop_concurrency_key(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE executions DROP COLUMN concurrency_key")
 
 
+def _replays_and_input_index(conn: Connection) -> None:
+    # Idempotent, whatever migrations 3 and 4 did: a database created after this
+    # column was declared already has it from migration 1.
+    columns = {c["name"] for c in inspect(conn).get_columns("executions")}
+    if "replay_of" not in columns:
+        conn.exec_driver_sql("ALTER TABLE executions ADD COLUMN replay_of VARCHAR")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_executions_replay_of ON executions (replay_of)"
+        " WHERE replay_of IS NOT NULL"
+    )
+    # The `input={...}` filter is jsonb containment on PostgreSQL; jsonb_path_ops is
+    # the smaller GIN operator class and answers exactly `@>`. The expression must
+    # stay the one sql_postgres._input_contains writes. SQLite has no index that
+    # serves a subset match of any shape: the filter scans what the others leave.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS ix_executions_input ON executions"
+            " USING gin ((CAST(input AS JSONB)) jsonb_path_ops)"
+        )
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
-#: Each version is applied once when it is not recorded, also when a higher one
-#: already is (two branches may add 3 and 4 in either order).
+#: Numbers are unique but need not be contiguous: branches reserve theirs, and
+#: `migrate` applies every one a database has not recorded, so a database that got
+#: 5 first still gets 3 and 4 when they arrive. A migration therefore must not
+#: depend on the ones numbered below it that it was not written after.
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
     (3, "drop the unused executions.concurrency_key column", _drop_concurrency_key),
     (4, "executions.idempotency_key", _idempotency_key),
+    (5, "executions.replay_of; GIN index on executions.input as jsonb (PostgreSQL)", _replays_and_input_index),
 )
 
 
@@ -332,13 +358,12 @@ async def migrate(conn: AsyncConnection, now_ms: int) -> list[int]:
         SQLModel.metadata.create_all(sync_conn, tables=[SCHEMA_VERSION], checkfirst=True)
 
     await conn.run_sync(create_version_table)
-    recorded = set((await conn.execute(select(SCHEMA_VERSION.c.version))).scalars())
-    current = max(recorded, default=0)
-    latest = MIGRATIONS[-1][0]
-    if current > latest:
+    recorded = {int(v) for v in (await conn.execute(select(SCHEMA_VERSION.c.version))).scalars()}
+    unknown = recorded - {version for version, _, _ in MIGRATIONS}
+    if unknown:
         raise SchemaTooNewError(
-            f"database schema version {current} is newer than this dq supports "
-            f"({latest}); upgrade dq"
+            f"database schema has migrations {sorted(unknown)} that this dq does not know "
+            f"(it knows {[v for v, _, _ in MIGRATIONS]}); upgrade dq"
         )
     applied: list[int] = []
     for version, description, apply in MIGRATIONS:

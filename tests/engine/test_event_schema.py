@@ -63,6 +63,12 @@ async def test_every_event_written_matches_its_schema(make_queue: Callable[..., 
         assert await blocked.pause()
         assert await blocked.resume()
         assert await blocked.cancel("enough")
+        while (await queue.storage.get_execution(blocked.id)).status != "cancelled":  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+        again = await blocked.replay(from_step="block", by="dashboard")  # replay, then requested
+        while not any(s.key == "block" and s.job_attempt != -1 for s in await queue.storage.get_steps(again.id)):
+            await asyncio.sleep(0.02)
+        assert await again.cancel("again", by="bulk")
         await asyncio.sleep(0.2)
         events = await queue.storage.read_events(0, limit=10_000)
     problems = [p for ev in events for p in check(ev.type, ev.data)]
@@ -71,6 +77,7 @@ async def test_every_event_written_matches_its_schema(make_queue: Callable[..., 
     expected = {
         "trigger", "start", "step_start", "step_success", "step_failure", "sleep", "wake",
         "error", "retry", "success", "cancel", "resume", "hook_error", "pipe_send",
+        "requested", "replay",
     }  # fmt: skip
     assert expected <= seen, sorted(expected - seen)
 

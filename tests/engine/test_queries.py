@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dq import JobError, Queue, create_job
+from dq import JobError, Queue, ValidationError, create_job
 
 
 async def test_every_filter(make_queue: Callable[..., Queue]) -> None:
@@ -74,9 +74,49 @@ async def test_every_filter(make_queue: Callable[..., Queue]) -> None:
         ({"started_before": "yesterday"}, "started_before"),
         ({"limit": -1}, "limit"),
         ({"order": "random"}, "order"),
+        ({"input": [1]}, "input: expected a dict"),
+        ({"input": {"x": float("nan")}}, "input"),
+        ({"input": {'a"b': 1}}, "double quote"),
     ],
 )
 async def test_bad_filters_are_named(make_queue: Callable[..., Queue], filters: dict[str, Any], needle: str) -> None:
     queue = make_queue([create_job(lambda d: None, name="x")])
     with pytest.raises((ValueError, TypeError), match=needle):
         await queue.jobs.get_all(**filters)
+
+
+async def test_input_filter_with_other_filters(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="upload")
+    async def upload(data: Any) -> Any:
+        return data
+
+    @create_job(name="other")
+    async def other(data: Any) -> Any:
+        return data
+
+    queue = make_queue([upload, other])
+    async with queue:
+        a = await queue.jobs.upload.start({"user": {"id": 7, "plan": "pro"}, "path": "a.mp3"})
+        b = await queue.jobs.upload.start({"user": {"id": 8}, "path": "b.mp3"})
+        c = await queue.jobs.other.start({"user": {"id": 7}})
+        for e in (a, b, c):
+            await e.result()
+
+        async def ids(**filters: Any) -> list[str]:
+            return [e.id for e in await queue.jobs.get_all(**filters)]
+
+        assert await ids(input={"user": {"id": 7}}) == [c.id, a.id]
+        assert await ids(input={"user": {"id": 7}}, job_name="upload") == [a.id]
+        assert await ids(input={"path": "b.mp3"}, status="completed") == [b.id]
+        assert await ids(input={"path": "b.mp3"}, status="failed") == []
+        assert await ids(input={"user": {"id": 9}}) == []
+        first = await queue.jobs.get_first(input={"user": {"id": 7}}, order="oldest")
+        assert first is not None and first.id == a.id
+
+
+async def test_nan_in_an_input_is_refused_at_the_call_site(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue([create_job(lambda d: None, name="x")])
+    async with queue:
+        with pytest.raises(ValidationError, match="NaN"):
+            await queue.jobs.x.start({"v": float("nan")})
+        assert await queue.jobs.get_all() == []

@@ -71,6 +71,7 @@ async def test_create_and_get_round_trips_every_field(storage: Storage) -> None:
         wait_reason="sleep",
         current_step="step#2",
         idempotency_key="order-7",
+        replay_of="E0",
     )
     await insert(storage, rec)
     assert await storage.get_execution("E1") == rec
@@ -795,7 +796,7 @@ def test_records_have_the_fields_this_suite_knows() -> None:
         "id", "job_name", "status", "input", "output", "error", "retry_count", "parent_id",
         "root_id", "priority", "created_at", "run_at", "started_at",
         "completed_at", "worker_id", "lease_until", "token", "control", "wait_reason",
-        "current_step", "idempotency_key",
+        "current_step", "idempotency_key", "replay_of",
     ]  # fmt: skip
 
 
@@ -831,3 +832,74 @@ async def test_delete_executions_removes_terminal_ones_with_steps_and_events(sto
     assert await storage.delete_executions([]) == []
     await insert(storage, execution("A"))  # the id is free again
     assert (await get(storage, "A")).status == "pending"
+
+
+# --- the input filter (a subset of the input JSON) -------------------------------
+
+_INPUTS: list[tuple[str, Any]] = [
+    ("I1", {"user": {"id": 7, "name": "ann"}, "path": "a.mp3", "tags": ["x", "y"]}),
+    ("I2", {"user": {"id": 7.0}, "path": "b.mp3", "flag": True}),
+    ("I3", {"user": {"id": "7"}, "flag": 1, "tags": ["x"]}),
+    ("I4", {"user": 7, "path": None, "meta": {}}),
+    ("I5", [{"user": {"id": 7}}]),
+    ("I6", None),
+    ("I7", {"user": {"id": 8, "deep": {"a": {"b": [1, {"c": 2}]}}}, "flag": False}),
+    ("I8", {"we.ird": {"k": "v"}, "ü": "ß"}),
+]
+
+_INPUT_QUERIES: list[dict[str, Any]] = [
+    {"user": {"id": 7}},
+    {"user": {"id": "7"}},
+    {"user": {}},
+    {"user": 7},
+    {"flag": True},
+    {"flag": 1},
+    {"flag": False},
+    {"path": None},
+    {"path": "a.mp3", "user": {"name": "ann"}},
+    {"tags": ["x"]},
+    {"tags": ["x", "y"]},
+    {"meta": {}},
+    {"user": {"deep": {"a": {"b": [1, {"c": 2}]}}}},
+    {"we.ird": {"k": "v"}},
+    {"ü": "ß"},
+    {"missing": None},
+    {},
+]
+
+
+@pytest.mark.parametrize("subset", _INPUT_QUERIES, ids=[str(i) for i in range(len(_INPUT_QUERIES))])
+async def test_input_filter_matches_the_reference_semantics(storage: Storage, subset: dict[str, Any]) -> None:
+    recs = [execution(i, input=value, job_name="a" if n % 2 else "b") for n, (i, value) in enumerate(_INPUTS)]
+    await insert(storage, *recs)
+    for q in (ExecutionQuery(input=subset), ExecutionQuery(input=subset, job_names=["a"], limit=2)):
+        assert [r.id for r in await storage.query(q)] == _expected(recs, q)
+        expected_count = sum(1 for r in recs if matches(r, q, paging=False))
+        assert sum((await storage.count(q)).values()) == expected_count
+
+
+async def test_query_by_replay_of(storage: Storage) -> None:
+    await insert(storage, execution("A"), execution("B", replay_of="A"), execution("C", replay_of="B"),
+                 execution("D", replay_of="A", status="failed"))  # fmt: skip
+    assert [r.id for r in await storage.query(ExecutionQuery(replay_of="A"))] == ["D", "B"]
+    assert await storage.count(ExecutionQuery(replay_of="A")) == {"pending": 1, "failed": 1}
+    assert [r.id for r in await storage.query(ExecutionQuery(replay_of="B"))] == ["C"]
+
+
+async def test_input_filter_examples(storage: Storage) -> None:
+    """Answers spelled out by hand: the reference above cannot pass vacuously."""
+    await insert(storage, *(execution(i, input=value) for i, value in _INPUTS))
+
+    async def ids(subset: dict[str, Any]) -> list[str]:
+        return sorted(r.id for r in await storage.query(ExecutionQuery(input=subset)))
+
+    assert await ids({"user": {"id": 7}}) == ["I1", "I2"]  # 7 == 7.0; "7" and a list are not
+    assert await ids({"user": {"id": "7"}}) == ["I3"]
+    assert await ids({"flag": True}) == ["I2"]  # true is not 1
+    assert await ids({"flag": 1}) == ["I3"]
+    assert await ids({"path": None}) == ["I4"]  # null is a value; a missing key is not
+    assert await ids({"tags": ["x"]}) == ["I3"]  # lists compare whole, not by containment
+    assert await ids({"user": {}}) == ["I1", "I2", "I3", "I7"]
+    assert await ids({"we.ird": {"k": "v"}}) == ["I8"]
+    assert await ids({}) == ["I1", "I2", "I3", "I4", "I7", "I8"]  # every object input
+    assert await storage.count(ExecutionQuery(input={"user": {"id": 7}}, statuses=["pending"])) == {"pending": 2}
