@@ -21,6 +21,7 @@ from .execution_pages import (
     waterfall_fragment,
 )
 from .jobs_pages import job_page, jobs_page, start_execution
+from .metrics import metrics_endpoint
 from .pages import executions, go, overview
 from .render import STATIC_DIR
 from .settings import Settings
@@ -35,7 +36,7 @@ async def healthz() -> str:
 ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
-    live_stream, healthz,
+    live_stream, healthz, metrics_endpoint,
 ]  # fmt: skip
 
 __all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]

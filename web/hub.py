@@ -151,6 +151,7 @@ class Hub:
                     async for ev in sub:
                         self._pending.append(ev)
                         self._track(ev)
+                        self.dash.metrics.observe(ev)
                         self._wake.set()
                 log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
             except asyncio.CancelledError:
