@@ -12,6 +12,7 @@ from litestar.response import Response
 
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionRecord
+from dq.engine.why import explain
 
 from . import render
 from .dashboard import Dashboard, dashboard_of
@@ -45,6 +46,7 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
+    ctx["why"] = await explain(dash.queue, rec, now)
     return html(render.page("execution.html", **ctx))
 
 

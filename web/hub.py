@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
 from dq.engine.storage.query import matches
+from dq.engine.why import explain
 
 from . import live
 from .filters import Filters
@@ -293,6 +294,7 @@ class Hub:
                 cache.children = await children_of(storage, eid)
             if cache.rec is None:
                 continue
+            cache.why = await explain(self.dash.queue, cache.rec, now) if cache.rec.status not in TERMINAL else None
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
             html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
             out.append(Message(f"exec:{eid}", seq, html))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dq.engine.storage.base import EventRecord, ExecutionRecord, StepRecord
+from dq.engine.why import WaitReason
 
 from . import render
 
@@ -46,6 +47,8 @@ class ExecCache:
     loaded: bool = False
     #: The hub's head when the first page began watching: ring ticks before it lack this execution.
     since: int = 0
+    #: Why it is not running (None: it runs or ended), from `dq.engine.why.explain`.
+    why: WaitReason | None = None
 
 
 def template(parts: Iterable[str]) -> str:
@@ -109,6 +112,7 @@ def execution_html(
         dash, rec, cache.steps, cache.events, cache.children, now
     )
     ctx["oob"] = True
+    ctx["why"] = cache.why
     parts = [
         render.block("execution.html", "header", **ctx),
         render.block("execution.html", "waterfall", **ctx),

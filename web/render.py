@@ -11,6 +11,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jinja2_fragments import render_block
 from markupsafe import Markup
 
+from dq.engine.why import brief
+
 from . import format as fmt
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -47,6 +49,7 @@ def environment() -> Environment:
         event_summary=fmt.event_summary,
         human_size=fmt.human_size,
         q=lambda v: quote(str(v), safe=""),
+        why_brief=brief,
     )
     env.globals.update(STATUS_ORDER=STATUS_ORDER, ago=fmt.ago)
     env.globals["ui"] = env.get_template("_ui.html").module

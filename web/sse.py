@@ -18,7 +18,8 @@ from litestar.types import Receive, Scope, Send
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dq.engine.ids import now_ms
-from dq.engine.storage.base import ExecutionQuery
+from dq.engine.storage.base import TERMINAL, ExecutionQuery
+from dq.engine.why import explain
 
 from . import live
 from .dashboard import STATE_KEY, Dashboard
@@ -69,6 +70,7 @@ async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, 
         return ""
     cache = ExecCache(rec=rec, steps=await storage.get_steps(eid), events=await read_all_events(storage, eid),
                       children=await children_of(storage, eid), loaded=True)  # fmt: skip
+    cache.why = await explain(dash.queue, rec, now) if rec.status not in TERMINAL else None
     step = (params.get("step") or [""])[-1]
     html = live.execution_html(dash, cache, now, keys=[step] if step else [], children=True)
     missed = [e for e in cache.events if e.seq > after]

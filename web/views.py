@@ -115,5 +115,6 @@ def execution_context(
         nested=False,
         read_only=dash.settings.read_only,
         now=now,
+        why=None,
     )
     return ctx

@@ -1,0 +1,77 @@
+"""Understanding from the dashboard, in a real browser: why an execution waits, and more."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import ARTIFACTS, DQ_UI, ROOT, free_port, shot
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`dq-ui serve e2e/understand_app.py:queue` on a fresh SQLite file, stopped by its PID."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    db = tmp_path_factory.mktemp("understand") / "u.db"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (ARTIFACTS / "e2e-understand.log").open("w") as out:
+        proc = subprocess.Popen(
+            [str(DQ_UI), "serve", "e2e/understand_app.py:queue", "--storage", f"sqlite:///{db}", "--port", str(port)],
+            cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "dq-ui serve did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start(page: Page, server: str, job: str, data: str) -> str:
+    page.goto(f"{server}/jobs/{job}")
+    page.fill("#start-input", data)
+    page.click("#start-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/executions/[0-9A-Z]{26}$"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+def test_concurrency_held_execution_explains_itself_and_links_to_the_holder(page: Page, app_server: str) -> None:
+    holder = start(page, app_server, "exclusive", '{"seconds": 120}')
+    expect(page.locator("#exec-head .badge")).to_have_text("running", timeout=10_000)
+    held = start(page, app_server, "exclusive", '{"seconds": 1}')
+    why = page.locator("#why")
+    expect(why).to_have_attribute("data-why-kind", "concurrency", timeout=15_000)
+    expect(why).to_contain_text("concurrency key 'exclusive' (limit 1)")
+    link = why.locator(f'a[data-holder="{holder}"]')
+    expect(link).to_be_visible()
+    shot(page, "why-concurrency")
+    link.click()
+    page.wait_for_url(re.compile(f"/executions/{holder}$"))
+    expect(page.locator("#exec-head")).to_contain_text(holder)
+    assert held != holder
+    page.goto(f"{app_server}/executions?job=exclusive")
+    tip = page.locator(f'[data-why="{held}"]')
+    expect(tip).to_have_attribute("title", re.compile("Held by a concurrency key"))
