@@ -7,7 +7,6 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -75,3 +74,24 @@ def test_concurrency_held_execution_explains_itself_and_links_to_the_holder(page
     page.goto(f"{app_server}/executions?job=exclusive")
     tip = page.locator(f'[data-why="{held}"]')
     expect(tip).to_have_attribute("title", re.compile("Held by a concurrency key"))
+
+
+def test_a_childs_steps_show_inside_its_parents_waterfall(page: Page, app_server: str) -> None:
+    top = start(page, app_server, "family", "null")
+    expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=20_000)
+    wf = page.locator("#waterfall")
+    # the grandchild's steps, inline, two levels down, on the top's time axis
+    square = wf.locator('.nested-rows .nested-rows a.wf-row[data-key="square"]')
+    expect(square).to_be_visible(timeout=10_000)
+    expect(wf.locator('.nested-rows .nested-rows a.wf-row[data-key="sleep"]')).to_be_visible()
+    leaf_id = square.get_attribute("data-execution")
+    assert leaf_id and leaf_id != top
+    shot(page, "nested-trace")
+    # collapsible: closing the child hides its rows
+    branch = wf.locator("details.wf-child").first
+    branch.locator(":scope > summary").click()
+    expect(square).to_be_hidden()
+    branch.locator(":scope > summary").click()
+    expect(square).to_be_visible()
+    square.click()
+    page.wait_for_url(re.compile(f"/executions/{leaf_id}\\?step=square$"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dq import create_job, create_queue, run
+from dq import create_job, create_queue, run, sleep
 
 
 @create_job(name="exclusive", concurrency=1)
@@ -14,4 +14,24 @@ async def exclusive(data: Any) -> str:
     return "done"
 
 
-queue = create_queue(jobs=[exclusive])
+@create_job(name="leaf")
+async def leaf(data: Any) -> int:
+    a = await run("fetch", lambda: asyncio.sleep(0.2, result=2))
+    await sleep("300ms")
+    return int(await run("square", lambda: a * a))
+
+
+@create_job(name="branch")
+async def branch(data: Any) -> int:
+    await run("plan", lambda: 1)
+    return int(await leaf.run({"n": 1}))
+
+
+@create_job(name="family")
+async def family(data: Any) -> int:
+    total = await run("start", lambda: 0)
+    total += await branch.run({"n": 1})
+    return int(total)
+
+
+queue = create_queue(jobs=[exclusive, leaf, branch, family])

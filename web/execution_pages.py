@@ -19,6 +19,7 @@ from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
 from .sse import stream_url
+from .tree import load_tree
 from .views import children_of, execution_context, panel_context, read_all_events
 
 Req = Request[Any, Any, Any]
@@ -45,7 +46,8 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     key = request.query_params.get("step") or None
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
-    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
+    tree = await load_tree(storage, rec) if children else {}
+    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab, tree=tree))
     ctx["why"] = await explain(dash.queue, rec, now)
     return html(render.page("execution.html", **ctx))
 

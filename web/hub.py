@@ -31,6 +31,7 @@ from . import live
 from .filters import Filters
 from .live import ExecCache, Message
 from .stats import failure_groups, status_counts, throughput
+from .tree import load_tree
 from .views import children_of, needs_live_step, read_all_events
 
 if TYPE_CHECKING:
@@ -295,6 +296,8 @@ class Hub:
             if cache.rec is None:
                 continue
             cache.why = await explain(self.dash.queue, cache.rec, now) if cache.rec.status not in TERMINAL else None
+            if cache.children:
+                cache.tree = await load_tree(storage, cache.rec, cache.tree)
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
             html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
             out.append(Message(f"exec:{eid}", seq, html))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .dashboard import Dashboard
 from .filters import Filters
 from .stats import FailureGroup, Throughput
+from .tree import Node
 from .views import execution_context, panel_context
 
 
@@ -49,6 +50,8 @@ class ExecCache:
     since: int = 0
     #: Why it is not running (None: it runs or ended), from `dq.engine.why.explain`.
     why: WaitReason | None = None
+    #: Its descendants with their steps and events (the nested waterfall), by id.
+    tree: dict[str, Node] = field(default_factory=dict)
 
 
 def template(parts: Iterable[str]) -> str:
@@ -109,7 +112,7 @@ def execution_html(
     if rec is None:
         return ""
     ctx: dict[str, Any] = execution_context(
-        dash, rec, cache.steps, cache.events, cache.children, now
+        dash, rec, cache.steps, cache.events, cache.children, now, tree=cache.tree
     )
     ctx["oob"] = True
     ctx["why"] = cache.why

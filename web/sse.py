@@ -27,6 +27,7 @@ from .filters import parse_filters
 from .hub import RESYNC, Client, Hub, Tick, new_matches
 from .live import ExecCache
 from .stats import failure_groups, status_counts, throughput
+from .tree import load_tree
 from .views import children_of, read_all_events
 
 PAGES = ("overview", "executions", "execution")
@@ -71,6 +72,7 @@ async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, 
     cache = ExecCache(rec=rec, steps=await storage.get_steps(eid), events=await read_all_events(storage, eid),
                       children=await children_of(storage, eid), loaded=True)  # fmt: skip
     cache.why = await explain(dash.queue, rec, now) if rec.status not in TERMINAL else None
+    cache.tree = await load_tree(storage, rec) if cache.children else {}
     step = (params.get("step") or [""])[-1]
     html = live.execution_html(dash, cache, now, keys=[step] if step else [], children=True)
     missed = [e for e in cache.events if e.seq > after]

@@ -7,7 +7,7 @@ and the fragment that later replaces part of it always agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dq.engine.storage.base import (
@@ -99,6 +99,7 @@ def execution_context(
     *,
     key: str | None = None,
     tab: str = "trace",
+    tree: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     if steps and needs_live_step(rec):
         open_steps = [s for s in steps if s.status != "completed"]
@@ -106,7 +107,7 @@ def execution_context(
     ctx = panel_context(dash, rec, steps, events, key)
     ctx.update(
         rec=rec,
-        wf=build_waterfall(rec, steps, events, now),
+        wf=build_waterfall(rec, steps, events, now, tree),
         events=events,
         event_count=len(events),
         origin=events[0].at if events else rec.created_at,
