@@ -23,9 +23,12 @@ from .execution_pages import (
 from .jobs_pages import job_page, jobs_page, start_execution
 from .metrics import metrics_endpoint
 from .pages import executions, go, overview
+from .pipes_pages import pipes_page, send_message
 from .render import STATIC_DIR
+from .schedules_pages import pause_schedule, resume_schedule, schedules_page, trigger_now
 from .settings import Settings
 from .sse import live_stream
+from .workers_pages import workers_page
 
 
 @get("/healthz", name="healthz", media_type="text/plain")
@@ -36,7 +39,8 @@ async def healthz() -> str:
 ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
-    live_stream, healthz, metrics_endpoint,
+    live_stream, healthz, metrics_endpoint, schedules_page, trigger_now, pause_schedule, resume_schedule,
+    pipes_page, send_message, workers_page,
 ]  # fmt: skip
 
 __all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]
