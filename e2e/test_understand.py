@@ -95,3 +95,26 @@ def test_a_childs_steps_show_inside_its_parents_waterfall(page: Page, app_server
     expect(square).to_be_visible()
     square.click()
     page.wait_for_url(re.compile(f"/executions/{leaf_id}\\?step=square$"))
+
+
+def test_a_log_line_appears_live_in_the_step_panel(page: Page, app_server: str) -> None:
+    eid = start(page, app_server, "chatty", "null")
+    expect(page.locator("#live")).to_have_attribute("data-state", "connected")
+    page.evaluate("window.__same_page = true")
+    row = page.locator('#waterfall a.wf-row[data-key="download"]')
+    expect(row).to_be_visible(timeout=10_000)
+    row.click()
+    panel = page.locator("#step-panel")
+    expect(panel).to_have_attribute("data-key", "download")
+    lines = panel.locator(".logs li")
+    expect(lines.first).to_contain_text("chunk", timeout=10_000)
+    seen = lines.count()
+    # new lines arrive while the step runs, without a reload
+    expect(lines.filter(has_text="chunk 6 of 8")).to_have_count(1, timeout=15_000)
+    assert lines.count() > seen
+    expect(panel.locator(".logs li").first.locator(".field .k")).to_have_text("bytes")
+    shot(page, "log-live")
+    assert page.evaluate("window.__same_page") is True
+    expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=15_000)
+    page.goto(f"{app_server}/executions/{eid}?tab=events")
+    expect(page.locator("#event-rows")).to_contain_text("[download] chunk 8 of 8")

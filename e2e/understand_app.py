@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dq import create_job, create_queue, run, sleep
+from dq import create_job, create_queue, log, run, sleep
 
 
 @create_job(name="exclusive", concurrency=1)
@@ -34,4 +34,17 @@ async def family(data: Any) -> int:
     return int(total)
 
 
-queue = create_queue(jobs=[exclusive, leaf, branch, family])
+async def _download() -> int:
+    for i in range(1, 9):
+        log(f"chunk {i} of 8", bytes=i * 1024)
+        await asyncio.sleep(0.6)
+    return 8
+
+
+@create_job(name="chatty")
+async def chatty(data: Any) -> int:
+    log("starting the download", url="https://example.invalid/a.mp3")
+    return int(await run("download", _download))
+
+
+queue = create_queue(jobs=[exclusive, leaf, branch, family, chatty])

@@ -13,6 +13,7 @@ from .errors import (
 )
 from .execution import Execution, current_execution
 from .job import Job, create_job
+from .logs import log
 from .pipe import Pipe, create_pipe
 from .queue import Queue, create_queue
 from .steps import run, sleep
@@ -48,6 +49,7 @@ __all__ = [
     "create_redis_storage",
     "create_sqlite_storage",
     "current_execution",
+    "log",
     "parse_duration",
     "parse_frequency",
     "run",

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import logs
 from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
@@ -187,11 +188,12 @@ async def execute_step(
         if runtime.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
         try:
-            if concurrency is not None:
-                async with _step_slot(ctx, key, label, concurrency):
+            with logs.in_step(key):  # log() lines written by fn belong to this step
+                if concurrency is not None:
+                    async with _step_slot(ctx, key, label, concurrency):
+                        value = await _call(fn, timeout_ms, key)
+                else:
                     value = await _call(fn, timeout_ms, key)
-            else:
-                value = await _call(fn, timeout_ms, key)
             stored = dump_step(value, key)
         except Exception as exc:
             will_retry = attempt <= retries and not isinstance(exc, NonDeterminismError)

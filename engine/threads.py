@@ -21,6 +21,7 @@ from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import DqError, TimeoutError, error_from_dict, error_to_dict
+from .logs import write
 from .serialize import plain_json
 from .steps import _caller_line, execute_step
 
@@ -84,7 +85,6 @@ def _reference(fn: Callable[..., Any], step: str) -> str:
 
 async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
                       timeout_ms: int | None, memory_mb: int | None, cpu_s: int | None) -> Any:  # fmt: skip
-    runtime = ctx.queue.runtime
     parent, child = _MP.Pipe(duplex=False)
     proc = _MP.Process(target=_child, args=(child, ref, input, memory_mb, cpu_s), daemon=True)
     await asyncio.to_thread(proc.start)
@@ -101,7 +101,7 @@ async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
             loop.remove_reader(parent.fileno())
             return
         if kind == "log":
-            runtime.send(ctx, "log", {"key": key, "message": str(value)})
+            write(ctx, str(value), {}, key)
         elif not done.done():
             done.set_result((kind, value))
 

@@ -299,6 +299,8 @@ class Hub:
             if cache.children:
                 cache.tree = await load_tree(storage, cache.rec, cache.tree)
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
+            if any(e.type == "log" and isinstance(e.data, dict) and not e.data.get("key") for e in mine):
+                keys.append("")  # the handler's own lines: the panel shown when no step is selected
             html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
             out.append(Message(f"exec:{eid}", seq, html))
             if mine:

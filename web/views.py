@@ -74,7 +74,8 @@ def panel_context(
         "step_key": key,
         "panel_id": panel_id(key),
         "attempts": step_attempts(key, events) if step is not None and key else [],
-        "logs": [e for e in events if e.type == "log" and key and e.data.get("key") == key],
+        # a step's lines, or without a step the handler's own (written between steps)
+        "logs": [e for e in events if e.type == "log" and e.data.get("key") == (key or None)],
         "source": src,
         "source_file_short": short_path(src.file) if src else "",
         "highlight": highlight,

@@ -72,7 +72,7 @@ async def hold(data: Any) -> None:
 
 @create_job(name="grandparent")
 async def grandparent(data: Any) -> Any:
-    await run("prepare", lambda: 1)
+    await run("prepare", lambda: asyncio.sleep(0.05))  # the children start visibly later
     return await parent.run(None)
 
 
