@@ -29,6 +29,7 @@ from .flow import FlowControl
 from .ids import new_id, now_ms
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
+from .sources import SourceVersions
 from .storage.base import (
     TERMINAL,
     Batch,
@@ -74,6 +75,7 @@ class Runtime:
         self.bus = EventBus(self.storage)
         self.hooks = Hooks(self._record_event, queue)
         self.committer: Committer = None  # type: ignore[assignment]  # set in start()
+        self.sources = SourceVersions(lambda batch: self.committer.send(batch))
         self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
         self._wake = asyncio.Event()
         self._timer: Timer | None = None
@@ -421,7 +423,8 @@ class Runtime:
                 ctx.holds_slot = True
             resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
             attempt = rec.retry_count + 1
-            self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
+            self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id,
+                                     "source": self.sources.fingerprint(job)})  # fmt: skip
             if not resumed and self.hooks.any_for(job):
                 await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
             output = await self._call_handler(ctx, typed_input)

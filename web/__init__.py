@@ -16,6 +16,7 @@ from .errors import http_error
 from .execution_pages import (
     execution_page,
     payload_download,
+    source_diff,
     step_output_download,
     step_panel,
     waterfall_fragment,
@@ -40,7 +41,7 @@ ROUTES: list[BaseRouteHandler] = [
     overview, executions, go, execution_page, waterfall_fragment, step_panel, payload_download,
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
     live_stream, healthz, metrics_endpoint, schedules_page, trigger_now, pause_schedule, resume_schedule,
-    pipes_page, send_message, workers_page,
+    pipes_page, send_message, workers_page, source_diff,
 ]  # fmt: skip
 
 __all__ = ["ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Settings", "TokenAuth", "http_error"]

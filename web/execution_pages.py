@@ -18,6 +18,7 @@ from . import render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
+from .ran_source import diff_lines, ran_source
 from .sse import stream_url
 from .tree import load_tree
 from .views import children_of, execution_context, panel_context, read_all_events
@@ -47,7 +48,8 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
     tree = await load_tree(storage, rec) if children else {}
-    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab, tree=tree))
+    ran = await ran_source(dash, rec, events)
+    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab, tree=tree, ran=ran))
     ctx["why"] = await explain(dash.queue, rec, now)
     return html(render.page("execution.html", **ctx))
 
@@ -72,7 +74,7 @@ async def step_panel(request: Req, execution_id: FromPath[str]) -> Response[str]
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
-    ctx = panel_context(dash, rec, steps, events, key)
+    ctx = panel_context(dash, rec, steps, events, key, await ran_source(dash, rec, events))
     ctx.update(oob=False, now=now_ms())
     return html(render.page("step_panel.html", **ctx))
 
@@ -104,3 +106,17 @@ async def step_output_download(request: Req, execution_id: FromPath[str]) -> Res
         raise NotFoundException(f"Execution {execution_id!r} has no step {key!r}.")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
     return _download(step.output, f"{execution_id}-{safe}")
+
+
+@get("/executions/{execution_id:str}/source-diff", name="source_diff")
+async def source_diff(request: Req, execution_id: FromPath[str]) -> Response[str]:
+    """The code the execution ran against the job's code now."""
+    dash = dashboard_of(request)
+    rec = await _record(dash, execution_id)
+    ran = await ran_source(dash, rec, await read_all_events(dash.storage, execution_id))
+    if ran is None:
+        raise NotFoundException(f"Execution {execution_id!r} has no recorded source version.")
+    lines = diff_lines(ran.version, ran.current) if ran.current is not None else []
+    ctx = dash.context(request, "executions")
+    ctx.update(rec=rec, ran=ran, lines=lines, now=now_ms())
+    return html(render.page("source_diff.html", **ctx))

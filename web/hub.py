@@ -30,6 +30,7 @@ from dq.engine.why import explain
 from . import live
 from .filters import Filters
 from .live import ExecCache, Message
+from .ran_source import ran_source
 from .stats import failure_groups, status_counts, throughput
 from .tree import load_tree
 from .views import children_of, needs_live_step, read_all_events
@@ -298,6 +299,8 @@ class Hub:
             cache.why = await explain(self.dash.queue, cache.rec, now) if cache.rec.status not in TERMINAL else None
             if cache.children:
                 cache.tree = await load_tree(storage, cache.rec, cache.tree)
+            if cache.ran is None or any(e.type == "start" for e in mine):
+                cache.ran = await ran_source(self.dash, cache.rec, cache.events)
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
             if any(e.type == "log" and isinstance(e.data, dict) and not e.data.get("key") for e in mine):
                 keys.append("")  # the handler's own lines: the panel shown when no step is selected

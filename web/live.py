@@ -52,6 +52,8 @@ class ExecCache:
     why: WaitReason | None = None
     #: Its descendants with their steps and events (the nested waterfall), by id.
     tree: dict[str, Node] = field(default_factory=dict)
+    #: The code it ran (a `RanSource`), once known.
+    ran: Any = None
 
 
 def template(parts: Iterable[str]) -> str:
@@ -112,7 +114,7 @@ def execution_html(
     if rec is None:
         return ""
     ctx: dict[str, Any] = execution_context(
-        dash, rec, cache.steps, cache.events, cache.children, now, tree=cache.tree
+        dash, rec, cache.steps, cache.events, cache.children, now, tree=cache.tree, ran=cache.ran
     )
     ctx["oob"] = True
     ctx["why"] = cache.why
@@ -124,7 +126,7 @@ def execution_html(
     if children:
         parts.append(render.block("execution.html", "children", **ctx))
     for key in keys:
-        pctx = panel_context(dash, rec, cache.steps, cache.events, key)
+        pctx = panel_context(dash, rec, cache.steps, cache.events, key, cache.ran)
         pctx["oob"] = True
         parts.append(_panel_inner(pctx))
     return "".join(parts)

@@ -26,6 +26,7 @@ from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
 from .hub import RESYNC, Client, Hub, Tick, new_matches
 from .live import ExecCache
+from .ran_source import ran_source
 from .stats import failure_groups, status_counts, throughput
 from .tree import load_tree
 from .views import children_of, read_all_events
@@ -73,6 +74,7 @@ async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, 
                       children=await children_of(storage, eid), loaded=True)  # fmt: skip
     cache.why = await explain(dash.queue, rec, now) if rec.status not in TERMINAL else None
     cache.tree = await load_tree(storage, rec) if cache.children else {}
+    cache.ran = await ran_source(dash, rec, cache.events)
     step = (params.get("step") or [""])[-1]
     html = live.execution_html(dash, cache, now, keys=[step] if step else [], children=True)
     missed = [e for e in cache.events if e.seq > after]

@@ -62,9 +62,11 @@ def panel_context(
     steps: Sequence[StepRecord],
     events: Sequence[EventRecord],
     key: str | None,
+    ran: Any = None,
 ) -> dict[str, Any]:
+    """`ran`: the code the execution ran (a `RanSource`), shown instead of today's when known."""
     step = next((s for s in steps if s.key == key), None) if key else None
-    src = dash.source(rec.job_name)
+    src = ran.source if ran is not None else dash.source(rec.job_name)
     highlight = step.line if step is not None else None
     if highlight is None and src is not None and key:
         highlight = src.line_of(step.name if step is not None else key)
@@ -79,6 +81,7 @@ def panel_context(
         "source": src,
         "source_file_short": short_path(src.file) if src else "",
         "highlight": highlight,
+        "ran": ran,
         "job_missing": dash.job(rec.job_name) is None,
     }
 
@@ -101,11 +104,12 @@ def execution_context(
     key: str | None = None,
     tab: str = "trace",
     tree: Mapping[str, Any] | None = None,
+    ran: Any = None,
 ) -> dict[str, Any]:
     if steps and needs_live_step(rec):
         open_steps = [s for s in steps if s.status != "completed"]
         rec.current_step = (open_steps or list(steps))[-1].key
-    ctx = panel_context(dash, rec, steps, events, key)
+    ctx = panel_context(dash, rec, steps, events, key, ran)
     ctx.update(
         rec=rec,
         wf=build_waterfall(rec, steps, events, now, tree),
