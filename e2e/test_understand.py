@@ -118,3 +118,44 @@ def test_a_log_line_appears_live_in_the_step_panel(page: Page, app_server: str) 
     expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=15_000)
     page.goto(f"{app_server}/executions/{eid}?tab=events")
     expect(page.locator("#event-rows")).to_contain_text("[download] chunk 8 of 8")
+
+
+def test_dark_mode_keyboard_and_last_updated(page: Page, app_server: str) -> None:
+    first = start(page, app_server, "family", "null")
+    expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=20_000)
+    second = start(page, app_server, "family", "null")
+    expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("#updated-ago")).to_have_text(re.compile("just now|s ago"))
+
+    page.goto(f"{app_server}/executions?job=family")
+    page.keyboard.press("j")
+    rows = page.locator("#exec-rows tr")
+    expect(rows.nth(0)).to_have_class(re.compile("kbd-sel"))
+    page.keyboard.press("j")
+    expect(rows.nth(1)).to_have_class(re.compile("kbd-sel"))
+    page.keyboard.press("k")
+    expect(rows.nth(0)).to_have_class(re.compile("kbd-sel"))
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(f"/executions/{second}$"))
+    # j/k walk the trace; Enter opens a step's panel; Esc closes it
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("k")  # back to the first step, "start"
+    page.keyboard.press("Enter")
+    expect(page.locator("#step-panel")).to_have_attribute("data-key", "start")
+    page.keyboard.press("Escape")
+    expect(page.locator("#step-panel")).to_have_attribute("data-key", "")
+    assert "step=" not in page.url
+    page.keyboard.press("/")
+    expect(page.locator(".goto input")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator(".goto input")).not_to_be_focused()
+
+    page.emulate_media(color_scheme="dark")
+    page.goto(f"{app_server}/executions/{first}")
+    bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg == "rgb(17, 19, 23)", bg
+    shot(page, "dark-mode")
+    page.emulate_media(color_scheme="light")
+    page.reload()
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(245, 246, 248)"
