@@ -134,13 +134,15 @@ def time_pages(path: str, runs: int) -> list[tuple[str, float, float]]:
         deep = get("/executions?limit=50&cursor=" + some)
         deep_id = deep.split('id="row-', 2)[1].split('"', 1)[0] if 'id="row-' in deep else some
         parent = client.blocking_portal.call(_a_parent, queue)
+        day_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 2 * 86400))
+        day_end = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 86400))
         pages = [
             ("overview `/`", "/"),
             ("executions, newest", "/executions"),
             ("executions, status=failed", "/executions?status=failed"),
             ("executions, job + status", f"/executions?job={JOBS[1]}&status=completed"),
             ("executions, an older page (cursor)", f"/executions?cursor={deep_id}"),
-            ("executions, started in a window", "/executions?started_after=2000-01-01T00:00&started_before=2999-01-01T00:00"),
+            ("executions, started in one day", f"/executions?started_after={day_ago}&started_before={day_end}"),
             ("job page", f"/jobs/{JOBS[0]}"),
             ("jobs list", "/jobs"),
             ("execution page", f"/executions/{some}"),
