@@ -33,7 +33,6 @@ from litestar.testing import TestClient  # noqa: E402
 
 from dq import create_job, create_queue, run  # noqa: E402
 from dq.app import create_app  # noqa: E402
-from dq.engine.ids import new_id  # noqa: E402
 from dq.engine.storage.base import Batch, EventRecord, ExecutionRecord, StepRecord  # noqa: E402
 from dq.engine.storage.sql import SqlStorage  # noqa: E402
 
@@ -48,6 +47,16 @@ def _job(name: str) -> Any:
         return await run("store", lambda: 3)
 
     return create_job(handler, name=name)
+
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _id_at(ms: int, rng: random.Random) -> str:
+    """An id made at `ms` (dq's layout: 48-bit time, 80 random bits), so that newest-first
+    by id is creation order, as in a real database."""
+    value = ms << 80 | rng.getrandbits(80)
+    return "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(26)))
 
 
 def _execution(now: int, rng: random.Random, parent: ExecutionRecord | None) -> tuple[ExecutionRecord, list[StepRecord], list[EventRecord]]:
@@ -73,7 +82,7 @@ def _execution(now: int, rng: random.Random, parent: ExecutionRecord | None) -> 
         at += took
         if failed:
             break
-    rec = ExecutionRecord(id=new_id(), job_name=job, status=status, input={"n": rng.randrange(1000)},
+    rec = ExecutionRecord(id=_id_at(created, rng), job_name=job, status=status, input={"n": rng.randrange(1000)},
                           created_at=created, run_at=created, started_at=started)  # fmt: skip
     if status in ("completed", "failed", "cancelled"):
         rec.completed_at = at

@@ -42,8 +42,10 @@ class ExecutionRow(SQLModel, table=True):
         # Migration 2 makes these two partial (WHERE ... IS NOT NULL).
         Index("ix_executions_parent_id", "parent_id"),
         Index("ix_executions_root_id", "root_id"),
-        # Migration 6 creates this one, partial (WHERE completed_at IS NOT NULL).
+        # Migration 6 creates these (the time ones partial: WHERE ... IS NOT NULL).
+        Index("ix_executions_started_at", "started_at"),
         Index("ix_executions_completed_at", "completed_at"),
+        Index("ix_executions_job_name_status_id", "job_name", "status", "id"),
     )
 
     id: str = Field(primary_key=True, sa_type=_ID)
@@ -279,24 +281,30 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
-def _completed_at_index(conn: Connection) -> None:
-    # The dashboard reads "what ended in the last hour / day" (throughput, failure
-    # groups, completed_after filters): without this they scan every terminal
-    # execution. Partial: an active execution has no completed_at, so inserts and
-    # the status changes before the end write no entry; `completed_at > ?` implies
-    # IS NOT NULL, so both databases use it.
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_executions_completed_at")
-    conn.exec_driver_sql(
-        "CREATE INDEX ix_executions_completed_at ON executions (completed_at)"
-        " WHERE completed_at IS NOT NULL"
-    )
+def _dashboard_indexes(conn: Connection) -> None:
+    # The dashboard reads "what started / ended in this window" (throughput, failure
+    # groups, the started and completed filters with their status counts): without
+    # these they scan every execution. Partial: an execution gets an entry when it
+    # starts and one when it ends, none while it has no such time; `col > ?` implies
+    # IS NOT NULL, so both databases use them.
+    for column in ("started_at", "completed_at"):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_executions_{column}")
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_executions_{column} ON executions ({column})"
+            f" WHERE {column} IS NOT NULL"
+        )
+    # The executions list filtered by job and status, newest first: walked backwards
+    # from (job, status, newest id), a page costs its own rows instead of sorting
+    # every execution of that status; its status counts read the index alone.
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_executions_job_name_status_id")
+    conn.exec_driver_sql("CREATE INDEX ix_executions_job_name_status_id ON executions (job_name, status, id)")
 
 
 #: Numbered, applied in order, never edited once released (add a new one instead).
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
-    (6, "partial index on executions.completed_at", _completed_at_index),
+    (6, "indexes for the dashboard: started_at, completed_at (partial), (job_name, status, id)", _dashboard_indexes),
 )
 
 
