@@ -114,7 +114,7 @@ async def explain_record(
         return WaitReason("concurrency", reason[:1].upper() + reason[1:] + ".")
     if until is not None:
         return WaitReason("scheduled", "Scheduled to start later.", until=until)
-    if not await _live_workers(storage, now, stale_ms):
+    if not await _live_workers(storage, stale_ms):
         return WaitReason("no_worker", "No live worker: no process serving this storage has sent a heartbeat recently.")
     return WaitReason("queued", "Ready: waits for a free slot in a worker (all are busy, or one is about to claim it).")
 
@@ -177,8 +177,8 @@ async def _holders(storage: Storage, raw: Sequence[str]) -> list[Holder]:
     return out
 
 
-async def _live_workers(storage: Storage, now: int, stale_ms: int) -> bool:
-    clock = await storage.now()
+async def _live_workers(storage: Storage, stale_ms: int) -> bool:
+    clock = await storage.now()  # heartbeats are on the storage clock
     return any(clock - int(w.get("last_heartbeat") or 0) <= stale_ms for w in await storage.list_workers())
 
 

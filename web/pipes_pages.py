@@ -114,8 +114,10 @@ async def send_message(request: Req, name: FromPath[str]) -> Response[str]:
     dash = dashboard_of(request)
     if dash.settings.read_only:
         raise PermissionDeniedException("The dashboard is read-only.")
-    if name not in set(dash.queue.pipes) and all(dash.queue.pipes[n].name != name for n in dash.queue.pipes):
-        raise NotFoundException(f"This queue has no pipe named {name!r}.")
+    try:
+        pipe = dash.queue.pipes[name]
+    except KeyError:
+        raise NotFoundException(f"This queue has no pipe named {name!r}.") from None
     form = await request.form()
     text = str(form.get("message") or "").strip() or "null"
     error: str | None = None
@@ -125,7 +127,7 @@ async def send_message(request: Req, name: FromPath[str]) -> Response[str]:
         error = f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     else:
         try:
-            await dash.queue.pipes[name].send(value)
+            await pipe.send(value)
         except ValidationError as exc:
             error = f"Invalid message: {exc}"
     if error is None:
