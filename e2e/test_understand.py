@@ -7,6 +7,8 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,16 +19,15 @@ from .conftest import ARTIFACTS, DQ_UI, ROOT, free_port, shot
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dq-ui serve e2e/understand_app.py:queue` on a fresh SQLite file, stopped by its PID."""
+@contextmanager
+def _serve(target: str, db: Path, log_name: str) -> Iterator[str]:
+    """`dq-ui serve TARGET` on a fresh SQLite file, stopped by its PID."""
     ARTIFACTS.mkdir(exist_ok=True)
-    db = tmp_path_factory.mktemp("understand") / "u.db"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with (ARTIFACTS / "e2e-understand.log").open("w") as out:
+    with (ARTIFACTS / log_name).open("w") as out:
         proc = subprocess.Popen(
-            [str(DQ_UI), "serve", "e2e/understand_app.py:queue", "--storage", f"sqlite:///{db}", "--port", str(port)],
+            [str(DQ_UI), "serve", target, "--storage", f"sqlite:///{db}", "--port", str(port)],
             cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -47,6 +48,12 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serve("e2e/understand_app.py:queue", tmp_path_factory.mktemp("understand") / "u.db", "e2e-understand.log") as url:
+        yield url
 
 
 def start(page: Page, server: str, job: str, data: str) -> str:
@@ -159,3 +166,40 @@ def test_dark_mode_keyboard_and_last_updated(page: Page, app_server: str) -> Non
     page.emulate_media(color_scheme="light")
     page.reload()
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(245, 246, 248)"
+
+
+VERSIONED = """
+from dq import create_job, create_queue, run
+
+
+@create_job(name="versioned")
+async def versioned(data: object) -> int:
+    value = await run("compute", lambda: 41)
+    return value + 1
+
+
+queue = create_queue(jobs=[versioned])
+"""
+
+
+def test_editing_a_jobs_file_makes_an_old_execution_show_code_changed(page: Page, tmp_path: Path) -> None:
+    app = tmp_path / "versioned_app.py"
+    app.write_text(VERSIONED)
+    with _serve(f"{app}:queue", tmp_path / "v.db", "e2e-versioned.log") as url:
+        eid = start(page, url, "versioned", "null")
+        expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=15_000)
+        page.goto(f"{url}/executions/{eid}?step=compute")
+        expect(page.locator("#step-panel .ran-tag")).to_have_text("as it ran")
+        expect(page.locator("#code-changed")).to_have_count(0)
+        # a deploy: the file changes under the running server
+        app.write_text(VERSIONED.replace("lambda: 41", "lambda: 40").replace(
+            "    value = await", "    # computed differently now\n    value = await"))
+        page.reload()
+        expect(page.locator("#code-changed")).to_contain_text("Code changed since this run")
+        # still the code it ran, its step's line highlighted
+        expect(page.locator("#step-panel .source .ln.hl")).to_contain_text("lambda: 41")
+        shot(page, "code-changed")
+        page.locator("#code-changed a").click()
+        page.wait_for_url(re.compile(f"/executions/{eid}/source-diff$"))
+        expect(page.locator("pre.diff .d-add").first).to_contain_text("# computed differently now")
+        expect(page.locator("pre.diff .d-del")).to_contain_text("lambda: 41")
