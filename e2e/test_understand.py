@@ -203,3 +203,17 @@ def test_editing_a_jobs_file_makes_an_old_execution_show_code_changed(page: Page
         page.wait_for_url(re.compile(f"/executions/{eid}/source-diff$"))
         expect(page.locator("pre.diff .d-add").first).to_contain_text("# computed differently now")
         expect(page.locator("pre.diff .d-del")).to_contain_text("lambda: 41")
+
+
+def test_the_event_log_filters_to_matching_log_lines(page: Page, app_server: str) -> None:
+    eid = start(page, app_server, "chatty", "null")
+    expect(page.locator("#exec-head .badge")).to_have_text("completed", timeout=20_000)
+    page.goto(f"{app_server}/executions/{eid}?tab=events")
+    rows = page.locator("#event-rows tr")
+    total = rows.count()
+    page.fill("#event-filter", "chunk 3")
+    visible = page.locator("#event-rows tr:not([hidden])")
+    expect(visible).to_have_count(1)
+    expect(visible).to_contain_text("[download] chunk 3 of 8")
+    page.fill("#event-filter", "")
+    expect(page.locator("#event-rows tr:not([hidden])")).to_have_count(total)

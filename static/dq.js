@@ -228,4 +228,17 @@
     else if (e.key === "k") { move(-1); e.preventDefault(); }
     else if (e.key === "Enter" && open()) { e.preventDefault(); }
   });
+
+  // ---- the event log's filter box: rows (also those appended live) hidden unless they match
+  function filterEvents() {
+    var box = document.getElementById("event-filter");
+    if (!box) return;
+    var q = box.value.trim().toLowerCase().replace(/\s+/g, " ");
+    document.querySelectorAll("#event-rows tr").forEach(function (tr) {
+      tr.hidden = !!q && tr.textContent.toLowerCase().replace(/\s+/g, " ").indexOf(q) < 0;
+    });
+  }
+  document.addEventListener("input", function (e) { if (e.target && e.target.id === "event-filter") filterEvents(); });
+  document.addEventListener("htmx:afterSettle", filterEvents);
+  document.addEventListener("htmx:sseMessage", function () { setTimeout(filterEvents, 0); });
 })();
