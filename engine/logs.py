@@ -14,6 +14,7 @@ its lines again: that is a new attempt of the step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -58,11 +59,23 @@ def write(ctx: ExecutionContext, message: str, fields: dict[str, Any], key: str 
     data: dict[str, Any] = {"key": key, "message": message}
     if safe:
         data["fields"] = safe
-    ctx.queue.runtime.send(ctx, "log", data)
+    runtime = ctx.queue.runtime
+    if _on_loop() or ctx.task is None:
+        runtime.send(ctx, "log", data)
+    else:  # a sync handler runs in a worker thread: the committer lives on the loop
+        ctx.task.get_loop().call_soon_threadsafe(runtime.send, ctx, "log", data)
     level = _LEVELS.get(str(safe.get("level", "info")).lower(), logging.INFO)
     logger = logging.getLogger(f"dq.job.{ctx.job.name}")
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"dq_execution_id": ctx.id, "dq_step": key, "dq_fields": safe})
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _replaying(ctx: ExecutionContext) -> bool:

@@ -96,6 +96,22 @@ async def test_thread_logger_lands_beside_its_step(make_queue: Callable[..., Que
     assert [r.getMessage() for r in caplog.records if r.name == "dq.job.painter"] == ["extracting colours of cover.png"]
 
 
+async def test_a_sync_handler_logs_from_its_worker_thread(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="syncer")
+    def syncer(data: Any) -> str:
+        for i in range(3):
+            log(f"line {i}", i=i)
+        return "done"
+
+    queue = make_queue([syncer])
+    async with queue:
+        ex = await queue.jobs.syncer.start(None)
+        assert await ex.result() == "done"
+        await queue.runtime.committer.flush()
+        events = await ex.events()
+    assert _logs(events) == [(None, "line 0"), (None, "line 1"), (None, "line 2")]
+
+
 def test_log_outside_a_handler_is_refused() -> None:
     with pytest.raises(DqError, match="inside a job handler"):
         log("nowhere")
