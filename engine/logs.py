@@ -17,27 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from .context import ExecutionContext, current_or_none
 from .errors import DqError
+from .event_schema import EventKind
 
-#: The step whose function is running in this task (set by execute_step around the call).
-_step: ContextVar[str | None] = ContextVar("dq_log_step", default=None)
+#: The step whose function is running in this task (set by execute_step around its call).
+STEP: ContextVar[str | None] = ContextVar("dq_log_step", default=None)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-@contextmanager
-def in_step(key: str) -> Iterator[None]:
-    """Lines written inside belong to step `key` (the step's function runs here)."""
-    token = _step.set(key)
-    try:
-        yield
-    finally:
-        _step.reset(token)
 
 
 def log(message: Any, /, **fields: Any) -> None:
@@ -47,7 +36,7 @@ def log(message: Any, /, **fields: Any) -> None:
     ctx = current_or_none()
     if ctx is None:
         raise DqError("log() can only be called inside a job handler or one of its steps")
-    key = _step.get()
+    key = STEP.get()
     if key is None and _replaying(ctx):
         return
     write(ctx, str(message), fields, key)
@@ -59,11 +48,11 @@ def write(ctx: ExecutionContext, message: str, fields: dict[str, Any], key: str 
     data: dict[str, Any] = {"key": key, "message": message}
     if safe:
         data["fields"] = safe
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     if _on_loop() or ctx.task is None:
-        runtime.send(ctx, "log", data)
+        owner.send(ctx, EventKind.LOG, data)
     else:  # a sync handler runs in a worker thread: the committer lives on the loop
-        ctx.task.get_loop().call_soon_threadsafe(runtime.send, ctx, "log", data)
+        ctx.task.get_loop().call_soon_threadsafe(owner.send, ctx, EventKind.LOG, data)
     level = _LEVELS.get(str(safe.get("level", "info")).lower(), logging.INFO)
     logger = logging.getLogger(f"dq.job.{ctx.job.name}")
     if logger.isEnabledFor(level):

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dq.engine.event_schema import EventKind
 from dq.engine.storage.base import (
     TERMINAL,
     EventRecord,
@@ -77,7 +78,7 @@ def panel_context(
         "panel_id": panel_id(key),
         "attempts": step_attempts(key, events) if step is not None and key else [],
         # a step's lines, or without a step the handler's own (written between steps)
-        "logs": [e for e in events if e.type == "log" and e.data.get("key") == (key or None)],
+        "logs": [e for e in events if e.type == EventKind.LOG and e.data.get("key") == (key or None)],
         "source": src,
         "source_file_short": short_path(src.file) if src else "",
         "highlight": highlight,
