@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .context import ExecutionContext, current
+from .event_schema import EventKind
 from .ids import now_ms
 from .serialize import load_typed
 from .steps import _boundary, _caller_line, _event, _new_step, _park, _replayed
@@ -46,8 +47,8 @@ async def wait_for_job(job: Job, match: Any) -> Any:
     """Wait until an execution of `job` whose input matches completes after this step
     began; returns its output. Durable: the start time is stored with the step."""
     ctx = current()
-    runtime = ctx.queue.runtime
-    runtime.check_registered(job)
+    owner = ctx.owner
+    owner.check_registered(job)
     key, seq = ctx.next_key(f"wait:{job.name}")
     line = _caller_line()
     _boundary(ctx)
@@ -60,9 +61,9 @@ async def wait_for_job(job: Job, match: Any) -> Any:
         step = _new_step(ctx, key, job.name, "wait", seq, line, prior)
         since = step.started_at
         step.output = {"since": since, "match": describe_match(match)}
-        await runtime.commit_for(ctx, Batch(
+        await owner.commit_for(ctx, Batch(
             steps=[replace(step)],
-            events=[_event(ctx, "wait", {"key": key, "kind": "job", "job": job.name, "line": line}, since)],
+            events=[_event(ctx, EventKind.WAIT, {"key": key, "kind": "job", "job": job.name, "line": line}, since)],
         ))  # fmt: skip
     ctx.record.current_step = key
     seen: set[str] = set()
@@ -78,13 +79,13 @@ async def wait_for_job(job: Job, match: Any) -> Any:
                 now = now_ms()
                 step.status, step.completed_at = "completed", now
                 step.output = {"since": since, "execution_id": rec.id, "output": rec.output}
-                await runtime.commit_for(ctx, Batch(
+                await owner.commit_for(ctx, Batch(
                     steps=[step],
-                    events=[_event(ctx, "step_success", {"key": key, "name": job.name, "kind": "wait", "attempt": 1, "duration_ms": now - step.started_at}, now)],
+                    events=[_event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": job.name, "kind": "wait", "attempt": 1, "duration_ms": now - step.started_at}, now)],
                 ))  # fmt: skip
                 ctx.history[key] = step
                 return load_typed(job.options.output, rec.output)
-        await _park(ctx, asyncio.sleep(runtime.poll_s))
+        await _park(ctx, asyncio.sleep(owner.poll_s))
         _boundary(ctx)
 
 
@@ -93,8 +94,8 @@ async def _open_wait(ctx: ExecutionContext, key: str, seq: int, line: int | None
     if prior is not None and isinstance(prior.output, Mapping):
         return prior
     step = _new_step(ctx, key, name, "wait", seq, line, prior, output=start)
-    await ctx.queue.runtime.commit_for(ctx, Batch(
-        steps=[replace(step)], events=[_event(ctx, "wait", {"key": key, "line": line, **event}, step.started_at)],
+    await ctx.owner.commit_for(ctx, Batch(
+        steps=[replace(step)], events=[_event(ctx, EventKind.WAIT, {"key": key, "line": line, **event}, step.started_at)],
     ))  # fmt: skip
     return step
 
@@ -102,9 +103,9 @@ async def _open_wait(ctx: ExecutionContext, key: str, seq: int, line: int | None
 async def _close_wait(ctx: ExecutionContext, step: StepRecord, output: dict[str, Any]) -> None:
     now = now_ms()
     step.status, step.completed_at, step.output = "completed", now, output
-    await ctx.queue.runtime.commit_for(ctx, Batch(
+    await ctx.owner.commit_for(ctx, Batch(
         steps=[step],
-        events=[_event(ctx, "step_success", {"key": step.key, "name": step.name, "kind": step.kind, "attempt": 1, "duration_ms": now - step.started_at}, now)],
+        events=[_event(ctx, EventKind.STEP_SUCCESS, {"key": step.key, "name": step.name, "kind": step.kind, "attempt": 1, "duration_ms": now - step.started_at}, now)],
     ))  # fmt: skip
     ctx.history[step.key] = step
 
@@ -115,7 +116,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any) -> Any:
     from .pipe import message_matches
 
     ctx = current()
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     key, seq = ctx.next_key(f"wait:{pipe.name}")
     line = _caller_line()
     _boundary(ctx)
@@ -134,13 +135,13 @@ async def pipe_wait_step(pipe: Pipe, match: Any) -> Any:
             if message_matches(pipe, match, msg.data):
                 await _close_wait(ctx, step, {"after_seq": step.output["after_seq"], "seq": msg.seq, "data": msg.data})
                 return load_typed(pipe.input, msg.data)
-        await _park(ctx, asyncio.sleep(runtime.poll_s))
+        await _park(ctx, asyncio.sleep(owner.poll_s))
         _boundary(ctx)
 
 
 async def pipe_send_step(ctx: ExecutionContext, pipe: Pipe, stored: Any) -> None:
     """`pipe.send` inside a handler: the message and the step record commit together, once."""
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     key, seq = ctx.next_key(f"send:{pipe.name}")
     line = _caller_line()
     _boundary(ctx)
@@ -150,13 +151,13 @@ async def pipe_send_step(ctx: ExecutionContext, pipe: Pipe, stored: Any) -> None
     step = _new_step(ctx, key, pipe.name, "send", seq, line, prior, output={"data": stored})
     now = step.started_at
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, Batch(
+    await owner.commit_for(ctx, Batch(
         steps=[step],
         messages=[PipeMessage(pipe.name, stored, now)],
         events=[
-            _event(ctx, "step_start", {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "line": line}, now),
-            _event(ctx, "step_success", {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "duration_ms": 0}, now),
+            _event(ctx, EventKind.STEP_START, {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "line": line}, now),
+            _event(ctx, EventKind.STEP_SUCCESS, {"key": key, "name": pipe.name, "kind": "send", "attempt": 1, "duration_ms": 0}, now),
         ],
     ))  # fmt: skip
     ctx.history[key] = step
-    runtime.kick()
+    owner.kick()

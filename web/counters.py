@@ -12,12 +12,15 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dq.engine.event_schema import ENDINGS, EventKind
 from dq.engine.storage.base import EventRecord
 
 #: Bucket bounds in seconds: from a fast step (5 ms) to a long job (1 h).
 BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: Start times kept for execution durations (the oldest are forgotten first).
 _STARTS_KEPT = 100_000
+#: The status each ending leaves an execution in.
+_FINAL = {EventKind.SUCCESS: "completed", EventKind.FAILURE: "failed", EventKind.CANCEL: "cancelled"}
 
 
 class Histogram:
@@ -68,25 +71,25 @@ class Metrics:
     def observe(self, ev: EventRecord) -> None:
         job = ev.job_name or ""
         data: Mapping[str, Any] = ev.data if isinstance(ev.data, Mapping) else {}
-        if ev.type == "start":
+        if ev.type == EventKind.START:
             self.attempts[job] += 1
             if ev.execution_id and ev.execution_id not in self._started:
                 self._started[ev.execution_id] = ev.at
                 if len(self._started) > _STARTS_KEPT:
                     self._started.popitem(last=False)
-        elif ev.type == "error":
+        elif ev.type == EventKind.ERROR:
             self.failed_attempts[job] += 1
-        elif ev.type in ("step_success", "step_failure"):
+        elif ev.type in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE):
             ms = data.get("duration_ms")
             if isinstance(ms, int | float) and not isinstance(ms, bool):
                 self.step_seconds.observe(job, ms / 1000)
-        elif ev.type == "log":
+        elif ev.type == EventKind.LOG:
             self.logs[job] += 1
-        elif ev.type in ("success", "failure", "cancel"):
-            status = {"success": "completed", "failure": "failed", "cancel": "cancelled"}[ev.type]
+        elif ev.type in ENDINGS:
+            status = _FINAL[EventKind(ev.type)]
             self.finished[(job, status)] += 1
             started = self._started.pop(ev.execution_id, None) if ev.execution_id else None
-            if started is not None and ev.type != "cancel":
+            if started is not None and ev.type != EventKind.CANCEL:
                 self.execution_seconds.observe(job, max(0, ev.at - started) / 1000)
 
 

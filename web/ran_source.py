@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dq.engine.event_schema import EventKind
 from dq.engine.sources import SourceVersion, from_state, source_version, state_key
 from dq.engine.storage.base import EventRecord, ExecutionRecord
 
@@ -38,7 +39,7 @@ class RanSource:
 
 def ran_fingerprint(events: Sequence[EventRecord]) -> str | None:
     for ev in reversed(events):
-        if ev.type == "start" and isinstance(ev.data, dict) and ev.data.get("source"):
+        if ev.type == EventKind.START and isinstance(ev.data, dict) and ev.data.get("source"):
             return str(ev.data["source"])
     return None
 
