@@ -3,8 +3,6 @@ trigger now, pause and resume a schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, get, post
@@ -13,55 +11,14 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Response
 
 from dq.engine.ids import now_ms
-from dq.engine.scheduler import next_fires, schedule_paused_key, set_schedule_paused
-from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
+from dq.engine.scheduler import set_schedule_paused
 
-from . import render
-from .cron_words import describe
+from . import loaders, render
 from .dashboard import Dashboard, dashboard_of
+from .loaders import cron_of
 from .pages import html
 
 Req = Request[Any, Any, Any]
-
-
-@dataclass(slots=True)
-class Schedule:
-    job: str
-    expr: str
-    tz: str
-    words: str
-    next_fires: list[int]
-    last: ExecutionRecord | None
-    paused: bool
-
-
-def cron_of(job: Any) -> tuple[str, str] | None:
-    """(expression, time zone) of a cron job: a string, or {"expr", "tz"}."""
-    cron = getattr(getattr(job, "options", None), "cron", None)
-    if not cron:
-        return None
-    if isinstance(cron, Mapping):
-        return str(cron.get("expr")), str(cron.get("tz") or "UTC")
-    return str(cron), "UTC"
-
-
-async def schedules(dash: Dashboard, now: int) -> list[Schedule]:
-    out = []
-    cron_jobs = [(name, cron_of(job)) for name, job in sorted(dash.jobs.items())]
-    keys = [schedule_paused_key(name) for name, cron in cron_jobs if cron]
-    paused = await dash.storage.get_state(keys) if keys else {}
-    for name, cron in cron_jobs:
-        if cron is None:
-            continue
-        expr, tz = cron
-        try:
-            fires = next_fires(expr, now, 5)
-        except Exception:  # the scheduler refuses it the same way: shown, not fatal
-            fires = []
-        last = await dash.storage.query(ExecutionQuery(job_names=[name], limit=1))
-        out.append(Schedule(name, expr, tz, describe(expr), fires, last[0] if last else None,
-                            bool(paused.get(schedule_paused_key(name)))))  # fmt: skip
-    return out
 
 
 @get("/schedules", name="schedules")
@@ -69,7 +26,7 @@ async def schedules_page(request: Req) -> Response[str]:
     dash = dashboard_of(request)
     now = now_ms()
     ctx = dash.context(request, "schedules")
-    ctx.update(schedules=await schedules(dash, now), now=now)
+    ctx.update(schedules=await loaders.schedules(dash, now), now=now)
     return html(render.page("schedules.html", **ctx))
 
 
