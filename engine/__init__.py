@@ -13,6 +13,7 @@ from .errors import (
 )
 from .execution import Execution, current_execution
 from .job import Job, create_job
+from .logs import log
 from .patching import patched
 from .pipe import Pipe, create_pipe
 from .queue import Queue, create_queue
@@ -49,6 +50,7 @@ __all__ = [
     "create_redis_storage",
     "create_sqlite_storage",
     "current_execution",
+    "log",
     "parse_duration",
     "parse_frequency",
     "patched",

@@ -35,7 +35,8 @@ async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> Non
     job, rec = ctx.job, ctx.record
     resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
     attempt_no = rec.retry_count + 1
-    owner.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id})
+    owner.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id,
+                                      "source": owner.source_fingerprint(job)})  # fmt: skip
     if not resumed and owner.hooks.any_for(job):
         await owner.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt_no})
     output = await call_handler(ctx, typed_input)

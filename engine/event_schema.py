@@ -91,6 +91,9 @@ class Start(TypedDict):
     attempt: int
     resumed: bool
     worker: str
+    #: Fingerprint of the job's source this process ran (`sources.py`; None: no source).
+    #: Absent from starts written before source versions were recorded.
+    source: NotRequired[str | None]
 
 
 class StepStart(TypedDict):
@@ -144,8 +147,11 @@ class Wait(TypedDict):
 
 
 class Log(TypedDict):
+    """A `log()` line (or a thread's `ctx.logger`): `key` is its step, None between steps."""
+
     key: str | None
     message: str
+    fields: NotRequired[dict[str, Any]]
 
 
 class Replay(TypedDict):

@@ -29,6 +29,7 @@ from .results import Results
 from .retention import Housekeeping
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
+from .sources import SourceVersions
 from .storage.base import (
     Batch,
     CommitResult,
@@ -86,6 +87,7 @@ class Runtime:
         self.bus = EventBus(self.storage)
         self.hooks = Hooks(self._record_event, queue)
         self.committer: Committer = None  # type: ignore[assignment]  # set in start()
+        self.sources = SourceVersions(lambda batch: self.committer.send(batch))
         self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
         self._timer: Timer | None = None
@@ -482,6 +484,9 @@ class Runtime:
 
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         await self.flow.give_back(limit, holder)
+
+    def source_fingerprint(self, job: Job) -> str | None:
+        return self.sources.fingerprint(job)
 
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())

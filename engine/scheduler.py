@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from . import clock
 from .cron import CronSchedule
 from .ids import now_ms
-from .storage.base import Batch, EventRecord
+from .storage.base import Batch, EventRecord, Storage
 
 if TYPE_CHECKING:
     from .job import Job
@@ -111,6 +111,9 @@ class Cron:
         if state is None:
             # First sight of this job: the schedule starts now, nothing to catch up.
             await runtime.committer.commit(Batch(state={key: {"last": latest_due}}, expect={key: None}))
+        elif int(state["last"]) < latest_due and await schedule_paused(runtime.storage, job.name):
+            # A paused schedule lets its ticks pass: resuming it starts no catch-up run.
+            await runtime.committer.commit(Batch(state={key: {"last": latest_due}}, expect={key: state}))
         elif int(state["last"]) < latest_due:
             rec = runtime.new_record(job, None)
             rec.wait_reason = None
@@ -127,3 +130,28 @@ class Cron:
                     await runtime.hooks.fire(job, "trigger", rec.id, {"input": None})
         following = schedule.next(now)
         return max(0.0, (following - now_ms()) / 1000) + 0.001
+
+
+def next_fires(schedule: CronSchedule, after_ms: int, n: int = 5) -> list[int]:
+    """The next `n` ticks of `schedule` after `after_ms` (epoch ms), as `Cron` computes them."""
+    out: list[int] = []
+    for _ in range(n):
+        after_ms = schedule.next(after_ms)
+        out.append(after_ms)
+    return out
+
+
+#: State key of a paused schedule: its ticks pass without starting the job.
+def schedule_paused_key(job_name: str) -> str:
+    return f"cron_paused:{job_name}"
+
+
+async def schedule_paused(storage: Storage, job_name: str) -> bool:
+    key = schedule_paused_key(job_name)
+    return bool((await storage.get_state([key])).get(key))
+
+
+async def set_schedule_paused(storage: Storage, job_name: str, paused: bool) -> None:
+    """Pause (or resume) a cron job's schedule in every process sharing `storage`;
+    the job itself stays usable (triggers, `start`)."""
+    await storage.commit(Batch(state={schedule_paused_key(job_name): True if paused else None}))

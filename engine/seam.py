@@ -43,6 +43,10 @@ class StateOwner(Protocol):
     #: This process's id, written to `start` events.
     worker_id: str
 
+    def source_fingerprint(self, job: Job) -> str | None:
+        """The fingerprint of the job's source this process runs, written to `start`
+        events (its text stored once per version, `sources.SourceVersions`)."""
+
     # -- writes of a held execution --------------------------------------------------------
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
         """Append an informational event, fenced, without waiting for it."""

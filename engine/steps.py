@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import logs
 from .backoff import DEFAULT_RETRY, backoff_attempts, make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
@@ -203,13 +204,17 @@ async def execute_step(
         if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
         try:
-            if concurrency is not None:
-                async with _step_slot(ctx, key, label, concurrency):
+            step_token = logs.STEP.set(key)  # log() lines written by fn belong to this step
+            try:
+                if concurrency is not None:
+                    async with _step_slot(ctx, key, label, concurrency):
+                        value = await _call(fn, timeout_ms, key)
+                elif timeout_ms is None:
+                    value = await _start(fn)
+                else:
                     value = await _call(fn, timeout_ms, key)
-            elif timeout_ms is None:
-                value = await _start(fn)
-            else:
-                value = await _call(fn, timeout_ms, key)
+            finally:
+                logs.STEP.reset(step_token)
             stored = dump_step(value, key)
         except Exception as exc:
             will_retry = attempt <= retries and not isinstance(exc, NonDeterminismError)

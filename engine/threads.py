@@ -16,7 +16,7 @@ from .backoff import backoff_attempts, make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
 from .errors import DqError, TimeoutError, allow_error_module, error_from_dict
-from .event_schema import EventKind
+from .logs import write
 from .procpool import ProcessPools, call
 from .serialize import plain_json
 from .steps import _caller_line, execute_step
@@ -43,12 +43,12 @@ def _reference(fn: Callable[..., Any], step: str) -> str:
 
 async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
                       timeout_ms: int | None, memory_mb: int | None, cpu_s: int | None) -> Any:  # fmt: skip
-    owner = ctx.owner
     worker = await POOLS.take((memory_mb, cpu_s))
     reusable = False
     try:
         timeout_s = timeout_ms / 1000 if timeout_ms is not None else None
-        on_log: Callable[[str], None] = lambda line: owner.send(ctx, EventKind.LOG, {"key": key, "message": line})  # noqa: E731
+        # ctx.logger lines land where log() lines do: the trace and the dq.job.<name> logger.
+        on_log: Callable[[str], None] = lambda line: write(ctx, line, {}, key)  # noqa: E731
         kind, value = await call(worker, ref, input, timeout_s, on_log)
         reusable = kind == "ok" or (kind == "err" and value.get("type") != "dq.engine.threads.ResourceLimitError")
     except builtins.TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,17 @@ def matches(match: Any, value: Any, typed: Any) -> bool:
     return bool(match == value)
 
 
+def describe_match(match: Any) -> Any:
+    """The match as stored with a wait step, for the dashboard's "why is it waiting":
+    a dict as JSON, a predicate by its name."""
+    if match is None or callable(match):
+        return None if match is None else f"<{getattr(match, '__qualname__', 'predicate')}>"
+    try:
+        return json.loads(json.dumps(match))
+    except (TypeError, ValueError):
+        return repr(match)
+
+
 async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
     """Wait until an execution of `job` whose input matches completes after this step
     began; returns its output. Durable: the start time (and the deadline, with
@@ -53,7 +65,8 @@ async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
     else:
         step = _new_step(ctx, key, job.name, "wait", seq, line, prior)
         since = step.started_at
-        step.output = {"since": since, "deadline": since + timeout_ms if timeout_ms is not None else None}
+        step.output = {"since": since, "deadline": since + timeout_ms if timeout_ms is not None else None,
+                       "match": describe_match(match)}
         await owner.commit_for(ctx, Batch(
             steps=[replace(step)],
             events=[_event(ctx, EventKind.WAIT, {"key": key, "kind": "job", "job": job.name, "line": line, "deadline": step.output["deadline"]}, since)],
@@ -159,7 +172,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
     prior = _current_attempt(ctx, prior)
     start: dict[str, Any] = {}
     if prior is None or not isinstance(prior.output, Mapping):
-        start = {"after_seq": await ctx.queue.storage.last_message_seq(pipe.name)}
+        start = {"after_seq": await ctx.queue.storage.last_message_seq(pipe.name), "match": describe_match(match)}
     step = await _open_wait(ctx, key, seq, line, pipe.name, prior, start, {"kind": "pipe", "pipe": pipe.name}, timeout_ms)
     after = int(step.output["after_seq"])
     deadline = step.output.get("deadline")

@@ -169,4 +169,76 @@
       : "Request failed: HTTP " + xhr.status, true);
   });
   document.addEventListener("dq:notice", function (evt) { toast(evt.detail.value || "done", false); });
+
+  // ---- "updated …": the time of the page's last live update (or of its render)
+  document.addEventListener("htmx:sseMessage", function () {
+    var el = document.getElementById("updated-ago");
+    if (el) { el.dataset.ago = String(now()); tick(); }
+  });
+
+  // ---- keyboard: j/k move through the list or trace, Enter opens, Esc closes
+  function typing() { return /input|textarea|select/i.test(document.activeElement.tagName); }
+  function items() {
+    var rows = document.querySelectorAll("#waterfall a.wf-row, #waterfall summary.wf-row");
+    if (!rows.length) rows = document.querySelectorAll("main table.tbl tbody tr");
+    return Array.prototype.filter.call(rows, function (r) { return r.offsetParent !== null; });
+  }
+  function move(step) {
+    var list = items();
+    if (!list.length) return;
+    var at = list.findIndex(function (r) { return r.classList.contains("kbd-sel"); });
+    var next = at < 0 ? (step > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, at + step));
+    list.forEach(function (r) { r.classList.remove("kbd-sel"); });
+    list[next].classList.add("kbd-sel");
+    list[next].scrollIntoView({ block: "nearest" });
+  }
+  function open() {
+    var sel = document.querySelector(".kbd-sel");
+    if (!sel) return false;
+    if (sel.tagName === "A" || sel.tagName === "SUMMARY") { sel.click(); return true; }
+    var link = sel.querySelector("a[href]");
+    if (link) { window.location.href = link.getAttribute("href"); return true; }
+    return false;
+  }
+  function closePanel() {
+    var panel = document.getElementById("step-panel");
+    var toastEl = document.getElementById("toast");
+    if (toastEl) toastEl.textContent = "";
+    if (panel && panel.dataset.key) {
+      var m = window.location.pathname.match(/^\/executions\/([^/]+)$/);
+      if (m) {
+        htmx.ajax("GET", "/executions/" + m[1] + "/step?key=", { target: "#step-panel", swap: "outerHTML" });
+        history.replaceState(null, "", window.location.pathname + window.location.search.replace(/([?&])step=[^&]*&?/, "$1").replace(/[?&]$/, ""));
+        return true;
+      }
+    }
+    var sel = document.querySelector(".kbd-sel");
+    if (sel) { sel.classList.remove("kbd-sel"); return true; }
+    return false;
+  }
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "Escape") {
+      if (typing()) { document.activeElement.blur(); return; }
+      if (closePanel()) e.preventDefault();
+      return;
+    }
+    if (typing()) return;
+    if (e.key === "j") { move(1); e.preventDefault(); }
+    else if (e.key === "k") { move(-1); e.preventDefault(); }
+    else if (e.key === "Enter" && open()) { e.preventDefault(); }
+  });
+
+  // ---- the event log's filter box: rows (also those appended live) hidden unless they match
+  function filterEvents() {
+    var box = document.getElementById("event-filter");
+    if (!box) return;
+    var q = box.value.trim().toLowerCase().replace(/\s+/g, " ");
+    document.querySelectorAll("#event-rows tr").forEach(function (tr) {
+      tr.hidden = !!q && tr.textContent.toLowerCase().replace(/\s+/g, " ").indexOf(q) < 0;
+    });
+  }
+  document.addEventListener("input", function (e) { if (e.target && e.target.id === "event-filter") filterEvents(); });
+  document.addEventListener("htmx:afterSettle", filterEvents);
+  document.addEventListener("htmx:sseMessage", function () { setTimeout(filterEvents, 0); });
 })();

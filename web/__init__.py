@@ -16,12 +16,14 @@ from .errors import http_error
 from .execution_pages import (
     execution_page,
     payload_download,
+    source_diff,
     step_output_download,
     step_panel,
     waterfall_fragment,
 )
 from .gate import ALLOWED_HOSTS_ENV, Gate, HostPolicy, parse_allowed, split_host
 from .jobs_pages import job_page, jobs_page, start_execution
+from .metrics import metrics_endpoint
 from .operate import (
     bulk_action,
     bulk_progress,
@@ -32,7 +34,9 @@ from .operate import (
     replay_dialog,
 )
 from .pages import executions, go, overview
+from .pipes_pages import pipes_page, send_message
 from .render import STATIC_DIR
+from .schedules_pages import pause_schedule, resume_schedule, schedules_page, trigger_now
 from .settings import Settings
 from .sse import LIVE_PATH, live_stream
 from .static_files import static_file
@@ -49,6 +53,8 @@ ROUTES: list[BaseRouteHandler] = [
     step_output_download, jobs_page, job_page, start_execution, pause, resume, cancel, retry,
     live_stream, healthz, static_file, workers_page, workers_stream,
     replay_dialog, replay, bulk_action, bulk_progress, job_pause, job_resume, job_cancel,
+    metrics_endpoint, schedules_page, trigger_now, pause_schedule, resume_schedule,
+    pipes_page, send_message, source_diff,
 ]  # fmt: skip
 
 #: Paths answered for GET only: the gate does not turn a HEAD into a GET for them.

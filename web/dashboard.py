@@ -10,6 +10,7 @@ from litestar.utils.scope.state import ScopeState
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import Storage
 
+from .counters import Metrics
 from .hub import Hub
 from .settings import Settings
 from .source import Source, job_source, short_path
@@ -23,6 +24,7 @@ class Dashboard:
         self.queue = queue
         self.settings = settings
         self.label = label or getattr(queue.storage, "kind", "storage")
+        self.metrics = Metrics()
         self.hub = Hub(self)
 
     @property

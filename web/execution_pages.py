@@ -17,6 +17,7 @@ from . import loaders, params, render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
+from .ran_source import diff_lines, ran_source
 from .sse import stream_url
 from .views import execution_context, panel_context, read_all_events
 
@@ -39,12 +40,14 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     tab = params.choice(params.last(query, "tab") or "trace", "tab", ("trace", "events"))
     key = _step_key(query, "step") or None
     seq = await storage.last_event_seq()  # before the reads: the stream resumes from here
-    data = await loaders.execution(dash, execution_id, upto=seq) if params.is_ident(execution_id) else None
+    now = now_ms()
+    data = await loaders.execution(dash, execution_id, now, upto=seq) if params.is_ident(execution_id) else None
     if data is None or data.rec is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")
-    now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
-    ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab))
+    ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab,
+                                 tree=data.tree, ran=data.ran))  # fmt: skip
+    ctx["why"] = data.why
     ctx["replays"] = await loaders.replays(dash, execution_id)
     return html(render.page("execution.html", **ctx))
 
@@ -70,7 +73,7 @@ async def step_panel(request: Req, execution_id: FromPath[str]) -> Response[str]
     rec = await _record(dash, execution_id)
     steps = await dash.storage.get_steps(execution_id)
     events = await read_all_events(dash.storage, execution_id)
-    ctx = panel_context(dash, rec, steps, events, key)
+    ctx = panel_context(dash, rec, steps, events, key, await ran_source(dash, rec, events))
     ctx.update(oob=False, now=now_ms())
     return html(render.page("step_panel.html", **ctx))
 
@@ -106,3 +109,17 @@ async def step_output_download(request: Req, execution_id: FromPath[str]) -> Res
         raise NotFoundException(f"Execution {execution_id!r} has no step {key!r}.")
     safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in key)  # a header is Latin-1
     return _download(step.output, f"{execution_id}-{safe}")
+
+
+@get("/executions/{execution_id:str}/source-diff", name="source_diff")
+async def source_diff(request: Req, execution_id: FromPath[str]) -> Response[str]:
+    """The code the execution ran against the job's code now."""
+    dash = dashboard_of(request)
+    rec = await _record(dash, execution_id)
+    ran = await ran_source(dash, rec, await read_all_events(dash.storage, execution_id))
+    if ran is None:
+        raise NotFoundException(f"Execution {execution_id!r} has no recorded source version.")
+    lines = diff_lines(ran.version, ran.current) if ran.current is not None else []
+    ctx = dash.context(request, "executions")
+    ctx.update(rec=rec, ran=ran, lines=lines, now=now_ms())
+    return html(render.page("source_diff.html", **ctx))

@@ -173,7 +173,10 @@ def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     if ev_type == EventKind.SLEEP:
         return f"{data.get('key', '')} · until {clock(data.get('until'))}"
     if ev_type == EventKind.LOG:
-        return str(data.get("message", ""))
+        fields = data.get("fields") or {}
+        extra = " ".join(f"{k}={preview(v, 60)}" for k, v in fields.items()) if isinstance(fields, dict) else ""
+        where = f"[{data['key']}] " if data.get("key") else ""
+        return (where + str(data.get("message", "")) + (" · " + extra if extra else "")).strip()
     if ev_type == EventKind.TRIGGER:
         return "input " + preview(data.get("input"), 100)
     if ev_type == EventKind.SUCCESS:

@@ -151,6 +151,7 @@ class Hub:
                     async for ev in sub:
                         self._pending.append(ev)
                         self._track(ev)
+                        self.dash.metrics.observe(ev)
                         self._wake.set()
                 log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
             except asyncio.CancelledError:
@@ -272,10 +273,11 @@ class Hub:
             if not (mine or fresh or eid in child_of or (refresh and cache.rec and cache.rec.status not in TERMINAL)):
                 continue
             if fresh:
-                data = await loaders.execution(self.dash, eid, upto=seq)
+                data = await loaders.execution(self.dash, eid, now, upto=seq)
                 cache.rec, cache.loaded = None, True  # `mine` (this tick's events) are appended below as well
                 if data is not None:
                     cache.rec, cache.events, cache.steps, cache.children = data.rec, data.events, data.steps, data.children
+                    cache.why, cache.tree, cache.ran = data.why, data.tree, data.ran
             elif mine:
                 cache.rec = await storage.get_execution(eid)
                 cache.steps = await storage.get_steps(eid)
@@ -286,7 +288,11 @@ class Hub:
                 cache.children = await children_of(storage, eid)
             if cache.rec is None:
                 continue
+            if not fresh:
+                await loaders.execution_extras(self.dash, cache, now, mine)
             keys = list(dict.fromkeys(str(e.data.get("key")) for e in mine if isinstance(e.data, dict) and e.data.get("key")))
+            if any(e.type == EventKind.LOG and isinstance(e.data, dict) and not e.data.get("key") for e in mine):
+                keys.append("")  # the handler's own lines: the panel shown when no step is selected
             try:
                 html = live.execution_html(self.dash, cache, now, keys=keys, children=fresh or eid in child_of)
                 origin = cache.events[0].at if cache.events else 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dq.engine.storage.base import EventRecord, ExecutionRecord, StepRecord
+from dq.engine.why import WaitReason
 
 from . import render
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .dashboard import Dashboard
 from .filters import Filters
 from .stats import FailureGroup, Throughput
+from .tree import Node
 from .views import execution_context, panel_context
 
 
@@ -46,6 +48,12 @@ class ExecCache:
     loaded: bool = False
     #: The hub's head when the first page began watching: ring ticks before it lack this execution.
     since: int = 0
+    #: Why it is not running (None: it runs or ended), from `dq.engine.why.explain`.
+    why: WaitReason | None = None
+    #: Its descendants with their steps and events (the nested waterfall), by id.
+    tree: dict[str, Node] = field(default_factory=dict)
+    #: The code it ran (a `RanSource`), once known.
+    ran: Any = None
 
 
 def template(parts: Iterable[str]) -> str:
@@ -106,9 +114,10 @@ def execution_html(
     if rec is None:
         return ""
     ctx: dict[str, Any] = execution_context(
-        dash, rec, cache.steps, cache.events, cache.children, now
+        dash, rec, cache.steps, cache.events, cache.children, now, tree=cache.tree, ran=cache.ran
     )
     ctx["oob"] = True
+    ctx["why"] = cache.why
     parts = [
         render.block("execution.html", "header", **ctx),
         render.block("execution.html", "waterfall", **ctx),
@@ -117,7 +126,7 @@ def execution_html(
     if children:
         parts.append(render.block("execution.html", "children", **ctx))
     for key in keys:
-        pctx = panel_context(dash, rec, cache.steps, cache.events, key)
+        pctx = panel_context(dash, rec, cache.steps, cache.events, key, cache.ran)
         pctx["oob"] = True
         parts.append(_panel_inner(pctx))
     return "".join(parts)

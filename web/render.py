@@ -12,6 +12,7 @@ from jinja2_fragments import render_block
 from markupsafe import Markup
 
 from dq.engine.text import scrub
+from dq.engine.why import brief
 
 from . import format as fmt
 
@@ -49,6 +50,7 @@ def environment() -> Environment:
         event_summary=fmt.event_summary,
         human_size=fmt.human_size,
         q=lambda v: quote(str(v), safe=""),
+        why_brief=brief,
     )
     env.globals.update(STATUS_ORDER=STATUS_ORDER, ago=fmt.ago)
     env.globals["ui"] = env.get_template("_ui.html").module

@@ -160,7 +160,11 @@ def _load(fn: Callable[..., Any]) -> Source | None:
         file = inspect.getsourcefile(target) or "<unknown>"
     except (OSError, TypeError):
         return None
-    first = max(first, 1)
+    return build_source(file, max(first, 1), lines)
+
+
+def build_source(file: str, first: int, lines: list[str]) -> Source:
+    """The annotated source from its lines (as read now, or as stored when an execution ran)."""
     text = "".join(lines)
     try:
         tree = ast.parse(textwrap.dedent(text))

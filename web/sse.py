@@ -55,7 +55,7 @@ async def _resync(dash: Dashboard, client: Client, page: str, query: dict[str, l
     if page == "executions" and client.filters is not None:
         return live.execution_rows_html((await loaders.executions_rows(dash, client.filters)).rows, now)
     eid = (query.get("id") or [""])[-1]
-    cache = await loaders.execution(dash, eid)
+    cache = await loaders.execution(dash, eid, now)
     if cache is None:
         return ""
     step = (query.get("step") or [""])[-1]

@@ -7,7 +7,7 @@ and the fragment that later replaces part of it always agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dq.engine.event_schema import EventKind
@@ -63,9 +63,11 @@ def panel_context(
     steps: Sequence[StepRecord],
     events: Sequence[EventRecord],
     key: str | None,
+    ran: Any = None,
 ) -> dict[str, Any]:
+    """`ran`: the code the execution ran (a `RanSource`), shown instead of today's when known."""
     step = next((s for s in steps if s.key == key), None) if key else None
-    src = dash.source(rec.job_name)
+    src = ran.source if ran is not None else dash.source(rec.job_name)
     highlight = step.line if step is not None else None
     if highlight is None and src is not None and key:
         highlight = src.line_of(step.name if step is not None else key)
@@ -75,10 +77,12 @@ def panel_context(
         "step_key": key,
         "panel_id": panel_id(key),
         "attempts": step_attempts(key, events) if step is not None and key else [],
-        "logs": [e for e in events if e.type == EventKind.LOG and key and e.data.get("key") == key],
+        # a step's lines, or without a step the handler's own (written between steps)
+        "logs": [e for e in events if e.type == EventKind.LOG and e.data.get("key") == (key or None)],
         "source": src,
         "source_file_short": short_path(src.file) if src else "",
         "highlight": highlight,
+        "ran": ran,
         "job_missing": dash.job(rec.job_name) is None,
     }
 
@@ -100,14 +104,16 @@ def execution_context(
     *,
     key: str | None = None,
     tab: str = "trace",
+    tree: Mapping[str, Any] | None = None,
+    ran: Any = None,
 ) -> dict[str, Any]:
     if steps and needs_live_step(rec):
         open_steps = [s for s in steps if s.status != "completed"]
         rec.current_step = (open_steps or list(steps))[-1].key
-    ctx = panel_context(dash, rec, steps, events, key)
+    ctx = panel_context(dash, rec, steps, events, key, ran)
     ctx.update(
         rec=rec,
-        wf=build_waterfall(rec, steps, events, now),
+        wf=build_waterfall(rec, steps, events, now, tree),
         events=events,
         event_count=len(events),
         origin=events[0].at if events else rec.created_at,
@@ -116,5 +122,6 @@ def execution_context(
         nested=False,
         read_only=dash.settings.read_only,
         now=now,
+        why=None,
     )
     return ctx

@@ -7,7 +7,7 @@ keeps only its latest attempt); the step records fill in what events lack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,11 @@ class Row:
     #: Epoch ms a sleep wakes (the template shows a countdown).
     until: int | None = None
     child_id: str | None = None
+    #: The child execution's own rows (its job row first), on the parent's time axis.
+    nested: list[Row] | None = None
+    #: The execution the row belongs to (a nested row links to its own execution).
+    execution_id: str = ""
+    depth: int = 0
 
 
 @dataclass(slots=True)
@@ -219,10 +224,25 @@ def build_waterfall(
     steps: Sequence[StepRecord],
     events: Sequence[EventRecord],
     now: int,
+    tree: Mapping[str, Any] | None = None,
 ) -> Waterfall:
-    events = sorted(events, key=lambda e: e.seq)
+    """Rows of `rec`; with `tree` (descendant id -> node with .rec, .steps, .events),
+    each child step's row holds the child's rows, to any depth, on one time axis."""
     start, end = _span(rec, steps, events, now)
+    for node in (tree or {}).values():
+        s0, s1 = _span(node.rec, node.steps, node.events, now)
+        start, end = min(start, s0), max(end, s1)
     sc = _Scale(start, end)
+    rows = _rows(rec, steps, events, sc, now, tree or {}, 0, {rec.id})
+    events = sorted(events, key=lambda e: e.seq)
+    return Waterfall(start=start, end=end, job=_job_row(rec, events, sc, now), rows=rows, ticks=_ticks(end - start))
+
+
+def _rows(
+    rec: ExecutionRecord, steps: Sequence[StepRecord], events: Sequence[EventRecord], sc: _Scale, now: int,
+    tree: Mapping[str, Any], depth: int, seen: set[str],
+) -> list[Row]:  # fmt: skip
+    events = sorted(events, key=lambda e: e.seq)
     by_key: dict[str, list[EventRecord]] = {}
     order: list[str] = []
     for ev in events:
@@ -241,7 +261,15 @@ def build_waterfall(
     keys = [s.key for s in sorted(steps, key=lambda s: s.seq)]
     keys += [k for k in order if k not in records]
     rows = [_step_row(records.get(k), k, by_key.get(k, []), rec, sc, now) for k in keys]
-    return Waterfall(start=start, end=end, job=_job_row(rec, events, sc, now), rows=rows, ticks=_ticks(end - start))
+    for row in rows:
+        row.execution_id, row.depth = rec.id, depth
+        node = tree.get(row.child_id) if row.child_id else None
+        if node is not None and node.rec.id not in seen:
+            seen.add(node.rec.id)
+            job = _job_row(node.rec, sorted(node.events, key=lambda e: e.seq), sc, now)
+            job.execution_id, job.depth, job.status = node.rec.id, depth + 1, node.rec.status
+            row.nested = [job, *_rows(node.rec, node.steps, node.events, sc, now, tree, depth + 1, seen)]
+    return rows
 
 
 def step_attempts(key: str, events: Sequence[EventRecord]) -> list[dict[str, Any]]:

@@ -19,7 +19,6 @@ from litestar.types import Receive, Scope, Send
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dq.engine.distributed.node import MISSED_BEATS
-from dq.engine.storage.base import Storage
 
 from . import live, render
 from .dashboard import STATE_KEY, Dashboard, dashboard_of
@@ -45,6 +44,7 @@ class WorkerRow:
     url: str | None = None
     refused: dict[str, str] = field(default_factory=dict)
     refused_reports: int = 0
+    this_process: bool = False
 
 
 def _row(w: dict[str, Any], now: int) -> WorkerRow:
@@ -66,10 +66,16 @@ def _row(w: dict[str, Any], now: int) -> WorkerRow:
     )  # fmt: skip
 
 
-async def worker_rows(storage: Storage) -> tuple[list[WorkerRow], int]:
+async def worker_rows(dash: Dashboard) -> tuple[list[WorkerRow], int]:
+    storage, runtime = dash.storage, dash.queue.runtime
     now = await storage.now()
     order = {"node": 0, "remote": 1}
     rows = [_row(w, now) for w in await storage.list_workers()]
+    for row in rows:
+        if row.id == runtime.worker_id:  # this server's own runtime: what it runs now, not at its last beat
+            row.this_process, row.capacity = True, runtime.max_active
+            row.executions = sorted(runtime.contexts)
+            row.running = len(row.executions)
     rows.sort(key=lambda r: (order.get(r.kind, 2), r.host, r.id))
     return rows, now
 
@@ -81,7 +87,7 @@ def _table(rows: list[WorkerRow], now: int, oob: bool) -> str:
 @get("/workers", name="workers")
 async def workers_page(request: Req) -> Response[str]:
     dash = dashboard_of(request)
-    rows, now = await worker_rows(dash.storage)
+    rows, now = await worker_rows(dash)
     ctx = dash.context(request, "workers", STREAM_URL)
     ctx.update(rows=rows, now=now, oob=False)
     return html(render.page("workers.html", **ctx))
@@ -92,7 +98,7 @@ async def _updates(dash: Dashboard, every_s: float) -> AsyncIterator[ServerSentE
     ages change all the time, so a tick (not the event log) drives this page."""
     while True:
         try:
-            rows, now = await worker_rows(dash.storage)
+            rows, now = await worker_rows(dash)
         except Exception:  # storage hiccup: the page keeps its last table
             pass
         else:

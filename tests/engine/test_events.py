@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dq import JobError, Queue, create_job, run, sleep
+from dq.engine.sources import source_version
 from dq.engine.storage.base import EventRecord
 
 
@@ -42,7 +43,10 @@ async def test_event_log_of_a_workflow(make_queue: Callable[..., Queue]) -> None
     failure = events[types.index("step_failure")].data
     assert failure["key"] == "flaky" and failure["error"]["message"] == "first time"
     assert events[types.index("retry")].data["attempt"] == 2
-    assert events[8].data == {"attempt": 2, "resumed": False, "worker": queue.runtime.worker_id}
+    source = source_version(traced.handler)
+    assert source is not None
+    assert events[8].data == {"attempt": 2, "resumed": False, "worker": queue.runtime.worker_id,
+                              "source": source.fingerprint}  # fmt: skip
 
 
 async def test_bus_delivers_every_event_in_order(make_queue: Callable[..., Queue]) -> None:

@@ -70,4 +70,10 @@ async def hold(data: Any) -> None:
     await run("holding", lambda: asyncio.sleep(30))  # running until cancelled
 
 
-JOBS = [greet, flaky, broken, slow, big, parent, hold]
+@create_job(name="grandparent")
+async def grandparent(data: Any) -> Any:
+    await run("prepare", lambda: asyncio.sleep(0.05))  # the children start visibly later
+    return await parent.run(None)
+
+
+JOBS = [greet, flaky, broken, slow, big, parent, hold, grandparent]
