@@ -8,6 +8,7 @@ from .errors import (
     DqError,
     JobError,
     NonDeterminismError,
+    StorageBusyError,
     TimeoutError,
     ValidationError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Queue",
     "ResourceLimitError",
     "Storage",
+    "StorageBusyError",
     "TimeoutError",
     "ValidationError",
     "create_job",

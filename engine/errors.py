@@ -56,6 +56,11 @@ class StorageLostError(DqError):
     persistence). Raised instead of carrying on as if the queue were empty."""
 
 
+class StorageBusyError(DqError, builtins.TimeoutError):
+    """No storage connection became free within the adapter's acquire timeout: the
+    call was not sent, so nothing of it was written. Safe to call again later."""
+
+
 class StoredError(DqError):
     """An error whose class could not be rebuilt from storage."""
 

@@ -64,7 +64,6 @@ class Runtime:
         self.poll_s = queue.poll_interval_s
         self.max_active = queue.max_active
         self.short_sleep_ms = queue.short_sleep_ms
-        self.slot_retry_ms = max(10, min(250, int(self.poll_s * 1000)))
         self.flow = FlowControl(self)
         self.triggers = Triggers(self)
         self.cron = Cron(self)
@@ -98,6 +97,7 @@ class Runtime:
         await self.recover()
         await self._load_paused()
         self.storage.on_wakeup(self.kick)
+        self.storage.on_wakeup(self.flow.ledger.on_wakeup)
         for name, coro in (
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
@@ -224,7 +224,6 @@ class Runtime:
             not self.closing
             and job.name not in self.paused_jobs
             and len(self.contexts) < self.max_active
-            and not self.flow.gated(job)
             and job.options.debounce is None
         )
 
@@ -395,6 +394,12 @@ class Runtime:
 
         return ExecutionContext(self.queue, job, rec, history)
 
+    def run_admitted(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> None:
+        """Run an execution a released slot was handed to (already claimed by that write)."""
+        self.contexts[rec.id] = ctx = self._context(job, rec, history)
+        ctx.holds_slot = True
+        self._spawn(ctx, load_history=False)
+
     def _spawn(self, ctx: ExecutionContext, *, load_history: bool) -> None:
         task = asyncio.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
         ctx.task = task
@@ -412,9 +417,15 @@ class Runtime:
                 kind, _, reason = rec.control.partition(":")
                 raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
             typed_input = load_typed(job.options.input, rec.input)
-            if self.flow.gated(job):
+            if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 first_start = rec.retry_count == 0 and not ctx.history
-                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start))
+                park = lambda at, why: self._park(ctx, at, why)  # noqa: E731
+                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start, park, ctx.history))
+                if gate.parked:  # back to pending as a waiter, in the admission's own write
+                    ctx.finishing = True
+                    if self._timer is not None:
+                        self._timer.at(gate.retry_at)
+                    return
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
@@ -457,6 +468,23 @@ class Runtime:
         first = ctx.record.wait_reason != reason
         event = ("queued", {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
+
+    def _park(self, ctx: ExecutionContext, run_at: int, reason: str) -> Batch:
+        """The writes that put an execution refused by admission back to pending until
+        `run_at` (what `suspend` writes), committed with the refusal itself."""
+        now = now_ms()
+        fields = {
+            "status": "pending", "wait_reason": reason, "control": None, "run_at": run_at,
+            "current_step": ctx.record.current_step, **_RELEASED,
+        }  # fmt: skip
+        events = []
+        if ctx.record.wait_reason != reason:
+            events.append(EventRecord(ctx.id, ctx.job.name, "queued", {"reason": reason, "retry_at": run_at}, now))
+        return Batch(
+            updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token)],
+            events=events,
+            fences={ctx.id: ctx.record.token},
+        )
 
     async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:
         job = ctx.job

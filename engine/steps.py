@@ -137,9 +137,7 @@ async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) ->
     flow = ctx.queue.runtime.flow
     slot = Limit(f"step:{ctx.job.name}:{label}", limit)
     holder = f"{ctx.id}|{key}"
-    while not (await flow.take(slot, holder, ctx.id)).ok:
-        await _park(ctx, asyncio.sleep(ctx.queue.runtime.slot_retry_ms / 1000))
-        _boundary(ctx)
+    await _park(ctx, flow.acquire_step(slot, holder, ctx.record.priority))
     try:
         yield
     finally:
