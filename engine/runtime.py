@@ -224,6 +224,7 @@ class Runtime:
             not self.closing
             and job.name not in self.paused_jobs
             and len(self.contexts) < self.max_active
+            and not self.flow.gated(job)
             and job.options.debounce is None
         )
 

@@ -273,14 +273,12 @@ class Ledger:
                 self._submit(Check([k for k, h in grants if h == holder]))
         if len(direct) < len(jobs):
             self._kick()
-        for key, holder in grants:
-            if "|" not in holder:
-                continue
-            fut = self._local.get(holder)
+        # A step waiter whose future is already done is between two looks (a re-check
+        # or a timeout): its next request finds the slot; a cancelled one gives it back.
+        for _key, holder in grants:
+            fut = self._local.get(holder) if "|" in holder else None
             if fut is not None and not fut.done():
                 fut.set_result(True)
-            elif fut is not None:  # it stopped waiting in the meantime
-                self._submit(Release(holder, [key]))
 
     def _decide(self, req: Request, work: dict[str, Any], rnd: _Round) -> Decision:
         now = rnd.now
