@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: for a lost hand-off), at least: `poll_interval` x this, if that is longer.
 WAITER_SAFETY_MS = 30_000
 _SAFETY_POLLS = 10
+#: A step waiting for a slot looks again this often at least (the safety net for a
+#: lost notification; on SQLite, how soon a slot another process gives back is seen).
+STEP_RECHECK_S = 1.0
 #: Waiters kept in memory for the in-process hand-off (beyond: claimed as usual).
 _PARKED_MAX = 100_000
 
@@ -55,7 +58,7 @@ class FlowControl:
             commit=lambda batch: runtime.committer.commit(batch),
             running=self._statuses,
             kick=runtime.kick,
-            recheck_s=runtime.poll_s,
+            recheck_s=max(STEP_RECHECK_S, runtime.poll_s),
             far_ms=max(WAITER_SAFETY_MS, _SAFETY_POLLS * poll_ms),
             claim_here=self._claim_here,
             claimed_here=self._claimed_here,

@@ -44,6 +44,8 @@ from .storage.base import Batch, CommitResult, ExecutionUpdate
 
 #: Rounds decided again after a compare-and-set conflict before giving up.
 _CAS_TRIES = 50
+#: State keys whose last value this process remembers.
+_CACHE_MAX = 10_000
 #: How a refused request waits: "slot" (a holder must give one back), or "rate"
 #: (until the reserved start time).
 Wait = str
@@ -103,6 +105,8 @@ class _Round:
     now: int
     #: (key, holder) slots handed to waiters in this round.
     granted: list[tuple[str, str]] = field(default_factory=list)
+    #: Key -> the holders in its waiters list (kept in step with it: O(1) look-ups).
+    waiting: dict[str, set[str]] = field(default_factory=dict)
 
 
 def state_key(limit: Limit) -> str:
@@ -132,6 +136,8 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
         self._local: dict[str, asyncio.Future[bool]] = {}
+        #: Key -> the value this process last wrote or read (None: absent).
+        self._cache: dict[str, Any] = {}
         #: Key -> when its holders were last checked for liveness.
         self._checked: dict[str, int] = {}
         #: Rounds written (tests and benchmarks count them).
@@ -205,8 +211,9 @@ class Ledger:
     async def _round(self, ops: list[Request | Release | Check]) -> None:
         keys = sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
+        cached = True
         for _ in range(_CAS_TRIES):
-            before = await self._get_state(keys)
+            before = await self._states(keys, cached)
             work = {k: copy.deepcopy(before.get(k)) for k in keys}
             rnd = _Round(now_ms())
             await self._drop_dead(ops, work, rnd, checks)
@@ -238,19 +245,36 @@ class Ledger:
                     direct.add(holder)
                 batch.updates.append(update)
             changed = {k: v for k, v in work.items() if v != before.get(k)}
+            if not changed and cached and any(k in self._cache for k in keys):
+                cached = False  # a decision that writes nothing is only taken on fresh state
+                continue
             result = CommitResult()
             if changed or batch:
                 batch.state.update(changed)
                 batch.expect.update({k: before.get(k) for k in changed})
                 result = await self._commit(batch)
-                if result.conflict:
+                if result.conflict:  # another process wrote first: decide again on fresh state
+                    cached = False
                     continue
                 self.rounds += 1
+                self._cache.update(changed)
             self._deliver(ops, decisions, grants, jobs, direct, result)
             return
         for op in ops:
             if op.fut is not None and not op.fut.done():
                 op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+
+    async def _states(self, keys: list[str], cached: bool) -> dict[str, Any]:
+        """The state of `keys`: this process's last write of each where it has one
+        (`cached`; the compare-and-set catches any other process's write since), else read."""
+        missing = [k for k in keys if not cached or k not in self._cache]
+        if missing:
+            fresh = await self._get_state(missing)
+            for k in missing:
+                self._cache[k] = fresh.get(k)
+        if len(self._cache) > _CACHE_MAX:
+            self._cache = {k: self._cache[k] for k in keys}
+        return {k: self._cache[k] for k in keys if self._cache[k] is not None}
 
     def _deliver(
         self,
@@ -300,10 +324,15 @@ class Ledger:
                 if at > now:
                     return Decision(False, at, f"rate limited: {lim.describe()}")
                 continue
-            st = work[key] = _slots(work[key], lim.limit)
+            if key not in rnd.waiting:
+                work[key] = _slots(work[key], lim.limit)
+                rnd.waiting[key] = {w[2] for w in work[key]["waiters"]}
+            st = work[key]
+            st["limit"] = lim.limit
             if req.holder not in st["holders"]:
-                if all(w[2] != req.holder for w in st["waiters"]):
+                if req.holder not in rnd.waiting[key]:
                     bisect.insort(st["waiters"], [*req.order, req.holder])
+                    rnd.waiting[key].add(req.holder)
                 _fill(key, st, rnd)
             if req.holder not in st["holders"]:
                 for other in taken:  # all or nothing: what this request took goes on
@@ -358,6 +387,7 @@ def _fill(key: str, st: dict[str, Any], rnd: _Round) -> None:
         holder = st["waiters"].pop(0)[2]
         st["holders"].append(holder)
         rnd.granted.append((key, holder))
+        rnd.waiting.get(key, set()).discard(holder)
 
 
 def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
@@ -368,10 +398,15 @@ def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
     if holder in st["holders"]:
         st["holders"].remove(holder)
         rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
-    st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
+    waiting = rnd.waiting.get(key)
+    if waiting is None or holder in waiting:
+        st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
+        if waiting is not None:
+            waiting.discard(holder)
     _fill(key, st, rnd)
     if not st["holders"] and not st["waiters"]:
         work[key] = None
+        rnd.waiting.pop(key, None)
 
 
 def _extend(batch: Batch, other: Batch) -> None:
