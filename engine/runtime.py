@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import inspect
 import logging
 import os
 import socket
@@ -224,7 +225,6 @@ class Runtime:
             not self.closing
             and job.name not in self.paused_jobs
             and len(self.contexts) < self.max_active
-            and not self.flow.gated(job)
             and job.options.debounce is None
         )
 
@@ -414,9 +414,12 @@ class Runtime:
         try:
             if load_history:
                 ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
-            if rec.control:
-                kind, _, reason = rec.control.partition(":")
-                raise Interrupt("pause" if kind == "pause" else "cancel", reason or None)
+            control = ctx.control or rec.control
+            if control:
+                kind, _, reason = control.partition(":")
+                if kind in ("lost", "shutdown"):
+                    raise Interrupt(kind)
+                raise Interrupt("pause" if kind == "pause" else "cancel", reason or ctx.control_reason)
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 first_start = rec.retry_count == 0 and not ctx.history
@@ -451,7 +454,8 @@ class Runtime:
         except Exception as exc:
             await self._attempt_failed(ctx, typed_input, exc)
         finally:
-            self.contexts.pop(rec.id, None)
+            if self.contexts.get(rec.id) is ctx:  # a hand-over may already run it anew
+                del self.contexts[rec.id]
             if ctx.control == "unavailable":
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
@@ -620,6 +624,8 @@ class Runtime:
             return
         ctx.control = control
         if ctx.task is not None and (ctx.parked or control.startswith(("cancel", "lost"))):
+            if inspect.getcoroutinestate(ctx.task.get_coro()) == inspect.CORO_CREATED:  # type: ignore[arg-type]
+                return  # not started: cancelling now would skip its bookkeeping; it reads `control` first
             ctx.task.cancel()
 
     # -- endings -----------------------------------------------------------------------
