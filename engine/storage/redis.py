@@ -627,9 +627,10 @@ class RedisStorage(Storage):
                 log.exception("dq: a storage wakeup callback raised")
 
     async def _listen(self) -> None:
-        """Subscribe to `{prefix}:wakeup`; on a dropped connection, reconnect with
-        backoff and fire once, since wakeups may have been missed meanwhile."""
-        delay_s, connected_before = 0.05, False
+        """Subscribe to `{prefix}:wakeup`, and fire once when subscribed: wakeups
+        published before (while starting, or while a dropped connection was being
+        re-established with backoff) were missed."""
+        delay_s = 0.05
         while not self._closing:
             # A client of its own without retries: a drop surfaces here, not inside redis-py.
             client = aioredis.Redis.from_url(
@@ -639,9 +640,8 @@ class RedisStorage(Storage):
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._k("wakeup"))
-                if connected_before:
-                    self._fire()
-                connected_before, delay_s = True, 0.05
+                self._fire()
+                delay_s = 0.05
                 self.subscribed.set()
                 while not self._closing:
                     message = await pubsub.get_message(timeout=5.0)

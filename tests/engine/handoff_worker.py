@@ -37,7 +37,7 @@ async def stepped(data: Any) -> Any:
 
 async def until_file(path: str) -> list[int]:
     start = time.time_ns() // 1_000_000
-    while not os.path.exists(path):
+    while not await asyncio.to_thread(os.path.exists, path):
         await asyncio.sleep(0.01)
     return [start, time.time_ns() // 1_000_000]
 

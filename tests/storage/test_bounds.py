@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from dq import StorageBusyError, create_postgres_storage, create_redis_storage, create_sqlite_storage
+from dq import (
+    StorageBusyError,
+    create_postgres_storage,
+    create_redis_storage,
+    create_sqlite_storage,
+)
 from dq.engine.ids import new_id, now_ms
 from dq.engine.storage.base import Batch, ExecutionRecord, Storage
 from dq.engine.storage.redis import RedisStorage
