@@ -65,6 +65,11 @@ class FlowControl:
         )
         #: Executions this process parked as waiters of one slot: (job, record, history).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any]]] = {}
+        #: No other live process shares the storage (looked at most once a second):
+        #: only then does a hand-over claim the waiter for this process itself; with
+        #: peers, the waiter is made due and whichever process is woken first runs it.
+        self.alone = True
+        self._peers_checked = 0
 
     @property
     def storage(self) -> Any:
@@ -94,7 +99,7 @@ class FlowControl:
         """The write that claims a granted waiter parked here, if this process can run it now."""
         entry = self.parked.get(holder)
         rt = self.runtime
-        if entry is None or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
+        if entry is None or not self.alone or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
             return None
         rec = entry[1]
         fields = {
@@ -113,6 +118,17 @@ class FlowControl:
         rec.lease_until = now_ms() + rt.clock_offset_ms + rt.lease_ms
         rec.control = None
         rt.run_admitted(job, rec, history)
+
+    async def _look_for_peers(self) -> None:
+        now = now_ms()
+        if now - self._peers_checked < 1000:
+            return
+        self._peers_checked = now
+        rt = self.runtime
+        fresh = now + rt.clock_offset_ms - rt.lease_ms
+        self.alone = not any(
+            w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in await self.storage.list_workers()
+        )
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -135,6 +151,7 @@ class FlowControl:
         """Throttle and rate windows count starts: only an execution's first start.
         Concurrency slots count what runs: every activation (resumes included).
         Refused, `park(run_at, reason)`'s writes (back to pending) share the decision's write."""
+        await self._look_for_peers()
         typed = load_typed(job.options.input, rec.input)
         throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle") if first_start else None
         limits: list[Limit] = []
