@@ -12,6 +12,7 @@ compare-and-set on the state keys (`Batch.expect`), so it holds across processes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,12 @@ class FlowControl:
         return Gate(False, decision.at, decision.reason, decision.parked)
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
+        fut = self.release_nowait(job, rec)
+        if fut is not None:
+            await fut
+
+    def release_nowait(self, job: Job, rec: ExecutionRecord) -> asyncio.Future[Decision] | None:
+        """Give back the execution's slots, queued at once (see `Ledger.release_nowait`)."""
         keys: list[str] = []
         queue_limit = self._queue_limit()
         if queue_limit is not None:
@@ -189,8 +196,7 @@ class FlowControl:
                 limit = None
             if limit is not None and limit.window_ms is None:
                 keys.append(state_key(limit))
-        if keys:
-            await self.ledger.release(rec.id, keys)
+        return self.ledger.release_nowait(rec.id, keys) if keys else None
 
     # -- debounce, when triggered ----------------------------------------------------------------
     async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, str]:

@@ -441,6 +441,7 @@ class Runtime:
                 await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
             output = await self._call_handler(ctx, typed_input)
             _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
+            self._release_early(ctx)
             await self._finish(ctx, "completed", typed_input, output=stored_out)
         except Interrupt as intr:
             await self._interrupted(ctx, intr, typed_input)
@@ -462,6 +463,17 @@ class Runtime:
                 await self.flow.release(job, rec)
             if not self.closing:
                 self.kick()
+
+    def _release_early(self, ctx: ExecutionContext) -> None:
+        """The handler returned: its slot goes on while its end is written, so the two
+        writes share one transaction instead of following each other. (A crash before
+        that commit resumes the execution, which then takes a slot again.)"""
+        if not ctx.holds_slot or self.fatal_error is not None:
+            return
+        ctx.holds_slot = False
+        fut = self.flow.release_nowait(ctx.job, ctx.record)
+        if fut is not None:
+            fut.add_done_callback(lambda f: _log_release(ctx.id, f))
 
     async def _hold_back(self, ctx: ExecutionContext, typed_input: Any, retry_at: int, reason: str) -> None:
         """Not allowed to start yet: back to pending until `retry_at`, with the reason
@@ -875,6 +887,12 @@ async def _cancel_until_done(tasks: Collection[asyncio.Task[None]]) -> None:
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=0.1)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _log_release(execution_id: str, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        # It no longer runs: the next waiter's look at the holders frees the slot.
+        log.warning("dq: could not give back the slot of execution %s: %s", execution_id, fut.exception())
 
 
 def _pid_alive(pid: object) -> bool:

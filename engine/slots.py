@@ -150,9 +150,14 @@ class Ledger:
         return await req.fut
 
     async def release(self, holder: str, keys: list[str]) -> None:
-        op = Release(holder, keys, asyncio.get_running_loop().create_future())
-        self._submit(op)
-        await op.fut  # type: ignore[misc]
+        await self.release_nowait(holder, keys)
+
+    def release_nowait(self, holder: str, keys: list[str]) -> asyncio.Future[Decision]:
+        """Queue the release now (so that its write can share the transaction of a
+        commit queued right after it); the future resolves once it is written."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._submit(Release(holder, keys, fut))
+        return fut
 
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
         """Wait until `holder` holds a slot of `limit`, in this process's memory (a
