@@ -136,6 +136,9 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
         self._local: dict[str, asyncio.Future[bool]] = {}
+        #: The state key each of those waits on.
+        self._local_keys: dict[str, str] = {}
+        self._look: asyncio.Task[None] | None = None
         #: Key -> the value this process last wrote or read (None: absent).
         self._cache: dict[str, Any] = {}
         #: Key -> when its holders were last checked for liveness.
@@ -168,6 +171,7 @@ class Ledger:
             while True:
                 fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
                 self._local[holder] = fut
+                self._local_keys[holder] = state_key(limit)
                 decision = await self.request(Request(holder, order, (limit,), recheck=recheck))
                 if decision.ok:
                     return
@@ -180,17 +184,30 @@ class Ledger:
                 recheck = True
         except BaseException:
             self._local.pop(holder, None)
+            self._local_keys.pop(holder, None)
             await asyncio.shield(self.release(holder, [state_key(limit)]))
             raise
         finally:
             if self._local.get(holder) is fut:
                 del self._local[holder]
+                self._local_keys.pop(holder, None)
 
     def on_wakeup(self) -> None:
-        """Another process may have handed a slot to a step waiting here: look again."""
-        for fut in self._local.values():
-            if not fut.done():
-                fut.set_result(False)
+        """Another process may have handed a slot to a step waiting here: one read of
+        the keys they wait on (coalesced: notifications may come in bursts)."""
+        if self._local and (self._look is None or self._look.done()):
+            self._look = asyncio.create_task(self._look_again(), name="dq-admission-look")
+
+    async def _look_again(self) -> None:
+        await asyncio.sleep(0)  # let a burst of notifications arrive first
+        try:
+            states = await self._get_state(sorted(set(self._local_keys.values())))
+        except Exception:  # the safety-net re-check will look again
+            return
+        for holder, key in list(self._local_keys.items()):
+            fut = self._local.get(holder)
+            if fut is not None and not fut.done() and holder in (states.get(key) or {}).get("holders", ()):
+                fut.set_result(True)
 
     def _submit(self, op: Request | Release | Check) -> None:
         self._ops.append(op)
