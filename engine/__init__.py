@@ -1,4 +1,4 @@
-"""dq: durable jobs for Python. The public API of API.md."""
+"""dq: durable jobs for Python. The public API (docs/README.md; the code's layout: docs/architecture.md)."""
 
 from __future__ import annotations
 

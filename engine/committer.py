@@ -20,7 +20,7 @@ class Committer:
     def __init__(self, storage: Storage, on_events: Callable[[list[EventRecord]], None]) -> None:
         self._storage = storage
         # Adapters that write nothing to disk commit synchronously: no batching needed.
-        self._now: Callable[[Batch], CommitResult] | None = getattr(storage, "commit_now", None)
+        self._now: Callable[[Batch], CommitResult] | None = storage.commit_now if storage.synchronous_commit else None
         self._on_events = on_events
         self._queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]] = []
         self._wake = asyncio.Event()

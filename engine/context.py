@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DqError
+from .transitions import Control, Holder
 
 if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue
+    from .seam import StateOwner
     from .storage.base import ExecutionRecord, StepRecord
 
 _execution: ContextVar[ExecutionContext | None] = ContextVar("dq_execution", default=None)
@@ -26,13 +28,17 @@ class ExecutionContext:
     job: Job
     record: ExecutionRecord
     history: dict[str, StepRecord]
+    #: Where the attempt's state changes go (the seam): steps never reach the Runtime.
+    owner: StateOwner
     #: Key counters: name -> how many times it was called in this run.
     counts: dict[str, int] = field(default_factory=dict)
     calls: int = 0
-    #: Set by lifecycle requests: "pause", "cancel", "shutdown", "lost".
-    control: str | None = None
-    control_reason: str | None = None
+    #: Why the attempt should stop (a lifecycle request, shutdown, lost lease...).
+    control: Control | None = None
     task: asyncio.Task[Any] | None = None
+    #: The task entered `_execute`: before that, cancelling it would drop the
+    #: coroutine without running any of its handlers (nothing ends the execution).
+    started: bool = False
     #: Steps currently parked at an interruptible await (sleep, child wait).
     parked: int = 0
     #: The final write is under way: lifecycle requests no longer apply.
@@ -44,6 +50,9 @@ class ExecutionContext:
 
     def __post_init__(self) -> None:
         self.id: str = self.record.id  # read on every step: an attribute, not a property
+        #: This process's claim on the execution (its token is fixed for the attempt):
+        #: what its writes are fenced by. Built once: every step's writes use it.
+        self.holder = Holder(self.id, self.job.name, self.record.token)
 
     @property
     def attempt(self) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import builtins
-import importlib
 import json
+import sys
 import traceback as tb
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
+
+if TYPE_CHECKING:
+    from .storage.base import ExecutionRecord
 
 
 class DqError(Exception):
@@ -61,12 +64,14 @@ class StorageBusyError(DqError, builtins.TimeoutError):
     call was not sent, so nothing of it was written. Safe to call again later."""
 
 
-class StoredError(DqError):
-    """An error whose class could not be rebuilt from storage."""
+class StoredError(JobError):
+    """An error whose class is not rebuilt from storage (unknown, or not allowed: see
+    `error_from_dict`): its type name, message and traceback, as text."""
 
-    def __init__(self, message: str, type_name: str) -> None:
+    def __init__(self, message: str, type_name: str, traceback: str | None = None) -> None:
         super().__init__(message)
         self.type_name = type_name
+        self.traceback = traceback
 
 
 class Interrupt(BaseException):
@@ -81,84 +86,138 @@ class Interrupt(BaseException):
         self.reason = reason
 
 
+#: Modules whose exception classes stored errors may name, besides builtins and dq's
+#: own: the modules that define jobs (and thread functions), registered as they are
+#: defined. Only modules already imported are looked in: stored data never imports.
+_ERROR_MODULES: set[str] = set()
+_DQ_PACKAGE = __name__.rsplit(".", 2)[0] + "."
+
+
+def allow_error_module(module: str) -> None:
+    """Let stored errors name classes of `module` (a job's or thread function's module)."""
+    _ERROR_MODULES.add(module)
+
+
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _json_or_none(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
 def error_to_dict(exc: BaseException) -> dict[str, Any]:
-    """The stored form of an error: type, message, traceback, cause chain."""
+    """The stored form of an error: type, message, traceback, args and attributes that
+    serialise to JSON, cause chain."""
     stored_tb = getattr(exc, "__dq_traceback__", None)
+    stored = isinstance(exc, StoredError)
     data: dict[str, Any] = {
-        "type": getattr(exc, "type_name", None) if isinstance(exc, StoredError) else _type_name(exc),
+        "type": exc.type_name if isinstance(exc, StoredError) else _type_name(exc),
         "message": str(exc),
         "traceback": stored_tb
         if stored_tb is not None
         else "".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
     }
-    args = getattr(exc, "__dq_args__", exc.args)
-    if args and not isinstance(exc, JobError | ValidationError | CancelledError | StoredError):
-        try:
-            json.dumps(args)
-            data["args"] = list(args)  # rebuilds the same error (KeyError('k'), custom fields)
-        except (TypeError, ValueError):
-            pass
+    args = _json_or_none(list(exc.args))
+    if args:
+        data["args"] = args
+    attrs = {
+        k: v for k, v in getattr(exc, "__dict__", {}).items()
+        if not k.startswith("_") and not isinstance(v, BaseException) and _json_or_none([v]) is not None
+    }  # fmt: skip
+    if attrs and not stored:
+        data["attrs"] = attrs
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         data["cause"] = error_to_dict(cause)
-    reason = getattr(exc, "reason", None)
-    if isinstance(exc, CancelledError) and reason is not None:
-        data["reason"] = reason
+    if isinstance(exc, CancelledError) and exc.reason is not None:
+        data["reason"] = exc.reason
     return data
 
 
-def _load_class(type_name: str) -> type[BaseException] | None:
-    module, _, qualname = type_name.rpartition(".")
-    if not module:
+def _allowed_class(type_name: str) -> type[BaseException] | None:
+    """The class `type_name` names if it is a builtin, dq's, or defined in (or imported
+    into) a registered module that is already loaded; never imports anything."""
+    module_name, _, qualname = type_name.rpartition(".")
+    if module_name == "builtins":
+        obj = getattr(builtins, qualname, None)
+        return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+    if not (module_name.startswith(_DQ_PACKAGE) or module_name in _ERROR_MODULES or _imported_by_jobs(module_name)):
         return None
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
+    obj = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, BaseException)) or issubclass(obj, pydantic.ValidationError):
         return None
-    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+    return obj
 
 
-def _rebuild(cls: type[BaseException], args: Any, message: str, type_name: str) -> BaseException:
-    """The class called with its stored args when that works; else built without its
-    __init__ (whose signature is unknown to us) and given the message."""
-    if isinstance(args, list):
+def _imported_by_jobs(module_name: str) -> bool:
+    """Whether a jobs' module imported a class of `module_name` (`from x import Error`)."""
+    for name in list(_ERROR_MODULES):
+        module = sys.modules.get(name)
+        for value in list(vars(module).values()) if module is not None else ():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module_name:
+                return True
+    return False
+
+
+def _rebuild(cls: type[BaseException], data: dict[str, Any], message: str) -> BaseException | None:
+    """An instance of `cls` with the stored args and attributes. A builtin is called
+    (its signature is known); any other class is made without calling its __init__,
+    whose signature is unknown here: calling it with the stored args would run the
+    message through it a second time."""
+    args = data.get("args")
+    if not isinstance(args, list):
+        args = [message] if message else []
+    if cls.__module__ == "builtins":
         try:
-            exc = cls(*args)
-            exc.__dq_args__ = tuple(args)  # type: ignore[attr-defined]
-            return exc
+            return cls(*args)
         except Exception:
             pass
-    exc = cls.__new__(cls)
     try:
-        BaseException.__init__(exc, message)
-    except TypeError:
-        return StoredError(message, type_name)
+        exc = cls.__new__(cls, *args)
+        BaseException.__init__(exc, *args)
+    except Exception:
+        return None
+    attrs = data.get("attrs")
+    if isinstance(attrs, dict) and hasattr(exc, "__dict__"):
+        exc.__dict__.update({k: v for k, v in attrs.items() if isinstance(k, str) and not k.startswith("_")})
     return exc
 
 
 def error_from_dict(data: dict[str, Any]) -> BaseException:
-    """Rebuild an error of the same type when the class can be imported."""
+    """Rebuild a stored error as the same type with the same message and attributes,
+    when its class is allowed (see `_allowed_class`); otherwise a `StoredError` (a
+    `JobError`) with its type name, message and traceback as text."""
     type_name = str(data.get("type") or "builtins.Exception")
     message = str(data.get("message", ""))
-    cause = error_from_dict(data["cause"]) if data.get("cause") else None
-    cls = _load_class(type_name)
-    exc: BaseException
-    if cls is None or issubclass(cls, pydantic.ValidationError):
-        exc = StoredError(message, type_name)
-    elif cls in (JobError, ValidationError):
-        exc = cls(message, cause)
-    elif cls is CancelledError:
-        exc = CancelledError(message, data.get("reason"))
-    else:
-        exc = _rebuild(cls, data.get("args"), message, type_name)
-        if cause is not None and not hasattr(exc, "cause"):
+    traceback = data.get("traceback")
+    cause = error_from_dict(data["cause"]) if isinstance(data.get("cause"), dict) else None
+    cls = _allowed_class(type_name)
+    exc = _rebuild(cls, data, message) if cls is not None else None
+    if exc is None:
+        exc = StoredError(message, type_name, traceback if isinstance(traceback, str) else None)
+    if cause is not None:
+        if isinstance(exc, JobError | ValidationError):
+            exc.cause = cause
+        else:
             exc.__cause__ = cause
-    exc.__dq_traceback__ = data.get("traceback")  # type: ignore[attr-defined]
+    if isinstance(exc, CancelledError):
+        exc.reason = data.get("reason")
+    exc.__dq_traceback__ = traceback  # type: ignore[attr-defined]
     return exc
+
+
+def job_error(rec: ExecutionRecord) -> BaseException:
+    """What `result()` raises for a failed or cancelled execution."""
+    if rec.status == "cancelled":
+        reason = (rec.error or {}).get("reason") if rec.error else None
+        return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
+    cause = error_from_dict(rec.error) if rec.error else None
+    return JobError(f"job {rec.job_name!r} failed: {cause}", cause)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import context
+from .event_schema import QUEUE_EVENTS, EventKind
 from .scheduler import wait_event
 from .storage.base import EventRecord, Storage
 
@@ -19,10 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dq")
 
-QUEUE_EVENTS = (
-    "job_trigger", "job_start", "job_success", "job_failure", "job_error", "job_cancel",
-    "job_pause", "job_resume", "job_settled", "step_start", "step_success", "step_failure",
-)  # fmt: skip
 
 #: Hook option called for a job event, and how its positional arguments come from the payload.
 _OPTION_ARGS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -207,7 +204,7 @@ class Hooks:
         except Exception as exc:
             self._queue.logger.exception("dq: hook %s of job %r raised", hook, job.name)
             self._record(
-                "hook_error",
+                EventKind.HOOK_ERROR,
                 execution_id,
                 job.name,
                 {"hook": hook, "error": {"type": type(exc).__name__, "message": str(exc)}},

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import error_from_dict
+from .errors import error_from_dict, job_error
+from .serialize import load_typed
 from .storage.base import EventRecord, ExecutionRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ class Execution:
 
     async def result(self) -> Any:
         """Wait for the end: the output, or `JobError` (failed) / `CancelledError` (cancelled)."""
-        from .runtime import job_error
-        from .serialize import load_typed
-
         runtime = await self._queue.started()
         self.record = rec = await runtime.wait_terminal(self.id)
         if rec.status == "completed":

@@ -21,6 +21,7 @@ from .limits import Limit, resolve_concurrency, resolve_timed
 from .serialize import load_typed
 from .slots import Decision, Ledger, Request, state_key
 from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
+from .transitions import hand_over
 
 if TYPE_CHECKING:
     from .job import Job
@@ -102,12 +103,7 @@ class FlowControl:
         rt = self.runtime
         if entry is None or not self.alone or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
             return None
-        rec = entry[1]
-        fields = {
-            "status": "running", "worker_id": rt.worker_id, "token": rec.token + 1, "run_at": now,
-            "lease_until": now + rt.clock_offset_ms + rt.lease_ms,
-        }  # fmt: skip
-        return ExecutionUpdate(holder, fields, token=rec.token, statuses=("pending",))
+        return hand_over(entry[1], rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).update
 
     def _claimed_here(self, holder: str, ok: bool) -> None:
         entry = self.parked.pop(holder, None)

@@ -10,6 +10,8 @@ import os
 import random
 import time
 
+from . import clock
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _last = [0, 0]  # ms, random part of the previous id
 # Seeded from the OS so that processes never share a sequence (ids are not secrets).
@@ -32,4 +34,6 @@ def new_id() -> str:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """The engine's time (clock.py: wall time unless a test drives it)."""
+    driven = clock.driven
+    return time.time_ns() // 1_000_000 if driven is None else driven.now_ms()

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, overload
 from . import context
 from .backoff import make_backoff, make_retry
 from .durations import parse_duration
-from .errors import DqError
+from .errors import DqError, allow_error_module
+from .event_schema import JOB_EVENTS
 from .limits import check_concurrency, check_debounce, check_throttle
 from .serialize import check_schema
 
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 
 HOOK_OPTIONS = (
     "on_trigger", "on_start", "on_success", "on_failure", "on_error", "on_cancel", "on_settled",
-)  # fmt: skip
-JOB_EVENTS = (
-    "trigger", "start", "success", "failure", "error", "cancel", "pause", "resume", "settled", "step",
 )  # fmt: skip
 DEFAULT_TIMEOUT = "1 day"
 
@@ -67,6 +65,8 @@ class JobTrigger:
 class Job:
     def __init__(self, handler: Callable[..., Any], name: str, options: JobOptions) -> None:
         self.handler = handler
+        # Errors raised by the job's code may come back from storage as their own class.
+        allow_error_module(getattr(handler, "__module__", None) or "__main__")
         self.name = name
         self.options = options
         self.retry_for = make_retry(options.retry)

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import transitions
 from .errors import CancelledError, DqError, error_to_dict
 from .ids import now_ms
 from .serialize import load_typed, validate_in
-from .storage.base import (
-    ACTIVE,
-    Batch,
-    EventRecord,
-    ExecutionQuery,
-    ExecutionRecord,
-    ExecutionUpdate,
-)
+from .storage.base import ACTIVE, Batch, ExecutionQuery, ExecutionRecord
+from .transitions import PAUSE, Control, ControlKind, Transition
 
 if TYPE_CHECKING:
     from .job import Job
@@ -43,13 +38,9 @@ class Lifecycle:
             raise DqError(f"no execution with id {execution_id!r}")
         return rec
 
-    async def _apply(self, rec: ExecutionRecord, fields: dict[str, Any], statuses: tuple[str, ...],
-                     event: tuple[str, dict[str, Any]] | None) -> bool:  # fmt: skip
+    async def _apply(self, change: Transition) -> bool:
         runtime = await self._runtime()
-        batch = Batch(updates=[ExecutionUpdate(rec.id, fields, statuses=statuses)])
-        if event is not None:
-            batch.events.append(EventRecord(rec.id, rec.job_name, event[0], event[1], now_ms()))
-        result = await runtime.committer.commit(batch)
+        result = await runtime.committer.commit(change.batch())
         return result.applied[0]
 
     # -- one execution -----------------------------------------------------------------
@@ -61,14 +52,14 @@ class Lifecycle:
             if rec.status == "paused":
                 return True
             if rec.status in ("pending", "waiting"):
-                if await self._apply(rec, {"status": "paused", "wait_reason": "paused"}, ("pending", "waiting"), ("pause", {})):
+                if await self._apply(transitions.pause_idle(rec, now=now_ms())):
                     await self._fire(rec, "pause", {})
                     return True
             elif rec.status == "running":
-                if await self._apply(rec, {"control": "pause"}, ("running",), None):
+                if await self._apply(transitions.request(rec, PAUSE, now=now_ms())):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
-                        runtime._interrupt(ctx, "pause")
+                        runtime.interrupt(ctx, PAUSE)
                     return True
             else:
                 return False
@@ -79,17 +70,16 @@ class Lifecycle:
         for _ in range(_ATTEMPTS):
             rec = await self._load(execution_id)
             if rec.status == "paused":
-                fields = {"status": "pending", "run_at": now_ms(), "wait_reason": "resumed", "control": None}
-                if await self._apply(rec, fields, ("paused",), ("resume", {})):
+                if await self._apply(transitions.resume(rec, now=now_ms())):
                     runtime.kick()
                     await self._fire(rec, "resume", {})
                     return True
             elif rec.status == "running":
-                if rec.control != "pause":
+                if Control.parse(rec.control) != PAUSE:
                     return False
-                if await self._apply(rec, {"control": None}, ("running",), ("resume", {})):
+                if await self._apply(transitions.request(rec, None, now=now_ms(), event=("resume", {}))):
                     ctx = runtime.contexts.get(rec.id)
-                    if ctx is not None and ctx.control == "pause":
+                    if ctx is not None and ctx.control == PAUSE:
                         ctx.control = None
                     return True
             else:
@@ -104,21 +94,17 @@ class Lifecycle:
             if rec.status not in ACTIVE:
                 return False
             if rec.status == "running":
-                control = "cancel" + (f":{reason}" if reason else "")
-                if await self._apply(rec, {"control": control}, ("running",), None):
+                control = Control(ControlKind.CANCEL, reason or None)
+                if await self._apply(transitions.request(rec, control, now=now_ms())):
                     ctx = runtime.contexts.get(rec.id)
                     if ctx is not None:
-                        runtime._interrupt(ctx, control)
+                        runtime.interrupt(ctx, control)
                     return True
                 continue
             error = error_to_dict(CancelledError(f"execution {rec.id} was cancelled", reason))
-            fields = {
-                "status": "cancelled", "completed_at": now_ms(), "error": error,
-                "control": None, "wait_reason": None, "worker_id": None, "lease_until": None,
-            }  # fmt: skip
-            if await self._apply(rec, fields, ("pending", "waiting", "paused"), ("cancel", {"reason": reason})):
-                for name, value in fields.items():
-                    setattr(rec, name, value)
+            change = transitions.cancel_idle(rec, error=error, reason=reason, now=now_ms())
+            if await self._apply(change):
+                change.apply_to(rec)
                 await self.cancel_children(rec.id, reason)
                 job = self.queue.definitions.get(rec.job_name)
                 if job is not None:
@@ -139,13 +125,7 @@ class Lifecycle:
         rec = await self._load(execution_id)
         if rec.status not in ("failed", "cancelled"):
             return False
-        fields = {
-            "status": "pending", "run_at": now_ms(), "retry_count": rec.retry_count + 1,
-            "completed_at": None, "error": None, "output": None, "control": None,
-            "wait_reason": "retry",
-        }  # fmt: skip
-        event = ("retry", {"attempt": rec.retry_count + 2, "manual": True, "run_at": fields["run_at"], "delay_ms": 0})
-        if await self._apply(rec, fields, ("failed", "cancelled"), event):
+        if await self._apply(transitions.retry_manually(rec, now=now_ms())):
             runtime.kick()
             return True
         return False

@@ -25,6 +25,7 @@ def check_concurrency(value: Any, option: str = "concurrency") -> None:
         unknown = set(value) - {"id", "limit", "mode", "window"}
         if unknown:
             raise ValueError(f"{option}: unknown keys {sorted(unknown)}")
+        _check_id(value.get("id"), option)
         limit = value.get("limit")
         if limit is None:
             raise ValueError(f"{option}: 'limit' is required")
@@ -41,6 +42,20 @@ def check_concurrency(value: Any, option: str = "concurrency") -> None:
     raise ValueError(f"{option}: expected an int, a frequency, a dict or fn(input), got {value!r}")
 
 
+def _check_id(value: Any, option: str) -> None:
+    """A dict's `id` names one group; a function there would silently make every key
+    share one limit (the dict is not called per input): per-key limits are the
+    function form of the whole option."""
+    if value is None or isinstance(value, str):
+        return
+    if callable(value):
+        raise TypeError(
+            f"{option}.id: expected a string, got a function; for a limit per key, pass a "
+            f'function of the input for the whole option: {option}=lambda data: {{"id": data.user, ...}}'
+        )
+    raise TypeError(f"{option}.id: expected a string, got {value!r}")
+
+
 def _check_timed(value: Any, option: str, modes: tuple[str, ...], extra: set[str]) -> None:
     if value is None or callable(value):
         return
@@ -48,6 +63,7 @@ def _check_timed(value: Any, option: str, modes: tuple[str, ...], extra: set[str
         unknown = set(value) - {"id", "duration", "mode", *extra}
         if unknown:
             raise ValueError(f"{option}: unknown keys {sorted(unknown)}")
+        _check_id(value.get("id"), option)
         if "duration" not in value:
             raise ValueError(f"{option}: 'duration' is required")
         parse_interval(value["duration"], f"{option}.duration")

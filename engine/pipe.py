@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 from . import context
@@ -96,4 +94,4 @@ def message_matches(pipe: Pipe, match: Any, data: Any) -> bool:
     return matches(match, data, load_typed(pipe.input, data) if callable(match) else data)
 
 
-__all__ = ["BoundPipe", "Mapping", "Pipe", "PipeTrigger", "asyncio", "create_pipe", "replace"]
+__all__ = ["BoundPipe", "Pipe", "PipeTrigger", "create_pipe", "message_matches"]

@@ -53,7 +53,7 @@ def _names(value: Any, name: str) -> list[str] | None:
 
 
 def build_query(filters: Mapping[str, Any]) -> ExecutionQuery:
-    """API.md's query filters as an ExecutionQuery; unknown or malformed filters are errors."""
+    """The query filters of docs/queries.md as an ExecutionQuery; unknown or malformed filters are errors."""
     unknown = set(filters) - _FILTERS
     if unknown:
         raise TypeError(f"unknown query filter(s) {sorted(unknown)}; expected some of {sorted(_FILTERS)}")

@@ -3,54 +3,59 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
-import inspect
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import context
+from . import attempt, context
 from .committer import Committer
 from .errors import (
     CancelledError,
     Interrupt,
     JobError,
-    LeaseLostError,
-    NonDeterminismError,
     StorageLostError,
-    TimeoutError,
-    error_from_dict,
     error_to_dict,
 )
+from .event_schema import EventKind
 from .events import EventBus, Hooks
 from .execution import Execution
 from .flow import FlowControl
 from .ids import new_id, now_ms
+from .results import Results
 from .scheduler import Cron, Timer, wait_event
 from .serialize import load_typed, validate_in
 from .storage.base import (
-    TERMINAL,
     Batch,
     CommitResult,
     EventRecord,
-    ExecutionQuery,
     ExecutionRecord,
-    ExecutionUpdate,
 )
+from .transitions import (
+    LOST,
+    SHUTDOWN,
+    UNAVAILABLE,
+    Control,
+    ControlKind,
+    EndStatus,
+    SuspendStatus,
+    Transition,
+    claim_new,
+    ending,
+    release,
+)
+from .transitions import suspend as suspend_transition
 from .triggers import Triggers
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
     from .job import Job
+    from .limits import Limit
     from .queue import Queue
 
 log = logging.getLogger("dq")
 
-_RELEASED = {"worker_id": None, "lease_until": None}
-#: Attempt timeouts longer than this are enforced by the watchdog (1 s precision).
-_WATCHDOG_MIN_MS = 30_000
 #: Retry delays after a storage error: first, and the cap (at least the poll interval).
 _BACKOFF_S = (0.05, 2.0)
 T = TypeVar("T")
@@ -74,7 +79,7 @@ class Runtime:
         self.bus = EventBus(self.storage)
         self.hooks = Hooks(self._record_event, queue)
         self.committer: Committer = None  # type: ignore[assignment]  # set in start()
-        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
         self._timer: Timer | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
@@ -102,8 +107,8 @@ class Runtime:
         for name, coro in (
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
-            ("watch", self._watch_loop()),
-            ("watchdog", self._watchdog_loop()),
+            ("watch", self.results.watch()),
+            ("watchdog", attempt.watchdog(self.contexts.values)),
             ("triggers", self.triggers.run()),
             ("cron", self.cron.run()),
         ):
@@ -141,13 +146,10 @@ class Runtime:
             if task is not current:
                 task.cancel()
         for ctx in list(self.contexts.values()):
-            ctx.control = "lost"
-            if ctx.task is not None and ctx.task is not current:
+            ctx.control = LOST
+            if ctx.task is not None and ctx.task is not current and ctx.started:
                 ctx.task.cancel()
-        for futs in self._waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(StorageLostError(*exc.args))
+        self.results.fail_all(exc)
 
     async def recover(self) -> list[str]:
         """Reclaim executions held by dead processes of this host and by expired leases."""
@@ -169,7 +171,7 @@ class Runtime:
         self.closing = True
         await _cancel_until_done([*self._side_tasks, *self._releases])
         for ctx in list(self.contexts.values()):
-            self._interrupt(ctx, "shutdown")
+            self.interrupt(ctx, SHUTDOWN)
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
@@ -183,10 +185,7 @@ class Runtime:
         await self.committer.aclose()
         await self.storage.remove_worker(self.worker_id)
         await self.bus.aclose()
-        for futs in self._waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.cancel()
+        self.results.cancel_all()
         await self.storage.aclose()
 
     def kick(self) -> None:
@@ -248,15 +247,13 @@ class Runtime:
         batch = extra if extra is not None else Batch()
         for rec in recs:
             if self._can_dispatch_now(job):
-                rec.status, rec.worker_id, rec.token = "running", self.worker_id, 1
-                rec.started_at = rec.created_at
-                rec.lease_until = rec.created_at + self.clock_offset_ms + self.lease_ms
+                claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 self.contexts[rec.id] = ctx = self._context(job, rec, {})
                 direct.append(ctx)
             batch.executions.append(rec)
             batch.events.append(EventRecord(
-                rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
             ))  # fmt: skip
         try:
             result = await self.committer.commit(batch)
@@ -305,19 +302,7 @@ class Runtime:
     async def settled(self, execution_ids: list[str]) -> list[asyncio.Future[ExecutionRecord]]:
         """Futures resolved when each execution ends (cheaper than one task per result())."""
         self.check_usable()
-        futs = []
-        loop = asyncio.get_running_loop()
-        for eid in execution_ids:
-            fut: asyncio.Future[ExecutionRecord] = loop.create_future()
-            self._waiters.setdefault(eid, []).append(fut)
-            futs.append(fut)
-        # Those that ended before we registered are resolved from storage.
-        others = [i for i in execution_ids if i not in self.contexts]
-        for start in range(0, len(others), 500):
-            query = ExecutionQuery(ids=others[start : start + 500], statuses=sorted(TERMINAL))
-            for rec in await self.storage.query(query):
-                self.resolve(rec)
-        return futs
+        return await self.results.settled(execution_ids)
 
     async def start_job(self, job: Job, input: Any, line: int | None = None) -> Execution:
         ctx = context.current_or_none()
@@ -391,9 +376,7 @@ class Runtime:
         self.paused_jobs = {k.split(":", 1)[1] for k in flags}
 
     def _context(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> ExecutionContext:
-        from .context import ExecutionContext
-
-        return ExecutionContext(self.queue, job, rec, history)
+        return context.ExecutionContext(self.queue, job, rec, history, self)
 
     def run_admitted(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> None:
         """Run an execution a released slot was handed to (already claimed by that write)."""
@@ -411,15 +394,15 @@ class Runtime:
     async def _execute(self, ctx: ExecutionContext, load_history: bool) -> None:
         job, rec = ctx.job, ctx.record
         typed_input: Any = None
+        ctx.started = True
         try:
             if load_history:
                 ctx.history = {s.key: s for s in await self.guard(ctx, self.storage.get_steps(rec.id))}
-            control = ctx.control or rec.control
-            if control:
-                kind, _, reason = control.partition(":")
-                if kind in ("lost", "shutdown"):
-                    raise Interrupt(kind)
-                raise Interrupt("pause" if kind == "pause" else "cancel", reason or ctx.control_reason)
+            requested = Control.parse(rec.control) if rec.control else None
+            if requested is not None:
+                raise requested.interrupt()
+            if ctx.control is not None:  # asked before the task ran (see `interrupt`)
+                raise ctx.control.interrupt()
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 first_start = rec.retry_count == 0 and not ctx.history
@@ -434,30 +417,21 @@ class Runtime:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
                 ctx.holds_slot = True
-            resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
-            attempt = rec.retry_count + 1
-            self.send(ctx, "start", {"attempt": attempt, "resumed": resumed, "worker": self.worker_id})
-            if not resumed and self.hooks.any_for(job):
-                await self.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt})
-            output = await self._call_handler(ctx, typed_input)
-            _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
-            self._release_early(ctx)
-            await self._finish(ctx, "completed", typed_input, output=stored_out)
+            await attempt.run(self, ctx, typed_input)
         except Interrupt as intr:
-            await self._interrupted(ctx, intr, typed_input)
+            await attempt.interrupted(self, ctx, intr, typed_input)
         except asyncio.CancelledError:
             if ctx.control is None:
                 raise
-            kind, _, reason = ctx.control.partition(":")
-            await self._interrupted(ctx, Interrupt(kind, reason or ctx.control_reason), typed_input)
+            await attempt.interrupted(self, ctx, ctx.control.interrupt(), typed_input)
         except StorageLostError as exc:
             self.lose_storage(exc)
         except Exception as exc:
-            await self._attempt_failed(ctx, typed_input, exc)
+            await attempt.attempt_failed(self, ctx, typed_input, exc)
         finally:
             if self.contexts.get(rec.id) is ctx:  # a hand-over may already run it anew
                 del self.contexts[rec.id]
-            if ctx.control == "unavailable":
+            if ctx.control is not None and ctx.control.kind is ControlKind.UNAVAILABLE:
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
@@ -483,78 +457,37 @@ class Runtime:
             await self._finish(ctx, "cancelled", typed_input, error=error, reason=reason)
             return
         first = ctx.record.wait_reason != reason
-        event = ("queued", {"reason": reason, "retry_at": retry_at}) if first else None
+        event = (EventKind.QUEUED, {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
 
     def _park(self, ctx: ExecutionContext, run_at: int, reason: str) -> Batch:
         """The writes that put an execution refused by admission back to pending until
         `run_at` (what `suspend` writes), committed with the refusal itself."""
-        now = now_ms()
-        fields = {
-            "status": "pending", "wait_reason": reason, "control": None, "run_at": run_at,
-            "current_step": ctx.record.current_step, **_RELEASED,
-        }  # fmt: skip
-        events = []
-        if ctx.record.wait_reason != reason:
-            events.append(EventRecord(ctx.id, ctx.job.name, "queued", {"reason": reason, "retry_at": run_at}, now))
-        return Batch(
-            updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token)],
-            events=events,
-            fences={ctx.id: ctx.record.token},
-        )
+        event = (EventKind.QUEUED, {"reason": reason, "retry_at": run_at}) if ctx.record.wait_reason != reason else None
+        change = suspend_transition(
+            ctx.holder, "pending", wait_reason=reason, current_step=ctx.record.current_step,
+            now=now_ms(), run_at=run_at, event=event,
+        )  # fmt: skip
+        batch = change.batch()
+        batch.fences[ctx.id] = ctx.record.token
+        return batch
 
-    async def _call_handler(self, ctx: ExecutionContext, typed_input: Any) -> Any:
-        job = ctx.job
-        args = (typed_input,) if job.takes_input else ()
-        qtoken = context.set_queue(self.queue)
-        etoken = context.set_execution(ctx)
-        try:
-            if job.timeout_ms > _WATCHDOG_MIN_MS:
-                # Long timeouts (the default is a day) are enforced by one watchdog
-                # for all executions instead of a timer per execution.
-                ctx.deadline = asyncio.get_running_loop().time() + job.timeout_ms / 1000
-                try:
-                    return await self._invoke(job, args)
-                except asyncio.CancelledError:
-                    if ctx.control != "timeout":
-                        raise
-                    ctx.control = None
-                    task = asyncio.current_task()
-                    if task is not None:
-                        task.uncancel()
-                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
-            scope = asyncio.timeout(job.timeout_ms / 1000)
-            try:
-                async with scope:
-                    return await self._invoke(job, args)
-            except builtins.TimeoutError as exc:
-                if scope.expired() and not isinstance(exc, TimeoutError):
-                    raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
-                raise
-        finally:
-            ctx.deadline = None
-            context.reset_execution(etoken)
-            context.reset_queue(qtoken)
+    # -- the seam: what the executor asks of the state owner (seam.StateOwner) -------------
+    def record(self, batch: Batch) -> None:
+        self.committer.send(batch)
 
-    @staticmethod
-    async def _invoke(job: Job, args: tuple[Any, ...]) -> Any:
-        if job.is_async:
-            return await job.handler(*args)
-        return await asyncio.to_thread(job.handler, *args)
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        return await self.storage.get_execution(execution_id)
 
-    async def _watchdog_loop(self) -> None:
-        """Time out attempts past their (long) deadline."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1.0)
-            now = loop.time()
-            for ctx in list(self.contexts.values()):
-                if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
-                    ctx.control = "timeout"
-                    if ctx.task is not None:
-                        ctx.task.cancel()
+    async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
+        return await self.queue.lifecycle.cancel(execution_id, reason)
 
-    # -- writes from a running execution -------------------------------------------------
+    async def acquire_slot(self, limit: Limit, holder: str, priority: int) -> None:
+        await self.flow.acquire_step(limit, holder, priority)
+
+    async def give_back_slot(self, limit: Limit, holder: str) -> None:
+        await self.flow.give_back(limit, holder)
+
     def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
         self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
@@ -565,11 +498,11 @@ class Runtime:
         batch.fences[ctx.id] = ctx.record.token
         result = await self.guard(ctx, self.committer.commit(batch))
         if ctx.id in result.refused:
-            ctx.control = "lost"
-            raise Interrupt("lost")
+            ctx.control = LOST
+            raise LOST.interrupt()
         control = result.controls.get(ctx.id)
         if control and ctx.control is None:
-            ctx.control = control
+            ctx.control = Control.parse(control)
         return result
 
     async def guard(self, ctx: ExecutionContext, call: Awaitable[T]) -> T:
@@ -581,14 +514,14 @@ class Runtime:
             return await call
         except StorageLostError as exc:
             self.lose_storage(exc)
-            ctx.control = "lost"
-            raise Interrupt("lost") from exc
+            ctx.control = LOST
+            raise LOST.interrupt() from exc
         except Exception as exc:
             if not self.storage.is_unavailable(exc):
                 raise
             log.warning("dq: storage unreachable while running execution %s: %s", ctx.id, exc)
-            ctx.control = "unavailable"
-            raise Interrupt("unavailable") from exc
+            ctx.control = UNAVAILABLE
+            raise UNAVAILABLE.interrupt() from exc
 
     def _release_later(self, ctx: ExecutionContext) -> None:
         task = asyncio.create_task(self._release(ctx), name=f"dq-release:{ctx.id}")
@@ -602,16 +535,9 @@ class Runtime:
         requested meanwhile (`control`) is kept: the next claim acts on it."""
         delay_s = _BACKOFF_S[0]
         while not self.closing:
-            now = now_ms()
-            fields = {
-                "status": "pending", "run_at": now, "wait_reason": "released",
-                "current_step": ctx.record.current_step, **_RELEASED,
-            }  # fmt: skip
-            batch = Batch(
-                updates=[ExecutionUpdate(ctx.id, fields, token=ctx.record.token, statuses=("running",))],
-                events=[EventRecord(ctx.id, ctx.job.name, "released", {"reason": "storage unavailable"}, now)],
-                fences={ctx.id: ctx.record.token},
-            )
+            change = release(ctx.holder, current_step=ctx.record.current_step, now=now_ms(), reason="storage unavailable")
+            batch = change.batch()
+            batch.fences[ctx.id] = ctx.record.token
             try:
                 await self.committer.commit(batch)
             except StorageLostError as exc:
@@ -630,52 +556,65 @@ class Runtime:
     def _record_event(self, type: str, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
 
-    def _interrupt(self, ctx: ExecutionContext, control: str) -> None:
+    def interrupt(self, ctx: ExecutionContext, control: Control) -> None:
         """Ask a running execution to stop: at once when parked or cancelled, else at its next step."""
         if ctx.finishing:
             return
         ctx.control = control
-        if ctx.task is not None and (ctx.parked or control.startswith(("cancel", "lost"))):
-            if inspect.getcoroutinestate(ctx.task.get_coro()) == inspect.CORO_CREATED:  # type: ignore[arg-type]
-                return  # not started: cancelling now would skip its bookkeeping; it reads `control` first
+        # A task not yet started is not cancelled: `_execute` reads `control` first thing.
+        if ctx.task is not None and ctx.started and (ctx.parked or control.stops_at_once):
             ctx.task.cancel()
 
     # -- endings -----------------------------------------------------------------------
     async def _finish(
         self,
         ctx: ExecutionContext,
-        status: str,
+        status: EndStatus,
         typed_input: Any,
         *,
         output: Any = None,
         error: BaseException | None = None,
         reason: str | None = None,
     ) -> None:
+        rec = ctx.record
+        change = ending(
+            ctx.holder, status, output=output, error=error_to_dict(error) if error is not None else None,
+            reason=reason, attempt=rec.retry_count + 1, current_step=rec.current_step, now=now_ms(),
+        )  # fmt: skip
+        await self.end(ctx, change, typed_input, error=error, reason=reason)
+
+    async def end(
+        self,
+        ctx: ExecutionContext,
+        change: Transition,
+        typed_input: Any,
+        *,
+        error: BaseException | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Commit an attempt's outcome, then what follows it: for a retry its timer and
+        `on_error`; for an ending the downstream triggers, the children of a cancelled
+        execution, the hooks and whoever awaits the result."""
         job, rec = ctx.job, ctx.record
         ctx.finishing = True
-        now = now_ms()
-        err = error_to_dict(error) if error is not None else None
-        fields = {
-            "status": status, "output": output, "error": err, "completed_at": now,
-            "control": None, "wait_reason": None, "current_step": rec.current_step, **_RELEASED,
-        }  # fmt: skip
-        events = []
-        if status == "failed":
-            events.append(EventRecord(rec.id, job.name, "error", {"attempt": rec.retry_count + 1, "error": err}, now))
-        type_, data = {
-            "completed": ("success", {"output": output}),
-            "failed": ("failure", {"error": err}),
-            "cancelled": ("cancel", {"reason": reason}),
-        }[status]
-        events.append(EventRecord(rec.id, job.name, type_, data, now))
-        batch = Batch(updates=[ExecutionUpdate(rec.id, fields, token=rec.token)], events=events)
-        later = self.triggers.downstream(job, output, batch) if status == "completed" else []
+        fields = change.update.fields
+        status = fields.get("status")
+        batch = change.batch()
+        later = []
+        if status == "completed":
+            self._release_early(ctx)
+            later = self.triggers.downstream(job, fields.get("output"), batch)
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
             return
-        for name, value in fields.items():
-            setattr(rec, name, value)
+        if status == "waiting":  # a retry: the record stays as the attempt saw it
+            run_at = fields.get("run_at")
+            if run_at is not None and self._timer is not None:
+                self._timer.at(run_at)
+            await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": error, "attempt": rec.retry_count + 1})
+            return
+        change.apply_to(rec)
         if batch.executions:
             self.kick()
             for target, downstream in self.triggers.started_by(batch):
@@ -687,7 +626,7 @@ class Runtime:
             await self.queue.lifecycle.cancel_children(rec.id, reason)
         # Hooks first: whoever awaits the result sees their effects done.
         await self.settled_hooks(job, rec, typed_input, error, reason)
-        self.resolve(rec)
+        self.results.resolve(rec)
 
     async def settled_hooks(
         self, job: Job, rec: ExecutionRecord, typed_input: Any, error: BaseException | None, reason: str | None
@@ -710,61 +649,10 @@ class Runtime:
             result = {"status": "cancelled", "output": None, "error": None, "reason": reason}
         await hooks.fire(job, "settled", rec.id, {"input": typed_input, "result": result})
 
-    async def _attempt_failed(self, ctx: ExecutionContext, typed_input: Any, exc: Exception) -> None:
-        job, rec = ctx.job, ctx.record
-        try:
-            retries = job.retry_for(typed_input)
-        except Exception as retry_exc:
-            log.warning("dq: retry(input) of job %r raised %r; not retrying", job.name, retry_exc)
-            retries = 0
-        if isinstance(exc, NonDeterminismError) or rec.retry_count >= retries:
-            await self._finish(ctx, "failed", typed_input, error=exc)
-            return
-        retry = rec.retry_count + 1
-        try:
-            delay = job.backoff_for(retry, typed_input)
-        except Exception as backoff_exc:
-            log.warning("dq: backoff of job %r raised %r; retrying at once", job.name, backoff_exc)
-            delay = 0
-        now = now_ms()
-        err = error_to_dict(exc)
-        fields = {
-            "status": "waiting", "retry_count": retry, "run_at": now + delay, "error": err,
-            "wait_reason": "retry", "current_step": None, **_RELEASED,
-        }  # fmt: skip
-        ctx.finishing = True
-        batch = Batch(
-            updates=[ExecutionUpdate(rec.id, fields, token=rec.token)],
-            events=[
-                EventRecord(rec.id, job.name, "error", {"attempt": retry, "error": err}, now),
-                EventRecord(rec.id, job.name, "retry", {"attempt": retry + 1, "run_at": now + delay, "delay_ms": delay}, now),
-            ],
-        )
-        try:
-            await self.commit_for(ctx, batch)
-        except Interrupt:
-            return
-        if self._timer is not None:
-            self._timer.at(now + delay)
-        await self.hooks.fire(job, "error", rec.id, {"input": typed_input, "error": exc, "attempt": retry})
-
-    async def _interrupted(self, ctx: ExecutionContext, intr: Interrupt, typed_input: Any) -> None:
-        kind = intr.kind
-        if kind in ("suspend", "lost", "unavailable"):
-            return
-        if kind == "cancel":
-            error = CancelledError(f"execution {ctx.id} was cancelled", intr.reason)
-            await self._finish(ctx, "cancelled", typed_input, error=error, reason=intr.reason)
-        elif kind == "pause":
-            await self.suspend(ctx, "paused", wait_reason="paused", event=("pause", {}))
-            await self.hooks.fire(ctx.job, "pause", ctx.id, {"input": typed_input})
-        elif kind == "shutdown":
-            await self.suspend(ctx, "pending", wait_reason="released", event=("released", {"reason": "shutdown"}))
-
     async def suspend(
         self,
         ctx: ExecutionContext,
-        status: str,
+        status: SuspendStatus,
         *,
         wait_reason: str,
         run_at: int | None = None,
@@ -772,22 +660,13 @@ class Runtime:
         extra: Batch | None = None,
     ) -> bool:
         """Release the execution into `status` (waiting/paused/pending); False if it was lost."""
-        now = now_ms()
-        fields: dict[str, Any] = {
-            "status": status, "wait_reason": wait_reason, "control": None,
-            "current_step": ctx.record.current_step, **_RELEASED,
-        }  # fmt: skip
-        if run_at is not None:
-            fields["run_at"] = run_at
-        elif status == "pending":
-            fields["run_at"] = now
+        change = suspend_transition(
+            ctx.holder, status, wait_reason=wait_reason, current_step=ctx.record.current_step,
+            now=now_ms(), run_at=run_at, event=event,
+        )  # fmt: skip
         ctx.finishing = True
-        batch = extra if extra is not None else Batch()
-        batch.updates.append(ExecutionUpdate(ctx.id, fields, token=ctx.record.token))
-        if event is not None:
-            batch.events.append(EventRecord(ctx.id, ctx.job.name, event[0], event[1], now))
         try:
-            await self.commit_for(ctx, batch)
+            await self.commit_for(ctx, change.batch(extra))
         except Interrupt:
             return False
         if run_at is not None and self._timer is not None:
@@ -796,45 +675,14 @@ class Runtime:
             self.kick()
         return True
 
-    # -- waiting for results -------------------------------------------------------------
+    # -- waiting for results (results.py) ----------------------------------------------------
     def resolve(self, rec: ExecutionRecord) -> None:
-        for fut in self._waiters.pop(rec.id, ()):
-            if not fut.done():
-                fut.set_result(rec)
+        self.results.resolve(rec)
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
         self.check_usable()
-        fut: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(execution_id, []).append(fut)
-        try:
-            rec = await self.storage.get_execution(execution_id)
-            if rec is None:
-                raise LeaseLostError(f"execution {execution_id!r} does not exist")
-            if rec.status in TERMINAL:
-                return rec
-            return await fut
-        finally:
-            futs = self._waiters.get(execution_id)
-            if futs is not None and fut in futs:
-                futs.remove(fut)
-                if not futs:
-                    del self._waiters[execution_id]
-
-    async def _watch_loop(self) -> None:
-        """Resolve waiters of executions that finish in other processes."""
-        while True:
-            await asyncio.sleep(self.poll_s)
-            ids = [i for i in self._waiters if i not in self.contexts]
-            if not ids:
-                continue
-            try:
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    for rec in await self.storage.query(ExecutionQuery(ids=chunk, statuses=sorted(TERMINAL))):
-                        self.resolve(rec)
-            except Exception as exc:
-                log.warning("dq: watching results failed: %s", exc)
+        return await self.results.wait_terminal(execution_id)
 
     # -- leases ---------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -863,18 +711,9 @@ class Runtime:
                 continue
             if eid not in controls:
                 log.warning("dq: lost the lease of execution %s; another worker resumes it", eid)
-                self._interrupt(ctx, "lost")
-            elif controls[eid] and ctx.control is None:
-                self._interrupt(ctx, str(controls[eid]))
-
-
-def job_error(rec: ExecutionRecord) -> BaseException:
-    """What `result()` raises for a failed or cancelled execution."""
-    if rec.status == "cancelled":
-        reason = (rec.error or {}).get("reason") if rec.error else None
-        return CancelledError(f"execution {rec.id} of job {rec.job_name!r} was cancelled", reason)
-    cause = error_from_dict(rec.error) if rec.error else None
-    return JobError(f"job {rec.job_name!r} failed: {cause}", cause)
+                self.interrupt(ctx, LOST)
+            elif ctx.control is None and (requested := Control.parse(controls[eid])) is not None:
+                self.interrupt(ctx, requested)
 
 
 async def _cancel_until_done(tasks: Collection[asyncio.Task[None]]) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from croniter import croniter
 
+from . import clock
 from .ids import now_ms
 from .storage.base import Batch, EventRecord
 
@@ -49,7 +50,7 @@ class Timer:
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
         self._heap: list[int] = []
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: clock.Handle | None = None
         self._armed_at: int | None = None
 
     def at(self, when_ms: int) -> None:
@@ -65,9 +66,8 @@ class Timer:
         if not self._heap:
             return
         when = self._heap[0]
-        loop = asyncio.get_running_loop()
         self._armed_at = when
-        self._handle = loop.call_later(max(0.0, (when - now_ms()) / 1000), self._fire)
+        self._handle = clock.current().call_later(max(0.0, (when - now_ms()) / 1000), self._fire)
 
     def _fire(self) -> None:
         now = now_ms()

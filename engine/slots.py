@@ -41,6 +41,7 @@ from typing import Any
 from .ids import now_ms
 from .limits import Limit, Timed, window_reserve
 from .storage.base import Batch, CommitResult, ExecutionUpdate
+from .transitions import due_now
 
 #: Rounds decided again after a compare-and-set conflict before giving up.
 _CAS_TRIES = 50
@@ -262,7 +263,7 @@ class Ledger:
             for holder in jobs:
                 update = self._claim_here(holder, rnd.now)
                 if update is None:
-                    update = ExecutionUpdate(holder, {"run_at": rnd.now}, statuses=("pending",))
+                    update = due_now(holder, now=rnd.now).update
                 else:
                     direct.add(holder)
                 batch.updates.append(update)

@@ -23,18 +23,29 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
-from .errors import Interrupt, NonDeterminismError, TimeoutError, error_from_dict, error_to_dict
+from .errors import (
+    Interrupt,
+    NonDeterminismError,
+    TimeoutError,
+    error_from_dict,
+    error_to_dict,
+    job_error,
+)
+from .event_schema import EventKind
 from .execution import Execution
 from .ids import now_ms
 from .limits import Limit
 from .serialize import dump_step, load_step, load_typed, validate_in
-from .storage.base import Batch, EventRecord, ExecutionUpdate, StepRecord
+from .storage.base import Batch, EventRecord, StepRecord
+from .transitions import LOST, enter_step, step_done
 
 if TYPE_CHECKING:
     from .job import Job
 
 T = TypeVar("T")
 _DEFAULT_BACKOFF = make_backoff(None)
+# Module globals: an enum member's lookup costs ~0.2 µs, on every step.
+_STEP_START, _STEP_SUCCESS, _STEP_FAILURE = EventKind.STEP_START, EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE
 _ENGINE = __name__.rsplit(".", 1)[0] + "."
 
 
@@ -51,8 +62,7 @@ def _caller_line() -> int | None:
 def _boundary(ctx: ExecutionContext) -> None:
     """Pause, cancel and shutdown requests take effect here, between steps."""
     if ctx.control is not None:
-        kind, _, reason = ctx.control.partition(":")
-        raise Interrupt(kind, reason or ctx.control_reason)
+        raise ctx.control.interrupt()
 
 
 def _replayed(ctx: ExecutionContext, key: str, kind: str, name: str) -> StepRecord | None:
@@ -80,7 +90,7 @@ def _event(ctx: ExecutionContext, type: str, data: dict[str, Any], at: int) -> E
 
 
 async def _fire(ctx: ExecutionContext, event: str, step: StepRecord, **extra: Any) -> None:
-    hooks = ctx.queue.runtime.hooks
+    hooks = ctx.owner.hooks
     if hooks.wanted(ctx.job, event):
         info = {"key": step.key, "name": step.name, "kind": step.kind, "attempt": step.attempt,
                 "status": step.status, "event": event, **extra}  # fmt: skip
@@ -134,14 +144,14 @@ async def run(
 @asynccontextmanager
 async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) -> AsyncIterator[None]:
     """`run(..., concurrency=N)`: at most N of this step at once across all executions and processes."""
-    flow = ctx.queue.runtime.flow
+    owner = ctx.owner
     slot = Limit(f"step:{ctx.job.name}:{label}", limit)
     holder = f"{ctx.id}|{key}"
-    await _park(ctx, flow.acquire_step(slot, holder, ctx.record.priority))
+    await _park(ctx, owner.acquire_slot(slot, holder, ctx.record.priority))
     try:
         yield
     finally:
-        await asyncio.shield(flow.give_back(slot, holder))
+        await asyncio.shield(owner.give_back_slot(slot, holder))
 
 
 async def execute_step(
@@ -170,24 +180,26 @@ async def execute_step(
                 raise error_from_dict(prior.error or {})
             if prior.status == "retrying":
                 attempt = prior.attempt + 1
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
     while True:
         # The stored record's current_step is written when the execution suspends
         # or ends, not per step (an UPDATE per step): while it runs, the running
         # step record and the step_start event say where it is.
         ctx.record.current_step = key
-        runtime.committer.send(Batch(
-            steps=[StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line)],
-            events=[_event(ctx, "step_start", {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at)],
-            fences={ctx.id: ctx.record.token},
+        owner.record(step_done(
+            ctx.holder,
+            StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
+            _event(ctx, _STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
-        if runtime.hooks.any_for(ctx.job):
+        if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
         try:
             if concurrency is not None:
                 async with _step_slot(ctx, key, label, concurrency):
                     value = await _call(fn, timeout_ms, key)
+            elif timeout_ms is None:
+                value = await _start(fn)
             else:
                 value = await _call(fn, timeout_ms, key)
             stored = dump_step(value, key)
@@ -196,9 +208,9 @@ async def execute_step(
             now = now_ms()
             err = error_to_dict(exc)
             step.status, step.error, step.completed_at = ("retrying" if will_retry else "failed"), err, now
-            await runtime.commit_for(ctx, Batch(
-                steps=[replace(step)],
-                events=[_event(ctx, "step_failure", {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now)],
+            await owner.commit_for(ctx, step_done(
+                ctx.holder, replace(step),
+                _event(ctx, _STEP_FAILURE, {"key": key, "name": label, "kind": kind, "attempt": attempt, "error": err, "will_retry": will_retry, "duration_ms": now - step.started_at}, now),
             ))  # fmt: skip
             await _fire(ctx, "step_failure", step, error=exc)
             if not will_retry:
@@ -211,30 +223,51 @@ async def execute_step(
             continue
         now = now_ms()
         step.status, step.output, step.completed_at = "completed", stored, now
-        await runtime.commit_for(ctx, Batch(
-            steps=[step],
-            events=[_event(ctx, "step_success", {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now)],
+        await owner.commit_for(ctx, step_done(
+            ctx.holder, step,
+            _event(ctx, _STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
-        if runtime.hooks.any_for(ctx.job):
+        if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_success", step)
         return value
 
 
 async def _call(fn: Callable[[], Any], timeout_ms: int | None, key: str) -> Any:
-    """Sync functions run on the loop (a lambda wrapping an async call is awaited)."""
     if timeout_ms is None:
-        value = fn()
-        return await value if inspect.isawaitable(value) else value
+        return await _start(fn)
     scope = asyncio.timeout(timeout_ms / 1000)
     try:
         async with scope:
-            value = fn()
-            return await value if inspect.isawaitable(value) else value
+            return await _start(fn)
     except builtins.TimeoutError as exc:
         if scope.expired() and not isinstance(exc, TimeoutError):
             raise TimeoutError(f"step {key!r} timed out after {timeout_ms} ms") from None
         raise
+
+
+def _start(fn: Callable[[], Any]) -> Awaitable[Any]:
+    """The step's work. An async `fn` runs on the loop (its coroutine is returned as
+    is: no extra frame per step). A sync one runs in the default thread pool (with
+    the caller's contextvars), never on the loop: a blocking call would freeze every
+    execution, the dashboard and lease renewal."""
+    if _is_async(fn):
+        result: Awaitable[Any] = fn()
+        return result
+    return _in_thread(fn)
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    value = await asyncio.to_thread(fn)
+    # What it returns is awaited on the loop when awaitable (`lambda: client.get(url)`).
+    return await value if inspect.isawaitable(value) else value
+
+
+def _is_async(fn: Callable[[], Any]) -> bool:
+    # The common case first (an `async def`, ~0.2 µs): this runs on every step.
+    if getattr(getattr(fn, "__code__", None), "co_flags", 0) & inspect.CO_COROUTINE:
+        return True
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 async def sleep(duration: Any) -> None:
@@ -247,7 +280,7 @@ async def sleep(duration: Any) -> None:
     prior = _replayed(ctx, key, "sleep", "sleep")
     if prior is not None and prior.status == "completed":
         return
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     ctx.record.current_step = key
     if prior is not None and isinstance(prior.output, Mapping):
         step, until = prior, int(prior.output["until"])
@@ -255,21 +288,21 @@ async def sleep(duration: Any) -> None:
         step = _new_step(ctx, key, "sleep", "sleep", seq, line, prior)
         until = step.started_at + ms
         step.output = {"until": until}
-        await runtime.commit_for(ctx, Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+        await owner.commit_for(ctx, Batch(
+            updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)],
-            events=[_event(ctx, "sleep", {"key": key, "until": until, "line": line}, step.started_at)],
+            events=[_event(ctx, EventKind.SLEEP, {"key": key, "until": until, "line": line}, step.started_at)],
         ))  # fmt: skip
     remaining = until - now_ms()
-    if remaining > runtime.short_sleep_ms:
-        if await runtime.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
+    if remaining > owner.short_sleep_ms:
+        if await owner.suspend(ctx, "waiting", wait_reason="sleep", run_at=until):
             raise Interrupt("suspend")
-        raise Interrupt("lost")
+        raise LOST.interrupt()
     if remaining > 0:
         await _park(ctx, asyncio.sleep(remaining / 1000))
     now = now_ms()
     step.status, step.completed_at = "completed", now
-    await runtime.commit_for(ctx, Batch(steps=[step], events=[_event(ctx, "wake", {"key": key}, now)]))
+    await owner.commit_for(ctx, step_done(ctx.holder, step, _event(ctx, EventKind.WAKE, {"key": key}, now)))
     ctx.history[key] = step
 
 
@@ -287,8 +320,8 @@ async def child_step(
 ) -> Any:
     """`job.run`/`job.start` inside a handler: the child is created once, in the same
     transaction as the step that records its id."""
-    runtime = ctx.queue.runtime
-    runtime.check_registered(job)
+    owner = ctx.owner
+    owner.check_registered(job)
     kind = "child" if wait else "start"
     # Keyed by job and input: branches of an asyncio.gather may call children in a
     # different order on replay; calls with equal inputs are interchangeable.
@@ -299,7 +332,7 @@ async def child_step(
     if prior is not None and isinstance(prior.output, Mapping):
         if prior.status == "completed":
             if not wait:
-                rec = await ctx.queue.storage.get_execution(prior.output["child_id"])
+                rec = await ctx.owner.get_execution(prior.output["child_id"])
                 if rec is not None:
                     return Execution(ctx.queue, rec)
             else:
@@ -310,19 +343,19 @@ async def child_step(
             child_id = prior.output["child_id"]
     step: StepRecord
     if child_id is None:
-        child = runtime.new_record(job, input, parent=ctx)
+        child = owner.new_record(job, input, parent=ctx)
         step = _new_step(ctx, key, job.name, kind, seq, line, prior, output={"child_id": child.id})
-        events = [_event(ctx, "step_start", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
+        events = [_event(ctx, _STEP_START, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "line": line, "child_id": child.id}, step.started_at)]
         if not wait:
             step.status, step.completed_at = "completed", step.started_at
-            events.append(_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
-        result = await runtime.guard(ctx, runtime.create(job, child, Batch(
-            updates=[ExecutionUpdate(ctx.id, {"current_step": key}, token=ctx.record.token)],
+            events.append(_event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": 1, "duration_ms": 0, "child_id": child.id}, step.started_at))
+        result = await owner.guard(ctx, owner.create(job, child, Batch(
+            updates=[enter_step(ctx.holder, key)],
             steps=[replace(step)], events=events, fences={ctx.id: ctx.record.token},
         )))  # fmt: skip
         if ctx.id in result.refused:
-            await ctx.queue.lifecycle.cancel(child.id, "parent lost its lease before recording the child")
-            raise Interrupt("lost")
+            await owner.cancel(child.id, "parent lost its lease before recording the child")
+            raise LOST.interrupt()
         if not wait:
             ctx.history[key] = step
             return Execution(ctx.queue, child)
@@ -331,24 +364,22 @@ async def child_step(
         assert prior is not None
         step = prior
     ctx.record.current_step = key
-    done = await _park(ctx, runtime.guard(ctx, runtime.wait_terminal(child_id)))
+    done = await _park(ctx, owner.guard(ctx, owner.wait_terminal(child_id)))
     now = now_ms()
     if done.status == "completed":
         step.status, step.completed_at = "completed", now
         step.output = {"child_id": child_id, "output": done.output}
-        await runtime.commit_for(ctx, Batch(
-            steps=[step],
-            events=[_event(ctx, "step_success", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now)],
+        await owner.commit_for(ctx, step_done(
+            ctx.holder, step,
+            _event(ctx, _STEP_SUCCESS, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "duration_ms": now - step.started_at, "child_id": child_id}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         return load_typed(job.options.output, done.output)
-    from .runtime import job_error
-
     exc = job_error(done)
     err = error_to_dict(exc)
     step.status, step.error, step.completed_at = "failed", err, now
-    await runtime.commit_for(ctx, Batch(
-        steps=[step],
-        events=[_event(ctx, "step_failure", {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now)],
+    await owner.commit_for(ctx, step_done(
+        ctx.holder, step,
+        _event(ctx, _STEP_FAILURE, {"key": key, "name": job.name, "kind": kind, "attempt": step.attempt, "error": err, "will_retry": False, "child_id": child_id}, now),
     ))  # fmt: skip
     raise exc

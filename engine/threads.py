@@ -20,7 +20,8 @@ from typing import Any
 from .backoff import make_backoff, make_retry
 from .context import ExecutionContext, current
 from .durations import parse_duration
-from .errors import DqError, TimeoutError, error_from_dict, error_to_dict
+from .errors import DqError, TimeoutError, allow_error_module, error_from_dict, error_to_dict
+from .event_schema import EventKind
 from .serialize import plain_json
 from .steps import _caller_line, execute_step
 
@@ -84,7 +85,7 @@ def _reference(fn: Callable[..., Any], step: str) -> str:
 
 async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
                       timeout_ms: int | None, memory_mb: int | None, cpu_s: int | None) -> Any:  # fmt: skip
-    runtime = ctx.queue.runtime
+    owner = ctx.owner
     parent, child = _MP.Pipe(duplex=False)
     proc = _MP.Process(target=_child, args=(child, ref, input, memory_mb, cpu_s), daemon=True)
     await asyncio.to_thread(proc.start)
@@ -101,7 +102,7 @@ async def _in_process(ctx: ExecutionContext, key: str, ref: str, input: Any,
             loop.remove_reader(parent.fileno())
             return
         if kind == "log":
-            runtime.send(ctx, "log", {"key": key, "message": str(value)})
+            owner.send(ctx, EventKind.LOG, {"key": key, "message": str(value)})
         elif not done.done():
             done.set_result((kind, value))
 
@@ -148,6 +149,7 @@ async def thread(
     if not isinstance(name, str) or not name or "#" in name:
         raise ValueError(f"thread: the step name must be a non-empty string without '#', got {name!r}")
     ref = _reference(fn, name)
+    allow_error_module(fn.__module__)
     stored_input = plain_json(input, f"the input of thread {name!r}")
     for opt, value in (("max_memory_mb", max_memory_mb), ("max_cpu_seconds", max_cpu_seconds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -156,9 +158,12 @@ async def thread(
     backoff_for = make_backoff(backoff, f"thread {name!r} backoff")
     timeout_ms = parse_duration(timeout, f"thread {name!r} timeout") if timeout is not None else None
     key, seq = ctx.next_key(name)
+
+    async def in_process() -> Any:
+        return await _in_process(ctx, key, ref, stored_input, timeout_ms, max_memory_mb, max_cpu_seconds)
+
     return await execute_step(
-        ctx, "thread", key, name, seq, _caller_line(),
-        lambda: _in_process(ctx, key, ref, stored_input, timeout_ms, max_memory_mb, max_cpu_seconds),
+        ctx, "thread", key, name, seq, _caller_line(), in_process,
         retries=retries, backoff_for=backoff_for, timeout_ms=None,
     )  # fmt: skip
 

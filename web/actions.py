@@ -21,7 +21,6 @@ from .dashboard import dashboard_of
 from .pages import html
 
 Req = Request[Any, Any, Any]
-ACTIONS = ("pause", "resume", "cancel", "retry")
 
 
 async def _act(request: Req, execution_id: str, action: str) -> Response[str]:

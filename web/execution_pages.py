@@ -13,12 +13,12 @@ from litestar.response import Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionRecord
 
-from . import render
+from . import loaders, render
 from .dashboard import Dashboard, dashboard_of
 from .format import payload_bytes
 from .pages import html
 from .sse import stream_url
-from .views import children_of, execution_context, panel_context, read_all_events
+from .views import execution_context, panel_context, read_all_events
 
 Req = Request[Any, Any, Any]
 
@@ -35,16 +35,15 @@ async def execution_page(request: Req, execution_id: FromPath[str]) -> Response[
     dash = dashboard_of(request)
     storage = dash.storage
     seq = await storage.last_event_seq()  # before the reads: the stream resumes from here
-    rec = await _record(dash, execution_id)
-    steps = await storage.get_steps(execution_id)
-    events = await read_all_events(storage, execution_id, upto=seq)
-    children = await children_of(storage, execution_id)
+    data = await loaders.execution(dash, execution_id, upto=seq)
+    if data is None or data.rec is None:
+        raise NotFoundException(f"No execution has the id {execution_id!r}.")
     tab = request.query_params.get("tab") or "trace"
     tab = tab if tab in ("trace", "events") else "trace"
     key = request.query_params.get("step") or None
     now = now_ms()
     ctx = dash.context(request, "executions", stream_url("execution", seq, id=execution_id, step=key))
-    ctx.update(execution_context(dash, rec, steps, events, children, now, key=key, tab=tab))
+    ctx.update(execution_context(dash, data.rec, data.steps, data.events, data.children, now, key=key, tab=tab))
     return html(render.page("execution.html", **ctx))
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from dq.engine.event_schema import EventKind
+
 #: Payloads larger than this are never inlined whole (collapsed, with a download link).
 MAX_INLINE_BYTES = 64 * 1024
 _HEAD_BYTES = 1024
@@ -148,38 +150,38 @@ def payload_bytes(value: Any) -> bytes:
 
 def event_summary(ev_type: str, data: dict[str, Any]) -> str:
     """A one-line description of an event's data for the event log."""
-    if ev_type in ("step_start", "step_success", "step_failure"):
+    if ev_type in (EventKind.STEP_START, EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE):
         parts = [str(data.get("key") or data.get("name") or "")]
         if data.get("attempt", 1) != 1:
             parts.append(f"attempt {data.get('attempt')}")
         if "duration_ms" in data:
             parts.append(duration(data["duration_ms"]))
-        if ev_type == "step_failure":
+        if ev_type == EventKind.STEP_FAILURE:
             parts.append(error_head(data.get("error"), 90))
             if data.get("will_retry"):
                 parts.append("will retry")
         return " · ".join(p for p in parts if p)
-    if ev_type in ("error", "failure"):
+    if ev_type in (EventKind.ERROR, EventKind.FAILURE):
         head = error_head(data.get("error"), 110)
         return f"attempt {data['attempt']} · {head}" if "attempt" in data else head
-    if ev_type == "retry":
+    if ev_type == EventKind.RETRY:
         return f"attempt {data.get('attempt')} in {duration(data.get('delay_ms'))}"
-    if ev_type == "sleep":
+    if ev_type == EventKind.SLEEP:
         return f"{data.get('key', '')} · until {clock(data.get('until'))}"
-    if ev_type == "log":
+    if ev_type == EventKind.LOG:
         return str(data.get("message", ""))
-    if ev_type == "trigger":
+    if ev_type == EventKind.TRIGGER:
         return "input " + preview(data.get("input"), 100)
-    if ev_type == "success":
+    if ev_type == EventKind.SUCCESS:
         return "output " + preview(data.get("output"), 100)
-    if ev_type == "cancel":
+    if ev_type == EventKind.CANCEL:
         return str(data.get("reason") or "")
-    if ev_type == "start":
+    if ev_type == EventKind.START:
         return f"attempt {data.get('attempt', 1)}"
-    if ev_type == "wait":
+    if ev_type == EventKind.WAIT:
         child = data.get("child_id")
         return f"{data.get('key', '')} · {data.get('kind', '')}" + (f" · {short_id(child)}" if child else "")
-    if ev_type == "hook_error":
+    if ev_type == EventKind.HOOK_ERROR:
         return f"{data.get('hook')} · {error_head(data.get('error'), 90)}"
     return preview(data, 120) if data else ""
 

@@ -22,15 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dq.engine.event_schema import ENDINGS, OUTCOMES, STEP_POSITION, EventKind
 from dq.engine.ids import now_ms
-from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
+from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord
 from dq.engine.storage.query import matches
 
-from . import live
+from . import live, loaders
 from .filters import Filters
 from .live import ExecCache, Message
-from .stats import failure_groups, status_counts, throughput
-from .views import children_of, needs_live_step, read_all_events
+from .views import children_of, needs_live_step
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -163,9 +163,9 @@ class Hub:
         eid = ev.execution_id
         if not eid:
             return
-        if ev.type in ("step_start", "sleep", "wait") and isinstance(ev.data, dict) and ev.data.get("key"):
+        if ev.type in STEP_POSITION and isinstance(ev.data, dict) and ev.data.get("key"):
             self.current[eid] = str(ev.data["key"])
-        elif ev.type in ("success", "failure", "cancel"):
+        elif ev.type in ENDINGS:
             self.current.pop(eid, None)
         if len(self.current) > 50_000:
             self.current.clear()
@@ -223,14 +223,12 @@ class Hub:
         self.head = max(self.head, seq)
 
     async def _render_lists(self, events: list[EventRecord], seq: int, now: int) -> list[Message]:
-        storage = self.dash.storage
         want_rows = bool({"rows", "minis", "new"} & set(self.interest))
         changed = list(dict.fromkeys(e.execution_id for e in events if e.execution_id))
         out: list[Message] = []
         if not changed or not (want_rows or "overview" in self.interest):
             return out
-        recs = await storage.query(ExecutionQuery(ids=changed, limit=len(changed))) if want_rows else []
-        self.fill(recs)
+        recs = await loaders.rows_by_id(self.dash, changed) if want_rows else []
         by_id = {r.id: r for r in recs}
         if "rows" in self.interest and recs:
             out.append(Message("rows", seq, live.rows_html(recs, now)))
@@ -238,14 +236,12 @@ class Hub:
             out.append(Message("minis", seq, live.minis_html(recs, now)))
         if "new" in self.interest:
             for ev in events:
-                if ev.type == "trigger" and ev.execution_id in by_id:
+                if ev.type == EventKind.TRIGGER and ev.execution_id in by_id:
                     out.append(Message("new", ev.seq, "", append=True, record=by_id[ev.execution_id]))
         if "overview" in self.interest:
-            counts = await status_counts(storage)
-            recent = await storage.query(ExecutionQuery(limit=12))
-            self.fill(recent)
-            out.append(Message("overview", seq, live.overview_counts_html(counts, recent, now)))
-            if any(e.type in ("success", "failure", "error") for e in events):
+            top = await loaders.overview_counts(self.dash)
+            out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
+            if any(e.type in OUTCOMES for e in events):
                 self._scan_dirty = True
         return out
 
@@ -256,9 +252,8 @@ class Hub:
         if not (due and (self._scan_dirty or mono - self._last_scan >= 60)):
             return []
         self._last_scan, self._scan_dirty = mono, False
-        tp = await throughput(self.dash.storage, now)
-        groups = await failure_groups(self.dash.storage, self.dash.jobs, now)
-        return [Message("overview", seq, live.overview_scan_html(tp, groups, now))]
+        scan = await loaders.overview_scan(self.dash, now)
+        return [Message("overview", seq, live.overview_scan_html(scan.tp, scan.groups, now))]
 
     async def _render_executions(self, events: list[EventRecord], seq: int, now: int, *, refresh: bool) -> list[Message]:
         storage = self.dash.storage
@@ -268,7 +263,7 @@ class Hub:
         for ev in events:
             if ev.execution_id:
                 by_exec.setdefault(ev.execution_id, []).append(ev)
-            parent = ev.data.get("parent_id") if ev.type == "trigger" and isinstance(ev.data, dict) else None
+            parent = ev.data.get("parent_id") if ev.type == EventKind.TRIGGER and isinstance(ev.data, dict) else None
             if parent:
                 child_of.add(str(parent))
         for eid, cache in list(self.cache.items()):
@@ -277,11 +272,10 @@ class Hub:
             if not (mine or fresh or eid in child_of or (refresh and cache.rec and cache.rec.status not in TERMINAL)):
                 continue
             if fresh:
-                cache.rec = await storage.get_execution(eid)
-                cache.events = await read_all_events(storage, eid, upto=seq)
-                cache.steps = await storage.get_steps(eid)
-                cache.children = await children_of(storage, eid)
-                cache.loaded = True  # `mine` (this tick's events) are appended below as well
+                data = await loaders.execution(self.dash, eid, upto=seq)
+                cache.rec, cache.loaded = None, True  # `mine` (this tick's events) are appended below as well
+                if data is not None:
+                    cache.rec, cache.events, cache.steps, cache.children = data.rec, data.events, data.steps, data.children
             elif mine:
                 cache.rec = await storage.get_execution(eid)
                 cache.steps = await storage.get_steps(eid)

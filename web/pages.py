@@ -12,11 +12,11 @@ from litestar.response import Redirect, Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import render
+from . import loaders, render
 from .dashboard import dashboard_of
 from .filters import parse_filters
 from .sse import stream_url
-from .stats import failure_groups, status_counts, throughput
+from .stats import status_counts
 
 Req = Request[Any, Any, Any]
 
@@ -37,13 +37,8 @@ async def overview(request: Req) -> Response[str]:
     seq = await storage.last_event_seq()
     now = now_ms()
     ctx = dash.context(request, "overview", stream_url("overview", seq))
-    ctx.update(
-        counts=await status_counts(storage),
-        recent=dash.hub.filled(await storage.query(ExecutionQuery(limit=12))),
-        tp=await throughput(storage, now),
-        groups=await failure_groups(storage, dash.jobs, now),
-        job_count=len(dash.jobs),
-    )
+    top, scan = await loaders.overview_counts(dash), await loaders.overview_scan(dash, now)
+    ctx.update(counts=top.counts, recent=top.recent, tp=scan.tp, groups=scan.groups, job_count=len(dash.jobs))
     return html(render.page("overview.html", **ctx))
 
 
@@ -53,12 +48,10 @@ async def executions(request: Req) -> Response[str]:
     storage = dash.storage
     f = parse_filters(query_lists(request), list(dash.jobs))
     seq = await storage.last_event_seq()
-    rows = await storage.query(f.page_query())
-    more = len(rows) > f.limit
-    rows = dash.hub.filled(rows[: f.limit])
+    page = await loaders.executions_rows(dash, f)
+    rows, more = page.rows, page.more
     newer_url = older_url = None
     if f.before:
-        rows.reverse()
         if more and rows:
             newer_url = f.url(before=rows[0].id)
         if rows:

@@ -7,16 +7,6 @@ from collections.abc import Sequence
 from markupsafe import Markup, escape
 
 
-def buckets(times: Sequence[int], *, start: int, end: int, n: int) -> list[int]:
-    """Count `times` (epoch ms) into `n` equal buckets over [start, end)."""
-    out = [0] * n
-    width = max(1, (end - start) / n)
-    for t in times:
-        if start <= t < end:
-            out[min(n - 1, int((t - start) / width))] += 1
-    return out
-
-
 def sparkline(
     values: Sequence[float],
     failures: Sequence[float] | None = None,

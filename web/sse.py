@@ -18,15 +18,11 @@ from litestar.types import Receive, Scope, Send
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dq.engine.ids import now_ms
-from dq.engine.storage.base import ExecutionQuery
 
-from . import live
+from . import live, loaders
 from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
 from .hub import RESYNC, Client, Hub, Tick, new_matches
-from .live import ExecCache
-from .stats import failure_groups, status_counts, throughput
-from .views import children_of, read_all_events
 
 PAGES = ("overview", "executions", "execution")
 
@@ -49,26 +45,16 @@ def _topics(page: str, params: dict[str, list[str]]) -> set[str]:
 
 async def _resync(dash: Dashboard, client: Client, page: str, params: dict[str, list[str]], after: int) -> str:
     """Everything the page shows, rendered fresh: for a client the ring cannot catch up."""
-    storage, now = dash.storage, now_ms()
+    now = now_ms()
     if page == "overview":
-        counts = await status_counts(storage)
-        recent = await storage.query(ExecutionQuery(limit=12))
-        tp = await throughput(storage, now)
-        groups = await failure_groups(storage, dash.jobs, now)
-        return live.overview_counts_html(counts, recent, now) + live.overview_scan_html(tp, groups, now)
+        top, scan = await loaders.overview_counts(dash), await loaders.overview_scan(dash, now)
+        return live.overview_counts_html(top.counts, top.recent, now) + live.overview_scan_html(scan.tp, scan.groups, now)
     if page == "executions" and client.filters is not None:
-        q = client.filters.page_query()
-        rows = await storage.query(q)
-        rows = rows[: client.filters.limit]
-        if client.filters.before:
-            rows.reverse()
-        return live.execution_rows_html(rows, now)
+        return live.execution_rows_html((await loaders.executions_rows(dash, client.filters)).rows, now)
     eid = (params.get("id") or [""])[-1]
-    rec = await storage.get_execution(eid)
-    if rec is None:
+    cache = await loaders.execution(dash, eid)
+    if cache is None:
         return ""
-    cache = ExecCache(rec=rec, steps=await storage.get_steps(eid), events=await read_all_events(storage, eid),
-                      children=await children_of(storage, eid), loaded=True)  # fmt: skip
     step = (params.get("step") or [""])[-1]
     html = live.execution_html(dash, cache, now, keys=[step] if step else [], children=True)
     missed = [e for e in cache.events if e.seq > after]

@@ -10,17 +10,23 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from dq.engine.storage.base import STATUSES, ExecutionQuery, ExecutionRecord, Storage
+from dq.engine.storage.base import (
+    STATUSES,
+    Aggregate,
+    ExecutionQuery,
+    ExecutionRecord,
+    Storage,
+    TimeBuckets,
+)
 
 from .format import error_type
 from .source import job_source
-from .sparkline import buckets, sparkline
+from .sparkline import sparkline
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-_SCAN_LIMIT = 20_000
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -39,23 +45,33 @@ class Throughput:
     per_minute: float
 
 
+def _windows(field: Literal["created_at", "completed_at"], now: int, width_ms: int, n: int) -> TimeBuckets:
+    """`n` windows of `width_ms` ending at `now` (the last one holds `now`)."""
+    return TimeBuckets(field, now + 1 - width_ms * n, width_ms, n)
+
+
+def _total(agg: Aggregate, status: str, n: int) -> list[int]:
+    out = [0] * n
+    for (_job, st), row in agg.counts.items():
+        if st == status:
+            out = [a + b for a, b in zip(out, row, strict=True)]
+    return out
+
+
 async def throughput(storage: Storage, now: int, *, minutes: int = 60) -> Throughput:
-    start = now - minutes * 60_000
-    recs = await storage.query(
-        ExecutionQuery(statuses=("completed", "failed"), completed_after=start, limit=_SCAN_LIMIT)
-    )
-    done = [r.completed_at for r in recs if r.status == "completed" and r.completed_at]
-    bad = [r.completed_at for r in recs if r.status == "failed" and r.completed_at]
-    ok_b = buckets(done, start=start, end=now, n=minutes)
-    bad_b = buckets(bad, start=start, end=now, n=minutes)
-    label = f"{len(done)} completed and {len(bad)} failed in the last {minutes} minutes"
+    """Completions and failures per minute: one aggregating query, no records loaded."""
+    windows = _windows("completed_at", now, 60_000, minutes)
+    agg = await storage.aggregate(ExecutionQuery(statuses=("completed", "failed")), windows)
+    ok_b, bad_b = _total(agg, "completed", minutes), _total(agg, "failed", minutes)
+    done, bad = sum(ok_b), sum(bad_b)
+    label = f"{done} completed and {bad} failed in the last {minutes} minutes"
     return Throughput(
         completed=ok_b,
         failed=bad_b,
         svg=sparkline(ok_b, bad_b, width=600, height=70, label=label),
-        total_completed=len(done),
-        total_failed=len(bad),
-        per_minute=len(done) / max(1, minutes),
+        total_completed=done,
+        total_failed=bad,
+        per_minute=done / max(1, minutes),
     )
 
 
@@ -167,29 +183,26 @@ class JobStats:
 async def job_stats(
     storage: Storage, names: list[str], now: int, *, window_ms: int = DAY_MS
 ) -> dict[str, JobStats]:
-    """Runs, failure rate, p50/p95 duration and an hourly sparkline per job, over the window."""
-    start = now - window_ms
-    recs = await storage.query(
-        ExecutionQuery(job_names=names or None, created_after=start, limit=_SCAN_LIMIT)
-    )
-    stats = {n: JobStats() for n in names}
-    created: dict[str, list[int]] = {n: [] for n in names}
-    for rec in recs:
-        st = stats.setdefault(rec.job_name, JobStats())
-        st.runs += 1
-        created.setdefault(rec.job_name, []).append(rec.created_at)
-        if rec.status == "completed":
-            st.completed += 1
-            if rec.started_at and rec.completed_at:
-                st.durations.append(rec.completed_at - rec.started_at)
-        elif rec.status == "failed":
-            st.failed += 1
-        elif rec.status != "cancelled":
-            st.active += 1
+    """Runs, failure rate, p50/p95 duration and an hourly sparkline per job, over the
+    window: one aggregating query (counts per hour, run times), no records loaded."""
     hours = max(1, window_ms // HOUR_MS)
+    agg = await storage.aggregate(
+        ExecutionQuery(job_names=names or None), _windows("created_at", now, HOUR_MS, hours), durations=True
+    )  # fmt: skip
+    stats = {n: JobStats(hourly=[0] * hours) for n in names}
+    for (job_name, status), row in agg.counts.items():
+        st = stats.setdefault(job_name, JobStats(hourly=[0] * hours))
+        runs = sum(row)
+        st.runs += runs
+        st.hourly = [a + b for a, b in zip(st.hourly, row, strict=True)]
+        if status == "completed":
+            st.completed += runs
+        elif status == "failed":
+            st.failed += runs
+        elif status != "cancelled":
+            st.active += runs
     for name, st in stats.items():
-        st.durations.sort()
-        st.hourly = buckets(created.get(name, []), start=start, end=now, n=hours)
+        st.durations = agg.durations.get(name, [])
         st.spark = sparkline(st.hourly, width=120, height=22, css="spark spark-mini",
                              label=f"{st.runs} runs in 24 h")  # fmt: skip
     return stats

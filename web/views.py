@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dq.engine.event_schema import EventKind
 from dq.engine.storage.base import (
     TERMINAL,
     EventRecord,
@@ -74,7 +75,7 @@ def panel_context(
         "step_key": key,
         "panel_id": panel_id(key),
         "attempts": step_attempts(key, events) if step is not None and key else [],
-        "logs": [e for e in events if e.type == "log" and key and e.data.get("key") == key],
+        "logs": [e for e in events if e.type == EventKind.LOG and key and e.data.get("key") == key],
         "source": src,
         "source_file_short": short_path(src.file) if src else "",
         "highlight": highlight,

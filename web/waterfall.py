@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dq.engine.event_schema import EventKind
 from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord, StepRecord
 
 from .format import duration
@@ -120,12 +121,12 @@ def _step_row(
     for ev in evs:
         d = ev.data
         attempt = int(d.get("attempt") or 1)
-        if ev.type in ("sleep", "wait"):
-            if ev.type == "sleep" and d.get("until"):
+        if ev.type in (EventKind.SLEEP, EventKind.WAIT):
+            if ev.type == EventKind.SLEEP and d.get("until"):
                 row.until = int(d["until"])
-            if ev.type == "wait" and d.get("child_id"):
+            if ev.type == EventKind.WAIT and d.get("child_id"):
                 row.child_id = str(d["child_id"])
-        if ev.type == "step_start" or (ev.type in ("sleep", "wait") and opened is None):
+        if ev.type == EventKind.STEP_START or (ev.type in (EventKind.SLEEP, EventKind.WAIT) and opened is None):
             if opened is not None:  # interrupted (crash or replay): close it where the next began
                 row.segments.append(sc.seg(opened.at, ev.at, "cancelled", "interrupted", opened.attempt))
             if last_fail is not None:
@@ -134,12 +135,12 @@ def _step_row(
             opened = _Open(ev.at, attempt, ev.type)
             first_at = ev.at if first_at is None else first_at
             row.attempts = max(row.attempts, attempt)
-        elif ev.type in ("step_success", "step_failure") or (
-            ev.type == "wake" and opened is not None and opened.by != "step_start"
+        elif ev.type in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE) or (
+            ev.type == EventKind.WAKE and opened is not None and opened.by != EventKind.STEP_START
         ):
             at = opened.at if opened else ev.at
             att = opened.attempt if opened else attempt
-            if ev.type == "step_failure":
+            if ev.type == EventKind.STEP_FAILURE:
                 retry = bool(d.get("will_retry"))
                 err = d.get("error") or {}
                 title = f"attempt {att} failed: {err.get('type', 'Error')}: {err.get('message', '')}"
@@ -178,19 +179,23 @@ def _step_row(
     return row
 
 
+#: How an attempt's bar ends, by the event that closes it.
+_ATTEMPT_ENDS: dict[str, str] = {EventKind.ERROR: "retrying", EventKind.SUCCESS: "completed", EventKind.FAILURE: "failed"}
+
+
 def _job_row(rec: ExecutionRecord, events: Sequence[EventRecord], sc: _Scale, now: int) -> Row:
     row = Row(key="", name=rec.job_name, kind="job", status=rec.status, attempts=rec.retry_count + 1)
     opened: _Open | None = None
     for ev in events:
         d = ev.data
-        if ev.type == "start":
+        if ev.type == EventKind.START:
             if opened is None:
                 opened = _Open(ev.at, int(d.get("attempt") or 1))
-        elif ev.type in ("error", "success", "failure", "cancel") and opened is not None:
-            status = {"error": "retrying", "success": "completed", "failure": "failed"}.get(ev.type, "cancelled")
+        elif ev.type in (EventKind.ERROR, EventKind.SUCCESS, EventKind.FAILURE, EventKind.CANCEL) and opened is not None:
+            status = _ATTEMPT_ENDS.get(ev.type, "cancelled")
             row.segments.append(sc.seg(opened.at, ev.at, status, f"attempt {opened.attempt}", opened.attempt))
             opened = None
-        if ev.type == "retry" and d.get("run_at"):
+        if ev.type == EventKind.RETRY and d.get("run_at"):
             row.segments.append(sc.seg(ev.at, int(d["run_at"]), "backoff", f"retry in {duration(d.get('delay_ms'))}"))
     if opened is not None:
         end = rec.completed_at or now
@@ -222,14 +227,14 @@ def build_waterfall(
     order: list[str] = []
     for ev in events:
         key = ev.data.get("key") if isinstance(ev.data, dict) else None
-        if ev.type in ("step_start", "step_success", "step_failure", "sleep", "wait", "wake") and key:
+        if ev.type in (EventKind.STEP_START, EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE, EventKind.SLEEP, EventKind.WAIT, EventKind.WAKE) and key:
             if key not in by_key:
                 by_key[key] = []
                 order.append(key)
             by_key[key].append(ev)
-        elif ev.type == "wake":  # a wake without a key closes the most recent open sleep
+        elif ev.type == EventKind.WAKE:  # a wake without a key closes the most recent open sleep
             for k in reversed(order):
-                if by_key[k][-1].type == "sleep":
+                if by_key[k][-1].type == EventKind.SLEEP:
                     by_key[k].append(ev)
                     break
     records = {s.key: s for s in steps}
@@ -246,15 +251,15 @@ def step_attempts(key: str, events: Sequence[EventRecord]) -> list[dict[str, Any
     for ev in sorted(events, key=lambda e: e.seq):
         if not isinstance(ev.data, dict) or ev.data.get("key") != key:
             continue
-        if ev.type in ("step_start", "sleep", "wait") and (cur is None or ev.type == "step_start"):
+        if ev.type in (EventKind.STEP_START, EventKind.SLEEP, EventKind.WAIT) and (cur is None or ev.type == EventKind.STEP_START):
             if cur is not None:
                 cur["outcome"] = "interrupted"
                 out.append(cur)
             cur = {"attempt": int(ev.data.get("attempt") or 1), "start": ev.at, "end": None,
                    "outcome": "running", "error": None}  # fmt: skip
-        elif ev.type in ("step_success", "step_failure") and cur is not None:
+        elif ev.type in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE) and cur is not None:
             cur["end"] = ev.at
-            cur["outcome"] = "completed" if ev.type == "step_success" else (
+            cur["outcome"] = "completed" if ev.type == EventKind.STEP_SUCCESS else (
                 "retrying" if ev.data.get("will_retry") else "failed")  # fmt: skip
             cur["error"] = ev.data.get("error")
             out.append(cur)

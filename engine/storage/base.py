@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 STATUSES = ("pending", "running", "waiting", "paused", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -37,7 +37,6 @@ class ExecutionRecord:
     parent_id: str | None = None
     root_id: str | None = None
     priority: int = 0
-    concurrency_key: str | None = None
     created_at: int = 0
     run_at: int = 0
     started_at: int | None = None
@@ -93,6 +92,27 @@ class PipeMessage:
     seq: int = 0  # assigned by storage on commit
 
 
+class ExecutionFields(TypedDict, total=False):
+    """The fields of an execution an update may set (engine/transitions.py builds them)."""
+
+    status: str
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    retry_count: int
+    run_at: int
+    started_at: int | None
+    completed_at: int | None
+    worker_id: str | None
+    lease_until: int | None
+    control: str | None
+    wait_reason: str | None
+    current_step: str | None
+    #: Set only by a hand-over (`transitions.hand_over`), which claims a waiter in the
+    #: release's own write; other claims go through `Storage.claim`.
+    token: int
+
+
 @dataclass(slots=True)
 class ExecutionUpdate:
     """Set `fields` on execution `id` when the conditions hold.
@@ -102,7 +122,7 @@ class ExecutionUpdate:
     """
 
     id: str
-    fields: dict[str, Any]
+    fields: ExecutionFields
     token: int | None = None
     statuses: tuple[str, ...] | None = None
 
@@ -175,6 +195,41 @@ class ExecutionQuery:
     order: str = "newest"  # newest | oldest (by creation; ids are time-ordered)
 
 
+@dataclass(frozen=True, slots=True)
+class TimeBuckets:
+    """`n` consecutive windows of `width_ms` from `start`, over an execution's time `field`."""
+
+    field: Literal["created_at", "completed_at"]
+    start: int
+    width_ms: int
+    n: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.width_ms * self.n
+
+    def index(self, at: int | None) -> int | None:
+        """The window `at` falls in, or None outside them all."""
+        if at is None or not self.start <= at < self.end:
+            return None
+        return (at - self.start) // self.width_ms
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """What `Storage.aggregate` answers: counts and durations, never records."""
+
+    #: (job_name, status) -> executions per window, for the pairs that have any.
+    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: job_name -> run times (completed_at - started_at, ms) of the completed
+    #: executions among them (the most recent `DURATIONS_LIMIT`), ascending.
+    durations: dict[str, list[int]] = field(default_factory=dict)
+
+
+#: How many run times `Storage.aggregate` returns per call at most (the most recent).
+DURATIONS_LIMIT = 20_000
+
+
 class Storage(abc.ABC):
     """What an adapter implements. `None`/empty means absent; no method raises for absence.
     After `aclose()`, other methods may raise RuntimeError."""
@@ -183,6 +238,10 @@ class Storage(abc.ABC):
     kind: str = "custom"
     #: True when committed data survives the process (memory: False).
     durable: bool = True
+    #: True when the adapter implements `commit_now`: it commits synchronously (nothing
+    #: goes to disk or over a network), so the runtime calls it directly, without
+    #: group commit.
+    synchronous_commit: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -217,6 +276,12 @@ class Storage(abc.ABC):
         expectations.
         """
 
+    def commit_now(self, batch: Batch) -> CommitResult:
+        """`commit`, synchronously and with the same contract: atomic because no other
+        coroutine runs meanwhile. Only adapters with `synchronous_commit` implement
+        it; the others raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} commits asynchronously (synchronous_commit is False)")
+
     @abc.abstractmethod
     async def claim(
         self,
@@ -249,14 +314,27 @@ class Storage(abc.ABC):
         `dead_workers`) go back to pending with a raised token. Returns their ids."""
 
     @abc.abstractmethod
-    async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution as last committed, or None when there is none with that id.
+        The record is the caller's (a copy): changing it changes nothing stored."""
 
     @abc.abstractmethod
-    async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]: ...
+    async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
+        """The executions matching every set filter of `query` (time bounds strict,
+        as `storage.query.matches` defines them), in `order` by id (ids are
+        time-ordered), after `cursor`, skipping `offset`, at most `limit`. Copies,
+        as `get_execution`. An empty list when nothing matches."""
 
     @abc.abstractmethod
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
         """Matching executions counted by status (limit/offset/cursor ignored)."""
+
+    @abc.abstractmethod
+    async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:
+        """The executions matching `query` (limit/offset/cursor ignored) whose
+        `buckets.field` falls in one of the windows, counted per job, status and
+        window; with `durations`, also the run times of the completed ones. For
+        charts and statistics: no record is loaded into the caller."""
 
     @abc.abstractmethod
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
@@ -270,7 +348,9 @@ class Storage(abc.ABC):
         visible in order, so a reader following `after_seq` never misses one."""
 
     @abc.abstractmethod
-    async def last_event_seq(self) -> int: ...
+    async def last_event_seq(self) -> int:
+        """The highest event seq committed so far (0 when the log is empty): a reader
+        that starts after it sees every later event."""
 
     @abc.abstractmethod
     async def next_due(
@@ -281,17 +361,22 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def read_messages(
         self, pipe: str, after_seq: int = 0, *, limit: int = 1000
-    ) -> list[PipeMessage]: ...
+    ) -> list[PipeMessage]:
+        """Messages of `pipe` with seq > after_seq, ascending, at most `limit`. Seqs
+        are shared by all pipes, strictly increase and become visible in order, as
+        events' do."""
 
     @abc.abstractmethod
-    async def last_message_seq(self, pipe: str) -> int: ...
+    async def last_message_seq(self, pipe: str) -> int:
+        """The highest seq among `pipe`'s messages (0 when it has none)."""
 
     @abc.abstractmethod
     async def get_state(self, keys: Sequence[str]) -> dict[str, Any]:
         """The present state keys with their values."""
 
     @abc.abstractmethod
-    async def list_state(self, prefix: str) -> dict[str, Any]: ...
+    async def list_state(self, prefix: str) -> dict[str, Any]:
+        """Every state key starting with `prefix`, with its value (empty when none)."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
@@ -303,7 +388,9 @@ class Storage(abc.ABC):
         (ms, on the storage clock)."""
 
     @abc.abstractmethod
-    async def remove_worker(self, worker_id: str) -> None: ...
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget `worker_id` (a no-op when unknown). Its executions are untouched:
+        `reclaim` gives them back when their leases expire."""
 
     def is_unavailable(self, exc: BaseException) -> bool:
         """True when `exc`, raised by one of this storage's methods, means the store

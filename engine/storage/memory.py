@@ -11,6 +11,7 @@ from typing import Any
 from ..ids import now_ms
 from .base import (
     CLAIMABLE,
+    Aggregate,
     Batch,
     CommitResult,
     EventRecord,
@@ -19,8 +20,10 @@ from .base import (
     PipeMessage,
     StepRecord,
     Storage,
+    TimeBuckets,
 )
-from .query import clone, matches, sort_and_page
+from .conditions import expectations_fail, refused_fences, update_applies
+from .query import clone, finish_aggregate, fold, matches, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
 
@@ -28,6 +31,7 @@ _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
 class MemoryStorage(Storage):
     kind = "memory"
     durable = False
+    synchronous_commit = True
 
     def __init__(self) -> None:
         self._executions: dict[str, ExecutionRecord] = {}
@@ -54,21 +58,18 @@ class MemoryStorage(Storage):
         return self.commit_now(batch)
 
     def commit_now(self, batch: Batch) -> CommitResult:
-        """Synchronous, hence atomic: no other coroutine interleaves. The runtime calls it
-        directly (no group commit needed when nothing is written to disk)."""
+        """Synchronous, hence atomic: no other coroutine interleaves."""
         result = CommitResult()
-        for key, value in batch.expect.items():
-            if self._state.get(key) != value:
-                result.conflict = True
-                return result
+        state, executions = self._state, self._executions
+        if batch.expect and expectations_fail(batch.expect, state.get):
+            result.conflict = True
+            return result
         refused = result.refused
-        executions = self._executions
-        for eid, token in batch.fences.items():
-            rec = executions.get(eid)
-            if rec is None or rec.token != token:
-                refused.add(eid)
-            else:
-                result.controls[eid] = None
+        if batch.fences:
+            refused_fences(batch.fences, executions.get, refused)
+            for eid in batch.fences:
+                if eid not in refused:
+                    result.controls[eid] = None
         for upd in batch.updates:
             if not _FIELDS.issuperset(upd.fields):
                 raise ValueError(f"unknown execution field(s) {sorted(set(upd.fields) - _FIELDS)}")
@@ -80,12 +81,7 @@ class MemoryStorage(Storage):
                 self._put(clone(rec))
         for upd in batch.updates:
             cur = executions.get(upd.id)
-            ok = (
-                cur is not None
-                and upd.id not in refused
-                and (upd.token is None or cur.token == upd.token)
-                and (upd.statuses is None or cur.status in upd.statuses)
-            )
+            ok = update_applies(upd, cur, refused)
             if ok and cur is not None:
                 for name, value in upd.fields.items():
                     setattr(cur, name, value)
@@ -207,6 +203,11 @@ class MemoryStorage(Storage):
             if matches(r, query, paging=False):
                 out[r.status] = out.get(r.status, 0) + 1
         return out
+
+    async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:
+        agg = Aggregate()
+        fold(self._executions.values(), query, buckets, agg, durations=durations)
+        return finish_aggregate(agg)
 
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
         steps = self._steps.get(execution_id, {})

@@ -1,10 +1,11 @@
-"""Query matching shared by the adapters that filter in Python (memory, Redis)."""
+"""Query matching and aggregation shared by the adapters that filter in Python (memory, Redis)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from .base import ExecutionQuery, ExecutionRecord
+from .base import DURATIONS_LIMIT, Aggregate, ExecutionQuery, ExecutionRecord, TimeBuckets
 
 R = TypeVar("R")
 
@@ -62,3 +63,25 @@ def sort_and_page(recs: list[ExecutionRecord], q: ExecutionQuery) -> list[Execut
     recs.sort(key=lambda r: r.id, reverse=q.order == "newest")
     end = None if q.limit is None else q.offset + q.limit
     return recs[q.offset : end]
+
+
+def fold(recs: Iterable[ExecutionRecord], q: ExecutionQuery, buckets: TimeBuckets, into: Aggregate, *, durations: bool) -> None:
+    """Add the matching records of `recs` to `into` (`Storage.aggregate`, for adapters
+    that aggregate in Python). Durations are sorted by `finish_aggregate`."""
+    for rec in recs:
+        i = buckets.index(getattr(rec, buckets.field))
+        if i is None or not matches(rec, q, paging=False):
+            continue
+        row = into.counts.get((rec.job_name, rec.status))
+        if row is None:
+            row = into.counts[(rec.job_name, rec.status)] = [0] * buckets.n
+        row[i] += 1
+        if durations and rec.status == "completed" and rec.started_at is not None and rec.completed_at is not None:
+            into.durations.setdefault(rec.job_name, []).append(rec.completed_at - rec.started_at)
+
+
+def finish_aggregate(agg: Aggregate) -> Aggregate:
+    for values in agg.durations.values():
+        del values[:-DURATIONS_LIMIT]
+        values.sort()
+    return agg

@@ -49,6 +49,7 @@ from ..errors import DqError, StorageBusyError, StorageLostError
 from . import redis_scripts as lua
 from .base import (
     STATUSES,
+    Aggregate,
     Batch,
     CommitResult,
     EventRecord,
@@ -57,9 +58,10 @@ from .base import (
     PipeMessage,
     StepRecord,
     Storage,
+    TimeBuckets,
     exception_chain,
 )
-from .query import matches, sort_and_page
+from .query import finish_aggregate, fold, matches, sort_and_page
 
 log = logging.getLogger(__name__)
 
@@ -499,6 +501,15 @@ class RedisStorage(Storage):
                 if matches(r, query, paging=False):
                     out[r.status] = out.get(r.status, 0) + 1
         return out
+
+    async def aggregate(self, query: ExecutionQuery, buckets: TimeBuckets, *, durations: bool = False) -> Aggregate:
+        """Folded here, chunk by chunk, as `count` does for filters the indexes do not
+        answer: the caller gets counts, never the records."""
+        agg = Aggregate()
+        oldest_first = dataclasses.replace(query, order="oldest", cursor=None, limit=None, offset=0)
+        async for chunk in self._scan(oldest_first, paging=False):
+            fold(chunk, query, buckets, agg, durations=durations)
+        return finish_aggregate(agg)
 
     async def _count_from_indexes(self, q: ExecutionQuery) -> dict[str, int]:
         statuses = list(dict.fromkeys(q.statuses if q.statuses is not None else STATUSES))

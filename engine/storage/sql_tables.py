@@ -5,10 +5,11 @@ Columns mirror the records of base.py. JSON values are TEXT (compact
 applies the MIGRATIONS newer than the version recorded in `schema_version`, in
 order, inside the caller's write transaction, and records each one.
 
-Migration 1 is `create_all` of the tables as declared below. Once a migration 2
-changes a table, freeze migration 1 as explicit DDL first (copy the DDL that
-`create_all` emits today), so that a fresh database and a migrated one end up
-with the same schema.
+Migration 1 is `create_all` of the tables as declared below. A later migration
+that changes a table must leave a fresh database and a migrated one with the same
+schema: migration 3 drops a column only where migration 1 created it (databases
+made before it). A migration that adds to a table would need migration 1 frozen
+as explicit DDL first (copy the DDL that `create_all` emits today).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Index, Integer, String, Table, Text, func, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field, SQLModel
 
@@ -54,7 +66,6 @@ class ExecutionRow(SQLModel, table=True):
     parent_id: str | None = None
     root_id: str | None = None
     priority: int = 0
-    concurrency_key: str | None = None
     created_at: int = Field(sa_type=BigInteger)
     run_at: int = Field(sa_type=BigInteger)
     started_at: int | None = Field(default=None, sa_type=BigInteger)
@@ -277,10 +288,19 @@ def _partial_lineage_indexes(conn: Connection) -> None:
         )
 
 
+def _drop_concurrency_key(conn: Connection) -> None:
+    # Never written or read: concurrency keys live in the limit state. Migration 1
+    # (create_all of today's tables) no longer creates it, so only databases made
+    # before this migration have it; both end with the same schema.
+    if "concurrency_key" in {c["name"] for c in inspect(conn).get_columns("executions")}:
+        conn.exec_driver_sql("ALTER TABLE executions DROP COLUMN concurrency_key")
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "initial schema", _initial),
     (2, "partial indexes on executions.parent_id and root_id", _partial_lineage_indexes),
+    (3, "drop the unused executions.concurrency_key column", _drop_concurrency_key),
 )
 
 

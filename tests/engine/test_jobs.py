@@ -219,9 +219,9 @@ async def test_with_storage_keeps_jobs_pipes_and_options() -> None:
 async def test_long_timeouts_are_enforced_by_the_watchdog(
     make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dq.engine import runtime
+    from dq.engine import attempt
 
-    monkeypatch.setattr(runtime, "_WATCHDOG_MIN_MS", 100)  # "long" from 100 ms on
+    monkeypatch.setattr(attempt, "_WATCHDOG_MIN_MS", 100)  # "long" from 100 ms on
 
     @create_job(name="stuck", timeout="500ms", retry=0)
     async def stuck(data: Any) -> None:

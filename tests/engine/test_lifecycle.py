@@ -106,6 +106,32 @@ async def test_cancel_running_sleeping_and_pending(make_queue: Callable[..., Que
     assert ("cancel", "user asked") in settled
 
 
+async def test_cancel_right_after_start_ends_the_execution(make_queue: Callable[..., Queue]) -> None:
+    """Regression: cancelling a task that had not begun dropped its coroutine, so no
+    handler ever ended the execution: it stayed running with its lease renewed."""
+    cancelled: list[Any] = []
+
+    @create_job(name="quick", on_cancel=lambda data, reason: cancelled.append((data, reason)))
+    async def quick(data: int) -> None:
+        await run("block", asyncio.Event().wait)
+
+    queue = make_queue([quick])
+    async with queue:
+        ex = await queue.jobs.quick.start(1)
+        assert await ex.cancel("at once")
+        with pytest.raises(CancelledError):
+            await asyncio.wait_for(ex.result(), 10)
+        other = await queue.jobs.quick.start(2)
+        assert await queue.jobs.quick.cancel(2, "by input") == 1
+        with pytest.raises(CancelledError):
+            await asyncio.wait_for(other.result(), 10)
+        for done in (ex, other):
+            await done.refresh()
+            assert done.status == "cancelled"
+        assert await queue.jobs.get_all(status="running") == []
+    assert sorted(cancelled) == [(1, "at once"), (2, "by input")]
+
+
 async def test_cancelling_a_parent_cancels_its_children(make_queue: Callable[..., Queue]) -> None:
     @create_job(name="kid")
     async def kid(data: Any) -> None:

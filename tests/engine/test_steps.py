@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from dq import (
     Queue,
     TimeoutError,
     create_job,
+    current_execution,
     run,
     sleep,
 )
@@ -142,6 +144,33 @@ def builtins_timeout() -> type[BaseException]:
     import builtins
 
     return builtins.TimeoutError
+
+
+async def test_a_sync_step_runs_in_a_thread_and_never_blocks_the_loop(make_queue: Callable[..., Queue]) -> None:
+    """Regression: sync step functions ran on the event loop, so a blocking call froze
+    every execution (and lease renewal). This one blocks until the loop itself answers:
+    on the loop it could only time out."""
+    released = threading.Event()
+    seen: list[tuple[bool, str]] = []
+
+    def blocking() -> bool:
+        # The job's contextvars come along into the thread.
+        seen.append((threading.current_thread() is threading.main_thread(), current_execution().id))
+        return released.wait(10)
+
+    @create_job(name="blocks")
+    async def blocks(data: Any) -> bool:
+        return bool(await run("block", blocking))
+
+    queue = make_queue([blocks])
+    async with queue:
+        ex = await queue.jobs.blocks.start(None)
+        loop = asyncio.get_running_loop()
+        while not seen:  # the loop keeps turning while the step blocks its thread
+            await asyncio.sleep(0.01)
+        loop.call_soon(released.set)
+        assert await ex.result() is True
+    assert seen == [(False, ex.id)]
 
 
 async def test_nondeterminism_is_detected(make_queue: Callable[..., Queue]) -> None:

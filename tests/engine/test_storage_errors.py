@@ -28,15 +28,15 @@ class Failing:
         self.failures = 0
         self.raised = 0
         self.error = error
-        commit_now = getattr(storage, "commit_now", None)
-        if commit_now is not None:  # memory: the committer calls it directly
+        if storage.synchronous_commit:  # memory: the committer calls commit_now directly
+            commit_now = storage.commit_now
 
             def failing_now(batch: Batch) -> CommitResult:
                 self._maybe_fail()
                 result: CommitResult = commit_now(batch)
                 return result
 
-            storage.commit_now = failing_now  # type: ignore[attr-defined]
+            storage.commit_now = failing_now  # type: ignore[method-assign]
         commit = storage.commit
 
         async def failing(batch: Batch) -> CommitResult:

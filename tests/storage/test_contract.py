@@ -18,6 +18,7 @@ from dq.engine.storage.base import (
     PipeMessage,
     StepRecord,
     Storage,
+    TimeBuckets,
 )
 from dq.engine.storage.query import matches, sort_and_page
 
@@ -59,7 +60,6 @@ async def test_create_and_get_round_trips_every_field(storage: Storage) -> None:
         parent_id="P1",
         root_id="R1",
         priority=5,
-        concurrency_key="k",
         created_at=1_700_000_000_000,
         run_at=1_700_000_000_500,
         started_at=1_700_000_000_600,
@@ -616,6 +616,28 @@ async def test_query_examples(storage: Storage, dataset: list[ExecutionRecord]) 
     }
 
 
+async def test_aggregate_counts_per_job_status_and_window(storage: Storage, dataset: list[ExecutionRecord]) -> None:
+    """The charts' query: counts (and run times), no records. Answers spelled out."""
+    by_created = await storage.aggregate(ExecutionQuery(), TimeBuckets("created_at", 100, 200, 3), durations=True)
+    assert by_created.counts == {
+        ("ingest", "completed"): [1, 0, 0],
+        ("ingest", "failed"): [1, 0, 0],
+        ("transcode", "running"): [0, 1, 0],
+        ("transcode", "pending"): [0, 1, 0],
+        ("notify", "waiting"): [0, 0, 1],
+        ("notify", "cancelled"): [0, 0, 1],
+    }  # 01G (700) and x-abc (800) lie past the last window
+    assert by_created.durations == {"ingest": [40]}
+    settled = ExecutionQuery(statuses=["completed", "failed"], limit=1, cursor="01A")  # paging ignored
+    by_completed = await storage.aggregate(settled, TimeBuckets("completed_at", 0, 400, 2))
+    assert by_completed.counts == {("ingest", "completed"): [1, 1], ("ingest", "failed"): [1, 0]}
+    assert by_completed.durations == {}
+    notify = await storage.aggregate(ExecutionQuery(job_names=["notify"]), TimeBuckets("created_at", 0, 1000, 1))
+    assert notify.counts == {("notify", "waiting"): [1], ("notify", "cancelled"): [1]}
+    empty = await storage.aggregate(ExecutionQuery(), TimeBuckets("created_at", 10_000, 60_000, 5))
+    assert empty.counts == {} and empty.durations == {}
+
+
 async def test_cursor_pagination_walks_every_execution_once(
     storage: Storage, dataset: list[ExecutionRecord]
 ) -> None:
@@ -762,7 +784,7 @@ def test_records_have_the_fields_this_suite_knows() -> None:
     """A field added to a record must be added to the round-trip test above."""
     assert [f.name for f in dataclasses.fields(ExecutionRecord)] == [
         "id", "job_name", "status", "input", "output", "error", "retry_count", "parent_id",
-        "root_id", "priority", "concurrency_key", "created_at", "run_at", "started_at",
+        "root_id", "priority", "created_at", "run_at", "started_at",
         "completed_at", "worker_id", "lease_until", "token", "control", "wait_reason",
         "current_step",
     ]  # fmt: skip

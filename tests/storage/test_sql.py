@@ -84,6 +84,30 @@ async def test_schema_is_created_versioned_and_migrated_only_once(fresh: Fresh) 
     await again.aclose()
 
 
+async def test_migration_3_drops_the_unused_concurrency_key_column(fresh: Fresh) -> None:
+    """A database made before migration 3 (it had the column) ends with the same
+    schema as a fresh one, its executions intact."""
+    old = fresh()
+    await old.open()
+    async with old.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE executions ADD COLUMN concurrency_key VARCHAR")
+        await conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 3")
+    await old.commit(Batch(executions=[execution("A", priority=2)]))
+    await old.aclose()
+
+    def columns(conn: Connection) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns("executions")}
+
+    migrated = fresh()
+    await migrated.open()
+    async with migrated.engine.connect() as conn:
+        assert "concurrency_key" not in await conn.run_sync(columns)
+    assert [v for v, _d, _at in await version_rows(migrated)] == [v for v, _d, _f in sql_tables.MIGRATIONS]
+    rec = await migrated.get_execution("A")
+    assert rec is not None and rec.priority == 2
+    await migrated.aclose()
+
+
 async def test_schema_matches_the_table_classes(fresh: Fresh) -> None:
     storage = fresh()
     await storage.open()

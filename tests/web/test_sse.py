@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from dq import Queue
+from dq import Queue, create_job, create_memory_storage, create_queue, run
 from dq.app import create_app
 from dq.web import Settings
 
@@ -94,6 +94,47 @@ async def test_a_too_old_resume_point_is_resynced(queue: Queue) -> None:
     expected = [e.seq for e in await ex.events() if e.seq > 1]
     assert reader.event_seqs == expected
     assert 'id="exec-head"' in reader.text()
+
+
+async def test_a_resync_shows_the_live_step_of_running_rows() -> None:
+    """Regression: the resync of the executions list rendered rows from storage alone,
+    whose `current_step` is written only when an execution suspends or ends, so a
+    running row showed a stale step after a resync (the full page and the hub's tick
+    did fill it in from the events)."""
+    release = asyncio.Event()
+
+    @create_job(name="holds")
+    async def holds(data: None) -> None:
+        await run("first", lambda: 1)
+        await run("hold_here", release.wait)
+
+    @create_job(name="quick")
+    async def quick(data: None) -> None:
+        pass
+
+    queue = create_queue(jobs=[holds, quick], storage=create_memory_storage(), shutdown_grace="200ms")
+    settings = Settings(**{**FAST, "replay_ticks": 1})  # type: ignore[arg-type]
+    async with LiveServer(create_app(queue, settings=settings)) as live:
+        ex = await queue.jobs.holds.start(None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not any(s.key == "hold_here" for s in await queue.storage.get_steps(ex.id)):
+            assert loop.time() < deadline, "the step never started"
+            await asyncio.sleep(0.02)
+        stored = await queue.storage.get_execution(ex.id)
+        assert stored is not None and stored.current_step != "hold_here"  # what storage alone says
+        for _ in range(3):  # separate ticks move the ring past seq 1: the client below is resynced
+            await queue.jobs.quick.run(None)
+            await asyncio.sleep(0.15)
+        async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+            async with http.stream("GET", "/live?page=executions&after=1") as res:
+                reader = Reader()
+                await reader.read(res, until=loop.time() + 3, stop_when=lambda r: f"row-{ex.id}" in r.text())
+        release.set()
+        await settle(queue, ex.id)
+    row = reader.text().split(f'id="row-{ex.id}"', 1)[1].split("</tr>", 1)[0]
+    assert 'id="exec-rows"' in reader.text()  # the resync's whole table body
+    assert "hold_here" in row, row
 
 
 async def test_keep_alive_ping_and_released_clients(queue: Queue) -> None:

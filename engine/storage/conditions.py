@@ -1,0 +1,53 @@
+"""The pure "does this batch apply" decision, written once for the adapters that decide
+in Python (memory, SQL); Redis makes the same decision inside its COMMIT script
+(redis_scripts.py), where Python cannot run. The contract is `Storage.commit`'s.
+
+1. Every `Batch.expect` key must hold its value, or nothing applies (`conflict`).
+2. A fenced execution whose stored token differs from the writer's is refused:
+   none of its updates, steps or events apply.
+3. An update applies when its execution exists, is not refused, still has the
+   token it names (if any) and one of the statuses it names (if any). Updates
+   apply in batch order, so a later update sees the state an earlier one left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .base import ExecutionUpdate
+
+
+class Current(Protocol):
+    """What the conditions read of a stored execution (a record, or a row's columns)."""
+
+    token: int
+    status: str
+    control: str | None
+
+
+def expectations_fail(expect: Mapping[str, Any], state_now: Callable[[str], Any]) -> bool:
+    """Whether a compare-and-set precondition does not hold (JSON values compare by equality)."""
+    return any(state_now(key) != value for key, value in expect.items())
+
+
+def refused_fences(
+    fences: Mapping[str, int], current: Callable[[str], Current | None], refused: set[str]
+) -> set[str]:
+    """Add to `refused` (and return it) the fenced executions whose writer's token is
+    stale, or that do not exist."""
+    for eid, token in fences.items():
+        cur = current(eid)
+        if cur is None or cur.token != token:
+            refused.add(eid)
+    return refused
+
+
+def update_applies(upd: ExecutionUpdate, cur: Current | None, refused: set[str]) -> bool:
+    """Whether `upd` applies to the execution as it stands now."""
+    return (
+        cur is not None
+        and upd.id not in refused
+        and (upd.token is None or cur.token == upd.token)
+        and (upd.statuses is None or cur.status in upd.statuses)
+    )
