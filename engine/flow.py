@@ -16,12 +16,13 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .event_schema import EventKind
 from .ids import now_ms
 from .limits import Limit, resolve_concurrency, resolve_timed
 from .serialize import load_typed
 from .slots import Decision, Ledger, Request, state_key
 from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
-from .transitions import hand_over
+from .transitions import debounce_merge, hand_over
 
 if TYPE_CHECKING:
     from .job import Job
@@ -198,7 +199,7 @@ class FlowControl:
     async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, str]:
         """The writes that trigger `rec` (and the id of the execution that will answer it).
         With debounce, a trigger may instead update the pending execution of its key."""
-        trigger = EventRecord(rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at)
+        trigger = EventRecord(rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at)
         d = resolve_timed(job.name, job.options.debounce, typed, "debounce")
         if d is None:
             return Batch(executions=[rec], events=[trigger]), rec.id
@@ -209,7 +210,7 @@ class FlowControl:
         if d.mode == "leading":
             if state is not None and within_timeout and now < state["until"]:
                 new = {**state, "until": now + d.interval_ms}
-                absorbed = EventRecord(state["execution"], job.name, "debounced", {"input": rec.input, "mode": "leading"}, now)
+                absorbed = EventRecord(state["execution"], job.name, EventKind.DEBOUNCED, {"input": rec.input, "mode": "leading"}, now)
                 return Batch(events=[absorbed], state={key: new}, expect={key: state}), state["execution"]
             new = {"execution": rec.id, "first": now, "until": now + d.interval_ms}
             return Batch(executions=[rec], events=[trigger], state={key: new}, expect={key: state}), rec.id
@@ -220,10 +221,9 @@ class FlowControl:
                 run_at = min(run_at, state["first"] + d.timeout_ms)
             existing = await self.storage.get_execution(state["execution"])
             if existing is not None and existing.status == "pending":
-                update = ExecutionUpdate(existing.id, {"input": rec.input, "run_at": run_at}, statuses=("pending",))
-                merged = EventRecord(existing.id, job.name, "debounced", {"input": rec.input, "mode": "trailing", "run_at": run_at}, now)
-                new = {**state, "last": now}
-                return Batch(updates=[update], events=[merged], state={key: new}, expect={key: state}), existing.id
+                batch = debounce_merge(existing, rec.input, run_at=run_at, now=now).batch()
+                batch.state, batch.expect = {key: {**state, "last": now}}, {key: state}
+                return batch, existing.id
         rec.run_at = now + d.interval_ms if d.timeout_ms is None else now + min(d.interval_ms, d.timeout_ms)
         rec.wait_reason = f"debounced ({d.mode}, {d.interval_ms} ms)"
         new = {"execution": rec.id, "first": now}

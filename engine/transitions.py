@@ -287,6 +287,15 @@ def due_now(execution_id: str, *, now: int) -> Transition:
     return Transition(ExecutionUpdate(execution_id, {"run_at": now}, statuses=("pending",)))
 
 
+def debounce_merge(rec: ExecutionRecord, input: Any, *, run_at: int, now: int) -> Transition:
+    """A trailing debounce: a new trigger's input replaces the pending execution's, which
+    now runs at `run_at`."""
+    return _idle(
+        rec, {"input": input, "run_at": run_at}, ("pending",),
+        EventRecord(rec.id, rec.job_name, EventKind.DEBOUNCED, {"input": input, "mode": "trailing", "run_at": run_at}, now),
+    )  # fmt: skip
+
+
 # -- requests from any process -------------------------------------------------------------
 def request(rec: ExecutionRecord, control: Control | None, *, now: int, event: tuple[str, dict[str, Any]] | None = None) -> Transition:
     """Ask the holder of a running execution to pause or cancel (or withdraw a pause:
