@@ -14,6 +14,10 @@ build an execution's fields by hand.
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
                                              atomic statement each), or `claim_new` for an
                                              execution its creator stores already claimed
+    pending -> running                       hand_over(): a released slot claims the waiter
+                                             parked here, in the release's own write
+    pending (due now)                        due_now(): a waiter granted a slot elsewhere
+    pending (new input, run_at)              debounce_merge(): a trailing debounce's trigger
     running (held elsewhere) -> (request)    request(): a stored `Control` its holder
                                              reads at its next commit or lease renewal
     lose lease                               nothing is written: the holder's token is
