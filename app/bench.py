@@ -1,4 +1,8 @@
-"""`dq-ui bench`: enqueue N jobs of K no-op `run` steps, drain them, report jobs/s and steps/s."""
+"""`dq-ui bench`: enqueue N jobs of K no-op `run` steps, drain them, report jobs/s and steps/s.
+
+The limit flags measure what flow control costs: the same workload with a job
+`concurrency`, a step `run(..., concurrency=N)` or per-key limits (`--keys`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dq import create_job, create_queue, run, storage_from_url
@@ -18,16 +23,44 @@ from dq.engine.storage.base import Storage
 
 from .gc_tuning import tune_gc
 
+#: How the jobs are started: one `start_many` (bulk), all `start()` calls at once
+#: (`asyncio.gather`), or one `start()` after the other (sequential).
+START_MODES = ("bulk", "gather", "sequential")
+
+
+@dataclass(frozen=True)
+class Workload:
+    jobs: int
+    steps: int = 1
+    #: Queue `concurrency`: executions in flight in the whole queue.
+    in_flight: int | None = None
+    #: Job `concurrency=N` (with `keys`: the limit of each key).
+    job_concurrency: int | None = None
+    #: Step `run("noop", ..., concurrency=N)`.
+    step_concurrency: int | None = None
+    #: Per-key limits: job i belongs to key i % keys.
+    keys: int | None = None
+    start: str = "bulk"
+
 
 async def _noop() -> None:
     return None
 
 
-def _make_job(steps: int) -> Any:
-    @create_job(name="bench", retry=0)
+def _concurrency(w: Workload) -> Any:
+    if w.keys:
+        limit = w.job_concurrency or 1
+        return lambda d: {"id": f"k{d % w.keys}", "limit": limit}
+    return w.job_concurrency
+
+
+def _make_job(w: Workload) -> Any:
+    steps, step_concurrency = w.steps, w.step_concurrency
+
+    @create_job(name="bench", retry=0, concurrency=_concurrency(w))
     async def bench(data: Any) -> int:
         for _ in range(steps):
-            await run("noop", _noop)
+            await run("noop", _noop, concurrency=step_concurrency)
         return steps
 
     return bench
@@ -43,50 +76,74 @@ def _fresh_storage(url: str, run_no: int) -> tuple[Storage, str | None]:
     return storage_from_url(url), None
 
 
-async def _one_run(url: str, jobs: int, steps: int, in_flight: int | None, run_no: int) -> float:
+async def _one_run(url: str, w: Workload, run_no: int) -> tuple[float, float]:
     storage, path = _fresh_storage(url, run_no)
     try:
-        return await _timed_run(storage, jobs, steps, in_flight)
+        return await timed_run(storage, w)
     finally:
         if path is not None:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
-async def _timed_run(storage: Storage, jobs: int, steps: int, in_flight: int | None) -> float:
-    queue = create_queue(jobs=[_make_job(steps)], storage=storage, concurrency=in_flight)
+async def timed_run(storage: Storage, w: Workload) -> tuple[float, float]:
+    """Seconds until every job settled, and seconds spent starting them."""
+    queue = create_queue(jobs=[_make_job(w)], storage=storage, concurrency=w.in_flight)
     async with queue:
         runtime = await queue.started()
+        job: Any = queue.jobs.bench
         t0 = time.perf_counter()
-        executions = await queue.jobs.bench.start_many(range(jobs))
+        if w.start == "bulk":
+            executions = await job.start_many(range(w.jobs))
+        elif w.start == "gather":
+            executions = await asyncio.gather(*(job.start(i) for i in range(w.jobs)))
+        else:
+            executions = [await job.start(i) for i in range(w.jobs)]
+        started = time.perf_counter() - t0
         done = await asyncio.gather(*await runtime.settled([e.id for e in executions]))
         elapsed = time.perf_counter() - t0
-        if any(r.status != "completed" or r.output != steps for r in done):
+        if any(r.status != "completed" or r.output != w.steps for r in done):
             raise RuntimeError("bench: a job did not complete with the expected result")
-    return elapsed
+    return elapsed, started
 
 
-def measure(url: str, jobs: int, steps: int, runs: int = 3, in_flight: int | None = None) -> dict[str, Any]:
-    times = [asyncio.run(_one_run(url, jobs, steps, in_flight, i)) for i in range(runs)]
-    median = statistics.median(times)
+def measure(url: str, w: Workload, runs: int = 3) -> dict[str, Any]:
+    timings = [asyncio.run(_one_run(url, w, i)) for i in range(runs)]
+    median = statistics.median(t for t, _ in timings)
+    start_median = statistics.median(s for _, s in timings)
     return {
         "storage": url.split("://", 1)[0],
-        "jobs": jobs,
-        "steps": steps,
+        "jobs": w.jobs,
+        "steps": w.steps,
         "runs": runs,
+        "start": w.start,
+        "concurrency": w.in_flight,
+        "job_concurrency": w.job_concurrency,
+        "step_concurrency": w.step_concurrency,
+        "keys": w.keys,
         "median_s": round(median, 4),
-        "jobs_per_s": round(jobs / median, 1),
-        "steps_per_s": round(jobs * steps / median, 1),
+        "jobs_per_s": round(w.jobs / median, 1),
+        "steps_per_s": round(w.jobs * w.steps / median, 1),
+        "starts_per_s": round(w.jobs / start_median, 1) if start_median > 0 else None,
     }
+
+
+def workload(args: argparse.Namespace) -> Workload:
+    for flag in ("jobs", "steps", "concurrency", "job_concurrency", "step_concurrency", "keys"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "steps" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'steps' else 1}, got {value}")
+    if args.step_concurrency is not None and args.steps < 1:
+        raise ValueError("--step-concurrency needs --steps of at least 1")
+    return Workload(
+        args.jobs, args.steps, args.concurrency, args.job_concurrency, args.step_concurrency, args.keys, args.start
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     url = args.storage
     try:
         storage_from_url(url if url != "sqlite:///" else "sqlite:///x.db")
-    except ValueError as exc:
-        print(f"dq-ui bench: {exc}")
-        return 2
-    try:
+        w = workload(args)
         gc_mode = tune_gc(args.gc)
     except ValueError as exc:
         print(f"dq-ui bench: {exc}")
@@ -94,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.worker_concurrency < 1:
         print("dq-ui bench: --workers must be >= 0 and --worker-concurrency >= 1")
         return 2
-    result = measure(url, args.jobs, args.steps, args.runs, args.concurrency)
+    result = measure(url, w, args.runs)
     result["gc"] = gc_mode
     result["gc_thresholds"] = list(gc.get_threshold())
     if args.workers:
@@ -102,10 +159,10 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{'storage':<10} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10} {'gc':>6}")
+        print(f"{'storage':<10} {'jobs':>7} {'steps':>6} {'median s':>9} {'jobs/s':>10} {'steps/s':>10} {'starts/s':>10} {'gc':>8}")
         print(
             f"{result['storage']:<10} {result['jobs']:>7} {result['steps']:>6} {result['median_s']:>9.3f} "
-            f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f} {gc_mode:>6}"
+            f"{result['jobs_per_s']:>10.0f} {result['steps_per_s']:>10.0f} {result['starts_per_s'] or 0:>10.0f} {gc_mode:>8}"
         )
     return 0
 

@@ -44,7 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage", default="memory://")
     bench.add_argument("--jobs", type=int, default=2000)
     bench.add_argument("--steps", type=int, default=1)
-    bench.add_argument("--concurrency", type=int, default=None, help="jobs in flight (default: all)")
+    bench.add_argument("--concurrency", type=int, default=None, help="queue concurrency: jobs in flight (default: all)")
+    bench.add_argument("--job-concurrency", type=int, default=None, metavar="N", help="the job's concurrency=N")
+    bench.add_argument(
+        "--step-concurrency", type=int, default=None, metavar="N", help="each step's run(..., concurrency=N)"
+    )
+    bench.add_argument(
+        "--keys", type=int, default=None, metavar="K",
+        help="per-key limits: job i in key i %% K, limit --job-concurrency (default 1) per key",
+    )  # fmt: skip
+    bench.add_argument(
+        "--start", choices=("bulk", "gather", "sequential"), default="bulk",
+        help="start_many (bulk), all start() calls at once (gather), or one after another",
+    )  # fmt: skip
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print one JSON line")
     bench.add_argument("--workers", type=int, default=0,

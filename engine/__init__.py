@@ -8,6 +8,7 @@ from .errors import (
     DqError,
     JobError,
     NonDeterminismError,
+    StorageBusyError,
     TimeoutError,
     ValidationError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Queue",
     "ResourceLimitError",
     "Storage",
+    "StorageBusyError",
     "TimeoutError",
     "ValidationError",
     "create_job",

@@ -123,6 +123,12 @@ class Committer:
             for item in items:
                 await self._commit_group([item])
             return
+        if result.conflict and len(items) > 1:
+            # A compare-and-set that lost must not undo its neighbours: nothing was
+            # written, so each goes again on its own (rare: another process wrote first).
+            for item in items:
+                await self._commit_group([item])
+            return
         offset = 0
         for batch, fut in items:
             n = len(batch.updates)
@@ -149,10 +155,16 @@ def _take_group(
     """The longest prefix whose fences agree (a stale and a fresh holder of one
     execution must not share a transaction, or the fresh one would be refused)."""
     fences: dict[str, int] = {}
+    touched: set[str] = set()  # state keys written or expected so far
+    expected: set[str] = set()
     for i, (batch, _) in enumerate(queue):
-        if batch.expect:
-            # A conditional batch commits alone: its conflict must not undo its neighbours.
-            return (queue[:1], queue[1:]) if i == 0 else (queue[:i], queue[i:])
+        # Conditional batches share the transaction (a conflict: see _commit_group) as
+        # long as none touches a state key that another batch of the group touches.
+        keys = set(batch.state) | set(batch.expect)
+        if keys & (touched if batch.expect else expected):
+            return queue[:i], queue[i:]
+        touched |= keys
+        expected |= set(batch.expect)
         for eid, token in batch.fences.items():
             if fences.setdefault(eid, token) != token:
                 return queue[:i], queue[i:]
@@ -162,7 +174,7 @@ def _take_group(
 def _merge(batches: list[Batch]) -> Batch:
     out = Batch()
     for b in batches:
-        assert not b.expect, "conditional batches are never merged"
+        out.expect.update(b.expect)
         out.executions.extend(b.executions)
         out.updates.extend(b.updates)
         out.steps.extend(b.steps)

@@ -61,6 +61,11 @@ class StorageLostError(DqError):
     persistence). Raised instead of carrying on as if the queue were empty."""
 
 
+class StorageBusyError(DqError, builtins.TimeoutError):
+    """No storage connection became free within the adapter's acquire timeout: the
+    call was not sent, so nothing of it was written. Safe to call again later."""
+
+
 class StoredError(JobError):
     """An error whose class is not rebuilt from storage (unknown, or not allowed: see
     `error_from_dict`): its type name, message and traceback, as text."""

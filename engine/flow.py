@@ -1,37 +1,53 @@
 """Flow control at run time: concurrency slots, rate windows, throttle and debounce.
 
-Concurrency and throttle gate the *start* of an execution: after a claim, the
-runtime takes a slot (or a window start); when it can't, the execution goes back
-to pending with the reason and the time worth retrying. Debounce acts when an
-execution is *triggered*: a trigger cancels the pending one it supersedes. Every decision is one
-compare-and-set on a state key (`Batch.expect`), so it holds across processes.
+Concurrency, rate windows and throttle gate the *start* of an execution: the
+runtime asks the admission ledger (`slots.Ledger`) for everything the job's
+options require at once. Refused, the execution goes back to pending in the
+same write, as a waiter: a released slot is handed to the next waiter
+(priority, then first come) and wakes it; a rate window or throttle reserves
+the waiter's own start time and wakes it then. Debounce acts when an execution
+is *triggered*: a trigger cancels the pending one it supersedes. Every decision is a
+compare-and-set on the state keys (`Batch.expect`), so it holds across processes.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import CancelledError, error_to_dict
+from .event_schema import EventKind
 from .ids import now_ms
-from .limits import Limit, Timed, resolve_concurrency, resolve_timed, window_admits
+from .limits import Limit, resolve_concurrency, resolve_timed
 from .serialize import load_typed
-from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord
-from .transitions import Transition, supersede
+from .slots import Decision, Ledger, Request, state_key
+from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
+from .transitions import Transition, hand_over, supersede
 
 if TYPE_CHECKING:
     from .job import Job
     from .runtime import Runtime
 
-_CAS_TRIES = 50
+#: A waiting execution is due again this long after it was refused (the safety net
+#: for a lost hand-off), at least: `poll_interval` x this, if that is longer.
+WAITER_SAFETY_MS = 30_000
+_SAFETY_POLLS = 10
+#: A step waiting for a slot looks again this often at least (the safety net for a
+#: lost notification; on SQLite, how soon a slot another process gives back is seen).
+STEP_RECHECK_S = 1.0
+#: Waiters kept in memory for the in-process hand-off (beyond: claimed as usual).
+_PARKED_MAX = 100_000
 
 
 class Gate:
-    """The answer of `FlowControl.admit`: run now, or wait until `retry_at` because `reason`."""
+    """The answer of `FlowControl.admit`: run now, or wait until `retry_at` because
+    `reason`. `parked`: the execution was already put back to pending as a waiter."""
 
-    __slots__ = ("ok", "reason", "retry_at")
+    __slots__ = ("ok", "parked", "reason", "retry_at")
 
-    def __init__(self, ok: bool, retry_at: int = 0, reason: str | None = None) -> None:
-        self.ok, self.retry_at, self.reason = ok, retry_at, reason
+    def __init__(self, ok: bool, retry_at: int = 0, reason: str | None = None, parked: bool = False) -> None:
+        self.ok, self.retry_at, self.reason, self.parked = ok, retry_at, reason, parked
 
 
 OPEN = Gate(True)
@@ -40,6 +56,24 @@ OPEN = Gate(True)
 class FlowControl:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        poll_ms = int(runtime.poll_s * 1000)
+        self.ledger = Ledger(
+            get_state=lambda keys: self.storage.get_state(keys),
+            commit=lambda batch: runtime.committer.commit(batch),
+            running=self._statuses,
+            kick=runtime.kick,
+            recheck_s=max(STEP_RECHECK_S, runtime.poll_s),
+            far_ms=max(WAITER_SAFETY_MS, _SAFETY_POLLS * poll_ms),
+            claim_here=self._claim_here,
+            claimed_here=self._claimed_here,
+        )
+        #: Executions this process parked as waiters of one slot: (job, record, history).
+        self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any]]] = {}
+        #: No other live process shares the storage (looked at most once a second):
+        #: only then does a hand-over claim the waiter for this process itself; with
+        #: peers, the waiter is made due and whichever process is woken first runs it.
+        self.alone = True
+        self._peers_checked = 0
 
     @property
     def storage(self) -> Any:
@@ -57,108 +91,110 @@ class FlowControl:
         n = self.runtime.queue.concurrency
         return Limit("queue:" + ",".join(sorted(self.runtime.queue.definitions)), n) if n else None
 
-    # -- concurrency slots and rate windows --------------------------------------------------
-    async def take(self, limit: Limit, holder: str, live_id: str) -> Gate:
-        """Take a slot of `limit` for `holder` (whose execution is `live_id`)."""
-        key = ("slots:" if limit.window_ms is None else "rate:") + limit.key
-        for _ in range(_CAS_TRIES):
-            state = (await self.storage.get_state([key])).get(key)
-            now = now_ms()
-            if limit.window_ms is None:
-                holders = list((state or {}).get("holders", []))
-                if holder in holders:
-                    return OPEN
-                if len(holders) >= limit.limit:
-                    holders = await self._alive(holders)
-                    if len(holders) >= limit.limit:
-                        return Gate(False, now + self.runtime.slot_retry_ms, f"waiting for a slot: {limit.describe()}")
-                new: Any = {"holders": [*holders, holder]}
-            else:
-                ok, new, retry_at = window_admits(limit, state, now)
-                if not ok:
-                    return Gate(False, retry_at, f"rate limited: {limit.describe()}")
-            result = await self.runtime.committer.commit(Batch(state={key: new}, expect={key: state}))
-            if not result.conflict:
-                return OPEN
-        return Gate(False, now_ms() + self.runtime.slot_retry_ms, f"contended: {limit.describe()}")
+    async def _statuses(self, ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            query = ExecutionQuery(ids=ids[start : start + 500], statuses=["running", "pending"])
+            out.update((r.id, r.status) for r in await self.storage.query(query))
+        return out
 
-    async def _alive(self, holders: list[str]) -> list[str]:
-        """Holders whose execution is still running: a crashed, finished, suspended
-        or cancelled holder gives its slot back without having to say so."""
-        ids = sorted({h.split("|", 1)[0] for h in holders})
-        live = {r.id for r in await self.storage.query(ExecutionQuery(ids=ids, statuses=["running"]))}
-        return [h for h in holders if h.split("|", 1)[0] in live]
+    # -- in-process hand-off ---------------------------------------------------------------------
+    def _claim_here(self, holder: str, now: int) -> ExecutionUpdate | None:
+        """The write that claims a granted waiter parked here, if this process can run it now."""
+        entry = self.parked.get(holder)
+        rt = self.runtime
+        if entry is None or not self.alone or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
+            return None
+        return hand_over(entry[1], rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).update
+
+    def _claimed_here(self, holder: str, ok: bool) -> None:
+        entry = self.parked.pop(holder, None)
+        if entry is None or not ok:
+            return
+        job, rec, history = entry
+        rt = self.runtime
+        rec.status, rec.worker_id, rec.token = "running", rt.worker_id, rec.token + 1
+        rec.lease_until = now_ms() + rt.clock_offset_ms + rt.lease_ms
+        rec.control = None
+        rt.run_admitted(job, rec, history)
+
+    async def _look_for_peers(self) -> None:
+        now = now_ms()
+        if now - self._peers_checked < 1000:
+            return
+        self._peers_checked = now
+        rt = self.runtime
+        fresh = now + rt.clock_offset_ms - rt.lease_ms
+        self.alone = not any(
+            w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in await self.storage.list_workers()
+        )
+
+    # -- step slots ----------------------------------------------------------------------------
+    async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
+        """Wait for a slot of a step's `concurrency` (handed over when one is released)."""
+        await self.ledger.acquire_step(limit, holder, priority)
 
     async def give_back(self, limit: Limit, holder: str) -> None:
-        if limit.window_ms is not None:
-            return  # a start in a window stays counted for the window
-        key = "slots:" + limit.key
-        for _ in range(_CAS_TRIES):
-            state = (await self.storage.get_state([key])).get(key)
-            holders = list((state or {}).get("holders", []))
-            if holder not in holders:
-                return
-            holders.remove(holder)
-            new = {"holders": holders} if holders else None
-            result = await self.runtime.committer.commit(Batch(state={key: new}, expect={key: state}))
-            if not result.conflict:
-                self.runtime.kick()
-                return
+        if limit.window_ms is None:
+            await self.ledger.release(holder, [state_key(limit)])
 
     # -- gates at the start of a claimed execution ----------------------------------------------
-    async def admit(self, job: Job, rec: ExecutionRecord, first_start: bool) -> Gate:
+    async def admit(
+        self,
+        job: Job,
+        rec: ExecutionRecord,
+        first_start: bool,
+        park: Callable[[int, str], Batch] | None = None,
+        history: dict[str, Any] | None = None,
+    ) -> Gate:
         """Throttle and rate windows count starts: only an execution's first start.
-        Concurrency slots count what runs: every activation (resumes included)."""
+        Concurrency slots count what runs: every activation (resumes included).
+        Refused, `park(run_at, reason)`'s writes (back to pending) share the decision's write."""
+        await self._look_for_peers()
         typed = load_typed(job.options.input, rec.input)
         throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle") if first_start else None
-        if throttle is not None:
-            gate = await self._throttle(throttle, rec)
-            if not gate.ok:
-                return gate
+        limits: list[Limit] = []
         queue_limit = self._queue_limit()
         if queue_limit is not None:
-            gate = await self.take(queue_limit, rec.id, rec.id)
-            if not gate.ok:
-                return gate
+            limits.append(queue_limit)
         limit = resolve_concurrency(job.name, job.options.concurrency, typed)
         if limit is not None and (limit.window_ms is None or first_start):
-            gate = await self.take(limit, rec.id, rec.id)
-            if not gate.ok and queue_limit is not None:
-                await self.give_back(queue_limit, rec.id)
-            return gate
-        return OPEN
+            limits.append(limit)
+        if throttle is None and not limits:
+            return OPEN
+        # Rate windows first: a start waiting for its window holds no slot meanwhile.
+        limits.sort(key=lambda lim: lim.window_ms is None)
+        request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
+        single = throttle is None and len(limits) == 1 and limits[0].window_ms is None
+        if single and history is not None and len(self.parked) < _PARKED_MAX:
+            # Kept before the decision: a grant may come in the round right after it.
+            self.parked[rec.id] = (job, rec, history)
+        decision: Decision = await self.ledger.request(request)
+        if not decision.parked:
+            self.parked.pop(rec.id, None)
+        if decision.ok:
+            return OPEN
+        return Gate(False, decision.at, decision.reason, decision.parked)
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
+        fut = self.release_nowait(job, rec)
+        if fut is not None:
+            await fut
+
+    def release_nowait(self, job: Job, rec: ExecutionRecord) -> asyncio.Future[Decision] | None:
+        """Give back the execution's slots, queued at once (see `Ledger.release_nowait`)."""
+        keys: list[str] = []
         queue_limit = self._queue_limit()
         if queue_limit is not None:
-            await self.give_back(queue_limit, rec.id)
-        if job.options.concurrency is None:
-            return
-        try:
-            limit = resolve_concurrency(job.name, job.options.concurrency, load_typed(job.options.input, rec.input))
-        except Exception:  # the user's fn(input) failed: admit() reported it already
-            return
-        if limit is not None:
-            await self.give_back(limit, rec.id)
-
-    async def _throttle(self, t: Timed, rec: ExecutionRecord) -> Gate:
-        """At most one start per interval per key; `discard` drops what comes too early."""
-        key = "throttle:" + t.key
-        for _ in range(_CAS_TRIES):
-            state = (await self.storage.get_state([key])).get(key)
-            now = now_ms()
-            if state is not None and state.get("execution") == rec.id:
-                return OPEN  # this execution already took its turn (a replay after a crash)
-            next_at = int((state or {}).get("next", 0))
-            if now < next_at:
-                if t.mode == "discard":
-                    return Gate(False, -1, f"discarded by throttle ({t.interval_ms} ms for {t.key})")
-                return Gate(False, next_at, f"throttled: one start per {t.interval_ms} ms for {t.key}")
-            new = {"next": now + t.interval_ms, "execution": rec.id}
-            result = await self.runtime.committer.commit(Batch(state={key: new}, expect={key: state}))
-            if not result.conflict:
-                return OPEN
-        return Gate(False, now_ms() + self.runtime.slot_retry_ms, f"contended throttle for {t.key}")
+            keys.append(state_key(queue_limit))
+        if job.options.concurrency is not None:
+            try:
+                limit = resolve_concurrency(job.name, job.options.concurrency, load_typed(job.options.input, rec.input))
+            except Exception:  # the user's fn(input) failed: admit() reported it already
+                limit = None
+            if limit is not None and limit.window_ms is None:
+                keys.append(state_key(limit))
+        return self.ledger.release_nowait(rec.id, keys) if keys else None
 
     # -- debounce, when triggered ----------------------------------------------------------------
     async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, Transition | None]:
@@ -170,7 +206,7 @@ class FlowControl:
         runs at once unless the window of an earlier start is open; then it behaves as
         trailing. The update on the previous execution only applies while it is still
         pending: one claimed in the meantime runs (it started before this trigger)."""
-        trigger = EventRecord(rec.id, job.name, "trigger", {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at)
+        trigger = EventRecord(rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at)
         d = resolve_timed(job.name, job.options.debounce, typed, "debounce")
         if d is None:
             return Batch(executions=[rec], events=[trigger]), None

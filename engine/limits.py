@@ -167,16 +167,35 @@ _validators: dict[str, Callable[[Any], None]] = {
 }
 
 
-def window_admits(limit: Limit, state: Any, now: int) -> tuple[bool, Any, int]:
-    """For a rate limit: (admitted, new state, earliest retry time)."""
+def window_reserve(limit: Limit, state: Any, now: int, holder: str) -> tuple[int, Any]:
+    """For a rate limit: the time `holder` may start (now, or the moment the window
+    allows) and the new state, which records that start.
+
+    The state is `{"starts": [[t, holder], ...]}` in time order, future starts
+    included: each waiter reserves its own start, so waiters wake one by one at
+    their turn instead of all at once at the window's end. A holder that already
+    has a start keeps it (a replay after a crash does not take a second one).
+    Starts are handed out in arrival order: a later arrival never starts first.
+    """
     assert limit.window_ms is not None
+    window, most = limit.window_ms, limit.limit
+    starts = [s for s in (state or {}).get("starts", []) if isinstance(s, list) and len(s) == 2]
+    for at, who in starts:
+        if who == holder:
+            return int(at), state
     if limit.rolling:
-        starts = [t for t in (state or {}).get("starts", []) if t > now - limit.window_ms]
-        if len(starts) < limit.limit:
-            return True, {"starts": [*starts, now]}, now
-        return False, state, starts[0] + limit.window_ms
-    window = now - now % limit.window_ms
-    count = (state or {}).get("count", 0) if (state or {}).get("window") == window else 0
-    if count < limit.limit:
-        return True, {"window": window, "count": count + 1}, now
-    return False, state, window + limit.window_ms
+        # Any `window` of time holds at most `most` starts; older ones no longer count.
+        kept = [s for s in starts if s[0] > now - window]
+        at = now if not kept else max(now, kept[-1][0])
+        if len(kept) >= most:
+            at = max(at, kept[-most][0] + window)
+    else:
+        current = now - now % window
+        kept = [s for s in starts if s[0] >= current]
+        if not kept:
+            at = now
+        else:
+            last = kept[-1][0] - kept[-1][0] % window
+            used = sum(1 for s in kept if s[0] - s[0] % window == last)
+            at = max(now, last) if used < most else last + window
+    return at, {"starts": [*kept, [at, holder]]}

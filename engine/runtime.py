@@ -74,7 +74,6 @@ class Runtime:
         self.poll_s = queue.poll_interval_s
         self.max_active = queue.max_active
         self.short_sleep_ms = queue.short_sleep_ms
-        self.slot_retry_ms = max(10, min(250, int(self.poll_s * 1000)))
         self.flow = FlowControl(self)
         self.triggers = Triggers(self)
         self.cron = Cron(self)
@@ -112,6 +111,7 @@ class Runtime:
         await self.recover()
         await self._load_paused()
         self.storage.on_wakeup(self.kick)
+        self.storage.on_wakeup(self.flow.ledger.on_wakeup)
         for name, coro in (
             ("dispatch", self._dispatch_loop()),
             ("leases", self._lease_loop()),
@@ -233,7 +233,6 @@ class Runtime:
             not self.closing
             and job.name not in self.paused_jobs
             and len(self.contexts) < self.max_active
-            and not self.flow.gated(job)
             and job.options.debounce is None
         )
 
@@ -407,6 +406,12 @@ class Runtime:
     def _context(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> ExecutionContext:
         return context.ExecutionContext(self.queue, job, rec, history, self)
 
+    def run_admitted(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> None:
+        """Run an execution a released slot was handed to (already claimed by that write)."""
+        self.contexts[rec.id] = ctx = self._context(job, rec, history)
+        ctx.holds_slot = True
+        self._spawn(ctx, load_history=False)
+
     def _spawn(self, ctx: ExecutionContext, *, load_history: bool) -> None:
         task = asyncio.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
         ctx.task = task
@@ -427,10 +432,16 @@ class Runtime:
             if ctx.control is not None:  # asked before the task ran (see `interrupt`)
                 raise ctx.control.interrupt()
             typed_input = load_typed(job.options.input, rec.input)
-            if self.flow.gated(job):
+            if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 # A replay's reused steps are not a start of its own: its first run is.
                 first_start = rec.retry_count == 0 and all(s.job_attempt == REUSED for s in ctx.history.values())
-                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start))
+                park = lambda at, why: self._park(ctx, at, why)  # noqa: E731
+                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start, park, ctx.history))
+                if gate.parked:  # back to pending as a waiter, in the admission's own write
+                    ctx.finishing = True
+                    if self._timer is not None:
+                        self._timer.at(gate.retry_at)
+                    return
                 if not gate.ok:
                     await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
                     return
@@ -447,13 +458,25 @@ class Runtime:
         except Exception as exc:
             await attempt.attempt_failed(self, ctx, typed_input, exc)
         finally:
-            self.contexts.pop(rec.id, None)
+            if self.contexts.get(rec.id) is ctx:  # a hand-over may already run it anew
+                del self.contexts[rec.id]
             if ctx.control is not None and ctx.control.kind is ControlKind.UNAVAILABLE:
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
             if not self.closing:
                 self.kick()
+
+    def _release_early(self, ctx: ExecutionContext) -> None:
+        """The handler returned: its slot goes on while its end is written, so the two
+        writes share one transaction instead of following each other. (A crash before
+        that commit resumes the execution, which then takes a slot again.)"""
+        if not ctx.holds_slot or self.fatal_error is not None:
+            return
+        ctx.holds_slot = False
+        fut = self.flow.release_nowait(ctx.job, ctx.record)
+        if fut is not None:
+            fut.add_done_callback(lambda f: _log_release(ctx.id, f))
 
     async def _hold_back(self, ctx: ExecutionContext, typed_input: Any, retry_at: int, reason: str) -> None:
         """Not allowed to start yet: back to pending until `retry_at`, with the reason
@@ -465,6 +488,18 @@ class Runtime:
         first = ctx.record.wait_reason != reason
         event = (EventKind.QUEUED, {"reason": reason, "retry_at": retry_at}) if first else None
         await self.suspend(ctx, "pending", wait_reason=reason, run_at=retry_at, event=event)
+
+    def _park(self, ctx: ExecutionContext, run_at: int, reason: str) -> Batch:
+        """The writes that put an execution refused by admission back to pending until
+        `run_at` (what `suspend` writes), committed with the refusal itself."""
+        event = (EventKind.QUEUED, {"reason": reason, "retry_at": run_at}) if ctx.record.wait_reason != reason else None
+        change = suspend_transition(
+            ctx.holder, "pending", wait_reason=reason, current_step=ctx.record.current_step,
+            now=now_ms(), run_at=run_at, event=event,
+        )  # fmt: skip
+        batch = change.batch()
+        batch.fences[ctx.id] = ctx.record.token
+        return batch
 
     # -- the seam: what the executor asks of the state owner (seam.StateOwner) -------------
     def record(self, batch: Batch) -> None:
@@ -479,8 +514,8 @@ class Runtime:
     async def cancel(self, execution_id: str, reason: str | None = None) -> bool:
         return await self.queue.lifecycle.cancel(execution_id, reason)
 
-    async def take_slot(self, limit: Limit, holder: str, execution_id: str) -> bool:
-        return (await self.flow.take(limit, holder, execution_id)).ok
+    async def acquire_slot(self, limit: Limit, holder: str, priority: int) -> None:
+        await self.flow.acquire_step(limit, holder, priority)
 
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         await self.flow.give_back(limit, holder)
@@ -600,7 +635,10 @@ class Runtime:
         fields = change.update.fields
         status = fields.get("status")
         batch = change.batch()
-        later = self.triggers.downstream(job, fields.get("output"), batch) if status == "completed" else []
+        later = []
+        if status == "completed":
+            self._release_early(ctx)
+            later = self.triggers.downstream(job, fields.get("output"), batch)
         try:
             await self.commit_for(ctx, batch)
         except Interrupt:
@@ -723,6 +761,12 @@ async def _cancel_until_done(tasks: Collection[asyncio.Task[None]]) -> None:
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=0.1)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _log_release(execution_id: str, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        # It no longer runs: the next waiter's look at the holders frees the slot.
+        log.warning("dq: could not give back the slot of execution %s: %s", execution_id, fut.exception())
 
 
 def _pid_alive(pid: object) -> bool:

@@ -38,8 +38,6 @@ class StateOwner(Protocol):
     short_sleep_ms: int
     #: How often the executor polls for what the owner cannot push (waits).
     poll_s: float
-    #: How long a step waiting for a concurrency slot waits before asking again.
-    slot_retry_ms: int
     #: This process's id, written to `start` events.
     worker_id: str
 
@@ -111,9 +109,10 @@ class StateOwner(Protocol):
         that takes it) and the execution holding it while unexpired."""
 
     # -- flow control, hooks, wake-ups -------------------------------------------------------
-    async def take_slot(self, limit: Limit, holder: str, execution_id: str) -> bool:
-        """Take one of `limit`'s slots for `holder` (a step's `concurrency`); False when
-        none is free."""
+    async def acquire_slot(self, limit: Limit, holder: str, priority: int) -> None:
+        """Wait for one of `limit`'s slots for `holder` (a step's `concurrency`) and take it:
+        woken when a slot is given back (here or in another process), waiters admitted by
+        `priority`, then first come first served."""
 
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         """Give back the slot `holder` took."""

@@ -154,9 +154,7 @@ async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) ->
     owner = ctx.owner
     slot = Limit(f"step:{ctx.job.name}:{label}", limit)
     holder = f"{ctx.id}|{key}"
-    while not await owner.take_slot(slot, holder, ctx.id):
-        await _park(ctx, asyncio.sleep(owner.slot_retry_ms / 1000))
-        _boundary(ctx)
+    await _park(ctx, owner.acquire_slot(slot, holder, ctx.record.priority))
     try:
         yield
     finally:

@@ -15,6 +15,9 @@ build an execution's fields by hand.
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
                                              atomic statement each), or `claim_new` for an
                                              execution its creator stores already claimed
+    pending -> running                       hand_over(): a released slot claims the waiter
+                                             parked here, in the release's own write
+    pending (due now)                        due_now(): a waiter granted a slot elsewhere
     running (held elsewhere) -> (request)    request(): a stored `Control` its holder
                                              reads at its next commit or lease renewal;
                                              withdraw_pause() takes a pause request back
@@ -271,6 +274,22 @@ def release(h: Holder, *, current_step: str | None, now: int, reason: str) -> Tr
         "current_step": current_step, **_RELEASED,
     }  # fmt: skip
     return _held(h, fields, EventRecord(h.id, h.job_name, EventKind.RELEASED, {"reason": reason}, now), only_running=True)
+
+
+def hand_over(rec: ExecutionRecord, worker_id: str, *, now: int, lease_until: int) -> Transition:
+    """A released slot is handed to a waiter parked in this process: claimed (pending ->
+    running, the next fencing token) in the same write as the release."""
+    fields: ExecutionFields = {
+        "status": "running", "worker_id": worker_id, "token": rec.token + 1, "run_at": now,
+        "lease_until": lease_until,
+    }  # fmt: skip
+    return Transition(ExecutionUpdate(rec.id, fields, token=rec.token, statuses=("pending",)))
+
+
+def due_now(execution_id: str, *, now: int) -> Transition:
+    """A waiter granted a slot (or its reserved rate start) becomes due at once, for the
+    first process that claims it."""
+    return Transition(ExecutionUpdate(execution_id, {"run_at": now}, statuses=("pending",)))
 
 
 # -- requests from any process -------------------------------------------------------------

@@ -112,6 +112,9 @@ class ExecutionFields(TypedDict, total=False):
     control: str | None
     wait_reason: str | None
     current_step: str | None
+    #: Set only by a hand-over (`transitions.hand_over`), which claims a waiter in the
+    #: release's own write; other claims go through `Storage.claim`.
+    token: int
 
 
 @dataclass(slots=True)
@@ -420,7 +423,8 @@ class Storage(abc.ABC):
 
     def on_wakeup(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process makes work due (new, resumed or
-        woken executions, pipe messages). Adapters that can push (PostgreSQL
+        woken executions, pipe messages) or writes a concurrency slot's state
+        (`slots:*` keys: a slot handed to a step waiting here). Adapters that can push (PostgreSQL
         LISTEN/NOTIFY, Redis pub/sub) override this; the default relies on the
         runtime's polling fallback. The callback runs on the event loop and must
         not block; it may fire spuriously (e.g. once after each reconnect)."""

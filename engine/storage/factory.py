@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlparse
 
+from ..durations import parse_duration
 from .base import Storage
 
 
@@ -13,22 +15,36 @@ def create_memory_storage() -> Storage:
     return MemoryStorage()
 
 
-def create_sqlite_storage(path: str = "dq.db") -> Storage:
+def _bounds(max_connections: int | None, acquire_timeout: Any) -> dict[str, Any]:
+    """Connection bounds as the adapters take them (`acquire_timeout` is a Duration)."""
+    timeout_s = None if acquire_timeout is None else parse_duration(acquire_timeout, "acquire_timeout") / 1000
+    return {"max_connections": max_connections, "acquire_timeout_s": timeout_s}
+
+
+def create_sqlite_storage(
+    path: str = "dq.db", *, max_connections: int | None = None, acquire_timeout: Any = None
+) -> Storage:
     from .sql import SqlStorage
 
-    return SqlStorage.sqlite(path)
+    return SqlStorage.sqlite(path, **_bounds(max_connections, acquire_timeout))
 
 
-def create_postgres_storage(dsn: str) -> Storage:
+def create_postgres_storage(dsn: str, *, max_connections: int | None = None, acquire_timeout: Any = None) -> Storage:
     from .sql import SqlStorage
 
-    return SqlStorage.postgres(dsn)
+    return SqlStorage.postgres(dsn, **_bounds(max_connections, acquire_timeout))
 
 
-def create_redis_storage(url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "dq") -> Storage:
+def create_redis_storage(
+    url: str = "redis://127.0.0.1:6379/0",
+    *,
+    prefix: str = "dq",
+    max_connections: int | None = None,
+    acquire_timeout: Any = None,
+) -> Storage:
     from .redis import RedisStorage
 
-    return RedisStorage(url, prefix=prefix)
+    return RedisStorage(url, prefix=prefix, **_bounds(max_connections, acquire_timeout))
 
 
 def storage_from_url(url: str) -> Storage:

@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import DqError, StorageLostError
+from ..errors import DqError, StorageBusyError, StorageLostError
 from . import redis_scripts as lua
 from .base import (
     STATUSES,
@@ -147,17 +147,49 @@ def _job_filters(job_names: Sequence[str] | None, exclude_jobs: Sequence[str]) -
     return _dumps({"only": only, "exclude": list(exclude_jobs)})
 
 
+def _positive(value: float | None, name: str, default: float) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"redis storage: {name} must be a positive number, got {value!r}")
+    return value
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class _BoundedPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool: a call waits for a free connection (back-pressure)
+    instead of failing at once; past the wait timeout, dq's StorageBusyError."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, TimeoutError):
+                raise
+            raise StorageBusyError(
+                f"redis storage: no connection became free within {self.timeout} s "
+                f"(max_connections={self.max_connections}); nothing was sent"
+            ) from exc
 
 
 class RedisStorage(Storage):
     kind = "redis"
     durable = True
+    #: Connections this storage opens at most (the pub/sub listener has its own),
+    #: and how long a call waits for one before raising StorageBusyError.
+    max_connections = 32
+    acquire_timeout_s = 30.0
 
-    def __init__(self, url: str, *, prefix: str = "dq") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "dq", max_connections: int | None = None, acquire_timeout_s: float | None = None
+    ) -> None:
         self._url = url
         self._prefix = prefix
+        self.max_connections = _positive(max_connections, "max_connections", self.max_connections)
+        self.acquire_timeout_s = _positive(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s)
         self._epoch = ""
         self._client: aioredis.Redis | None = None
         self._sintercard = True  # Redis >= 7
@@ -191,7 +223,13 @@ class RedisStorage(Storage):
         # COMMIT whose first attempt did run would append its events twice or fail on
         # its own inserts, a retried CLAIM would strand what the first one took. A
         # connection error from a write means "outcome unknown", for the caller to judge.
-        client = aioredis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **options)
+        no_retry = Retry(NoBackoff(), 0)
+        pool = _BoundedPool.from_url(
+            self._url, max_connections=self.max_connections, timeout=self.acquire_timeout_s,
+            retry=no_retry, **options,
+        )  # fmt: skip
+        client = aioredis.Redis(connection_pool=pool, retry=no_retry)
+        client.auto_close_connection_pool = True  # it owns the pool: closing it closes the pool
         try:
             await self._check_eviction_policy(client)
             self._sintercard = await _server_version(client) >= (7, 0)
@@ -605,9 +643,10 @@ class RedisStorage(Storage):
                 log.exception("dq: a storage wakeup callback raised")
 
     async def _listen(self) -> None:
-        """Subscribe to `{prefix}:wakeup`; on a dropped connection, reconnect with
-        backoff and fire once, since wakeups may have been missed meanwhile."""
-        delay_s, connected_before = 0.05, False
+        """Subscribe to `{prefix}:wakeup`, and fire once when subscribed: wakeups
+        published before (while starting, or while a dropped connection was being
+        re-established with backoff) were missed."""
+        delay_s = 0.05
         while not self._closing:
             # A client of its own without retries: a drop surfaces here, not inside redis-py.
             client = aioredis.Redis.from_url(
@@ -617,9 +656,8 @@ class RedisStorage(Storage):
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._k("wakeup"))
-                if connected_before:
-                    self._fire()
-                connected_before, delay_s = True, 0.05
+                self._fire()
+                delay_s = 0.05
                 self.subscribed.set()
                 while not self._closing:
                     message = await pubsub.get_message(timeout=5.0)

@@ -281,6 +281,8 @@ if #b.m > 0 then
 end
 
 for _, kv in ipairs(b.k) do
+  -- a slot handed to a step waiting in another process: wake that process
+  if string.sub(kv[1], 1, 6) == 'slots:' then wake = true end
   if kv[2] == null then
     redis.call('HDEL', P .. ':state', kv[1])
   else

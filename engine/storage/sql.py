@@ -46,9 +46,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from ..errors import StorageBusyError
 from ..ids import now_ms
 from .base import (
     CLAIMABLE,
@@ -277,13 +280,42 @@ def _update_fields(upd_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dumps_opt(v) if k in JSON_EXECUTION_FIELDS else v for k, v in fields.items()}
 
 
+class BoundedPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's queue pool, sized explicitly: a call waits for a free connection
+    (back-pressure); past the pool's timeout, dq's StorageBusyError (nothing was sent)."""
+
+    def _do_get(self) -> Any:
+        try:
+            return super()._do_get()
+        except sa_exc.TimeoutError as exc:
+            raise StorageBusyError(
+                f"no database connection became free within {self.timeout()} s "
+                f"(pool size {self.size()}); nothing was sent"
+            ) from exc
+
+
+def positive(value: float | None, name: str, default: float) -> Any:
+    """A connection bound given by the user: a positive number, or the adapter's default."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"storage {name} must be a positive number, got {value!r}")
+    return value
+
+
 class SqlStorage(Storage):
     """Storage on a SQL database. Build it with `SqlStorage.sqlite(path)` or
     `SqlStorage.postgres(dsn)`; `open()` connects and migrates the schema."""
 
     kind = "sql"
+    #: Connections the pool holds at most, and how long a call waits for one
+    #: before raising StorageBusyError.
+    max_connections = 10
+    acquire_timeout_s = 30.0
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
+        self.max_connections = int(positive(max_connections, "max_connections", self.max_connections))
+        self.acquire_timeout_s = float(positive(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s))
         self._url = url
         self._engine: AsyncEngine | None = None
         self._compiled: _Compiled | None = None
@@ -297,17 +329,24 @@ class SqlStorage(Storage):
             # Retrieved here: its caller may have been cancelled and gone.
             log.debug("%s storage: write failed: %r", self.kind, task.exception())
 
+    def pool_options(self) -> dict[str, Any]:
+        """`create_async_engine` options that bound the connections (see BoundedPool)."""
+        return {
+            "poolclass": BoundedPool, "pool_size": self.max_connections, "max_overflow": 0,
+            "pool_timeout": self.acquire_timeout_s,
+        }  # fmt: skip
+
     @classmethod
-    def sqlite(cls, path: str) -> SqlStorage:
+    def sqlite(cls, path: str, **bounds: Any) -> SqlStorage:
         from .sql_sqlite import SqliteStorage
 
-        return SqliteStorage(str(path))
+        return SqliteStorage(str(path), **bounds)
 
     @classmethod
-    def postgres(cls, dsn: str) -> SqlStorage:
+    def postgres(cls, dsn: str, **bounds: Any) -> SqlStorage:
         from .sql_postgres import PostgresStorage
 
-        return PostgresStorage(dsn)
+        return PostgresStorage(dsn, **bounds)
 
     # --- dialect hooks ----------------------------------------------------
 
@@ -588,6 +627,8 @@ class SqlStorage(Storage):
                 writes.append(
                     sql.write_tuples("insert_messages", stmt, MESSAGE_COLUMNS, message_rows)
                 )
+        # A slot handed to a step waiting in another process: wake that process.
+        notify = notify or any(k.startswith("slots:") for k in batch.state)
         if notify and self._notify_sql is not None:
             writes.append((*self._notify_sql, False))
         await io.run(writes)

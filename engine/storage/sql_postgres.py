@@ -98,11 +98,13 @@ class PostgresStorage(SqlStorage):
         " WHERE id = 1 RETURNING events, messages"
     )
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
         url = make_url(dsn)
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise ValueError(f"not a PostgreSQL DSN: {dsn!r}")
-        super().__init__(url.set(drivername="postgresql+asyncpg"))
+        super().__init__(
+            url.set(drivername="postgresql+asyncpg"), max_connections=max_connections, acquire_timeout_s=acquire_timeout_s
+        )
         self._raw_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         # Our own NOTIFYs carry this payload, so that our listener can skip them.
         self._instance = new_id()
@@ -115,6 +117,7 @@ class PostgresStorage(SqlStorage):
         engine = create_async_engine(
             self._url,
             connect_args={"server_settings": {"idle_in_transaction_session_timeout": timeout}},
+            **self.pool_options(),
         )
         # Reads in autocommit: one round trip, no BEGIN/ROLLBACK around a SELECT.
         self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")

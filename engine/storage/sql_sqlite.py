@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from ..errors import StorageBusyError
 from ..ids import now_ms
 from .sql import CommitIO, SqlStorage, Write, log
 from .sql_tables import dumps
@@ -74,8 +75,11 @@ class SqliteStorage(SqlStorage):
         " WHERE key IN (SELECT value FROM json_each(?))"
     )
 
-    def __init__(self, path: str) -> None:
-        super().__init__(URL.create("sqlite+aiosqlite", database=path))
+    def __init__(self, path: str, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
+        super().__init__(
+            URL.create("sqlite+aiosqlite", database=path), max_connections=max_connections,
+            acquire_timeout_s=acquire_timeout_s,
+        )  # fmt: skip
         self.path = path
         # ":memory:" is one shared connection: reads must not interleave with a write.
         self._memory = path in ("", ":memory:")
@@ -85,7 +89,7 @@ class SqliteStorage(SqlStorage):
         self._writer_driver: Any = None
 
     def _create_engine(self) -> AsyncEngine:
-        engine = create_async_engine(self._url)
+        engine = create_async_engine(self._url, **({} if self._memory else self.pool_options()))
         busy_timeout_ms = int(self.busy_timeout_ms)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -158,7 +162,7 @@ class SqliteStorage(SqlStorage):
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock:
+        async with self._writing():
             conn, _ = await self._writer()
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
@@ -170,7 +174,7 @@ class SqliteStorage(SqlStorage):
 
     @asynccontextmanager
     async def _commit_txn(self) -> AsyncIterator[CommitIO]:
-        async with self._write_lock:
+        async with self._writing():
             _, driver = await self._writer()
             io = _AiosqliteIO(driver, begin="BEGIN IMMEDIATE")
             try:
@@ -179,6 +183,21 @@ class SqliteStorage(SqlStorage):
             except BaseException:
                 await self._rollback(driver.rollback)
                 raise
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """The one writer's turn, waited for at most `acquire_timeout_s`."""
+        try:
+            async with asyncio.timeout(self.acquire_timeout_s):
+                await self._write_lock.acquire()
+        except TimeoutError as exc:
+            raise StorageBusyError(
+                f"sqlite storage: the writer was not free within {self.acquire_timeout_s} s; nothing was written"
+            ) from exc
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     async def _before_close(self) -> None:
         async with self._write_lock:

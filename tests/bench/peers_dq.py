@@ -1,7 +1,7 @@
 """One timed dq run: `app.bench`'s workload (N jobs of K no-op `run` steps).
 
 Run by run_peers.py against a fresh store; prints one JSON line. It calls
-`app.bench._timed_run`, the code path behind `dq-ui bench`, with a storage
+`app.bench.timed_run`, the code path behind `dq-ui bench`, with a storage
 object built here so that Redis runs can use their own key prefix (which
 `--storage URL` cannot express). The clock covers `start_many` (the enqueue)
 and the drain until every execution is settled, as `dq-ui bench` does; opening
@@ -16,7 +16,7 @@ import asyncio
 import json
 
 from dq import create_redis_storage, storage_from_url
-from dq.app.bench import _timed_run
+from dq.app.bench import Workload, timed_run
 from dq.app.gc_tuning import tune_gc
 
 
@@ -25,7 +25,7 @@ async def main(args: argparse.Namespace) -> dict[str, float | int]:
         storage = create_redis_storage(args.storage, prefix=args.redis_prefix)
     else:
         storage = storage_from_url(args.storage)
-    elapsed = await _timed_run(storage, args.jobs, args.steps, args.concurrency)
+    elapsed, _started = await timed_run(storage, Workload(args.jobs, args.steps, args.concurrency))
     return {"elapsed_s": elapsed, "jobs": args.jobs, "steps": args.steps}
 
 

@@ -62,3 +62,36 @@ def test_tune_gc_names_an_unknown_mode() -> None:
     with pytest.raises(ValueError, match="'fast'"):
         tune_gc("fast")
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--job-concurrency", "3", "--start", "gather"],
+        ["--step-concurrency", "2", "--start", "sequential"],
+        ["--keys", "4"],
+        ["--concurrency", "5", "--start", "sequential"],
+    ],
+)
+def test_bench_limit_flags(flags: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dq.app.cli", "bench", "--storage", "sqlite:///", "--jobs", "30", "--runs", "1", "--json", *flags],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    named = dict(zip(flags[::2], flags[1::2], strict=True))
+    assert result["jobs"] == 30 and result["jobs_per_s"] > 0
+    assert result["start"] == named.get("--start", "bulk")
+    assert result["job_concurrency"] == (int(named["--job-concurrency"]) if "--job-concurrency" in named else None)
+    assert result["step_concurrency"] == (int(named["--step-concurrency"]) if "--step-concurrency" in named else None)
+    assert result["keys"] == (int(named["--keys"]) if "--keys" in named else None)
+
+
+@pytest.mark.parametrize("flags", [["--job-concurrency", "0"], ["--keys", "-2"], ["--steps", "0", "--step-concurrency", "1"]])
+def test_bench_refuses_bad_limit_flags(flags: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dq.app.cli", "bench", "--jobs", "5", *flags],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert flags[-2] in out.stdout or flags[0] in out.stdout, out.stdout

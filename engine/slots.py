@@ -1,0 +1,439 @@
+"""The admission ledger: concurrency slots and rate starts, decided in rounds, handed over on release.
+
+Every take, release and rate reservation of this process goes through one
+`Ledger`. While a round's write is in flight, new requests queue; the next
+round reads each state key they touch once, decides all of them, and writes
+one compare-and-set batch (`Batch.expect`). N executions arriving at once
+cost a couple of transactions, not N, and never conflict with each other; a
+conflict means another process wrote first, and the round is decided again
+on fresh state. So a limit is never exceeded, across processes too.
+
+Slot state, per key: `{"limit": n, "holders": [...], "waiters": [[-priority,
+seq, holder], ...]}`, waiters in admission order (priority, then arrival).
+A slot is never simply freed while someone waits: the round that releases it
+gives it to the head waiter in the same write.
+
+- A waiting *execution* (holder = its id) was put back to pending by the
+  round that refused it (same write), due only at a distant safety time. The
+  grant makes it due now (`run_at`): this process's dispatcher is kicked; in
+  other processes the adapter's notification (LISTEN/NOTIFY, pub/sub) wakes
+  theirs, and on SQLite their next poll claims it. Claimed, it finds itself
+  among the holders and starts without another write.
+- A waiting *step* (holder = `execution id|step key`) awaits a future in its
+  process: resolved by the round here, or by a re-check when the adapter
+  notifies that another process wrote slot state; a re-check every
+  `recheck_s` is the safety net for a lost notification.
+
+Holders that stopped without giving back (a crash) are found by asking the
+storage which of them still run; that question is asked only when a key is
+full and a newcomer or a safety-net re-check wants in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ids import now_ms
+from .limits import Limit, Timed, window_reserve
+from .storage.base import Batch, CommitResult, ExecutionUpdate
+from .transitions import due_now
+
+#: Rounds decided again after a compare-and-set conflict before giving up.
+_CAS_TRIES = 50
+#: State keys whose last value this process remembers.
+_CACHE_MAX = 10_000
+#: How a refused request waits: "slot" (a holder must give one back), or "rate"
+#: (until the reserved start time).
+Wait = str
+
+
+@dataclass(slots=True)
+class Decision:
+    """What a request got: start now, wait until `at` (`parked`: the request's own
+    park writes were committed with the decision), or be discarded (throttle)."""
+
+    ok: bool
+    at: int = 0
+    reason: str | None = None
+    parked: bool = False
+    discard: bool = False
+
+
+@dataclass(slots=True)
+class Request:
+    holder: str
+    #: (-priority, seq): admission order among the waiters of a key.
+    order: tuple[int, int]
+    #: Slot limits and rate limits, checked in this order; all or nothing.
+    limits: Sequence[Limit] = ()
+    throttle: Timed | None = None
+    #: Writes that put the holder's execution back to pending until `at`, with
+    #: a reason: committed in the same batch as a refusal. None: a step waiter.
+    park: Callable[[int, str], Batch] | None = None
+    #: Ask the storage whether the key's holders still run before refusing.
+    recheck: bool = False
+    fut: asyncio.Future[Decision] | None = None
+
+    def keys(self) -> list[str]:
+        out = [state_key(lim) for lim in self.limits]
+        if self.throttle is not None:
+            out.append("throttle:" + self.throttle.key)
+        return out
+
+
+@dataclass(slots=True)
+class Release:
+    holder: str
+    keys: list[str]
+    fut: asyncio.Future[Decision] | None = None
+
+
+@dataclass(slots=True)
+class Check:
+    """Look whether the holders of `keys` still run (a grant whose update did not apply)."""
+
+    keys: list[str]
+    fut: asyncio.Future[Decision] | None = None
+
+
+@dataclass(slots=True)
+class _Round:
+    now: int
+    #: (key, holder) slots handed to waiters in this round.
+    granted: list[tuple[str, str]] = field(default_factory=list)
+    #: Key -> the holders in its waiters list (kept in step with it: O(1) look-ups).
+    waiting: dict[str, set[str]] = field(default_factory=dict)
+
+
+def state_key(limit: Limit) -> str:
+    return ("slots:" if limit.window_ms is None else "rate:") + limit.key
+
+
+class Ledger:
+    def __init__(
+        self,
+        get_state: Callable[[list[str]], Awaitable[dict[str, Any]]],
+        commit: Callable[[Batch], Awaitable[CommitResult]],
+        running: Callable[[list[str]], Awaitable[dict[str, str]]],
+        kick: Callable[[], None],
+        recheck_s: float,
+        far_ms: int,
+        claim_here: Callable[[str, int], ExecutionUpdate | None] = lambda _holder, _now: None,
+        claimed_here: Callable[[str, bool], None] = lambda _holder, _ok: None,
+    ) -> None:
+        self._get_state, self._commit, self._running, self._kick = get_state, commit, running, kick
+        #: In-process hand-off: a granted execution parked by this process is claimed by
+        #: the grant's own write (`claim_here` gives that update, or None), and then run
+        #: at once (`claimed_here`): no claim round trip, no poll.
+        self._claim_here, self._claimed_here = claim_here, claimed_here
+        #: Safety net: a waiting step re-checks this often; a waiting execution is due this much later.
+        self.recheck_s, self.far_ms = recheck_s, far_ms
+        self._ops: list[Request | Release | Check] = []
+        self._task: asyncio.Task[None] | None = None
+        #: Step waiters of this process: holder -> future (True: granted, False: re-check).
+        self._local: dict[str, asyncio.Future[bool]] = {}
+        #: The state key each of those waits on.
+        self._local_keys: dict[str, str] = {}
+        self._look: asyncio.Task[None] | None = None
+        #: Key -> the value this process last wrote or read (None: absent).
+        self._cache: dict[str, Any] = {}
+        #: Key -> when its holders were last checked for liveness.
+        self._checked: dict[str, int] = {}
+        #: Rounds written (tests and benchmarks count them).
+        self.rounds = 0
+
+    # -- the requests ----------------------------------------------------------------------
+    async def request(self, req: Request) -> Decision:
+        req.fut = asyncio.get_running_loop().create_future()
+        self._submit(req)
+        return await req.fut
+
+    async def release(self, holder: str, keys: list[str]) -> None:
+        await self.release_nowait(holder, keys)
+
+    def release_nowait(self, holder: str, keys: list[str]) -> asyncio.Future[Decision]:
+        """Queue the release now (so that its write can share the transaction of a
+        commit queued right after it); the future resolves once it is written."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._submit(Release(holder, keys, fut))
+        return fut
+
+    async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
+        """Wait until `holder` holds a slot of `limit`, in this process's memory (a
+        step waits inside its running handler). Cancelling gives the place back."""
+        order = (-priority, now_ms())
+        recheck = False
+        try:
+            while True:
+                fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._local[holder] = fut
+                self._local_keys[holder] = state_key(limit)
+                decision = await self.request(Request(holder, order, (limit,), recheck=recheck))
+                if decision.ok:
+                    return
+                try:
+                    async with asyncio.timeout(self.recheck_s):
+                        if await fut:
+                            return
+                except TimeoutError:
+                    pass
+                recheck = True
+        except BaseException:
+            self._local.pop(holder, None)
+            self._local_keys.pop(holder, None)
+            await asyncio.shield(self.release(holder, [state_key(limit)]))
+            raise
+        finally:
+            if self._local.get(holder) is fut:
+                del self._local[holder]
+                self._local_keys.pop(holder, None)
+
+    def on_wakeup(self) -> None:
+        """Another process may have handed a slot to a step waiting here: one read of
+        the keys they wait on (coalesced: notifications may come in bursts)."""
+        if self._local and (self._look is None or self._look.done()):
+            self._look = asyncio.create_task(self._look_again(), name="dq-admission-look")
+
+    async def _look_again(self) -> None:
+        await asyncio.sleep(0)  # let a burst of notifications arrive first
+        try:
+            states = await self._get_state(sorted(set(self._local_keys.values())))
+        except Exception:  # the safety-net re-check will look again
+            return
+        for holder, key in list(self._local_keys.items()):
+            fut = self._local.get(holder)
+            if fut is not None and not fut.done() and holder in (states.get(key) or {}).get("holders", ()):
+                fut.set_result(True)
+
+    def _submit(self, op: Request | Release | Check) -> None:
+        self._ops.append(op)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="dq-admission")
+
+    async def _run(self) -> None:
+        while self._ops:
+            ops, self._ops = self._ops, []
+            try:
+                await self._round(ops)
+            except BaseException as exc:
+                for op in ops:
+                    if op.fut is not None and not op.fut.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            op.fut.cancel()
+                        else:
+                            op.fut.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+    # -- one round ---------------------------------------------------------------------------
+    async def _round(self, ops: list[Request | Release | Check]) -> None:
+        keys = sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
+        checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
+        cached = True
+        for _ in range(_CAS_TRIES):
+            before = await self._states(keys, cached)
+            work = {k: copy.deepcopy(before.get(k)) for k in keys}
+            rnd = _Round(now_ms())
+            await self._drop_dead(ops, work, rnd, checks)
+            decisions: list[Decision | None] = []
+            batch = Batch()
+            for op in ops:
+                if isinstance(op, Check):
+                    decisions.append(None)
+                    continue
+                if isinstance(op, Release):
+                    for key in op.keys:
+                        _leave(work, key, op.holder, rnd)
+                    decisions.append(None)
+                    continue
+                decision = self._decide(op, work, rnd)
+                if not decision.ok and not decision.discard and op.park is not None:
+                    decision.parked = True
+                    _extend(batch, op.park(decision.at, decision.reason or ""))
+                decisions.append(decision)
+            own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
+            grants = [(k, h) for k, h in rnd.granted if h not in own]
+            jobs = [h for _, h in grants if "|" not in h]
+            direct: set[str] = set()
+            for holder in jobs:
+                update = self._claim_here(holder, rnd.now)
+                if update is None:
+                    update = due_now(holder, now=rnd.now).update
+                else:
+                    direct.add(holder)
+                batch.updates.append(update)
+            changed = {k: v for k, v in work.items() if v != before.get(k)}
+            if not changed and cached and any(k in self._cache for k in keys):
+                cached = False  # a decision that writes nothing is only taken on fresh state
+                continue
+            result = CommitResult()
+            if changed or batch:
+                batch.state.update(changed)
+                batch.expect.update({k: before.get(k) for k in changed})
+                result = await self._commit(batch)
+                if result.conflict:  # another process wrote first: decide again on fresh state
+                    cached = False
+                    continue
+                self.rounds += 1
+                self._cache.update(changed)
+            self._deliver(ops, decisions, grants, jobs, direct, result)
+            return
+        for op in ops:
+            if op.fut is not None and not op.fut.done():
+                op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+
+    async def _states(self, keys: list[str], cached: bool) -> dict[str, Any]:
+        """The state of `keys`: this process's last write of each where it has one
+        (`cached`; the compare-and-set catches any other process's write since), else read."""
+        missing = [k for k in keys if not cached or k not in self._cache]
+        if missing:
+            fresh = await self._get_state(missing)
+            for k in missing:
+                self._cache[k] = fresh.get(k)
+        if len(self._cache) > _CACHE_MAX:
+            self._cache = {k: self._cache[k] for k in keys}
+        return {k: self._cache[k] for k in keys if self._cache[k] is not None}
+
+    def _deliver(
+        self,
+        ops: list[Request | Release | Check],
+        decisions: list[Decision | None],
+        grants: list[tuple[str, str]],
+        jobs: list[str],
+        direct: set[str],
+        result: CommitResult,
+    ) -> None:
+        for op, decision in zip(ops, decisions, strict=True):
+            if op.fut is not None and not op.fut.done():
+                op.fut.set_result(decision or Decision(True))
+        # Only the grant updates' outcomes follow the park updates in `applied`.
+        applied = result.applied[len(result.applied) - len(jobs) :] if jobs else []
+        for holder, ok in zip(jobs, applied, strict=True):
+            if holder in direct:
+                self._claimed_here(holder, ok)
+            if not ok:  # cancelled, paused or claimed meanwhile: if it no longer runs, its slot goes on
+                self._submit(Check([k for k, h in grants if h == holder]))
+        if len(direct) < len(jobs):
+            self._kick()
+        # A step waiter whose future is already done is between two looks (a re-check
+        # or a timeout): its next request finds the slot; a cancelled one gives it back.
+        for _key, holder in grants:
+            fut = self._local.get(holder) if "|" in holder else None
+            if fut is not None and not fut.done():
+                fut.set_result(True)
+
+    def _decide(self, req: Request, work: dict[str, Any], rnd: _Round) -> Decision:
+        now = rnd.now
+        if req.throttle is not None:
+            t = req.throttle
+            key = "throttle:" + t.key
+            at, new = window_reserve(Limit(t.key, 1, t.interval_ms), work[key], now, req.holder)
+            if at > now:
+                if t.mode == "discard":
+                    return Decision(False, -1, f"discarded by throttle ({t.interval_ms} ms for {t.key})", discard=True)
+                work[key] = new
+                return Decision(False, at, f"throttled: one start per {t.interval_ms} ms for {t.key}")
+            work[key] = new
+        taken: list[str] = []
+        for lim in req.limits:
+            key = state_key(lim)
+            if lim.window_ms is not None:
+                at, work[key] = window_reserve(lim, work[key], now, req.holder)
+                if at > now:
+                    return Decision(False, at, f"rate limited: {lim.describe()}")
+                continue
+            if key not in rnd.waiting:
+                work[key] = _slots(work[key], lim.limit)
+                rnd.waiting[key] = {w[2] for w in work[key]["waiters"]}
+            st = work[key]
+            st["limit"] = lim.limit
+            if req.holder not in st["holders"]:
+                if req.holder not in rnd.waiting[key]:
+                    bisect.insort(st["waiters"], [*req.order, req.holder])
+                    rnd.waiting[key].add(req.holder)
+                _fill(key, st, rnd)
+            if req.holder not in st["holders"]:
+                for other in taken:  # all or nothing: what this request took goes on
+                    _leave(work, other, req.holder, rnd)
+                return Decision(False, now + self.far_ms, f"waiting for a slot: {lim.describe()}")
+            taken.append(key)
+        return Decision(True)
+
+    async def _drop_dead(
+        self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: _Round, checks: set[str]
+    ) -> None:
+        """Free the slots of holders that no longer run (crashed, or stopped without
+        giving back): asked only for full keys a request waits on, and for `checks`."""
+        suspects: dict[str, list[str]] = {
+            k: list(work[k]["holders"]) for k in checks if isinstance(work.get(k), dict) and work[k].get("holders")
+        }
+        for op in ops:
+            if not isinstance(op, Request):
+                continue
+            for lim in op.limits:
+                key = state_key(lim)
+                st = work.get(key)
+                if lim.window_ms is not None or not st or op.holder in st.get("holders", []):
+                    continue
+                if len(st["holders"]) < lim.limit:
+                    continue
+                stale = rnd.now - self._checked.get(key, 0) > self.recheck_s * 1000
+                if op.recheck or stale:
+                    suspects[key] = list(st["holders"])
+        if not suspects:
+            return
+        ids = sorted({h.split("|", 1)[0] for hs in suspects.values() for h in hs})
+        status = await self._running(ids)
+        for key, holders in suspects.items():
+            self._checked[key] = rnd.now
+            st = work[key]
+            # An execution holds its slot while running, and while pending once granted
+            # (until its dispatcher claims it); a step only while its execution runs.
+            alive = [h for h in holders if status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))]
+            if len(alive) < len(holders):
+                st["holders"] = alive
+                _fill(key, st, rnd)
+
+
+def _slots(state: Any, limit: int) -> dict[str, Any]:
+    st = state if isinstance(state, dict) else {}
+    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": [list(w) for w in st.get("waiters", [])]}
+
+
+def _fill(key: str, st: dict[str, Any], rnd: _Round) -> None:
+    while st["waiters"] and len(st["holders"]) < int(st.get("limit", 1)):
+        holder = st["waiters"].pop(0)[2]
+        st["holders"].append(holder)
+        rnd.granted.append((key, holder))
+        rnd.waiting.get(key, set()).discard(holder)
+
+
+def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
+    """`holder` gives its slot (or its place in the line) back; the slot goes on to the next waiter."""
+    st = work.get(key)
+    if not isinstance(st, dict) or "holders" not in st:
+        return  # a rate start stays counted for its window
+    if holder in st["holders"]:
+        st["holders"].remove(holder)
+        rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
+    waiting = rnd.waiting.get(key)
+    if waiting is None or holder in waiting:
+        st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
+        if waiting is not None:
+            waiting.discard(holder)
+    _fill(key, st, rnd)
+    if not st["holders"] and not st["waiters"]:
+        work[key] = None
+        rnd.waiting.pop(key, None)
+
+
+def _extend(batch: Batch, other: Batch) -> None:
+    batch.executions.extend(other.executions)
+    batch.updates.extend(other.updates)
+    batch.events.extend(other.events)
+    batch.fences.update(other.fences)

@@ -1,0 +1,136 @@
+"""Two engine processes that poll once every ten minutes share a job limit and a step
+limit on PostgreSQL and on Redis: released slots cross processes through the
+adapter's notifications (LISTEN/NOTIFY, pub/sub), and neither limit is ever exceeded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dq import create_queue
+from dq.engine.ids import new_id, now_ms
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, Storage
+from dq.engine.storage.redis import RedisStorage
+from dq.engine.storage.sql import SqlStorage
+from tests.storage.conftest import REDIS_URL, delete_redis_prefix
+
+from .handoff_worker import JOBS
+from .test_multiprocess import _wait, pg_dsn  # noqa: F401 - a fresh database per test
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = str(Path(__file__).with_name("handoff_worker.py"))
+PER_JOB = 10
+
+
+@pytest.fixture(params=["postgres", "redis"])
+async def target(request: pytest.FixtureRequest, pg_dsn: str) -> AsyncIterator[tuple[Storage, list[str]]]:  # noqa: F811
+    """The test's storage handle, and the worker's arguments for the same store."""
+    if request.param == "postgres":
+        yield SqlStorage.postgres(pg_dsn), [pg_dsn]
+        return
+    prefix = f"dqhandoff{secrets.token_hex(6)}"
+    yield RedisStorage(REDIS_URL, prefix=prefix), [REDIS_URL, prefix]
+    await delete_redis_prefix(prefix)
+
+
+def _peak(spans: list[tuple[int, int]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, delta in edges:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.slow
+async def test_two_processes_hand_slots_to_each_other(target: tuple[Storage, list[str]]) -> None:
+    storage, args = target
+    await storage.open()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            line = await asyncio.to_thread(w.stdout.readline)
+            assert line.strip() == b"ready", w.stderr.read() if w.stderr else b""
+        # One at a time, so that both processes get some of each job to run.
+        for i in range(PER_JOB):
+            for job in ("single", "stepped"):
+                now = now_ms()
+                await storage.commit(Batch(executions=[ExecutionRecord(new_id(), job, "pending", input=i, created_at=now, run_at=now)]))
+            await asyncio.sleep(0.02)
+
+        async def done() -> bool:
+            counts = await storage.count(ExecutionQuery(job_names=["single", "stepped"]))
+            return counts.get("completed", 0) == 2 * PER_JOB
+
+        await _wait(done, timeout=60.0)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            await asyncio.to_thread(w.communicate, None, 30)
+    events = await storage.read_events(0, limit=100_000)
+    for job in ("single", "stepped"):
+        spans = []
+        for ex in await storage.query(ExecutionQuery(job_names=[job])):
+            (step,) = await storage.get_steps(ex.id)
+            assert step.status == "completed"
+            spans.append(tuple(step.output))
+        assert len(spans) == PER_JOB
+        assert _peak(spans) == 1, (job, spans)  # concurrency=1 held across both processes
+    starters = {e.data.get("worker") for e in events if e.type == "start"}
+    assert len(starters) == 2, starters  # both processes took part
+    await storage.aclose()
+
+
+@pytest.mark.slow
+async def test_a_step_slot_released_in_another_process_wakes_the_waiter_here(
+    target: tuple[Storage, list[str]], tmp_path: Path
+) -> None:
+    """The holder runs in a worker process, the waiting step here; neither process polls
+    in the test's time, so only the adapter's notification can hand the slot over."""
+    storage, args = target
+    await storage.open()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    go = tmp_path / "go"
+    try:
+        assert worker.stdout is not None
+        line = await asyncio.to_thread(worker.stdout.readline)
+        assert line.strip() == b"ready", worker.stderr.read() if worker.stderr else b""
+        now = now_ms()
+        held = ExecutionRecord(new_id(), "gated_step", "pending", input=str(go), created_at=now, run_at=now)
+        await storage.commit(Batch(executions=[held]))
+
+        async def holding() -> bool:
+            state = await storage.get_state(["slots:step:gated_step:hold"])
+            return bool(state) and state["slots:step:gated_step:hold"]["holders"] == [f"{held.id}|hold"]
+
+        await _wait(holding)
+        here_storage = SqlStorage.postgres(args[0]) if len(args) == 1 else RedisStorage(args[0], prefix=args[1])
+        queue = create_queue(jobs=JOBS, storage=here_storage, poll_interval="10 minutes", lease="5s")
+        async with queue:
+            waiting = await queue.jobs.gated_step.start(str(go))  # runs here: not gated, started directly
+            await asyncio.sleep(0.3)
+            await waiting.refresh()
+            assert waiting.status == "running"  # its step waits for the worker's slot
+            go.touch()
+            span = await asyncio.wait_for(waiting.result(), 30)
+        first = (await storage.get_steps(held.id))[0].output
+        assert span[0] >= first[1] - 5  # it entered after the holder left (clocks of one host)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.communicate, None, 30)
+    await storage.aclose()
