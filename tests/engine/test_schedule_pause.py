@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from dq import Queue, create_job
+from dq.engine.cron import parse_cron
 from dq.engine.scheduler import next_fires, schedule_paused, set_schedule_paused
 
 from .test_lifecycle import until
@@ -35,4 +36,4 @@ async def _count(queue: Queue) -> int:
 def test_next_fires_are_the_schedules_next_ticks() -> None:
     # 2026-01-01 00:00:30 UTC; every 15 minutes
     start = 1767225630000
-    assert next_fires("*/15 * * * *", start, 3) == [start - 30_000 + 15 * 60_000 * i for i in (1, 2, 3)]
+    assert next_fires(parse_cron("*/15 * * * *"), start, 3) == [start - 30_000 + 15 * 60_000 * i for i in (1, 2, 3)]

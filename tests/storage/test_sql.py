@@ -185,7 +185,7 @@ async def test_migration_4_adds_the_idempotency_key_to_an_older_database(fresh: 
     await storage.aclose()
     upgraded = fresh()
     await upgraded.open()
-    assert [v for v, _d, _a in await version_rows(upgraded)] == [1, 2, 3, 4]
+    assert [v for v, _d, _a in await version_rows(upgraded)] == [v for v, _d, _a in sql_tables.MIGRATIONS]
     old = await upgraded.get_execution("OLD")
     assert old is not None and old.idempotency_key is None
     new = execution("NEW")
@@ -262,6 +262,9 @@ async def test_a_migration_numbered_below_the_latest_applied_one_still_runs(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Branches reserve migration numbers: a database that got 5 first gets 3 and 4 later."""
+    real = sql_tables.MIGRATIONS
+    held = [v for v, _, _ in real][2:4]  # two migrations from the middle arrive late
+    monkeypatch.setattr(sql_tables, "MIGRATIONS", tuple(m for m in real if m[0] not in held))
     storage = fresh()
     await storage.open()
     await storage.aclose()
@@ -274,10 +277,8 @@ async def test_a_migration_numbered_below_the_latest_applied_one_still_runs(
 
         return apply
 
-    latest = sql_tables.MIGRATIONS[-1][0]
     known = {v for v, _, _ in sql_tables.MIGRATIONS}
-    gaps = [v for v in range(1, latest) if v not in known]
-    assert gaps, "migration 5 follows 2: 3 and 4 belong to other branches"
+    gaps = held
     late = tuple((v, f"late {v}", add_table(v)) for v in gaps)
     monkeypatch.setattr(
         sql_tables, "MIGRATIONS", tuple(sorted((*sql_tables.MIGRATIONS, *late), key=lambda m: m[0]))

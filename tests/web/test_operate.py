@@ -122,7 +122,7 @@ def test_bulk_on_selected_rows(client: Client) -> None:
     ("form", "status", "message"),
     [
         ({"action": "explode", "scope": "filter"}, 400, "Unknown action"),
-        ({"action": "cancel", "scope": "filter", "status": "bogus"}, 400, "unknown status"),
+        ({"action": "cancel", "scope": "filter", "status": "bogus"}, 400, "is not a status"),
         ({"action": "retry", "scope": "filter", "job": "slow"}, 200, "nothing matches"),
     ],
 )
