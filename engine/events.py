@@ -64,6 +64,10 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Held while the tail starts: subscribers that arrive together (the dashboard's hub
+        #: and a node's) would each see no tail across the seq read and start one apiece,
+        #: and every event would then reach every subscriber once per tail.
+        self._starting = asyncio.Lock()
         self._last = 0
 
     @property
@@ -73,9 +77,10 @@ class EventBus:
     @asynccontextmanager
     async def subscribe(self, maxsize: int = 10_000) -> AsyncIterator[Subscription]:
         sub = Subscription(maxsize)
-        if self._task is None:
-            self._last = await self._storage.last_event_seq()
-            self._task = asyncio.create_task(self._tail(), name="dq-event-tail")
+        async with self._starting:
+            if self._task is None:
+                self._last = await self._storage.last_event_seq()
+                self._task = asyncio.create_task(self._tail(), name="dq-event-tail")
         self._subs.add(sub)
         try:
             yield sub

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -81,3 +82,32 @@ async def test_bus_delivers_every_event_in_order(make_queue: Callable[..., Queue
         stored = await queue.storage.read_events(0, limit=10_000)
     assert [e.seq for e in received] == [e.seq for e in stored]
     assert [e.type for e in received] == [e.type for e in stored]
+
+
+async def test_subscribers_that_arrive_together_get_each_event_once(make_queue: Callable[..., Queue]) -> None:
+    # The dashboard's hub and a node subscribe as the server starts: both used to find no
+    # tail while the first read the last seq, each started one, and every event came twice.
+    @create_job(name="brief")
+    async def brief(data: int) -> int:
+        return await run("only", lambda: data)
+
+    queue = make_queue([brief])
+    async with queue:
+        async with contextlib.AsyncExitStack() as stack:
+            subs = await asyncio.gather(*(stack.enter_async_context(queue.bus.subscribe()) for _ in range(3)))
+            await queue.jobs.brief.run(1)
+            stored = [e.seq for e in await queue.storage.read_events(0, limit=10_000)]
+
+            async def collect(sub: Any) -> list[int]:
+                seen: list[int] = []
+                async for ev in sub:
+                    seen.append(ev.seq)
+                    if ev.seq == stored[-1]:
+                        return seen
+                return seen
+
+            got = await asyncio.wait_for(asyncio.gather(*(collect(s) for s in subs)), 10)
+            await asyncio.sleep(0.3)  # a second tail would deliver the same seqs again by now
+            extra = [s.queue.qsize() for s in subs]
+    assert got == [stored] * 3
+    assert extra == [0, 0, 0]
