@@ -258,42 +258,6 @@ async def test_new_migrations_run_in_order_once(
     await reopened.aclose()
 
 
-async def test_a_migration_numbered_below_the_latest_applied_one_still_runs(
-    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Branches reserve migration numbers: a database that got 5 first gets 3 and 4 later."""
-    real = sql_tables.MIGRATIONS
-    held = [v for v, _, _ in real][2:4]  # two migrations from the middle arrive late
-    monkeypatch.setattr(sql_tables, "MIGRATIONS", tuple(m for m in real if m[0] not in held))
-    storage = fresh()
-    await storage.open()
-    await storage.aclose()
-    ran: list[int] = []
-
-    def add_table(version: int) -> Callable[[Connection], None]:
-        def apply(conn: Connection) -> None:
-            ran.append(version)
-            conn.execute(text(f"CREATE TABLE late_{version} (x INTEGER)"))
-
-        return apply
-
-    known = {v for v, _, _ in sql_tables.MIGRATIONS}
-    gaps = held
-    late = tuple((v, f"late {v}", add_table(v)) for v in gaps)
-    monkeypatch.setattr(
-        sql_tables, "MIGRATIONS", tuple(sorted((*sql_tables.MIGRATIONS, *late), key=lambda m: m[0]))
-    )
-    upgraded = fresh()
-    await upgraded.open()
-    assert ran == gaps
-    assert [v for v, _, _ in await version_rows(upgraded)] == sorted(known | set(gaps))
-    await upgraded.aclose()
-    again = fresh()
-    await again.open()
-    assert ran == gaps
-    await again.aclose()
-
-
 async def test_migration_5_adds_replay_of_to_a_database_made_before_it(fresh: Fresh) -> None:
     storage = fresh()
     await storage.open()
