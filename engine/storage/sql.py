@@ -294,6 +294,11 @@ class BoundedPool(AsyncAdaptedQueuePool):
             ) from exc
 
 
+# SQLAlchemy names a pool's logger after its class, which puts it under dq's logger:
+# its INFO lines (pool disposed / recreating at shutdown) are not dq's news.
+logging.getLogger(f"{__name__}.{BoundedPool.__name__}").setLevel(logging.WARNING)
+
+
 def positive(value: float | None, name: str, default: float) -> Any:
     """A connection bound given by the user: a positive number, or the adapter's default."""
     if value is None:
