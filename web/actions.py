@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response
 
@@ -25,8 +25,7 @@ Req = Request[Any, Any, Any]
 
 async def _act(request: Req, execution_id: str, action: str) -> Response[str]:
     dash = dashboard_of(request)
-    if dash.settings.read_only:
-        raise PermissionDeniedException("The dashboard is read-only: lifecycle controls are disabled.")
+    dash.require_writable()
     execution = await dash.queue.jobs.get(execution_id) if params.is_ident(execution_id) else None
     if execution is None:
         raise NotFoundException(f"No execution has the id {execution_id!r}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.exceptions import PermissionDeniedException
 from litestar.utils.scope.state import ScopeState
 
 from dq.engine.ids import now_ms
@@ -38,6 +39,11 @@ class Dashboard:
 
     def job(self, name: str) -> Any | None:
         return self.jobs.get(name)
+
+    def require_writable(self) -> None:
+        """Every state-changing route starts here: `--read-only` refuses it (403)."""
+        if self.settings.read_only:
+            raise PermissionDeniedException("The dashboard is read-only: actions are disabled.")
 
     def source(self, job_name: str) -> Source | None:
         job = self.job(job_name)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response
 
@@ -106,8 +106,7 @@ async def job_page(request: Req, name: FromPath[str]) -> Response[str]:
 async def start_execution(request: Req, name: FromPath[str]) -> Response[str]:
     """Validate the JSON server-side, start, and send the browser to the new execution."""
     dash = dashboard_of(request)
-    if dash.settings.read_only:
-        raise PermissionDeniedException("The dashboard is read-only.")
+    dash.require_writable()
     ctx = await _job_context(dash, request, name)
     form = await request.form()
     text = str(form.get("input") or "").strip() or "null"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response
 
@@ -40,11 +40,6 @@ Req = Request[Any, Any, Any]
 BULK_ACTIONS = ("cancel", "pause", "resume", "retry", "replay")
 _KEEP = 50
 _MAX_SELECTED = 500
-
-
-def _writable(dash: Dashboard) -> None:
-    if dash.settings.read_only:
-        raise PermissionDeniedException("The dashboard is read-only: actions are disabled.")
 
 
 def _redirect(request: Req, url: str) -> Response[str]:
@@ -88,7 +83,7 @@ async def _ended(dash: Dashboard, execution_id: str) -> ExecutionRecord:
 @get("/executions/{execution_id:str}/replay", name="replay_dialog")
 async def replay_dialog(request: Req, execution_id: FromPath[str]) -> Response[str]:
     dash = dashboard_of(request)
-    _writable(dash)
+    dash.require_writable()
     rec = await _ended(dash, execution_id)
     qp = request.query_params
     ctx = await _replay_context(dash, rec, qp.get("from_step") or "", qp.get("input"))
@@ -99,7 +94,7 @@ async def replay_dialog(request: Req, execution_id: FromPath[str]) -> Response[s
 async def replay(request: Req, execution_id: FromPath[str]) -> Response[str]:
     """Validate the JSON and the step server-side, replay, go to the new execution."""
     dash = dashboard_of(request)
-    _writable(dash)
+    dash.require_writable()
     rec = await _ended(dash, execution_id)
     form = await request.form()
     from_step = str(form.get("from_step") or "")
@@ -210,7 +205,7 @@ def _start(dash: Dashboard, action: str, query: ExecutionQuery, from_step: str |
 async def bulk_action(request: Req) -> Response[str]:
     """Without `confirm`: the confirm step (count and filter). With it: start, show progress."""
     dash = dashboard_of(request)
-    _writable(dash)
+    dash.require_writable()
     form = await request.form()
     action = str(form.get("action") or "")
     if action not in BULK_ACTIONS:
@@ -251,7 +246,7 @@ async def job_resume(request: Req, name: FromPath[str]) -> Response[str]:
 
 async def _job_control(request: Req, name: str, action: str) -> Response[str]:
     dash = dashboard_of(request)
-    _writable(dash)
+    dash.require_writable()
     if dash.job(name) is None:
         raise NotFoundException(f"This queue has no job named {name!r}.")
     job = dash.queue.jobs[name]
@@ -263,7 +258,7 @@ async def _job_control(request: Req, name: str, action: str) -> Response[str]:
 async def job_cancel(request: Req, name: FromPath[str]) -> Response[str]:
     """Cancel the unfinished executions of a job whose input contains the given JSON object."""
     dash = dashboard_of(request)
-    _writable(dash)
+    dash.require_writable()
     if dash.job(name) is None:
         raise NotFoundException(f"This queue has no job named {name!r}.")
     form = await request.form()

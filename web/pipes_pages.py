@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response
 
@@ -39,8 +39,7 @@ async def pipes_page(request: Req) -> Response[str]:
 async def send_message(request: Req, name: FromPath[str]) -> Response[str]:
     """Parse and validate the message on the server (the pipe's input model); errors inline."""
     dash = dashboard_of(request)
-    if dash.settings.read_only:
-        raise PermissionDeniedException("The dashboard is read-only.")
+    dash.require_writable()
     try:
         pipe = dash.queue.pipes[name]
     except KeyError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect, Response
 
@@ -31,8 +31,7 @@ async def schedules_page(request: Req) -> Response[str]:
 
 
 def _cron_job(dash: Dashboard, name: str) -> Any:
-    if dash.settings.read_only:
-        raise PermissionDeniedException("The dashboard is read-only.")
+    dash.require_writable()
     job = dash.job(name)
     if job is None or cron_of(job) is None:
         raise NotFoundException(f"This queue has no cron job named {name!r}.")
