@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import ipaddress
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ import uvicorn
 
 from dq import Queue, storage_from_url
 from dq.engine.distributed.http import mount
+from dq.engine.distributed.service import is_loopback
 from dq.web import ALLOWED_HOSTS_ENV, Gate, HostPolicy, Settings, parse_allowed, split_host
 
 from .gc_tuning import gc_mode, tune_gc
@@ -29,15 +29,6 @@ NODE_PREFIX = "/orchestration"
 
 class UsageError(Exception):
     """A bad command line: reported in one line, exit status 2."""
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def load_target(target: str) -> Queue:

@@ -239,6 +239,16 @@ class Aggregate:
 DURATIONS_LIMIT = 20_000
 
 
+def positive_bound(value: Any, name: str, default: Any) -> Any:
+    """A connection bound given by the user (`max_connections`, `acquire_timeout`): a
+    positive number, or the adapter's default when None; anything else is refused."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"storage {name} must be a positive number, got {value!r}")
+    return value
+
+
 class Storage(abc.ABC):
     """What an adapter implements. `None`/empty means absent; no method raises for absence.
     After `aclose()`, other methods may raise RuntimeError."""

@@ -60,6 +60,7 @@ from .base import (
     Storage,
     TimeBuckets,
     exception_chain,
+    positive_bound,
 )
 from .query import finish_aggregate, fold, matches, sort_and_page
 
@@ -147,14 +148,6 @@ def _job_filters(job_names: Sequence[str] | None, exclude_jobs: Sequence[str]) -
     return _dumps({"only": only, "exclude": list(exclude_jobs)})
 
 
-def _positive(value: float | None, name: str, default: float) -> Any:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"redis storage: {name} must be a positive number, got {value!r}")
-    return value
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -188,8 +181,8 @@ class RedisStorage(Storage):
     ) -> None:
         self._url = url
         self._prefix = prefix
-        self.max_connections = _positive(max_connections, "max_connections", self.max_connections)
-        self.acquire_timeout_s = _positive(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s)
+        self.max_connections = positive_bound(max_connections, "max_connections", self.max_connections)
+        self.acquire_timeout_s = positive_bound(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s)
         self._epoch = ""
         self._client: aioredis.Redis | None = None
         self._sintercard = True  # Redis >= 7

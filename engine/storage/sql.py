@@ -69,6 +69,7 @@ from .base import (
     Storage,
     TimeBuckets,
     exception_chain,
+    positive_bound,
 )
 from .conditions import expectations_fail, refused_fences, update_applies
 from .query import json_leaves
@@ -299,15 +300,6 @@ class BoundedPool(AsyncAdaptedQueuePool):
 logging.getLogger(f"{__name__}.{BoundedPool.__name__}").setLevel(logging.WARNING)
 
 
-def positive(value: float | None, name: str, default: float) -> Any:
-    """A connection bound given by the user: a positive number, or the adapter's default."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"storage {name} must be a positive number, got {value!r}")
-    return value
-
-
 class SqlStorage(Storage):
     """Storage on a SQL database. Build it with `SqlStorage.sqlite(path)` or
     `SqlStorage.postgres(dsn)`; `open()` connects and migrates the schema."""
@@ -319,8 +311,8 @@ class SqlStorage(Storage):
     acquire_timeout_s = 30.0
 
     def __init__(self, url: URL, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
-        self.max_connections = int(positive(max_connections, "max_connections", self.max_connections))
-        self.acquire_timeout_s = float(positive(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s))
+        self.max_connections = int(positive_bound(max_connections, "max_connections", self.max_connections))
+        self.acquire_timeout_s = float(positive_bound(acquire_timeout_s, "acquire_timeout", self.acquire_timeout_s))
         self._url = url
         self._engine: AsyncEngine | None = None
         self._compiled: _Compiled | None = None
