@@ -240,7 +240,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _runs_to_end(
+def runs_to_end(
     method: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _T]],
 ) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _T]]:
     """Run a write to its end (COMMIT or ROLLBACK) even when its caller is cancelled
@@ -498,7 +498,7 @@ class SqlStorage(Storage):
 
     # --- commit (the hot path) --------------------------------------------
 
-    @_runs_to_end
+    @runs_to_end
     async def commit(self, batch: Batch) -> CommitResult:
         if not batch and not batch.fences and not batch.expect:
             return CommitResult()
@@ -663,7 +663,7 @@ class SqlStorage(Storage):
             conds.append(_E.c.job_name.not_in(list(exclude_jobs)))
         return conds
 
-    @_runs_to_end
+    @runs_to_end
     async def claim(
         self,
         worker_id: str,
@@ -702,7 +702,7 @@ class SqlStorage(Storage):
         recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         return recs
 
-    @_runs_to_end
+    @runs_to_end
     async def renew(
         self, worker_id: str, ids: Sequence[str], lease_ms: int
     ) -> dict[str, str | None]:
@@ -719,7 +719,7 @@ class SqlStorage(Storage):
             )
             return {r[0]: r[1] for r in await conn.execute(stmt)}
 
-    @_runs_to_end
+    @runs_to_end
     async def reclaim(self, dead_workers: Sequence[str] = ()) -> list[str]:
         async with self._write() as conn:
             expired: ColumnElement[bool] = _E.c.lease_until < self._now_sql()
@@ -894,7 +894,7 @@ class SqlStorage(Storage):
 
     # --- workers ----------------------------------------------------------
 
-    @_runs_to_end
+    @runs_to_end
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         async with self._write() as conn:
             stmt = self._insert()(WORKERS).values(
@@ -912,7 +912,7 @@ class SqlStorage(Storage):
             rows = (await conn.execute(select(w.id, w.info, w.last_heartbeat).order_by(w.id))).all()
         return [{"id": r[0], "info": json.loads(r[1]), "last_heartbeat": r[2]} for r in rows]
 
-    @_runs_to_end
+    @runs_to_end
     async def remove_worker(self, worker_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))

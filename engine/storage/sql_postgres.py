@@ -31,9 +31,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..ids import new_id
-from .base import exception_chain
+from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
-from .sql import CommitIO, SqlStorage, Write, log
+from .sql import CommitIO, SqlStorage, Write, log, runs_to_end
+from .sql_pg_inserts import commit_inserts
 from .sql_tables import dumps
 
 
@@ -64,6 +65,7 @@ class PostgresStorage(SqlStorage):
 
     kind = "postgres"
     _look_up_new_ids = False
+    concurrent_inserts = True
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)
@@ -132,6 +134,18 @@ class PostgresStorage(SqlStorage):
     async def _commit_txn(self) -> AsyncIterator[CommitIO]:
         async with self.engine.begin() as conn:
             yield _SqlAlchemyIO(conn)
+
+    async def commit(self, batch: Batch) -> CommitResult:
+        if batch.creates_only():
+            return await self._commit_inserts(batch)
+        return await super().commit(batch)
+
+    @runs_to_end
+    async def _commit_inserts(self, batch: Batch) -> CommitResult:
+        async with self._read() as conn:  # autocommit: the statement is its own transaction
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            return await commit_inserts(raw, batch, (WAKEUP_CHANNEL, self._instance), CLAIMABLE)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         if self._engine is None or self._read_engine is None:
