@@ -26,31 +26,33 @@ from .sql_tables import (
     EVENTS,
     EXECUTION_FIELDS,
     EXECUTIONS,
+    dumps,
     event_values,
     execution_row,
 )
 
 
-def _array(table: Table, column: str) -> str:
-    return "bigint" if table.c[column].type.python_type is int else "text"
+def _fields(table: Table, columns: tuple[str, ...]) -> str:
+    return ", ".join(
+        f"(r->>{i})::bigint" if table.c[c].type.python_type is int else f"(r->>{i})" for i, c in enumerate(columns)
+    )
 
 
 def _statement(notify: bool) -> str:
+    """$1: the executions' rows and $2 the events' rows (without seq), each as one
+    JSON array of arrays (see sql._Compiled); $3: the number of events."""
     cols = ", ".join(f'"{c}"' for c in EXECUTION_FIELDS)
-    arrays = ", ".join(f"${i}::{_array(EXECUTIONS, c)}[]" for i, c in enumerate(EXECUTION_FIELDS, start=1))
-    n = len(EXECUTION_FIELDS)
     ev_cols = EVENT_COLUMNS[1:]
-    ev_arrays = ", ".join(f"${n + i}::{_array(EVENTS, c)}[]" for i, c in enumerate(ev_cols, start=1))
-    count = n + len(ev_cols) + 1
     ev_names = ", ".join(f'"{c}"' for c in ev_cols)
-    tail = f", pg_notify(${count + 1}, ${count + 2})" if notify else ""
+    tail = ", pg_notify($4, $5)" if notify else ""
     return (
-        f"WITH x AS (INSERT INTO executions ({cols}) SELECT * FROM unnest({arrays}) RETURNING 1),"
-        f" s AS (UPDATE seq_counters SET events = events + ${count}"
+        f"WITH x AS (INSERT INTO executions ({cols}) SELECT {_fields(EXECUTIONS, EXECUTION_FIELDS)}"
+        " FROM jsonb_array_elements($1::jsonb) AS j(r) RETURNING 1),"
+        " s AS (UPDATE seq_counters SET events = events + $3"
         " WHERE id = 1 AND (SELECT count(*) FROM x) >= 0 RETURNING events),"
         f" e AS (INSERT INTO events (seq, {ev_names})"
-        f" SELECT s.events - ${count} + u.n, {', '.join('u.' + c for c in ev_names.split(', '))}"
-        f" FROM s, unnest({ev_arrays}) WITH ORDINALITY AS u({ev_names}, n))"
+        f" SELECT s.events - $3 + u.n, {_fields(EVENTS, ev_cols)}"
+        " FROM s, jsonb_array_elements($2::jsonb) WITH ORDINALITY AS u(r, n))"
         f" SELECT s.events{tail} FROM s"
     )
 
@@ -69,13 +71,8 @@ async def commit_inserts(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"execution {dup!r} appears twice in one batch")
-    columns: list[Any] = [[r[c] for r in rows] for c in EXECUTION_FIELDS]
     values = [event_values(ev) for ev in batch.events]
-    if values:
-        columns.extend(list(col) for col in zip(*values, strict=True))
-    else:
-        columns.extend([] for _ in EVENT_COLUMNS[1:])
-    columns.append(len(values))
+    columns: list[Any] = [dumps([[r[c] for c in EXECUTION_FIELDS] for r in rows]), dumps(values), len(values)]
     wake = notify is not None and any(r["status"] in claimable for r in rows)
     if wake:
         assert notify is not None

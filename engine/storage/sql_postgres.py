@@ -38,18 +38,23 @@ from .sql_pg_inserts import commit_inserts
 from .sql_tables import dumps
 
 
-class _SqlAlchemyIO:
-    """Commit statements through SQLAlchemy's connection (it owns the transaction)."""
+class _AsyncpgIO:
+    """Commit statements on the raw asyncpg connection: no SQLAlchemy parameter
+    processing or cursor adaptation per statement (the commit's hot path)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
     async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        return (await self._conn.exec_driver_sql(sql, params)).all()
+        rows: list[asyncpg.Record] = await self._conn.fetch(sql, *params)
+        return rows
 
     async def run(self, writes: list[Write]) -> None:
-        for sql, params, _many in writes:
-            await self._conn.exec_driver_sql(sql, params)
+        for sql, params, many in writes:
+            if many:
+                await self._conn.executemany(sql, params)
+            else:
+                await self._conn.execute(sql, *params)
 
 
 _NOW_PG = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
@@ -132,8 +137,23 @@ class PostgresStorage(SqlStorage):
 
     @asynccontextmanager
     async def _commit_txn(self) -> AsyncIterator[CommitIO]:
-        async with self.engine.begin() as conn:
-            yield _SqlAlchemyIO(conn)
+        async with self._raw() as raw, raw.transaction():
+            yield _AsyncpgIO(raw)
+
+    @asynccontextmanager
+    async def _raw(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's asyncpg connection, outside SQLAlchemy's transaction
+        handling (the pool's autocommit engine): the caller runs its own. A connection
+        the driver found broken is invalidated, so that the pool does not hand it out again."""
+        async with self._read() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                yield raw
+            except BaseException:
+                if raw.is_closed():
+                    await conn.invalidate()
+                raise
 
     async def commit(self, batch: Batch) -> CommitResult:
         if batch.creates_only():
@@ -142,9 +162,7 @@ class PostgresStorage(SqlStorage):
 
     @runs_to_end
     async def _commit_inserts(self, batch: Batch) -> CommitResult:
-        async with self._read() as conn:  # autocommit: the statement is its own transaction
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
+        async with self._raw() as raw:  # autocommit: the statement is its own transaction
             return await commit_inserts(raw, batch, (WAKEUP_CHANNEL, self._instance), CLAIMABLE)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -215,8 +233,11 @@ class PostgresStorage(SqlStorage):
     def _insert(self) -> Any:
         return pg_dialect.insert
 
-    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
-        return getattr(exc.orig, "sqlstate", None) == "23505" and "executions_pkey" in str(exc.orig)
+    _statement_errors = (DBAPIError, asyncpg.PostgresError)
+
+    def _is_duplicate_execution(self, exc: Exception) -> bool:
+        orig = getattr(exc, "orig", exc)
+        return getattr(orig, "sqlstate", None) == "23505" and "executions_pkey" in str(orig)
 
     def is_unavailable(self, exc: BaseException) -> bool:
         # A dropped connection (one SQLAlchemy invalidated, or asyncpg's "connection was
@@ -235,9 +256,9 @@ class PostgresStorage(SqlStorage):
                 return True
         return False
 
-    def _is_retryable(self, exc: DBAPIError) -> bool:
+    def _is_retryable(self, exc: Exception) -> bool:
         # deadlock_detected, serialization_failure: the transaction was rolled back.
-        return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+        return getattr(getattr(exc, "orig", exc), "sqlstate", None) in ("40P01", "40001")
 
     # --- LISTEN/NOTIFY ------------------------------------------------------
 
