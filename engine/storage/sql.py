@@ -411,10 +411,13 @@ class SqlStorage(Storage):
         `state_keys` (those the batch expects or writes) kept from other writers;
         and the last event/message seqs if they came along."""
 
-    async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
-        """The last event and message seqs before this commit's, reserving
-        `events` and `messages` numbers after them. Needed by dialects whose
-        `_read_touched` does not return the last seqs."""
+    async def _append_log(
+        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
+    ) -> tuple[int, int]:
+        """Insert the commit's events and pipe messages (their values without seq) with
+        the next seqs, and send the wake-up if `notify`; returns the last event and
+        message seqs before them. Needed by dialects whose `_read_touched` does not
+        return the last seqs."""
         raise NotImplementedError
 
     #: Whether commit reads the batch's new execution ids (to refuse existing ones with a
@@ -605,15 +608,26 @@ class SqlStorage(Storage):
         if refused:
             events = [(ev, values) for ev, values in events if ev.execution_id not in refused]
         messages = prepared.messages
-        if events or messages:
-            if last_seqs is None:  # taken last: see PostgresStorage._RESERVE
-                await io.run(writes)
-                writes = []
-                last_seqs = await self._reserve_seqs(io, len(events), len(messages))
+        # A slot handed to a step waiting in another process: wake that process.
+        notify = notify or any(k.startswith("slots:") for k in batch.state)
+        if (events or messages) and last_seqs is None:
+            # The dialect numbers and inserts them in the commit's last statement (the
+            # seq counter's lock is taken last: see PostgresStorage._LOCK_STATE's comment).
+            await io.run(writes)
+            writes = []
+            last_seqs = await self._append_log(io, [v for _, v in events], messages, notify)
+            notify = False
+            for seq, (ev, _values) in enumerate(events, start=last_seqs[0] + 1):
+                ev.seq = seq  # the batch's records are handed over (Storage.commit)
+                result.events.append(ev)
+            for seq, msg in enumerate(batch.messages, start=last_seqs[1] + 1):
+                msg.seq = seq
+        elif events or messages:
+            assert last_seqs is not None
             if events:
                 event_rows = []
                 for seq, (ev, values) in enumerate(events, start=last_seqs[0] + 1):
-                    ev.seq = seq  # the batch's records are handed over (Storage.commit)
+                    ev.seq = seq
                     result.events.append(ev)
                     event_rows.append((seq, *values))
                 stmt = EVENTS.insert
@@ -629,8 +643,6 @@ class SqlStorage(Storage):
                 writes.append(
                     sql.write_tuples("insert_messages", stmt, MESSAGE_COLUMNS, message_rows)
                 )
-        # A slot handed to a step waiting in another process: wake that process.
-        notify = notify or any(k.startswith("slots:") for k in batch.state)
         if notify and self._notify_sql is not None:
             writes.append((*self._notify_sql, False))
         await io.run(writes)

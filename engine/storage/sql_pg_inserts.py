@@ -8,7 +8,7 @@ INSERT events, NOTIFY, COMMIT), and needs no SQLAlchemy parameter building.
 
 The statement inserts the executions first and takes the seq counter's row
 lock last (its WHERE waits for the INSERT's row count), as every commit does
-(see PostgresStorage._RESERVE): seqs become visible in order, and no cycle of
+(see PostgresStorage._LOCK_STATE's comment): seqs become visible in order, and no cycle of
 waits can form.
 """
 
@@ -26,6 +26,8 @@ from .sql_tables import (
     EVENTS,
     EXECUTION_FIELDS,
     EXECUTIONS,
+    MESSAGE_COLUMNS,
+    PIPE_MESSAGES,
     dumps,
     event_values,
     execution_row,
@@ -59,6 +61,30 @@ def _statement(notify: bool) -> str:
 
 _PLAIN = _statement(notify=False)
 _NOTIFY = _statement(notify=True)
+
+
+def _log_statement(notify: bool) -> str:
+    """$1, $2: the numbers of events and messages; $3, $4: their rows without seq,
+    each one JSON array of arrays; $5, $6: the NOTIFY's channel and payload."""
+    ev_cols = EVENT_COLUMNS[1:]
+    msg_cols = MESSAGE_COLUMNS[1:]
+    tail = ", pg_notify($5, $6)" if notify else ""
+    return (
+        "WITH s AS (UPDATE seq_counters SET events = events + $1, messages = messages + $2"
+        " WHERE id = 1 RETURNING events, messages),"
+        f" e AS (INSERT INTO events (seq, {', '.join(ev_cols)}) SELECT s.events - $1 + u.n, {_fields(EVENTS, ev_cols)}"
+        " FROM s, jsonb_array_elements($3::jsonb) WITH ORDINALITY AS u(r, n)),"
+        f" m AS (INSERT INTO pipe_messages (seq, {', '.join(msg_cols)})"
+        f" SELECT s.messages - $2 + u.n, {_fields(PIPE_MESSAGES, msg_cols)}"
+        " FROM s, jsonb_array_elements($4::jsonb) WITH ORDINALITY AS u(r, n))"
+        f" SELECT s.events, s.messages{tail} FROM s"
+    )
+
+
+#: The events and pipe messages of a transaction, numbered by the seq counter whose
+#: row lock the statement takes (the commit's last lock), and its NOTIFY if any.
+LOG = _log_statement(notify=False)
+LOG_NOTIFY = _log_statement(notify=True)
 
 
 async def commit_inserts(

@@ -34,7 +34,7 @@ from ..ids import new_id
 from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
 from .sql import CommitIO, SqlStorage, Write, log, runs_to_end
-from .sql_pg_inserts import commit_inserts
+from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
 from .sql_tables import dumps
 
 
@@ -85,7 +85,7 @@ class PostgresStorage(SqlStorage):
         "SELECT id, token, status, control FROM executions WHERE id = ANY($1::varchar[])"
         " ORDER BY id FOR UPDATE"
     )
-    # Seqs are handed out by bumping one counter row, whose row lock is held until
+    # Seqs are handed out by bumping one counter row (sql_pg_inserts.LOG), whose row lock is held until
     # COMMIT. That is what keeps tailing readers correct: with a SEQUENCE (or any
     # number taken without waiting) a transaction holding N+1 could commit before
     # the one holding N, and a reader already past N+1 (`read_events(after_seq)`)
@@ -100,10 +100,6 @@ class PostgresStorage(SqlStorage):
         "SELECT count(pg_advisory_xact_lock($1::int, hashtext(k))) FROM unnest($2::text[]) AS k"
     )
     _READ_STATE = "SELECT key, value FROM state WHERE key = ANY($1::varchar[])"
-    _RESERVE = (
-        "UPDATE seq_counters SET events = events + $1, messages = messages + $2"
-        " WHERE id = 1 RETURNING events, messages"
-    )
 
     def __init__(self, dsn: str, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
         url = make_url(dsn)
@@ -223,9 +219,14 @@ class PostgresStorage(SqlStorage):
                 state = {r[0]: json.loads(r[1]) for r in rows}
         return current, state, None
 
-    async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
-        [(last_event, last_message)] = await io.fetch(self._RESERVE, (events, messages))
-        return int(last_event) - events, int(last_message) - messages
+    async def _append_log(
+        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
+    ) -> tuple[int, int]:
+        params: tuple[Any, ...] = (len(events), len(messages), dumps(events), dumps(messages))
+        if notify:
+            params += (WAKEUP_CHANNEL, self._instance)
+        [row] = await io.fetch(LOG_NOTIFY if notify else LOG, params)
+        return int(row[0]) - len(events), int(row[1]) - len(messages)
 
     async def _migration_lock(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
