@@ -239,6 +239,22 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
                         a.pgq_jobs, pgq_argv, "postgresql", ("dq", "postgresql", "jobs/s"),
                     )
                 )  # fmt: skip
+    if "pgqueuer" in systems and "memory" in storages:
+        for b in [int(x) for x in str(a.pgq_batch).split(",") if x]:
+
+            def pgq_memory(store: dict[str, str], b: int = b) -> list[str]:
+                return [
+                    py, os.path.join(HERE, "peers_pgqueuer.py"), "--in-memory",
+                    "--jobs", str(a.pgq_jobs), "--concurrency", "1", "--batch", str(b),
+                ]  # fmt: skip
+
+            cases.append(Case(
+                "pgqueuer", "memory", "jobs/s", f"{a.pgq_jobs} no-op jobs, in-memory (batch {b})", a.pgq_jobs,
+                pgq_memory, "memory", ("dq", "memory", "jobs/s"),
+            ))  # fmt: skip
+
+    if "pgqueuer" in systems and "postgresql" in storages:
+        batches = [int(x) for x in str(a.pgq_batch).split(",") if x]
         if a.start_jobs:
 
             def pgq_single(store: dict[str, str]) -> list[str]:
