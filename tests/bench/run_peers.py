@@ -367,6 +367,17 @@ def print_table(table: list[dict[str, Any]]) -> None:
         print(
             f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {ratio:>16}  {target:>13}  {samples}"
         )
+    # Concurrent single start() calls against start_many (issue 17: within 50%).
+    by = {(r["system"], r["storage"], r["metric"]): r["median"] for r in table}
+    gather, bulk = by.get(("dq", "postgresql", "gather/s")), by.get(("dq", "postgresql", "jobs/s"))
+    if gather and bulk:
+        print(f"dq PostgreSQL: start() calls at once / start_many = {gather / bulk:.2f}x")
+    peers = [r for r in table if r["system"] == "pgqueuer" and r["metric"] == "jobs/s" and r["median"]]
+    for storage in ("postgresql", "memory"):
+        best = max((r for r in peers if r["storage"] == storage), key=lambda r: r["median"], default=None)
+        dq = by.get(("dq", storage, "jobs/s"))
+        if best is not None and dq:
+            print(f"dq {storage} jobs/s / pgqueuer's best ({best['workload']}) = {dq / best['median']:.2f}x")
 
 
 def versions(a: argparse.Namespace) -> dict[str, Any]:
