@@ -15,10 +15,12 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import uvicorn
 
 from ..durations import parse_interval
 from ..errors import DqError
+from . import wire
 from .http import NodeApp, authorized, mount, not_found
 from .node import Node
 from .worker import Worker
@@ -108,8 +110,9 @@ class Orchestration:
         self._server: _Server | None = None
 
     def app(self, *, token: str | None = None, local_work: bool = True) -> NodeApp:
-        self.node = Node(self.queue, interval_ms=self.options.interval_ms, local_work=local_work)
-        return NodeApp(self.node, token if token is not None else self.options.token)
+        token = token if token is not None else self.options.token
+        self.node = Node(self.queue, interval_ms=self.options.interval_ms, local_work=local_work, token=token)
+        return NodeApp(self.node, token)
 
     async def start(self, *, local_work: bool = True) -> None:
         opts = self.options
@@ -175,7 +178,9 @@ class WorkerService:
 
 
 class _WakeApp:
-    """The worker's endpoint: `POST /wake` makes it look for work and interrupts now."""
+    """The worker's endpoint, called by the node with the shared token:
+    `POST /wake` makes it look for work and for interrupts now; `POST /interrupt`
+    (body `wire.Interrupt`) says executions it holds have a pause or cancel waiting."""
 
     def __init__(self, worker: Worker, token: str | None) -> None:
         self.worker = worker
@@ -185,14 +190,49 @@ class _WakeApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        path = scope.get("path")
         if not authorized(dict(scope.get("headers") or ()), self.token):
             status = 401
-        elif scope.get("path") != "/wake" or scope.get("method") != "POST":
+        elif path not in ("/wake", "/interrupt") or scope.get("method") != "POST":
             status = 404
+        elif path == "/interrupt" and not _valid_interrupt(await _read_body(receive)):
+            status = 400
         else:
+            # Answer at once; the renewal that brings the request back runs on its own.
             status = 204
-            task = asyncio.create_task(self.worker.wake(), name="dq-worker-wake")
+            act = self.worker.wake() if path == "/wake" else self.worker.queue.runtime.renew_leases()
+            task = asyncio.create_task(act, name=f"dq-worker-{path[1:]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+_MAX_INTERRUPT_BODY = 1024 * 1024
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The request body, or None when it is over _MAX_INTERRUPT_BODY or the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_INTERRUPT_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _valid_interrupt(body: bytes | None) -> bool:
+    if body is None:
+        return False
+    try:
+        msgspec.json.decode(body, type=wire.Interrupt)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+    return True
