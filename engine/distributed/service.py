@@ -63,7 +63,9 @@ class OrchestrationOptions:
         self.token: str | None = token
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         host = f"[{host}]" if ":" in host else host
-        self.url = str(opts.get("url") or f"http://{host}:{self.port}{self.endpoint}")
+        #: The server's own address (the node's worker API and the dashboard share it).
+        self.base_url = f"http://{host}:{self.port}"
+        self.url = str(opts.get("url") or f"{self.base_url}{self.endpoint}")
 
 
 def check_token(host: str, token: str | None) -> None:
@@ -99,6 +101,47 @@ class _Server:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
+class Site:
+    """The one HTTP server of a queue's services: the node's worker API and the
+    dashboard (`queue.monitoring`), each answering the paths under its prefix
+    ('' for everything else). It listens while at least one is mounted."""
+
+    def __init__(self, options: OrchestrationOptions) -> None:
+        self.options = options
+        self.routes: dict[str, Any] = {}
+        self._server: _Server | None = None
+
+    async def add(self, prefix: str, app: Any) -> None:
+        if prefix in self.routes:
+            raise DqError(f"something is already served under {prefix or '/'!r} on this queue's server")
+        self.routes[prefix] = app
+        if self._server is None:
+            check_token(self.options.host, self.options.token)
+            server = _Server(self, self.options.host, self.options.port)
+            try:
+                await server.start()
+            except BaseException:
+                del self.routes[prefix]
+                raise
+            self._server = server
+
+    async def remove(self, prefix: str) -> None:
+        self.routes.pop(prefix, None)
+        if not self.routes and self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return  # lifespan: each mounted app's own is driven by its service
+        path = scope.get("path", "")
+        for prefix in sorted(self.routes, key=len, reverse=True):
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                await self.routes[prefix](scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+
 class Orchestration:
     """`queue.orchestration`: run this process as the node (`start()`), or build its
     worker API to mount elsewhere (`app()`, as `dq-ui serve` does)."""
@@ -107,7 +150,7 @@ class Orchestration:
         self.queue = queue
         self.options = OrchestrationOptions(queue.orchestration_options)
         self.node: Node | None = None
-        self._server: _Server | None = None
+        self.site = Site(self.options)
 
     def app(self, *, token: str | None = None, local_work: bool = True) -> NodeApp:
         token = token if token is not None else self.options.token
@@ -121,14 +164,16 @@ class Orchestration:
         assert self.node is not None
         self.node.url = opts.url
         await self.node.start()
-        self._server = _Server(mount(not_found, opts.endpoint, node_app), opts.host, opts.port)
-        await self._server.start()
+        try:
+            await self.site.add(opts.endpoint, mount(not_found, opts.endpoint, node_app))
+        except BaseException:
+            await self.node.close()
+            raise
 
     async def stop(self) -> None:
         if self.node is not None:
             await self.node.close()  # first: it ends the long polls the server waits for
-        if self._server is not None:
-            await self._server.stop()
+        await self.site.remove(self.options.endpoint)
 
 
 class WorkerService:
