@@ -7,17 +7,27 @@ pushed, nothing else explains it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from dq import create_sqlite_storage
 from dq.engine import transitions
+from dq.engine.distributed import wire
+from dq.engine.distributed.fingerprint import fingerprints
+from dq.engine.distributed.node import Node
+from dq.engine.distributed.service import _Server
 from dq.engine.ids import now_ms
+from dq.engine.queue import Queue
+from dq.engine.storage.base import Batch, ExecutionRecord
 from dq.engine.storage.sql import SqlStorage
 from dq.engine.transitions import Control, ControlKind
 from tests.faults.conftest import add_executions, lines
 
+from . import jobs
 from .conftest import TOKEN, Cluster, free_port, wait_until
 
 SLOW = {"DQ_TEST_INTERVAL": "5m", "DQ_TEST_LEASE": "10m"}
@@ -72,3 +82,75 @@ async def test_the_worker_endpoint_wants_the_token(cluster: Cluster, tmp_path: P
         assert (await client.post(base + "/other", content=body, headers=good)).status_code == 404
         assert (await client.post(base + "/interrupt", content=body, headers=good)).status_code == 204
         assert (await client.post(base + "/wake", headers=good)).status_code == 204
+
+
+class _Recorder:
+    """A stand-in worker endpoint that records what the node sends it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, bytes]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = (await receive()).get("body", b"")
+        self.calls.append((scope["path"], dict(scope["headers"]).get(b"authorization", b""), body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _held_by(queue: Queue, node: Node, url: str) -> ExecutionRecord:
+    """An execution claimed by a registered remote worker `w` whose endpoint is `url`."""
+    reg = wire.Register(worker_id="w", protocol=wire.PROTOCOL, host="h", pid=1, version="t", capacity=1,
+                        jobs=fingerprints(jobs.queue.definitions), url=url)  # fmt: skip
+    await node.handle("register", wire.encode(reg), "w")
+    await queue.storage.commit(Batch(executions=[ExecutionRecord("x1", "multi", "pending", input={"id": "x1"})]))
+    claim = wire.Claim(worker_id="w", limit=1, lease_ms=600_000)
+    [rec] = wire.decode_reply("claim", await node.handle("claim", wire.encode(claim), "w")).records
+    return rec
+
+
+async def _request_cancel(queue: Queue, rec: ExecutionRecord) -> None:
+    change = transitions.request(rec, Control(ControlKind.CANCEL, "x"), now=now_ms(), by="test")
+    assert (await queue.storage.commit(change.batch())).applied == [True]
+
+
+async def test_the_node_posts_the_interrupt_with_the_token(tmp_path: Path) -> None:
+    queue = jobs.queue.with_storage(create_sqlite_storage(str(tmp_path / "n.db")))
+    node = queue.orchestration.app(token="tok", local_work=False).node
+    assert node is not None
+    port = free_port()
+    recorder = _Recorder()
+    server = _Server(recorder, "127.0.0.1", port)
+    await server.start()
+    await node.start()
+    try:
+        rec = await _held_by(queue, node, f"http://127.0.0.1:{port}/dq-worker")
+        await _request_cancel(queue, rec)
+        await wait_until(lambda: node.pusher.sent == 1, 10, lambda: str(recorder.calls))
+        assert recorder.calls == [("/dq-worker/interrupt", b"Bearer tok", b'{"executions":["x1"]}')]
+    finally:
+        await node.close()
+        await server.stop()
+        await queue.close()
+
+
+async def test_an_unreachable_worker_endpoint_is_logged_never_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = jobs.queue.with_storage(create_sqlite_storage(str(tmp_path / "n.db")))
+    node = queue.orchestration.app(token="tok", local_work=False).node
+    assert node is not None
+    await node.start()
+    try:
+        rec = await _held_by(queue, node, f"http://127.0.0.1:{free_port()}/dq-worker")  # nothing listens
+        with caplog.at_level(logging.WARNING, "dq.node"):
+            await _request_cancel(queue, rec)
+            await wait_until(lambda: "could not reach worker endpoint" in caplog.text, 10, lambda: caplog.text)
+        assert node.pusher.sent == 0
+        # The node carries on: the request is stored for the worker's next renewal, which brings it.
+        controls = wire.decode_reply("renew", await node.handle("renew", wire.encode(wire.Renew("w", ["x1"], 1000)), "w"))
+        assert controls == {"x1": "cancel:x"}
+    finally:
+        await node.close()
+        await queue.close()
