@@ -8,6 +8,7 @@ pushed, nothing else explains it.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ SLOW = {"DQ_TEST_INTERVAL": "5m", "DQ_TEST_LEASE": "10m"}
 
 
 @pytest.mark.timeout(120)
-async def test_a_cancel_asked_from_another_process_is_pushed_to_the_worker(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["another process", "the node's dashboard"])
+async def test_a_cancel_is_pushed_to_the_worker(cluster: Cluster, tmp_path: Path, where: str) -> None:
     db = tmp_path / "dq.db"
     port, worker_port = free_port(), free_port()
     await cluster.node(f"sqlite:///{db}", port, "--no-local-work", env=SLOW)
@@ -46,10 +48,21 @@ async def test_a_cancel_asked_from_another_process_is_pushed_to_the_worker(clust
         await wait_until(lambda: len(lines(tmp_path / "effects")) == 1, 30, worker.describe)
         rec = await storage.get_execution(eid)
         assert rec is not None and rec.status == "running"
-        # Exactly what Execution.cancel() commits in a process that does not hold it
-        # (here: neither the node nor the worker): the node hears it from the event log.
-        change = transitions.request(rec, Control(ControlKind.CANCEL, "by test"), now=now_ms(), by="test")
-        assert (await storage.commit(change.batch())).applied == [True]
+        reason = "by test"
+        if where == "another process":
+            # Exactly what Execution.cancel() commits in a process that does not hold it
+            # (neither the node nor the worker): the node hears it from the event log.
+            change = transitions.request(rec, Control(ControlKind.CANCEL, reason), now=now_ms(), by="test")
+            assert (await storage.commit(change.batch())).applied == [True]
+        else:
+            reason = "cancelled from the dashboard"
+            node_url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=node_url, headers={"origin": node_url}) as client:
+                page = await client.get(f"/executions/{eid}?token={TOKEN}", follow_redirects=True)
+                csrf = re.search(r'"x-csrftoken": "([^"]+)"', page.text)
+                assert csrf, page.text[:500]
+                r = await client.post(f"/executions/{eid}/cancel", headers={"x-csrftoken": csrf.group(1)})
+                assert r.status_code == 200, r.text
 
         async def cancelled() -> bool:
             r = await storage.get_execution(eid)
@@ -57,7 +70,7 @@ async def test_a_cancel_asked_from_another_process_is_pushed_to_the_worker(clust
 
         await wait_until(cancelled, 15, worker.describe)
         rec = await storage.get_execution(eid)
-        assert rec is not None and (rec.error or {}).get("reason") == "by test"
+        assert rec is not None and (rec.error or {}).get("reason") == reason
         assert [s.status for s in await storage.get_steps(eid)] != ["completed"]
         assert len(lines(tmp_path / "effects")) == 1  # step 2 never ran
     finally:
