@@ -34,15 +34,25 @@ class Pusher:
     def __init__(self, token: str | None) -> None:
         self.token = token
         self._client: httpx.AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: worker url -> executions still to tell it about: a burst of requests (a bulk
+        #: cancel) becomes one call per worker at a time, not one per execution.
+        self._pending: dict[str, set[str]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         #: Successful pushes (for tests and the log).
         self.sent = 0
 
     def interrupt(self, worker_url: str, execution_ids: list[str]) -> None:
         """POST `<worker_url>/interrupt` in the background; failures are logged, never raised."""
-        task = asyncio.create_task(self._post(worker_url, execution_ids), name="dq-node-push")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending.setdefault(worker_url, set()).update(execution_ids)
+        if worker_url not in self._tasks:
+            self._tasks[worker_url] = asyncio.create_task(self._drain(worker_url), name="dq-node-push")
+
+    async def _drain(self, worker_url: str) -> None:
+        try:
+            while ids := self._pending.pop(worker_url, None):
+                await self._post(worker_url, sorted(ids))
+        finally:
+            del self._tasks[worker_url]
 
     async def _post(self, worker_url: str, execution_ids: list[str]) -> None:
         if self._client is None:
@@ -62,9 +72,11 @@ class Pusher:
         self.sent += 1
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pending.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -7,6 +7,7 @@ pushed, nothing else explains it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from dq.engine import transitions
 from dq.engine.distributed import wire
 from dq.engine.distributed.fingerprint import fingerprints
 from dq.engine.distributed.node import Node
+from dq.engine.distributed.push import Pusher
 from dq.engine.distributed.service import _Server
 from dq.engine.ids import now_ms
 from dq.engine.queue import Queue
@@ -167,3 +169,26 @@ async def test_an_unreachable_worker_endpoint_is_logged_never_fatal(
     finally:
         await node.close()
         await queue.close()
+
+
+async def test_a_burst_of_interrupts_is_coalesced_per_worker() -> None:
+    port = free_port()
+    recorder = _Recorder()
+    server = _Server(recorder, "127.0.0.1", port)
+    await server.start()
+    pusher = Pusher("tok")
+    try:
+        ids = [f"e{i:03}" for i in range(200)]  # a bulk cancel of one worker's executions
+        for eid in ids:
+            pusher.interrupt(f"http://127.0.0.1:{port}/w", [eid])
+        told: set[str] = set()
+
+        def all_told() -> bool:
+            told.update(i for _path, _auth, body in recorder.calls for i in json.loads(body)["executions"])
+            return told == set(ids)
+
+        await wait_until(all_told, 10, lambda: f"{len(told)} of {len(ids)}")
+        assert 1 <= len(recorder.calls) < 10, len(recorder.calls)  # not one call per execution
+    finally:
+        await pusher.aclose()
+        await server.stop()
