@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,8 @@ from .worker import Worker
 
 if TYPE_CHECKING:
     from ..queue import Queue
+
+log = logging.getLogger("dq.worker")
 
 _KEYS = {"host", "port", "endpoint", "interval", "token", "url"}
 DEFAULT_ENDPOINT = "/orchestration"
@@ -246,7 +249,7 @@ class _WakeApp:
             # Answer at once; the renewal that brings the request back runs on its own.
             status = 204
             act = self.worker.wake() if path == "/wake" else self.worker.queue.runtime.renew_leases()
-            task = asyncio.create_task(act, name=f"dq-worker-{path[1:]}")
+            task = asyncio.create_task(_logged(act, path), name=f"dq-worker-{path[1:]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await send({"type": "http.response.start", "status": status, "headers": []})
@@ -254,6 +257,14 @@ class _WakeApp:
 
 
 _MAX_INTERRUPT_BODY = 1024 * 1024
+
+
+async def _logged(act: Coroutine[Any, Any, None], path: str) -> None:
+    """The node's call is answered already: a failure is logged (the next renewal retries)."""
+    try:
+        await act
+    except Exception as exc:
+        log.warning("dq: acting on the node's %s call failed: %s", path, exc)
 
 
 async def _read_body(receive: Any) -> bytes | None:
