@@ -7,11 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 
+from dq.engine.distributed.monitoring import MonitoringOptions, register_dashboard
 from dq.web import (
     GET_ONLY,
     ROUTES,
@@ -21,6 +22,8 @@ from dq.web import (
     HostPolicy,
     Settings,
     TokenAuth,
+    WithBase,
+    check_base,
     http_error,
 )
 
@@ -40,9 +43,12 @@ def create_app(
     With `manage_queue` the app starts the queue (if not started yet) and
     closes it on shutdown. `background` coroutines (the demo's trickle) run
     while the app serves. Requests must name a loopback host, `settings.bound_host`
-    or one of `settings.allowed_hosts` (see web/gate.py).
+    or one of `settings.allowed_hosts` (see web/gate.py). With `settings.base`
+    (e.g. "/monitoring") every route and every URL it writes is under that path
+    (see web/prefix.py).
     """
     settings = settings or Settings(token=token, read_only=read_only)
+    base = check_base(settings.base)
     dash = Dashboard(queue, settings, label=label)
 
     @contextlib.asynccontextmanager
@@ -67,7 +73,7 @@ def create_app(
 
     middleware = [DefineMiddleware(TokenAuth, token=settings.token, cookie=settings.token_cookie)] if settings.token else []
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[Router(path=base, route_handlers=ROUTES)] if base else ROUTES,
         lifespan=[lifespan],
         middleware=middleware,
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=settings.csrf_cookie, cookie_httponly=True),
@@ -77,12 +83,23 @@ def create_app(
     )
     # In front of the router, so that 404s, 405s and static files pass the gate too.
     policy = HostPolicy(bound=settings.bound_host, allowed=settings.allowed_hosts)
-    app.asgi_handler = Gate(app.asgi_handler, policy, get_only=GET_ONLY)
+    app.asgi_handler = Gate(WithBase(app.asgi_handler, base), policy, get_only=[base + p for p in GET_ONLY])
     return app
 
 
 async def _run(fn: Callable[[], Awaitable[None]]) -> None:
     await fn()
+
+
+def _monitoring_dashboard(queue: Any, options: MonitoringOptions, token: str | None, host: str) -> Litestar:
+    """`queue.monitoring.start()`'s dashboard: under the monitoring endpoint, with the
+    orchestration token; the queue is the node's (started and closed by its owner)."""
+    settings = Settings(token=token, read_only=options.read_only, bound_host=host, base=options.endpoint)
+    return create_app(queue, settings=settings, manage_queue=False)
+
+
+# The engine finds the dashboard through this hook (engine/distributed/monitoring.py).
+register_dashboard(_monitoring_dashboard)
 
 
 __all__ = ["create_app"]

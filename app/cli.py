@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--orchestrator", required=True, help="the node's worker API, e.g. http://node:8000/orchestration")
     worker.add_argument("--token", default=None, help="the node's token (or DQ_UI_TOKEN)")
     worker.add_argument("--concurrency", type=int, default=None, help="executions at a time (default 100)")
-    worker.add_argument("--host", default=None, help="listen here for the node's wake-up calls (with --port)")
-    worker.add_argument("--port", type=int, default=None, help="port of the wake-up endpoint (default: none, polling only)")
+    worker.add_argument("--host", default=None, help="listen here for the node's calls: interrupts (cancel, pause) and wake-ups (with --port)")
+    worker.add_argument("--port", type=int, default=None, help="port of that endpoint (default: none; interrupts then wait for the next lease renewal)")
 
     bench = sub.add_parser("bench", help="measure jobs/s and steps/s")
     bench.add_argument("--storage", default="memory://")

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from . import context
 from .bulk import Bulk
+from .distributed.monitoring import Monitoring
 from .distributed.service import Orchestration, WorkerService
 from .durations import parse_duration
 from .errors import DqError
@@ -279,6 +280,8 @@ class Queue:
         #: The orchestration node and the remote worker (API.md "Distribution").
         self.orchestration = Orchestration(self)
         self.worker = WorkerService(self)
+        #: The dashboard on the node's server (`monitoring={"endpoint": ...}`).
+        self.monitoring = Monitoring(self)
         self.replayer = Replayer(self)
         self.bulk = Bulk(self)
         self._start_task: asyncio.Task[None] | None = None

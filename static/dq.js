@@ -205,9 +205,10 @@
     var toastEl = document.getElementById("toast");
     if (toastEl) toastEl.textContent = "";
     if (panel && panel.dataset.key) {
-      var m = window.location.pathname.match(/^\/executions\/([^/]+)$/);
+      var base = document.body.dataset.base || "";
+      var m = window.location.pathname.slice(base.length).match(/^\/executions\/([^/]+)$/);
       if (m) {
-        htmx.ajax("GET", "/executions/" + m[1] + "/step?key=", { target: "#step-panel", swap: "outerHTML" });
+        htmx.ajax("GET", base + "/executions/" + m[1] + "/step?key=", { target: "#step-panel", swap: "outerHTML" });
         history.replaceState(null, "", window.location.pathname + window.location.search.replace(/([?&])step=[^&]*&?/, "$1").replace(/[?&]$/, ""));
         return true;
       }

@@ -35,11 +35,13 @@ from .operate import (
 )
 from .pages import executions, go, overview
 from .pipes_pages import pipes_page, send_message
+from .prefix import WithBase, check_base
 from .render import STATIC_DIR
 from .schedules_pages import pause_schedule, resume_schedule, schedules_page, trigger_now
 from .settings import Settings
 from .sse import LIVE_PATH, live_stream
 from .static_files import static_file
+from .workers_page import STREAM_URL as WORKERS_STREAM_URL
 from .workers_page import workers_page, workers_stream
 
 
@@ -58,9 +60,9 @@ ROUTES: list[BaseRouteHandler] = [
 ]  # fmt: skip
 
 #: Paths answered for GET only: the gate does not turn a HEAD into a GET for them.
-GET_ONLY = (LIVE_PATH,)
+GET_ONLY = (LIVE_PATH, WORKERS_STREAM_URL)
 
 __all__ = [
     "ALLOWED_HOSTS_ENV", "GET_ONLY", "ROUTES", "STATE_KEY", "STATIC_DIR", "Dashboard", "Gate", "HostPolicy",
-    "Settings", "TokenAuth", "http_error", "parse_allowed", "split_host",
+    "Settings", "TokenAuth", "WithBase", "check_base", "http_error", "parse_allowed", "split_host",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from . import render
+from . import prefix, render
 
 PUBLIC_PREFIXES = ("/static/", "/healthz")
 
@@ -30,7 +30,7 @@ class TokenAuth:
         self.cookie = cookie
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if str(scope["type"]) != "http" or scope["path"].startswith(PUBLIC_PREFIXES):
+        if str(scope["type"]) != "http" or scope["path"].startswith(tuple(prefix.url(p) for p in PUBLIC_PREFIXES)):
             await self.app(scope, receive, send)
             return
         # errors="replace": raw bytes that are not UTF-8 (in a query too) must not be a 500.

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from dq.engine.storage.base import STATUSES, ExecutionQuery
 
 from . import params as p
+from . import prefix
 
 T = TypeVar("T")
 PAGE_SIZE = 50
@@ -142,9 +143,10 @@ class Filters:
                 out.append((key, value))
         return out
 
-    def url(self, base: str = "/executions", **override: str | None) -> str:
+    def url(self, path: str = "/executions", **override: str | None) -> str:
+        """The page at `path` (under the dashboard's prefix) with these filters."""
         qs = urlencode(self.params(**override))
-        return f"{base}?{qs}" if qs else base
+        return prefix.url(f"{path}?{qs}" if qs else path)
 
 
 def parse_filters(params: Mapping[str, Sequence[str]], job_names: Sequence[str] = ()) -> Filters:

@@ -27,7 +27,7 @@ from dq.engine.ids import now_ms
 from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord
 from dq.engine.storage.query import matches
 
-from . import live, loaders
+from . import live, loaders, prefix
 from .filters import Filters
 from .live import ExecCache, Message
 from .views import children_of, needs_live_step
@@ -136,6 +136,7 @@ class Hub:
 
     # -- the bus --------------------------------------------------------------------
     async def _read_bus(self) -> None:
+        prefix.BASE.set(self.settings.base)  # this task's own context: what it renders links there
         bus = self.dash.queue.bus
         while not self._closing:
             try:
@@ -191,6 +192,7 @@ class Hub:
 
     # -- ticks ----------------------------------------------------------------------
     async def _loop(self) -> None:
+        prefix.BASE.set(self.settings.base)
         # A stop flag as well as cancellation: on Python 3.11, asyncio.wait_for can swallow a
         # cancel that lands as its inner wait completes (cpython gh-86296); asyncio.timeout can't.
         while not self._closing:

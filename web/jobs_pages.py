@@ -15,7 +15,7 @@ from dq import ValidationError
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import json_input, loaders, params, render
+from . import json_input, loaders, params, prefix, render
 from .dashboard import Dashboard, dashboard_of, short_path
 from .format import to_json
 from .pages import html
@@ -121,7 +121,7 @@ async def start_execution(request: Req, name: FromPath[str]) -> Response[str]:
     except ValidationError as exc:
         ctx["start_error"] = f"Invalid input: {exc}"
         return _form(request, ctx)
-    url = f"/executions/{execution.id}"
+    url = prefix.url(f"/executions/{execution.id}")
     if request.headers.get("hx-request"):
         return Response(content="", status_code=200, headers={"HX-Redirect": url})
     return Response(content="", status_code=303, headers={"Location": url})

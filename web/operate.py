@@ -30,7 +30,7 @@ from dq import DqError, ValidationError
 from dq.engine.ids import new_id, now_ms
 from dq.engine.storage.base import ExecutionQuery, ExecutionRecord
 
-from . import loaders, render
+from . import loaders, prefix, render
 from .dashboard import Dashboard, dashboard_of
 from .filters import Filters, parse_filters
 from .pages import html
@@ -42,7 +42,8 @@ _KEEP = 50
 _MAX_SELECTED = 500
 
 
-def _redirect(request: Req, url: str) -> Response[str]:
+def _redirect(request: Req, path: str) -> Response[str]:
+    url = prefix.url(path)
     if request.headers.get("hx-request"):
         return Response(content="", status_code=200, headers={"HX-Redirect": url})
     return Response(content="", status_code=303, headers={"Location": url})

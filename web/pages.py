@@ -12,7 +12,7 @@ from litestar.response import Redirect, Response
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import ExecutionQuery
 
-from . import loaders, params, render
+from . import loaders, params, prefix, render
 from .dashboard import dashboard_of
 from .filters import parse_filters
 from .sse import stream_url
@@ -83,12 +83,12 @@ async def go(request: Req) -> Redirect:
     dash = dashboard_of(request)
     text = params.last(query_lists(request), "id")
     if not text:
-        return Redirect("/executions")
+        return Redirect(prefix.url("/executions"))
     if not params.is_ident(text):  # no id holds it: the list says why, naming the parameter
-        return Redirect(f"/executions?q={quote(text, safe='')}")
+        return Redirect(prefix.url(f"/executions?q={quote(text, safe='')}"))
     if await dash.storage.get_execution(text) is not None:
-        return Redirect(f"/executions/{text}")
+        return Redirect(prefix.url(f"/executions/{text}"))
     found = await dash.storage.query(ExecutionQuery(id_contains=text, limit=2))
     if len(found) == 1:
-        return Redirect(f"/executions/{found[0].id}")
-    return Redirect(f"/executions?q={quote(text, safe='')}")
+        return Redirect(prefix.url(f"/executions/{found[0].id}"))
+    return Redirect(prefix.url(f"/executions?q={quote(text, safe='')}"))

@@ -14,7 +14,7 @@ from litestar.response import Response
 from dq import ValidationError
 from dq.engine.ids import now_ms
 
-from . import loaders, render
+from . import loaders, prefix, render
 from .dashboard import Dashboard, dashboard_of
 from .loaders import PipeView
 from .pages import html
@@ -57,7 +57,7 @@ async def send_message(request: Req, name: FromPath[str]) -> Response[str]:
         except ValidationError as exc:
             error = f"Invalid message: {exc}"
     if error is None:
-        return Response(content="", status_code=303, headers={"Location": f"/pipes#pipe-{name}"})
+        return Response(content="", status_code=303, headers={"Location": prefix.url(f"/pipes#pipe-{name}")})
     views = await loaders.pipes(dash)
     for view in views:
         if view.name == name:

@@ -15,6 +15,7 @@ from dq.engine.text import scrub
 from dq.engine.why import brief
 
 from . import format as fmt
+from .prefix import Base
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -52,7 +53,7 @@ def environment() -> Environment:
         q=lambda v: quote(str(v), safe=""),
         why_brief=brief,
     )
-    env.globals.update(STATUS_ORDER=STATUS_ORDER, ago=fmt.ago)
+    env.globals.update(STATUS_ORDER=STATUS_ORDER, ago=fmt.ago, base=Base())
     env.globals["ui"] = env.get_template("_ui.html").module
     return env
 

@@ -13,7 +13,7 @@ from litestar.response import Redirect, Response
 from dq.engine.ids import now_ms
 from dq.engine.scheduler import set_schedule_paused
 
-from . import loaders, render
+from . import loaders, prefix, render
 from .dashboard import Dashboard, dashboard_of
 from .loaders import cron_of
 from .pages import html
@@ -44,7 +44,7 @@ async def trigger_now(request: Req, name: FromPath[str]) -> Redirect:
     dash = dashboard_of(request)
     _cron_job(dash, name)
     execution = await dash.queue.jobs[name].start(None)
-    return Redirect(f"/executions/{execution.id}")
+    return Redirect(prefix.url(f"/executions/{execution.id}"))
 
 
 @post("/schedules/{name:str}/pause", name="schedule_pause")
@@ -52,7 +52,7 @@ async def pause_schedule(request: Req, name: FromPath[str]) -> Redirect:
     dash = dashboard_of(request)
     _cron_job(dash, name)
     await set_schedule_paused(dash.storage, name, True)
-    return Redirect("/schedules")
+    return Redirect(prefix.url("/schedules"))
 
 
 @post("/schedules/{name:str}/resume", name="schedule_resume")
@@ -60,4 +60,4 @@ async def resume_schedule(request: Req, name: FromPath[str]) -> Redirect:
     dash = dashboard_of(request)
     _cron_job(dash, name)
     await set_schedule_paused(dash.storage, name, False)
-    return Redirect("/schedules")
+    return Redirect(prefix.url("/schedules"))

@@ -30,6 +30,8 @@ class Settings:
     replay_ticks: int = 2000
     #: Messages queued for one slow client before it is dropped (it reconnects and resyncs).
     client_queue: int = 500
+    #: The path the dashboard is served under ('' for /, or e.g. '/monitoring'): see web/prefix.py.
+    base: str = ""
     #: Signs CSRF tokens; random per process unless given.
     csrf_secret: str = field(default_factory=lambda: secrets.token_hex(32))
 

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from dq.engine.ids import now_ms
 from dq.engine.text import scrub
 
-from . import live, loaders, params
+from . import live, loaders, params, prefix
 from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
 from .hub import RESYNC, Client, Hub, Tick, new_matches
@@ -180,4 +180,4 @@ def stream_url(page: str, after: int, **extra: Any) -> str:
             pairs += [(key, str(v)) for v in value]
         elif value is not None:
             pairs.append((key, str(value)))
-    return "/live?" + urlencode(pairs)
+    return prefix.url(LIVE_PATH + "?" + urlencode(pairs))

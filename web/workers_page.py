@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dq.engine.distributed.node import MISSED_BEATS
 
-from . import live, render
+from . import live, prefix, render
 from .dashboard import STATE_KEY, Dashboard, dashboard_of
 from .pages import html
 
@@ -88,7 +88,7 @@ def _table(rows: list[WorkerRow], now: int, oob: bool) -> str:
 async def workers_page(request: Req) -> Response[str]:
     dash = dashboard_of(request)
     rows, now = await worker_rows(dash)
-    ctx = dash.context(request, "workers", STREAM_URL)
+    ctx = dash.context(request, "workers", prefix.url(STREAM_URL))
     ctx.update(rows=rows, now=now, oob=False)
     return html(render.page("workers.html", **ctx))
 
@@ -108,6 +108,13 @@ async def _updates(dash: Dashboard, every_s: float) -> AsyncIterator[ServerSentE
 
 @asgi(STREAM_URL, copy_scope=True)
 async def workers_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope.get("method") != "GET":  # a stream is only ever read (HEAD too would never end)
+        start: Any = {"type": "http.response.start", "status": 405,
+                      "headers": [(b"allow", b"GET"), (b"content-type", b"text/plain; charset=utf-8")]}  # fmt: skip
+        await send(start)
+        body: Any = {"type": "http.response.body", "body": b"dq-ui: the workers stream answers GET only\n"}
+        await send(body)
+        return
     dash: Dashboard = scope["litestar_app"].state[STATE_KEY]
     response = EventSourceResponse(_updates(dash, 1.0), ping=dash.settings.ping_s,
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip

@@ -16,6 +16,8 @@ once. The node also keeps the worker registry:
   answered `lost`, and it drops what it held.
 - `claim` is a long poll: while nothing is due it waits for new work (events on
   the node's bus, the next due time) instead of having workers poll in a loop.
+- A pause or cancel of an execution one of its workers holds is pushed to that
+  worker's endpoint at once (`push.py`); polling stays the fallback.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..scheduler import wait_event
 from ..storage.base import Batch, CommitResult, ExecutionQuery
 from . import wire
 from .fingerprint import fingerprints
+from .push import Pusher
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -45,6 +48,8 @@ log = logging.getLogger("dq.node")
 MISSED_BEATS = 3
 #: Event types after which a long-polling claim should look again.
 _NEW_WORK = frozenset({"trigger", "retry", "released", "resume", "queued", "debounced"})
+#: The event of a pause or cancel asked of a running execution (transitions.request).
+_REQUESTED = "requested"
 _LOST_KEY = "worker_lost:"
 #: A lost worker stays listed (the Workers page shows it) this long, then is forgotten.
 FORGET_AFTER_MS = 3_600_000
@@ -71,7 +76,9 @@ class RemoteWorker:
 
 
 class Node:
-    def __init__(self, queue: Queue, *, interval_ms: int = 1000, local_work: bool = True) -> None:
+    def __init__(
+        self, queue: Queue, *, interval_ms: int = 1000, local_work: bool = True, token: str | None = None
+    ) -> None:
         self.queue = queue
         self.storage = queue.storage
         self.interval_ms = interval_ms
@@ -86,6 +93,8 @@ class Node:
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
+        #: Calls to workers' endpoints, with the same shared token workers send here.
+        self.pusher = Pusher(token)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +113,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.pusher.aclose()
 
     # -- dispatch ----------------------------------------------------------------------
     async def handle(self, call: str, body: bytes, worker: str | None, gone: asyncio.Event | None = None) -> bytes:
@@ -295,9 +305,26 @@ class Node:
                     async for ev in sub:
                         if ev.type in _NEW_WORK:
                             self._wake_pollers()
+                        elif ev.type == _REQUESTED and ev.execution_id is not None:
+                            try:
+                                await self._push_request(ev.execution_id)
+                            except Exception as exc:  # the worker's next renewal brings it anyway
+                                log.warning("dq: could not look up the holder of %s to push a request: %s",
+                                            ev.execution_id, exc)  # fmt: skip
             except Exception as exc:
                 log.warning("dq: node event follower failed (restarting): %s", exc)
             await asyncio.sleep(self.interval_ms / 1000)
+
+    async def _push_request(self, execution_id: str) -> None:
+        """Tell the worker holding `execution_id` (if it is one of this node's, with an
+        endpoint) that a pause or cancel awaits it."""
+        rec = await self.storage.get_execution(execution_id)
+        if rec is None or rec.status != "running" or rec.worker_id is None:
+            return
+        remote = self.workers.get(rec.worker_id)
+        if remote is None or remote.registration.url is None or rec.worker_id in self.lost:
+            return
+        self.pusher.interrupt(remote.registration.url, [execution_id])
 
     async def _monitor(self) -> None:
         while True:

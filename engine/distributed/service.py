@@ -11,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import uvicorn
 
 from ..durations import parse_interval
 from ..errors import DqError
+from . import wire
 from .http import NodeApp, authorized, mount, not_found
 from .node import Node
 from .worker import Worker
 
 if TYPE_CHECKING:
     from ..queue import Queue
+
+log = logging.getLogger("dq.worker")
 
 _KEYS = {"host", "port", "endpoint", "interval", "token", "url"}
 DEFAULT_ENDPOINT = "/orchestration"
@@ -61,7 +66,9 @@ class OrchestrationOptions:
         self.token: str | None = token
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         host = f"[{host}]" if ":" in host else host
-        self.url = str(opts.get("url") or f"http://{host}:{self.port}{self.endpoint}")
+        #: The server's own address (the node's worker API and the dashboard share it).
+        self.base_url = f"http://{host}:{self.port}"
+        self.url = str(opts.get("url") or f"{self.base_url}{self.endpoint}")
 
 
 def check_token(host: str, token: str | None) -> None:
@@ -97,6 +104,47 @@ class _Server:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
+class Site:
+    """The one HTTP server of a queue's services: the node's worker API and the
+    dashboard (`queue.monitoring`), each answering the paths under its prefix
+    ('' for everything else). It listens while at least one is mounted."""
+
+    def __init__(self, options: OrchestrationOptions) -> None:
+        self.options = options
+        self.routes: dict[str, Any] = {}
+        self._server: _Server | None = None
+
+    async def add(self, prefix: str, app: Any) -> None:
+        if prefix in self.routes:
+            raise DqError(f"something is already served under {prefix or '/'!r} on this queue's server")
+        self.routes[prefix] = app
+        if self._server is None:
+            check_token(self.options.host, self.options.token)
+            server = _Server(self, self.options.host, self.options.port)
+            try:
+                await server.start()
+            except BaseException:
+                del self.routes[prefix]
+                raise
+            self._server = server
+
+    async def remove(self, prefix: str) -> None:
+        self.routes.pop(prefix, None)
+        if not self.routes and self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return  # lifespan: each mounted app's own is driven by its service
+        path = scope.get("path", "")
+        for prefix in sorted(self.routes, key=len, reverse=True):
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                await self.routes[prefix](scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+
 class Orchestration:
     """`queue.orchestration`: run this process as the node (`start()`), or build its
     worker API to mount elsewhere (`app()`, as `dq-ui serve` does)."""
@@ -105,11 +153,12 @@ class Orchestration:
         self.queue = queue
         self.options = OrchestrationOptions(queue.orchestration_options)
         self.node: Node | None = None
-        self._server: _Server | None = None
+        self.site = Site(self.options)
 
     def app(self, *, token: str | None = None, local_work: bool = True) -> NodeApp:
-        self.node = Node(self.queue, interval_ms=self.options.interval_ms, local_work=local_work)
-        return NodeApp(self.node, token if token is not None else self.options.token)
+        token = token if token is not None else self.options.token
+        self.node = Node(self.queue, interval_ms=self.options.interval_ms, local_work=local_work, token=token)
+        return NodeApp(self.node, token)
 
     async def start(self, *, local_work: bool = True) -> None:
         opts = self.options
@@ -118,14 +167,16 @@ class Orchestration:
         assert self.node is not None
         self.node.url = opts.url
         await self.node.start()
-        self._server = _Server(mount(not_found, opts.endpoint, node_app), opts.host, opts.port)
-        await self._server.start()
+        try:
+            await self.site.add(opts.endpoint, mount(not_found, opts.endpoint, node_app))
+        except BaseException:
+            await self.node.close()
+            raise
 
     async def stop(self) -> None:
         if self.node is not None:
             await self.node.close()  # first: it ends the long polls the server waits for
-        if self._server is not None:
-            await self._server.stop()
+        await self.site.remove(self.options.endpoint)
 
 
 class WorkerService:
@@ -175,7 +226,9 @@ class WorkerService:
 
 
 class _WakeApp:
-    """The worker's endpoint: `POST /wake` makes it look for work and interrupts now."""
+    """The worker's endpoint, called by the node with the shared token:
+    `POST /wake` makes it look for work and for interrupts now; `POST /interrupt`
+    (body `wire.Interrupt`) says executions it holds have a pause or cancel waiting."""
 
     def __init__(self, worker: Worker, token: str | None) -> None:
         self.worker = worker
@@ -185,14 +238,57 @@ class _WakeApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        path = scope.get("path")
         if not authorized(dict(scope.get("headers") or ()), self.token):
             status = 401
-        elif scope.get("path") != "/wake" or scope.get("method") != "POST":
+        elif path not in ("/wake", "/interrupt") or scope.get("method") != "POST":
             status = 404
+        elif path == "/interrupt" and not _valid_interrupt(await _read_body(receive)):
+            status = 400
         else:
+            # Answer at once; the renewal that brings the request back runs on its own.
             status = 204
-            task = asyncio.create_task(self.worker.wake(), name="dq-worker-wake")
+            act = self.worker.wake() if path == "/wake" else self.worker.queue.runtime.renew_leases()
+            task = asyncio.create_task(_logged(act, path), name=f"dq-worker-{path[1:]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+_MAX_INTERRUPT_BODY = 1024 * 1024
+
+
+async def _logged(act: Coroutine[Any, Any, None], path: str) -> None:
+    """The node's call is answered already: a failure is logged (the next renewal retries)."""
+    try:
+        await act
+    except Exception as exc:
+        log.warning("dq: acting on the node's %s call failed: %s", path, exc)
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The request body, or None when it is over _MAX_INTERRUPT_BODY or the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_INTERRUPT_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _valid_interrupt(body: bytes | None) -> bool:
+    if body is None:
+        return False
+    try:
+        msgspec.json.decode(body, type=wire.Interrupt)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+    return True

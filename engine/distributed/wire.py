@@ -106,6 +106,12 @@ class WorkerId(_Args):
     worker_id: str
 
 
+class Interrupt(_Args):
+    """The node to a worker's endpoint: these executions have a pause or cancel to act on."""
+
+    executions: list[str]
+
+
 class Register(_Args):
     """What a worker says about itself: how to reach it, what it can run, on which code."""
 

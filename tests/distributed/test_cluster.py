@@ -8,6 +8,7 @@ import secrets
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionUpdate
@@ -142,6 +143,16 @@ async def test_sigterm_a_worker_hands_back_what_it_runs(cluster: Cluster, tmp_pa
                 # when its grace ran out ran again once, on the second worker.
                 expected = 1 if s.output["pid"] == first.pid or not ran_by_first[(eid, n)] else 2
                 assert ran[(eid, n)] == expected, (eid, n, ran[(eid, n)])
+        # The node's execution page says which worker ran each attempt (its start events):
+        # for an execution handed back mid-run, both workers.
+        starts = {eid: [e.data["worker"] for e in await storage.read_events(0, execution_id=eid) if e.type == "start"]
+                  for eid in ids}  # fmt: skip
+        handed, workers = next((eid, w) for eid, w in starts.items() if len(set(w)) == 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = await client.get(f"/executions/{handed}?tab=events&token={TOKEN}", follow_redirects=True)
+        assert page.status_code == 200
+        for n, worker in enumerate(workers, 1):
+            assert f"attempt 1 · on {worker}" in page.text, (n, worker)
     finally:
         await storage.aclose()
 
