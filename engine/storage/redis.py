@@ -7,6 +7,10 @@ Key layout, all under `{prefix}:` (default `dq:`):
   decimal text, input/output/error as JSON, None as an absent field.
 - `ids` zset (all scores 0, so ordered by id = by creation for ULIDs);
   `status:{status}` and `job:{name}` sets narrow queries and counts.
+- `at:created`, `at:started`, `at:completed` zsets scored by those times, and
+  `children:{id}`, `tree:{id}`, `replays:{id}` sets (by parent_id, root_id,
+  replay_of): time windows and trees read their own rows (schema 2; a schema 1
+  prefix is indexed when a schema 2 dq first opens it).
 - `pending:{priority}:{job}` zset per lane of CLAIMABLE executions scored by
   run_at, plus `lanes` (the lanes present, scored by priority): claim order
   and job filters without a backlog scan (see redis_scripts.CLAIM).
@@ -66,7 +70,13 @@ from .query import finish_aggregate, fold, matches, sort_and_page
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: A time range for `_narrow`: (field, lowest, highest), inclusive.
+_Window = tuple[str, int, int]
+
+SCHEMA_VERSION = 2
+#: Fields the schema 2 indexes hold, and their keys (see the module docstring).
+_TIME_KEYS = {"created_at": "created", "started_at": "started", "completed_at": "completed"}
+_LINK_KEYS = {"parent_id": "children", "root_id": "tree", "replay_of": "replays"}
 _CHUNK = 500  # executions fetched per round trip when a query scans
 
 _INT_FIELDS = frozenset(
@@ -239,12 +249,40 @@ class RedisStorage(Storage):
                     f"Redis prefix {self._prefix!r} holds dq schema {schema}, newer than this "
                     f"dq's {SCHEMA_VERSION}; upgrade dq or use another prefix"
                 )
+            if int(schema) < 2:
+                await self._index_schema_1(client)
         except BaseException:
             await client.aclose()
             raise
         self._client, self._epoch = client, str(epoch)
         if self._callbacks and self._listener is None:
             self._start_listener()
+
+    async def _index_schema_1(self, client: aioredis.Redis) -> None:
+        """Fill the schema 2 indexes for executions written by a schema 1 dq, then
+        record schema 2. Idempotent (ZADD, SADD): a concurrent opener doing the same
+        is harmless."""
+        fields = [*_TIME_KEYS, *_LINK_KEYS]
+        after = "-"
+        while True:
+            ids = cast(list[str], await client.zrangebylex(self._k("ids"), after, "+", start=0, num=1000))
+            if not ids:
+                break
+            read = client.pipeline(transaction=False)
+            for eid in ids:
+                read.hmget(self._k("exec", eid), fields)
+            write = client.pipeline(transaction=False)
+            for eid, values in zip(ids, await read.execute(), strict=True):
+                for name, value in zip(fields, values, strict=True):
+                    if value is None:
+                        continue
+                    if name in _TIME_KEYS:
+                        write.zadd(self._k("at", _TIME_KEYS[name]), {eid: int(value)})
+                    else:
+                        write.sadd(self._k(_LINK_KEYS[name], value), eid)
+            await write.execute()
+            after = "(" + ids[-1]
+        await client.hset(self._k("meta"), "schema", SCHEMA_VERSION)
 
     async def _check_eviction_policy(self, client: aioredis.Redis) -> None:
         try:
@@ -427,36 +465,53 @@ class RedisStorage(Storage):
         rows = await pipe.execute()
         return [_decode_execution(row) for row in rows if row]
 
-    async def _narrow(self, q: ExecutionQuery) -> set[str] | None:
-        """A superset of the matching ids from the indexes; None: every id."""
+    async def _narrow(self, q: ExecutionQuery, window: _Window | None = None) -> set[str] | None:
+        """A superset of the matching ids from the indexes, read from the smallest
+        one the query names (sizes first, in one round trip); None: every id.
+        `window` (field, low, high), inclusive, narrows by one more time range."""
         if q.ids is not None:
             return set(q.ids)
-        options: list[list[str]] = []
+        unions: list[list[str]] = []  # each: the union of these sets
         if q.statuses is not None:
-            options.append([self._k("status", s) for s in q.statuses])
+            unions.append([self._k("status", s) for s in q.statuses])
         if q.job_names is not None:
-            options.append([self._k("job", j) for j in q.job_names])
-        if not options:
+            unions.append([self._k("job", j) for j in q.job_names])
+        for field, key in _LINK_KEYS.items():
+            if getattr(q, field) is not None:
+                unions.append([self._k(key, getattr(q, field))])
+        ranges: list[tuple[str, str, str]] = []  # each: a zset and its score bounds
+        for field, key in _TIME_KEYS.items():
+            after, before = getattr(q, field.replace("_at", "_after")), getattr(q, field.replace("_at", "_before"))
+            if after is not None or before is not None:
+                low = "-inf" if after is None else f"({after}"
+                ranges.append((self._k("at", key), low, "+inf" if before is None else f"({before}"))
+        if window is not None:
+            ranges.append((self._k("at", _TIME_KEYS[window[0]]), str(window[1]), str(window[2])))
+        if not unions and not ranges:
             return None
-        keys = options[0]
-        if len(options) == 2 and options[0] and options[1]:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in options[0] + options[1]:
-                pipe.scard(key)
-            sizes = await pipe.execute()
-            if sum(sizes[len(options[0]) :]) < sum(sizes[: len(options[0])]):
-                keys = options[1]
-        elif len(options) == 2:
+        if any(not keys for keys in unions):
             return set()
-        return {str(i) for i in await self._redis.sunion(keys)} if keys else set()
+        pipe = self._redis.pipeline(transaction=False)
+        for keys in unions:
+            for key in keys:
+                pipe.scard(key)
+        for key, low, high in ranges:
+            pipe.zcount(key, low, high)
+        sizes = iter(await pipe.execute())
+        costs = [sum(next(sizes) for _ in keys) for keys in unions] + [next(sizes) for _ in ranges]
+        best = min(range(len(costs)), key=costs.__getitem__)
+        if best < len(unions):
+            return {str(i) for i in await self._redis.sunion(unions[best])}
+        key, low, high = ranges[best - len(unions)]
+        return {str(i) for i in await self._redis.zrangebyscore(key, low, high)}
 
     async def _scan(
-        self, q: ExecutionQuery, *, paging: bool
+        self, q: ExecutionQuery, *, paging: bool, window: _Window | None = None
     ) -> AsyncIterator[list[ExecutionRecord]]:
         """Candidate records in the query's order, in chunks (a superset of the matches)."""
         newest = q.order == "newest"
         cursor = q.cursor if paging else None
-        narrowed = await self._narrow(q)
+        narrowed = await self._narrow(q, window)
         if narrowed is not None:
             ordered = sorted(narrowed, reverse=newest)
             if cursor is not None:
@@ -505,7 +560,8 @@ class RedisStorage(Storage):
         answer: the caller gets counts, never the records."""
         agg = Aggregate()
         oldest_first = dataclasses.replace(query, order="oldest", cursor=None, limit=None, offset=0)
-        async for chunk in self._scan(oldest_first, paging=False):
+        window = (buckets.field, buckets.start, buckets.end - 1)
+        async for chunk in self._scan(oldest_first, paging=False, window=window):
             fold(chunk, query, buckets, agg, durations=durations)
         return finish_aggregate(agg)
 

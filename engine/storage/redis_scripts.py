@@ -100,6 +100,33 @@ local function index(id)
   return status
 end
 
+-- Time and lineage indexes (schema 2), for the dashboard's windows and trees:
+-- zsets at:created|started|completed scored by that time (a field that becomes
+-- absent leaves its zset), sets children:{parent_id}, tree:{root_id} and
+-- replays:{replay_of} (written once: these fields are set at the insert).
+local TIMES = {created_at = 'created', started_at = 'started', completed_at = 'completed'}
+local LINKS = {parent_id = 'children', root_id = 'tree', replay_of = 'replays'}
+local function index_field(id, field, value)
+  if TIMES[field] then
+    local key = P .. ':at:' .. TIMES[field]
+    if value then redis.call('ZADD', key, value, id) else redis.call('ZREM', key, id) end
+  elseif LINKS[field] and value then
+    redis.call('SADD', P .. ':' .. LINKS[field] .. ':' .. value, id)
+  end
+end
+local INDEXED_MORE = {'created_at', 'started_at', 'completed_at', 'parent_id', 'root_id', 'replay_of'}
+local function index_more(id)
+  local v = redis.call('HMGET', ekey(id), unpack(INDEXED_MORE))
+  for i, field in ipairs(INDEXED_MORE) do index_field(id, field, v[i]) end
+end
+local function unindex_more(id)
+  local v = redis.call('HMGET', ekey(id), unpack(INDEXED_MORE))
+  for i, field in ipairs(INDEXED_MORE) do
+    if TIMES[field] then redis.call('ZREM', P .. ':at:' .. TIMES[field], id)
+    elseif v[i] then redis.call('SREM', P .. ':' .. LINKS[field] .. ':' .. v[i], id) end
+  end
+end
+
 """
 )
 
@@ -200,6 +227,7 @@ local wake = false
 for _, x in ipairs(b.x) do
   redis.call('HSET', ekey(x[1]), unpack((fields_args(x[2]))))
   redis.call('ZADD', P .. ':ids', 0, x[1])
+  index_more(x[1])
   if CLAIMABLE[index(x[1])] then wake = true end
 end
 
@@ -223,6 +251,7 @@ for i, u in ipairs(b.u) do
       local reindex = false
       for k in pairs(u[2]) do
         if INDEXED[k] then reindex = true end
+        if TIMES[k] or LINKS[k] then index_field(id, k, redis.call('HGET', ekey(id), k)) end
         if k == 'control' then controls_at[id] = nil end  -- read again below
       end
       if reindex then
@@ -356,6 +385,7 @@ local function take(id)
     if not seen[field] then rec[#rec + 1] = field; rec[#rec + 1] = value end
   end
   redis.call('HSET', ek, unpack(args))
+  if set.started_at then redis.call('ZADD', P .. ':at:started', now_s, id) end
   out[#out + 1] = rec
   claimed[#claimed + 1] = id
   running[#running + 1] = until_s
@@ -492,6 +522,7 @@ for i = 3, #ARGV do
   local v = redis.call('HMGET', ekey(id), 'status', 'job_name', 'priority')
   if v[1] and TERMINAL[v[1]] then
     unindex(id, v[1], v[2], v[3] or '0')
+    unindex_more(id)
     redis.call('ZREM', P .. ':ids', id)
     redis.call('DEL', ekey(id), P .. ':steps:' .. id)
     for _, seq in ipairs(redis.call('ZRANGE', P .. ':events:' .. id, 0, -1)) do seqs[#seqs + 1] = seq end
