@@ -8,7 +8,7 @@
 missing), `redis://127.0.0.1:6379/0?prefix=dq_pages_10k` or `memory://`.
 The store is built when it holds no execution, and kept (except memory) for
 the next run: `--executions` executions of six jobs spread over the last 7
-days — 3 steps and 8 events each, about 90% completed, 7% failed, 2%
+days, written oldest first — 3 steps and 8 events each, about 90% completed, 7% failed, 2%
 cancelled, the rest sleeping, paused or scheduled for later, one in ten a
 child of another — then the dashboard is served on it in-process and each
 page timed `--runs` times (after one warm-up request). Prints one Markdown
@@ -70,9 +70,8 @@ def _id_at(ms: int, rng: random.Random) -> str:
     return "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(26)))
 
 
-def _execution(now: int, rng: random.Random, parent: ExecutionRecord | None) -> tuple[ExecutionRecord, list[StepRecord], list[EventRecord]]:
+def _execution(now: int, created: int, rng: random.Random, parent: ExecutionRecord | None) -> tuple[ExecutionRecord, list[StepRecord], list[EventRecord]]:
     job = rng.choice(JOBS)
-    created = now - rng.randrange(7 * DAY_MS)
     roll = rng.random()
     status = ("completed" if roll < 0.90 else "failed" if roll < 0.97 else "cancelled" if roll < 0.99
               else rng.choice(["waiting", "paused", "pending"]))  # fmt: skip
@@ -137,7 +136,8 @@ async def ensure_postgres_database(url: str) -> None:
 
 
 async def build(storage: Storage, n: int) -> None:
-    """Commit `n` executions (with their steps and events) to an open `storage`, 1,000 a batch."""
+    """Commit `n` executions (with their steps and events) to an open `storage`, 1,000 a
+    batch, oldest first as a real store fills (its rows lie in creation order)."""
     rng = random.Random(7)
     now = int(time.time() * 1000)
     t0 = time.perf_counter()
@@ -145,9 +145,11 @@ async def build(storage: Storage, n: int) -> None:
     parents: list[ExecutionRecord] = []
     while made < n:
         batch = Batch()
-        for _ in range(min(1000, n - made)):
+        size = min(1000, n - made)
+        first = now - 7 * DAY_MS + 7 * DAY_MS * made // n
+        for created in sorted(first + rng.randrange(7 * DAY_MS * size // n) for _ in range(size)):
             parent = rng.choice(parents) if parents and rng.random() < 0.1 else None
-            rec, steps, events = _execution(now, rng, parent)
+            rec, steps, events = _execution(now, created, rng, parent)
             if parent is None and rng.random() < 0.1:
                 parents.append(rec)
             batch.executions.append(rec)
@@ -168,10 +170,26 @@ async def build_if_empty(url: str, n: int) -> None:
     storage = open_storage(url)
     await storage.open()
     try:
-        if not await storage.query(ExecutionQuery(limit=1)):
-            await build(storage, n)
+        if await storage.query(ExecutionQuery(limit=1)):
+            return
+        await build(storage, n)
     finally:
         await storage.aclose()
+    if urlparse(url).scheme.startswith("postgres"):
+        await analyze(url)
+
+
+async def analyze(url: str) -> None:
+    """Statistics for PostgreSQL's planner, as autovacuum gathers them after a bulk load
+    (the shared server here runs with autovacuum off: without them the planner guesses,
+    e.g. walks the primary key backwards for `parent_id = ?`)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(urlparse(url)._replace(scheme="postgresql").geturl())
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
 
 
 def pages(client: TestClient[Any], queue: Any) -> list[tuple[str, str]]:

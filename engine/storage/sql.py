@@ -814,8 +814,9 @@ class SqlStorage(Storage):
         """One GROUP BY for the counts (and one narrow SELECT for the run times)."""
         c = _E.c
         col = c[buckets.field]
-        # The time window leads: its index (created_at, started_at, completed_at) reads
-        # only the window's rows, whatever else the query filters on.
+        # The time window leads: its index (started_at, completed_at; (job_name,
+        # created_at) with the jobs) reads only the window's rows, whatever else the
+        # query filters on.
         where = [col >= buckets.start, col < buckets.end, *map(self._beside_window, self._where(query, paging=False))]
         window = ((col - buckets.start) // buckets.width_ms).label("window")
         stmt = select(c.job_name, c.status, window, func.count()).where(*where)
