@@ -72,6 +72,13 @@ log = logging.getLogger(__name__)
 
 #: A time range for `_narrow`: (field, lowest, highest), inclusive.
 _Window = tuple[str, int, int]
+#: What `query.matches` and `query.fold` read of a record, id first (`_fetch` relies on it).
+_FILTER_FIELDS = ("id", "job_name", "status", "retry_count", "parent_id", "root_id", "replay_of",
+                  "idempotency_key", "created_at", "started_at", "completed_at")  # fmt: skip
+
+
+def _filter_fields(query: ExecutionQuery) -> tuple[str, ...]:
+    return (*_FILTER_FIELDS, "input") if query.input is not None else _FILTER_FIELDS
 
 SCHEMA_VERSION = 2
 #: Fields the schema 2 indexes hold, and their keys (see the module docstring).
@@ -239,7 +246,7 @@ class RedisStorage(Storage):
             self._scripts = {
                 name: client.register_script(getattr(lua, name))
                 for name in ("OPEN", "COMMIT", "CLAIM", "RENEW", "RECLAIM", "HEARTBEAT",
-                             "READ_EVENTS", "NEXT_DUE", "DELETE")
+                             "READ_EVENTS", "NEXT_DUE", "DELETE", "FETCH")
             }  # fmt: skip
             schema, epoch = await self._scripts["OPEN"](
                 args=[self._prefix, SCHEMA_VERSION, secrets.token_hex(8)]
@@ -458,12 +465,19 @@ class RedisStorage(Storage):
         fields = await self._redis.hgetall(self._k("exec", execution_id))
         return _decode_execution(cast(dict[str, str], fields)) if fields else None
 
-    async def _fetch(self, ids: Sequence[str]) -> list[ExecutionRecord]:
-        pipe = self._redis.pipeline(transaction=False)
-        for eid in ids:
-            pipe.hgetall(self._k("exec", eid))
-        rows = await pipe.execute()
-        return [_decode_execution(row) for row in rows if row]
+    async def _fetch(self, ids: Sequence[str], fields: Sequence[str] = ()) -> list[ExecutionRecord]:
+        """The executions of `ids` that exist, whole or (`fields`, with id) only those
+        fields: counts and aggregates skip the inputs and outputs they never read."""
+        if not ids:
+            return []
+        rows = await self._scripts["FETCH"](args=[self._prefix, self._epoch, len(fields), *fields, *ids])
+        if not fields:
+            return [_decode_execution(dict(_pairs(row))) for row in rows if row]
+        return [
+            _decode_execution({k: v for k, v in zip(fields, row, strict=True) if v is not None})
+            for row in rows
+            if row[0] is not None
+        ]
 
     async def _narrow(self, q: ExecutionQuery, window: _Window | None = None) -> set[str] | None:
         """A superset of the matching ids from the indexes, read from the smallest
@@ -506,9 +520,10 @@ class RedisStorage(Storage):
         return {str(i) for i in await self._redis.zrangebyscore(key, low, high)}
 
     async def _scan(
-        self, q: ExecutionQuery, *, paging: bool, window: _Window | None = None
+        self, q: ExecutionQuery, *, paging: bool, window: _Window | None = None, fields: Sequence[str] = ()
     ) -> AsyncIterator[list[ExecutionRecord]]:
-        """Candidate records in the query's order, in chunks (a superset of the matches)."""
+        """Candidate records in the query's order, in chunks (a superset of the matches);
+        with `fields`, records holding only those (see `_fetch`)."""
         newest = q.order == "newest"
         cursor = q.cursor if paging else None
         narrowed = await self._narrow(q, window)
@@ -517,7 +532,7 @@ class RedisStorage(Storage):
             if cursor is not None:
                 ordered = [i for i in ordered if (i < cursor if newest else i > cursor)]
             for start in range(0, len(ordered), _CHUNK):
-                yield await self._fetch(ordered[start : start + _CHUNK])
+                yield await self._fetch(ordered[start : start + _CHUNK], fields)
             return
         while True:  # keyset walk over the ids zset, robust against concurrent inserts
             bound = "(" + cursor if cursor is not None else None
@@ -531,7 +546,7 @@ class RedisStorage(Storage):
                 )
             if not page:
                 return
-            yield await self._fetch(cast(list[str], page))
+            yield await self._fetch(cast(list[str], page), fields)
             if len(page) < _CHUNK:
                 return
             cursor = str(page[-1])
@@ -549,7 +564,7 @@ class RedisStorage(Storage):
         if _only_status_and_job(query) and (query.job_names is None or self._sintercard):
             return await self._count_from_indexes(query)
         out: dict[str, int] = {}
-        async for chunk in self._scan(query, paging=False):
+        async for chunk in self._scan(query, paging=False, fields=_filter_fields(query)):
             for r in chunk:
                 if matches(r, query, paging=False):
                     out[r.status] = out.get(r.status, 0) + 1
@@ -561,7 +576,7 @@ class RedisStorage(Storage):
         agg = Aggregate()
         oldest_first = dataclasses.replace(query, order="oldest", cursor=None, limit=None, offset=0)
         window = (buckets.field, buckets.start, buckets.end - 1)
-        async for chunk in self._scan(oldest_first, paging=False, window=window):
+        async for chunk in self._scan(oldest_first, paging=False, window=window, fields=_filter_fields(query)):
             fold(chunk, query, buckets, agg, durations=durations)
         return finish_aggregate(agg)
 

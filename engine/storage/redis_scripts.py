@@ -560,6 +560,23 @@ return redis.call('HMGET', P .. ':meta', 'schema', 'epoch')
 # Read-only scripts: one round trip each, no marker check (an empty answer is honest).
 # They take the same first two arguments as the others.
 
+# ARGV: prefix, epoch (unused), the number of fields n, n field names, then execution
+# ids. Returns one list per id: HGETALL's [field, value, ...] when n is 0, else
+# HMGET's values of those fields. One reply for many executions: a client pipeline
+# of one command each costs a reply to parse per execution.
+FETCH = """
+local P, n = ARGV[1], tonumber(ARGV[3])
+local fields = {}
+for i = 1, n do fields[i] = ARGV[3 + i] end
+local out = {}
+for i = 4 + n, #ARGV do
+  local key = P .. ':exec:' .. ARGV[i]
+  if n == 0 then out[#out + 1] = redis.call('HGETALL', key)
+  else out[#out + 1] = redis.call('HMGET', key, unpack(fields)) end
+end
+return out
+"""
+
 # ARGV: prefix, epoch (unused), after_seq, limit, execution_id or ''. Returns [seq, body, ...].
 READ_EVENTS = """
 local P, after, limit, id = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]

@@ -488,15 +488,18 @@ async def test_time_and_lineage_indexes_follow_every_change(make: Make, raw: aio
     fetched: list[str] = []
     real_fetch = storage._fetch
 
-    async def counting_fetch(ids: list[str]) -> list[ExecutionRecord]:
+    async def counting_fetch(ids: list[str], fields: tuple[str, ...] = ()) -> list[ExecutionRecord]:
         fetched.extend(ids)
-        return await real_fetch(ids)
+        return await real_fetch(ids, fields)
 
     storage._fetch = counting_fetch  # type: ignore[method-assign]
     assert [r.id for r in await storage.query(ExecutionQuery(completed_after=4_000))] == ["P"]
     assert fetched == ["P"]
     fetched.clear()
     assert [r.id for r in await storage.query(ExecutionQuery(parent_id="P"))] == ["C"]
+    assert fetched == ["C"]
+    fetched.clear()
+    assert await storage.count(ExecutionQuery(started_after=0, root_id="P")) == {"running": 1}
     assert fetched == ["C"]
 
     assert await storage.delete_executions(["P"]) == ["P"]
