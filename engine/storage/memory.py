@@ -5,7 +5,9 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from ..ids import now_ms
@@ -24,9 +26,25 @@ from .base import (
     TimeBuckets,
 )
 from .conditions import expectations_fail, refused_fences, update_applies
-from .query import clone, finish_aggregate, fold, matches, sort_and_page
+from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
+_by_id = attrgetter("id")
+
+
+def _matcher(q: ExecutionQuery) -> Callable[[ExecutionRecord], bool]:
+    """`matches(r, q)` as a predicate; for the dashboard's common lists (status, job,
+    a cursor) one with only those checks: `matches` tests every field of the query."""
+    if not only_status_and_job(q):
+        return lambda r: matches(r, q)
+    statuses = None if q.statuses is None else frozenset(q.statuses)
+    jobs = None if q.job_names is None else frozenset(q.job_names)
+    cursor, newest = q.cursor, q.order == "newest"
+    return lambda r: (
+        (statuses is None or r.status in statuses)
+        and (jobs is None or r.job_name in jobs)
+        and (cursor is None or (r.id < cursor if newest else r.id > cursor))
+    )
 
 
 class MemoryStorage(Storage):
@@ -195,10 +213,19 @@ class MemoryStorage(Storage):
             candidates = [r for i in dict.fromkeys(query.ids) if (r := self._executions.get(i))]
         else:
             candidates = list(self._executions.values())
-        found = [r for r in candidates if matches(r, query)]
-        return [clone(r) for r in sort_and_page(found, query)]
+        found = filter(_matcher(query), candidates)
+        if query.limit is None:
+            return [clone(r) for r in sort_and_page(list(found), query)]
+        # A page: the first offset+limit in id order, without sorting every match.
+        pick = heapq.nlargest if query.order == "newest" else heapq.nsmallest
+        return [clone(r) for r in pick(query.offset + query.limit, found, key=_by_id)[query.offset :]]
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
+        if only_status_and_job(query):  # a tally, without a match call per execution
+            jobs = query.job_names
+            tally = Counter(r.status for r in self._executions.values() if jobs is None or r.job_name in jobs)
+            wanted = query.statuses
+            return {s: n for s, n in tally.items() if wanted is None or s in wanted}
         out: dict[str, int] = {}
         for r in self._executions.values():
             if matches(r, query, paging=False):

@@ -66,7 +66,7 @@ from .base import (
     exception_chain,
     positive_bound,
 )
-from .query import finish_aggregate, fold, matches, sort_and_page
+from .query import finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 log = logging.getLogger(__name__)
 
@@ -561,7 +561,7 @@ class RedisStorage(Storage):
         return sort_and_page(found, query)
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
-        if _only_status_and_job(query) and (query.job_names is None or self._sintercard):
+        if only_status_and_job(query) and (query.job_names is None or self._sintercard):
             return await self._count_from_indexes(query)
         out: dict[str, int] = {}
         async for chunk in self._scan(query, paging=False, fields=_filter_fields(query)):
@@ -749,16 +749,3 @@ async def _server_version(client: aioredis.Redis) -> tuple[int, ...]:
         return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
     except (RedisError, KeyError, ValueError):  # INFO denied, or an unusual server
         return (0,)
-
-
-def _only_status_and_job(q: ExecutionQuery) -> bool:
-    """True when the index sets alone answer a count."""
-    return (
-        q.ids is None and not q.id_contains and q.parent_id is None and q.root_id is None
-        and q.created_before is None and q.created_after is None
-        and q.started_before is None and q.started_after is None
-        and q.completed_before is None and q.completed_after is None
-        and q.retry_count is None and q.retry_count_less_than is None
-        and q.retry_count_greater_than is None and q.idempotency_key is None
-        and q.input is None and q.replay_of is None
-    )  # fmt: skip
