@@ -5,9 +5,9 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
-from operator import attrgetter
 from typing import Any
 
 from ..ids import now_ms
@@ -29,7 +29,6 @@ from .conditions import expectations_fail, refused_fences, update_applies
 from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
-_by_id = attrgetter("id")
 
 
 def _matcher(q: ExecutionQuery) -> Callable[[ExecutionRecord], bool]:
@@ -55,6 +54,8 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._executions: dict[str, ExecutionRecord] = {}
         self._pending: set[str] = set()
+        #: Every execution id, ascending: list pages walk it from either end.
+        self._ids: list[str] = []
         self._steps: dict[str, dict[str, StepRecord]] = {}
         self._events: list[EventRecord] = []
         self._event_seqs: list[int] = []
@@ -136,6 +137,11 @@ class MemoryStorage(Storage):
         return result
 
     def _put(self, rec: ExecutionRecord) -> None:
+        if rec.id not in self._executions:
+            if not self._ids or rec.id > self._ids[-1]:
+                self._ids.append(rec.id)  # the usual case: ids grow with time
+            else:
+                bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
         self._index(rec)
 
@@ -211,14 +217,18 @@ class MemoryStorage(Storage):
     async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
         if query.ids is not None:
             candidates = [r for i in dict.fromkeys(query.ids) if (r := self._executions.get(i))]
+            return [clone(r) for r in sort_and_page([r for r in candidates if matches(r, query)], query)]
+        # In id order from the query's end (from its cursor), stopping at a full page.
+        newest = query.order == "newest"
+        if query.cursor is None:
+            ids = reversed(self._ids) if newest else iter(self._ids)
+        elif newest:
+            ids = reversed(self._ids[: bisect.bisect_left(self._ids, query.cursor)])
         else:
-            candidates = list(self._executions.values())
-        found = filter(_matcher(query), candidates)
-        if query.limit is None:
-            return [clone(r) for r in sort_and_page(list(found), query)]
-        # A page: the first offset+limit in id order, without sorting every match.
-        pick = heapq.nlargest if query.order == "newest" else heapq.nsmallest
-        return [clone(r) for r in pick(query.offset + query.limit, found, key=_by_id)[query.offset :]]
+            ids = iter(self._ids[bisect.bisect_right(self._ids, query.cursor) :])
+        found = filter(_matcher(query), map(self._executions.__getitem__, ids))
+        end = None if query.limit is None else query.offset + query.limit
+        return [clone(r) for r in itertools.islice(found, query.offset, end)]
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
         if only_status_and_job(query):  # a tally, without a match call per execution
@@ -236,6 +246,7 @@ class MemoryStorage(Storage):
         gone = [i for i in dict.fromkeys(ids) if (r := self._executions.get(i)) and r.status in TERMINAL]
         for eid in gone:
             del self._executions[eid]
+            del self._ids[bisect.bisect_left(self._ids, eid)]
             self._pending.discard(eid)
             self._steps.pop(eid, None)
             self._by_execution.pop(eid, None)

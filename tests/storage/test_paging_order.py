@@ -1,0 +1,31 @@
+"""List pages in id order whatever order the executions arrived in, and after some are
+deleted (the memory adapter walks a sorted id list from either end, stopping at a page)."""
+
+from __future__ import annotations
+
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, Storage
+
+
+def _rec(eid: str, status: str = "completed", job: str = "a") -> ExecutionRecord:
+    return ExecutionRecord(id=eid, job_name=job, status=status, created_at=1, run_at=1)
+
+
+async def test_pages_follow_id_order_across_arrival_order_and_deletes(storage: Storage) -> None:
+    ids = ["01F", "01B", "01D", "01A", "01E", "01C", "01G"]
+    for eid in ids:  # one commit each, out of order
+        await storage.commit(Batch(executions=[_rec(eid, job="b" if eid in ("01B", "01E") else "a")]))
+    assert await storage.delete_executions(["01D"]) == ["01D"]
+
+    async def page(**q: object) -> list[str]:
+        return [r.id for r in await storage.query(ExecutionQuery(**q))]  # type: ignore[arg-type]
+
+    assert await page(limit=3) == ["01G", "01F", "01E"]
+    assert await page(limit=3, cursor="01E") == ["01C", "01B", "01A"]
+    assert await page(limit=2, offset=1, order="oldest") == ["01B", "01C"]
+    assert await page(order="oldest", cursor="01C") == ["01E", "01F", "01G"]
+    assert await page(job_names=["b"], limit=5) == ["01E", "01B"]
+    assert await page(job_names=["a"], cursor="01F", limit=2) == ["01C", "01A"]
+    assert await page(cursor="01A") == []
+    await storage.commit(Batch(executions=[_rec("01D", status="failed")]))  # back, with another status
+    assert await page(statuses=["failed"]) == ["01D"]
+    assert await page(limit=4, cursor="01F") == ["01E", "01D", "01C", "01B"]
