@@ -7,7 +7,7 @@ import copy
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..ids import now_ms
@@ -29,6 +29,7 @@ from .conditions import expectations_fail, refused_fences, update_applies
 from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
+_LINKS = frozenset(("parent_id", "root_id", "replay_of"))
 
 
 def _matcher(q: ExecutionQuery) -> Callable[[ExecutionRecord], bool]:
@@ -56,6 +57,8 @@ class MemoryStorage(Storage):
         self._pending: set[str] = set()
         #: Every execution id, ascending: list pages walk it from either end.
         self._ids: list[str] = []
+        #: (field, value) -> ids, for parent_id, root_id and replay_of: an execution's family.
+        self._linked: dict[tuple[str, str], set[str]] = {}
         self._steps: dict[str, dict[str, StepRecord]] = {}
         self._events: list[EventRecord] = []
         self._event_seqs: list[int] = []
@@ -103,9 +106,14 @@ class MemoryStorage(Storage):
             cur = executions.get(upd.id)
             ok = update_applies(upd, cur, refused)
             if ok and cur is not None:
+                relinked = _LINKS.intersection(upd.fields)
+                if relinked:
+                    self._link(cur, remove=True)
                 for name, value in upd.fields.items():
                     setattr(cur, name, value)
                 self._index(cur)
+                if relinked:
+                    self._link(cur)
             result.applied.append(ok)
         for step in batch.steps:
             if not refused or step.execution_id not in refused:
@@ -144,6 +152,21 @@ class MemoryStorage(Storage):
                 bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
         self._index(rec)
+        self._link(rec)
+
+    def _link(self, rec: ExecutionRecord, *, remove: bool = False) -> None:
+        """Keep `rec` in (or, with `remove`, take it out of) its lineage sets."""
+        for name in _LINKS:
+            value = getattr(rec, name)
+            if value is None:
+                continue
+            key = (name, value)
+            if not remove:
+                self._linked.setdefault(key, set()).add(rec.id)
+            elif (members := self._linked.get(key)) is not None:
+                members.discard(rec.id)
+                if not members:
+                    del self._linked[key]
 
     def _index(self, rec: ExecutionRecord) -> None:
         if rec.status in CLAIMABLE:
@@ -215,8 +238,15 @@ class MemoryStorage(Storage):
         return clone(rec) if rec is not None else None
 
     async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
-        if query.ids is not None:
-            candidates = [r for i in dict.fromkeys(query.ids) if (r := self._executions.get(i))]
+        family = [(n, getattr(query, n)) for n in _LINKS if getattr(query, n) is not None]
+        if query.ids is not None or family:
+            if query.ids is not None:
+                some: Iterable[str] = dict.fromkeys(query.ids)
+            else:  # the smallest of the lineage sets the query names: a superset of the matches
+                sets = [self._linked.get(key, set()) for key in family]
+                smallest: set[str] = min(sets, key=len)
+                some = smallest
+            candidates = [r for i in some if (r := self._executions.get(i))]
             return [clone(r) for r in sort_and_page([r for r in candidates if matches(r, query)], query)]
         # In id order from the query's end (from its cursor), stopping at a full page.
         newest = query.order == "newest"
@@ -245,6 +275,7 @@ class MemoryStorage(Storage):
     async def delete_executions(self, ids: Sequence[str]) -> list[str]:
         gone = [i for i in dict.fromkeys(ids) if (r := self._executions.get(i)) and r.status in TERMINAL]
         for eid in gone:
+            self._link(self._executions[eid], remove=True)
             del self._executions[eid]
             del self._ids[bisect.bisect_left(self._ids, eid)]
             self._pending.discard(eid)

@@ -29,3 +29,22 @@ async def test_pages_follow_id_order_across_arrival_order_and_deletes(storage: S
     await storage.commit(Batch(executions=[_rec("01D", status="failed")]))  # back, with another status
     assert await page(statuses=["failed"]) == ["01D"]
     assert await page(limit=4, cursor="01F") == ["01E", "01D", "01C", "01B"]
+
+
+async def test_family_queries_follow_inserts_and_deletes(storage: Storage) -> None:
+    parent = _rec("01P")
+    kids = [ExecutionRecord(id=f"01K{i}", job_name="a", status="completed", created_at=1, run_at=1,
+                            parent_id="01P", root_id="01P") for i in range(3)]  # fmt: skip
+    replay = ExecutionRecord(id="01R", job_name="a", status="pending", created_at=1, run_at=1, replay_of="01P")
+    await storage.commit(Batch(executions=[parent, *kids, replay]))
+
+    async def ids(**q: object) -> list[str]:
+        return [r.id for r in await storage.query(ExecutionQuery(order="oldest", **q))]  # type: ignore[arg-type]
+
+    assert await ids(parent_id="01P") == ["01K0", "01K1", "01K2"]
+    assert await ids(root_id="01P", parent_id="01P", limit=2) == ["01K0", "01K1"]
+    assert await ids(replay_of="01P") == ["01R"]
+    assert await storage.delete_executions(["01K1"]) == ["01K1"]
+    assert await ids(parent_id="01P") == ["01K0", "01K2"]
+    assert await ids(root_id="01P", statuses=["completed"], cursor="01K0") == ["01K2"]
+    assert await ids(parent_id="01X") == []
