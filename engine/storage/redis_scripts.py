@@ -115,9 +115,11 @@ local function index_field(id, field, value)
   end
 end
 local INDEXED_MORE = {'created_at', 'started_at', 'completed_at', 'parent_id', 'root_id', 'replay_of'}
-local function index_more(id)
-  local v = redis.call('HMGET', ekey(id), unpack(INDEXED_MORE))
-  for i, field in ipairs(INDEXED_MORE) do index_field(id, field, v[i]) end
+local function index_more(id, fields)  -- fields: the inserted record's {field: text}
+  for _, field in ipairs(INDEXED_MORE) do
+    local value = fields[field]
+    if value and value ~= cjson.null then index_field(id, field, value) end
+  end
 end
 local function unindex_more(id)
   local v = redis.call('HMGET', ekey(id), unpack(INDEXED_MORE))
@@ -227,7 +229,7 @@ local wake = false
 for _, x in ipairs(b.x) do
   redis.call('HSET', ekey(x[1]), unpack((fields_args(x[2]))))
   redis.call('ZADD', P .. ':ids', 0, x[1])
-  index_more(x[1])
+  index_more(x[1], x[2])
   if CLAIMABLE[index(x[1])] then wake = true end
 end
 
@@ -251,7 +253,7 @@ for i, u in ipairs(b.u) do
       local reindex = false
       for k in pairs(u[2]) do
         if INDEXED[k] then reindex = true end
-        if TIMES[k] or LINKS[k] then index_field(id, k, redis.call('HGET', ekey(id), k)) end
+        if TIMES[k] or LINKS[k] then index_field(id, k, u[2][k] ~= null and u[2][k] or nil) end
         if k == 'control' then controls_at[id] = nil end  -- read again below
       end
       if reindex then
