@@ -511,15 +511,17 @@ class RedisStorage(Storage):
             return None
         if any(not keys for keys in unions):
             return set()
-        pipe = self._redis.pipeline(transaction=False)
-        for keys in unions:
-            for key in keys:
-                pipe.scard(key)
-        for key, low, high in ranges:
-            pipe.zcount(key, low, high)
-        sizes = iter(await pipe.execute())
-        costs = [sum(next(sizes) for _ in keys) for keys in unions] + [next(sizes) for _ in ranges]
-        best = min(range(len(costs)), key=costs.__getitem__)
+        best = 0
+        if len(unions) + len(ranges) > 1:  # one index named: no sizes to compare
+            pipe = self._redis.pipeline(transaction=False)
+            for keys in unions:
+                for key in keys:
+                    pipe.scard(key)
+            for key, low, high in ranges:
+                pipe.zcount(key, low, high)
+            sizes = iter(await pipe.execute())
+            costs = [sum(next(sizes) for _ in keys) for keys in unions] + [next(sizes) for _ in ranges]
+            best = min(range(len(costs)), key=costs.__getitem__)
         if best < len(unions):
             return {str(i) for i in await self._redis.sunion(unions[best])}
         key, low, high = ranges[best - len(unions)]
