@@ -5,7 +5,9 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
-from collections.abc import Sequence
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..ids import now_ms
@@ -24,9 +26,25 @@ from .base import (
     TimeBuckets,
 )
 from .conditions import expectations_fail, refused_fences, update_applies
-from .query import clone, finish_aggregate, fold, matches, sort_and_page
+from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
+_LINKS = frozenset(("parent_id", "root_id", "replay_of"))
+
+
+def _matcher(q: ExecutionQuery) -> Callable[[ExecutionRecord], bool]:
+    """`matches(r, q)` as a predicate; for the dashboard's common lists (status, job,
+    a cursor) one with only those checks: `matches` tests every field of the query."""
+    if not only_status_and_job(q):
+        return lambda r: matches(r, q)
+    statuses = None if q.statuses is None else frozenset(q.statuses)
+    jobs = None if q.job_names is None else frozenset(q.job_names)
+    cursor, newest = q.cursor, q.order == "newest"
+    return lambda r: (
+        (statuses is None or r.status in statuses)
+        and (jobs is None or r.job_name in jobs)
+        and (cursor is None or (r.id < cursor if newest else r.id > cursor))
+    )
 
 
 class MemoryStorage(Storage):
@@ -37,6 +55,10 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._executions: dict[str, ExecutionRecord] = {}
         self._pending: set[str] = set()
+        #: Every execution id, ascending: list pages walk it from either end.
+        self._ids: list[str] = []
+        #: (field, value) -> ids, for parent_id, root_id and replay_of: an execution's family.
+        self._linked: dict[tuple[str, str], set[str]] = {}
         self._steps: dict[str, dict[str, StepRecord]] = {}
         self._events: list[EventRecord] = []
         self._event_seqs: list[int] = []
@@ -84,9 +106,14 @@ class MemoryStorage(Storage):
             cur = executions.get(upd.id)
             ok = update_applies(upd, cur, refused)
             if ok and cur is not None:
+                relinked = _LINKS.intersection(upd.fields)
+                if relinked:
+                    self._link(cur, remove=True)
                 for name, value in upd.fields.items():
                     setattr(cur, name, value)
                 self._index(cur)
+                if relinked:
+                    self._link(cur)
             result.applied.append(ok)
         for step in batch.steps:
             if not refused or step.execution_id not in refused:
@@ -118,8 +145,28 @@ class MemoryStorage(Storage):
         return result
 
     def _put(self, rec: ExecutionRecord) -> None:
+        if rec.id not in self._executions:
+            if not self._ids or rec.id > self._ids[-1]:
+                self._ids.append(rec.id)  # the usual case: ids grow with time
+            else:
+                bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
         self._index(rec)
+        self._link(rec)
+
+    def _link(self, rec: ExecutionRecord, *, remove: bool = False) -> None:
+        """Keep `rec` in (or, with `remove`, take it out of) its lineage sets."""
+        for name in _LINKS:
+            value = getattr(rec, name)
+            if value is None:
+                continue
+            key = (name, value)
+            if not remove:
+                self._linked.setdefault(key, set()).add(rec.id)
+            elif (members := self._linked.get(key)) is not None:
+                members.discard(rec.id)
+                if not members:
+                    del self._linked[key]
 
     def _index(self, rec: ExecutionRecord) -> None:
         if rec.status in CLAIMABLE:
@@ -191,14 +238,34 @@ class MemoryStorage(Storage):
         return clone(rec) if rec is not None else None
 
     async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
-        if query.ids is not None:
-            candidates = [r for i in dict.fromkeys(query.ids) if (r := self._executions.get(i))]
+        family = [(n, getattr(query, n)) for n in _LINKS if getattr(query, n) is not None]
+        if query.ids is not None or family:
+            if query.ids is not None:
+                some: Iterable[str] = dict.fromkeys(query.ids)
+            else:  # the smallest of the lineage sets the query names: a superset of the matches
+                sets = [self._linked.get(key, set()) for key in family]
+                smallest: set[str] = min(sets, key=len)
+                some = smallest
+            candidates = [r for i in some if (r := self._executions.get(i))]
+            return [clone(r) for r in sort_and_page([r for r in candidates if matches(r, query)], query)]
+        # In id order from the query's end (from its cursor), stopping at a full page.
+        newest = query.order == "newest"
+        if query.cursor is None:
+            ids = reversed(self._ids) if newest else iter(self._ids)
+        elif newest:
+            ids = reversed(self._ids[: bisect.bisect_left(self._ids, query.cursor)])
         else:
-            candidates = list(self._executions.values())
-        found = [r for r in candidates if matches(r, query)]
-        return [clone(r) for r in sort_and_page(found, query)]
+            ids = iter(self._ids[bisect.bisect_right(self._ids, query.cursor) :])
+        found = filter(_matcher(query), map(self._executions.__getitem__, ids))
+        end = None if query.limit is None else query.offset + query.limit
+        return [clone(r) for r in itertools.islice(found, query.offset, end)]
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
+        if only_status_and_job(query):  # a tally, without a match call per execution
+            jobs = query.job_names
+            tally = Counter(r.status for r in self._executions.values() if jobs is None or r.job_name in jobs)
+            wanted = query.statuses
+            return {s: n for s, n in tally.items() if wanted is None or s in wanted}
         out: dict[str, int] = {}
         for r in self._executions.values():
             if matches(r, query, paging=False):
@@ -208,7 +275,9 @@ class MemoryStorage(Storage):
     async def delete_executions(self, ids: Sequence[str]) -> list[str]:
         gone = [i for i in dict.fromkeys(ids) if (r := self._executions.get(i)) and r.status in TERMINAL]
         for eid in gone:
+            self._link(self._executions[eid], remove=True)
             del self._executions[eid]
+            del self._ids[bisect.bisect_left(self._ids, eid)]
             self._pending.discard(eid)
             self._steps.pop(eid, None)
             self._by_execution.pop(eid, None)

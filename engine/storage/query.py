@@ -65,6 +65,19 @@ def matches(rec: ExecutionRecord, q: ExecutionQuery, *, paging: bool = True) -> 
     return True
 
 
+def only_status_and_job(q: ExecutionQuery) -> bool:
+    """True when the query filters on status and job at most (index sets, a plain tally)."""
+    return (
+        q.ids is None and not q.id_contains and q.parent_id is None and q.root_id is None
+        and q.created_before is None and q.created_after is None
+        and q.started_before is None and q.started_after is None
+        and q.completed_before is None and q.completed_after is None
+        and q.retry_count is None and q.retry_count_less_than is None
+        and q.retry_count_greater_than is None and q.idempotency_key is None
+        and q.input is None and q.replay_of is None
+    )  # fmt: skip
+
+
 def sort_and_page(recs: list[ExecutionRecord], q: ExecutionQuery) -> list[ExecutionRecord]:
     recs.sort(key=lambda r: r.id, reverse=q.order == "newest")
     end = None if q.limit is None else q.offset + q.limit

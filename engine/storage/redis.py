@@ -7,6 +7,10 @@ Key layout, all under `{prefix}:` (default `dq:`):
   decimal text, input/output/error as JSON, None as an absent field.
 - `ids` zset (all scores 0, so ordered by id = by creation for ULIDs);
   `status:{status}` and `job:{name}` sets narrow queries and counts.
+- `at:created`, `at:started`, `at:completed` zsets scored by those times, and
+  `children:{id}`, `tree:{id}`, `replays:{id}` sets (by parent_id, root_id,
+  replay_of): time windows and trees read their own rows (schema 2; a schema 1
+  prefix is indexed when a schema 2 dq first opens it).
 - `pending:{priority}:{job}` zset per lane of CLAIMABLE executions scored by
   run_at, plus `lanes` (the lanes present, scored by priority): claim order
   and job filters without a backlog scan (see redis_scripts.CLAIM).
@@ -62,11 +66,30 @@ from .base import (
     exception_chain,
     positive_bound,
 )
-from .query import finish_aggregate, fold, matches, sort_and_page
+from .query import finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: A time range for `_narrow`: (field, lowest, highest), inclusive.
+_Window = tuple[str, int, int]
+#: What `query.fold` and a count read of every record, id first (`_fetch` relies on it).
+_FOLD_FIELDS = ("id", "job_name", "status", "created_at", "started_at", "completed_at")
+#: The fields `query.matches` reads only when the query filters on them.
+_OPTIONAL_FIELDS = {"retry_count": ("retry_count", "retry_count_less_than", "retry_count_greater_than"),
+                    "parent_id": ("parent_id",), "root_id": ("root_id",), "replay_of": ("replay_of",),
+                    "idempotency_key": ("idempotency_key",), "input": ("input",)}  # fmt: skip
+
+
+def _filter_fields(query: ExecutionQuery) -> tuple[str, ...]:
+    """The fields a count or an aggregate of `query` reads: the fewer, the less to
+    transfer and decode per execution."""
+    extra = (f for f, filters in _OPTIONAL_FIELDS.items() if any(getattr(query, n) is not None for n in filters))
+    return (*_FOLD_FIELDS, *extra)
+
+SCHEMA_VERSION = 2
+#: Fields the schema 2 indexes hold, and their keys (see the module docstring).
+_TIME_KEYS = {"created_at": "created", "started_at": "started", "completed_at": "completed"}
+_LINK_KEYS = {"parent_id": "children", "root_id": "tree", "replay_of": "replays"}
 _CHUNK = 500  # executions fetched per round trip when a query scans
 
 _INT_FIELDS = frozenset(
@@ -229,7 +252,7 @@ class RedisStorage(Storage):
             self._scripts = {
                 name: client.register_script(getattr(lua, name))
                 for name in ("OPEN", "COMMIT", "CLAIM", "RENEW", "RECLAIM", "HEARTBEAT",
-                             "READ_EVENTS", "NEXT_DUE", "DELETE")
+                             "READ_EVENTS", "NEXT_DUE", "DELETE", "FETCH")
             }  # fmt: skip
             schema, epoch = await self._scripts["OPEN"](
                 args=[self._prefix, SCHEMA_VERSION, secrets.token_hex(8)]
@@ -239,12 +262,40 @@ class RedisStorage(Storage):
                     f"Redis prefix {self._prefix!r} holds dq schema {schema}, newer than this "
                     f"dq's {SCHEMA_VERSION}; upgrade dq or use another prefix"
                 )
+            if int(schema) < 2:
+                await self._index_schema_1(client)
         except BaseException:
             await client.aclose()
             raise
         self._client, self._epoch = client, str(epoch)
         if self._callbacks and self._listener is None:
             self._start_listener()
+
+    async def _index_schema_1(self, client: aioredis.Redis) -> None:
+        """Fill the schema 2 indexes for executions written by a schema 1 dq, then
+        record schema 2. Idempotent (ZADD, SADD): a concurrent opener doing the same
+        is harmless."""
+        fields = [*_TIME_KEYS, *_LINK_KEYS]
+        after = "-"
+        while True:
+            ids = cast(list[str], await client.zrangebylex(self._k("ids"), after, "+", start=0, num=1000))
+            if not ids:
+                break
+            read = client.pipeline(transaction=False)
+            for eid in ids:
+                read.hmget(self._k("exec", eid), fields)
+            write = client.pipeline(transaction=False)
+            for eid, values in zip(ids, await read.execute(), strict=True):
+                for name, value in zip(fields, values, strict=True):
+                    if value is None:
+                        continue
+                    if name in _TIME_KEYS:
+                        write.zadd(self._k("at", _TIME_KEYS[name]), {eid: int(value)})
+                    else:
+                        write.sadd(self._k(_LINK_KEYS[name], value), eid)
+            await write.execute()
+            after = "(" + ids[-1]
+        await client.hset(self._k("meta"), "schema", SCHEMA_VERSION)
 
     async def _check_eviction_policy(self, client: aioredis.Redis) -> None:
         try:
@@ -420,49 +471,76 @@ class RedisStorage(Storage):
         fields = await self._redis.hgetall(self._k("exec", execution_id))
         return _decode_execution(cast(dict[str, str], fields)) if fields else None
 
-    async def _fetch(self, ids: Sequence[str]) -> list[ExecutionRecord]:
-        pipe = self._redis.pipeline(transaction=False)
-        for eid in ids:
-            pipe.hgetall(self._k("exec", eid))
-        rows = await pipe.execute()
-        return [_decode_execution(row) for row in rows if row]
+    async def _fetch(self, ids: Sequence[str], fields: Sequence[str] = ()) -> list[ExecutionRecord]:
+        """The executions of `ids` that exist, whole or (`fields`, with id) only those
+        fields: counts and aggregates skip the inputs and outputs they never read."""
+        if not ids:
+            return []
+        rows = await self._scripts["FETCH"](args=[self._prefix, self._epoch, len(fields), *fields, *ids])
+        if not fields:
+            return [_decode_execution(dict(_pairs(row))) for row in rows if row]
+        return [
+            _decode_execution({k: v for k, v in zip(fields, row, strict=True) if v is not None})
+            for row in rows
+            if row[0] is not None
+        ]
 
-    async def _narrow(self, q: ExecutionQuery) -> set[str] | None:
-        """A superset of the matching ids from the indexes; None: every id."""
+    async def _narrow(self, q: ExecutionQuery, window: _Window | None = None) -> set[str] | None:
+        """A superset of the matching ids from the indexes, read from the smallest
+        one the query names (sizes first, in one round trip); None: every id.
+        `window` (field, low, high), inclusive, narrows by one more time range."""
         if q.ids is not None:
             return set(q.ids)
-        options: list[list[str]] = []
+        unions: list[list[str]] = []  # each: the union of these sets
         if q.statuses is not None:
-            options.append([self._k("status", s) for s in q.statuses])
+            unions.append([self._k("status", s) for s in q.statuses])
         if q.job_names is not None:
-            options.append([self._k("job", j) for j in q.job_names])
-        if not options:
+            unions.append([self._k("job", j) for j in q.job_names])
+        for field, key in _LINK_KEYS.items():
+            if getattr(q, field) is not None:
+                unions.append([self._k(key, getattr(q, field))])
+        ranges: list[tuple[str, str, str]] = []  # each: a zset and its score bounds
+        for field, key in _TIME_KEYS.items():
+            after, before = getattr(q, field.replace("_at", "_after")), getattr(q, field.replace("_at", "_before"))
+            if after is not None or before is not None:
+                low = "-inf" if after is None else f"({after}"
+                ranges.append((self._k("at", key), low, "+inf" if before is None else f"({before}"))
+        if window is not None:
+            ranges.append((self._k("at", _TIME_KEYS[window[0]]), str(window[1]), str(window[2])))
+        if not unions and not ranges:
             return None
-        keys = options[0]
-        if len(options) == 2 and options[0] and options[1]:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in options[0] + options[1]:
-                pipe.scard(key)
-            sizes = await pipe.execute()
-            if sum(sizes[len(options[0]) :]) < sum(sizes[: len(options[0])]):
-                keys = options[1]
-        elif len(options) == 2:
+        if any(not keys for keys in unions):
             return set()
-        return {str(i) for i in await self._redis.sunion(keys)} if keys else set()
+        best = 0
+        if len(unions) + len(ranges) > 1:  # one index named: no sizes to compare
+            pipe = self._redis.pipeline(transaction=False)
+            for keys in unions:
+                for key in keys:
+                    pipe.scard(key)
+            for key, low, high in ranges:
+                pipe.zcount(key, low, high)
+            sizes = iter(await pipe.execute())
+            costs = [sum(next(sizes) for _ in keys) for keys in unions] + [next(sizes) for _ in ranges]
+            best = min(range(len(costs)), key=costs.__getitem__)
+        if best < len(unions):
+            return {str(i) for i in await self._redis.sunion(unions[best])}
+        key, low, high = ranges[best - len(unions)]
+        return {str(i) for i in await self._redis.zrangebyscore(key, low, high)}
 
     async def _scan(
-        self, q: ExecutionQuery, *, paging: bool
+        self, q: ExecutionQuery, *, paging: bool, window: _Window | None = None, fields: Sequence[str] = ()
     ) -> AsyncIterator[list[ExecutionRecord]]:
-        """Candidate records in the query's order, in chunks (a superset of the matches)."""
+        """Candidate records in the query's order, in chunks (a superset of the matches);
+        with `fields`, records holding only those (see `_fetch`)."""
         newest = q.order == "newest"
         cursor = q.cursor if paging else None
-        narrowed = await self._narrow(q)
+        narrowed = await self._narrow(q, window)
         if narrowed is not None:
             ordered = sorted(narrowed, reverse=newest)
             if cursor is not None:
                 ordered = [i for i in ordered if (i < cursor if newest else i > cursor)]
             for start in range(0, len(ordered), _CHUNK):
-                yield await self._fetch(ordered[start : start + _CHUNK])
+                yield await self._fetch(ordered[start : start + _CHUNK], fields)
             return
         while True:  # keyset walk over the ids zset, robust against concurrent inserts
             bound = "(" + cursor if cursor is not None else None
@@ -476,7 +554,7 @@ class RedisStorage(Storage):
                 )
             if not page:
                 return
-            yield await self._fetch(cast(list[str], page))
+            yield await self._fetch(cast(list[str], page), fields)
             if len(page) < _CHUNK:
                 return
             cursor = str(page[-1])
@@ -491,10 +569,10 @@ class RedisStorage(Storage):
         return sort_and_page(found, query)
 
     async def count(self, query: ExecutionQuery) -> dict[str, int]:
-        if _only_status_and_job(query) and (query.job_names is None or self._sintercard):
+        if only_status_and_job(query) and (query.job_names is None or self._sintercard):
             return await self._count_from_indexes(query)
         out: dict[str, int] = {}
-        async for chunk in self._scan(query, paging=False):
+        async for chunk in self._scan(query, paging=False, fields=_filter_fields(query)):
             for r in chunk:
                 if matches(r, query, paging=False):
                     out[r.status] = out.get(r.status, 0) + 1
@@ -505,7 +583,8 @@ class RedisStorage(Storage):
         answer: the caller gets counts, never the records."""
         agg = Aggregate()
         oldest_first = dataclasses.replace(query, order="oldest", cursor=None, limit=None, offset=0)
-        async for chunk in self._scan(oldest_first, paging=False):
+        window = (buckets.field, buckets.start, buckets.end - 1)
+        async for chunk in self._scan(oldest_first, paging=False, window=window, fields=_filter_fields(query)):
             fold(chunk, query, buckets, agg, durations=durations)
         return finish_aggregate(agg)
 
@@ -678,16 +757,3 @@ async def _server_version(client: aioredis.Redis) -> tuple[int, ...]:
         return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
     except (RedisError, KeyError, ValueError):  # INFO denied, or an unusual server
         return (0,)
-
-
-def _only_status_and_job(q: ExecutionQuery) -> bool:
-    """True when the index sets alone answer a count."""
-    return (
-        q.ids is None and not q.id_contains and q.parent_id is None and q.root_id is None
-        and q.created_before is None and q.created_after is None
-        and q.started_before is None and q.started_after is None
-        and q.completed_before is None and q.completed_after is None
-        and q.retry_count is None and q.retry_count_less_than is None
-        and q.retry_count_greater_than is None and q.idempotency_key is None
-        and q.input is None and q.replay_of is None
-    )  # fmt: skip

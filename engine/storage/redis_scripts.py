@@ -100,6 +100,35 @@ local function index(id)
   return status
 end
 
+-- Time and lineage indexes (schema 2), for the dashboard's windows and trees:
+-- zsets at:created|started|completed scored by that time (a field that becomes
+-- absent leaves its zset), sets children:{parent_id}, tree:{root_id} and
+-- replays:{replay_of} (written once: these fields are set at the insert).
+local TIMES = {created_at = 'created', started_at = 'started', completed_at = 'completed'}
+local LINKS = {parent_id = 'children', root_id = 'tree', replay_of = 'replays'}
+local function index_field(id, field, value)
+  if TIMES[field] then
+    local key = P .. ':at:' .. TIMES[field]
+    if value then redis.call('ZADD', key, value, id) else redis.call('ZREM', key, id) end
+  elseif LINKS[field] and value then
+    redis.call('SADD', P .. ':' .. LINKS[field] .. ':' .. value, id)
+  end
+end
+local INDEXED_MORE = {'created_at', 'started_at', 'completed_at', 'parent_id', 'root_id', 'replay_of'}
+local function index_more(id, fields)  -- fields: the inserted record's {field: text}
+  for _, field in ipairs(INDEXED_MORE) do
+    local value = fields[field]
+    if value and value ~= cjson.null then index_field(id, field, value) end
+  end
+end
+local function unindex_more(id)
+  local v = redis.call('HMGET', ekey(id), unpack(INDEXED_MORE))
+  for i, field in ipairs(INDEXED_MORE) do
+    if TIMES[field] then redis.call('ZREM', P .. ':at:' .. TIMES[field], id)
+    elseif v[i] then redis.call('SREM', P .. ':' .. LINKS[field] .. ':' .. v[i], id) end
+  end
+end
+
 """
 )
 
@@ -200,6 +229,7 @@ local wake = false
 for _, x in ipairs(b.x) do
   redis.call('HSET', ekey(x[1]), unpack((fields_args(x[2]))))
   redis.call('ZADD', P .. ':ids', 0, x[1])
+  index_more(x[1], x[2])
   if CLAIMABLE[index(x[1])] then wake = true end
 end
 
@@ -223,6 +253,7 @@ for i, u in ipairs(b.u) do
       local reindex = false
       for k in pairs(u[2]) do
         if INDEXED[k] then reindex = true end
+        if TIMES[k] or LINKS[k] then index_field(id, k, u[2][k] ~= null and u[2][k] or nil) end
         if k == 'control' then controls_at[id] = nil end  -- read again below
       end
       if reindex then
@@ -356,6 +387,7 @@ local function take(id)
     if not seen[field] then rec[#rec + 1] = field; rec[#rec + 1] = value end
   end
   redis.call('HSET', ek, unpack(args))
+  if set.started_at then redis.call('ZADD', P .. ':at:started', now_s, id) end
   out[#out + 1] = rec
   claimed[#claimed + 1] = id
   running[#running + 1] = until_s
@@ -492,6 +524,7 @@ for i = 3, #ARGV do
   local v = redis.call('HMGET', ekey(id), 'status', 'job_name', 'priority')
   if v[1] and TERMINAL[v[1]] then
     unindex(id, v[1], v[2], v[3] or '0')
+    unindex_more(id)
     redis.call('ZREM', P .. ':ids', id)
     redis.call('DEL', ekey(id), P .. ':steps:' .. id)
     for _, seq in ipairs(redis.call('ZRANGE', P .. ':events:' .. id, 0, -1)) do seqs[#seqs + 1] = seq end
@@ -528,6 +561,23 @@ return redis.call('HMGET', P .. ':meta', 'schema', 'epoch')
 
 # Read-only scripts: one round trip each, no marker check (an empty answer is honest).
 # They take the same first two arguments as the others.
+
+# ARGV: prefix, epoch (unused), the number of fields n, n field names, then execution
+# ids. Returns one list per id: HGETALL's [field, value, ...] when n is 0, else
+# HMGET's values of those fields. One reply for many executions: a client pipeline
+# of one command each costs a reply to parse per execution.
+FETCH = """
+local P, n = ARGV[1], tonumber(ARGV[3])
+local fields = {}
+for i = 1, n do fields[i] = ARGV[3 + i] end
+local out = {}
+for i = 4 + n, #ARGV do
+  local key = P .. ':exec:' .. ARGV[i]
+  if n == 0 then out[#out + 1] = redis.call('HGETALL', key)
+  else out[#out + 1] = redis.call('HMGET', key, unpack(fields)) end
+end
+return out
+"""
 
 # ARGV: prefix, epoch (unused), after_seq, limit, execution_id or ''. Returns [seq, body, ...].
 READ_EVENTS = """

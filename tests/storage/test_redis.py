@@ -456,3 +456,77 @@ async def test_queries_and_counts_match_the_memory_adapter(make: Make) -> None:
     for query in queries:
         assert await redis_storage.query(query) == await memory.query(query), query
         assert await redis_storage.count(query) == await memory.count(query), query
+
+
+# --- time and lineage indexes (schema 2) ------------------------------------------
+
+
+async def test_time_and_lineage_indexes_follow_every_change(make: Make, raw: aioredis.Redis, prefix: str) -> None:
+    """Insert, claim, completion, a cleared time and deletion each keep the zsets and
+    sets exact; a query by window or lineage then reads only its own rows."""
+    storage = await make()
+    await storage.commit(Batch(executions=[
+        pending("P", created_at=100),
+        pending("C", created_at=200, parent_id="P", root_id="P"),
+        pending("R", created_at=300, replay_of="P", status="completed", started_at=310, completed_at=320),
+    ]))  # fmt: skip
+    assert await raw.zrange(f"{prefix}:at:created", 0, -1, withscores=True) == [("P", 100), ("C", 200), ("R", 300)]
+    assert await raw.smembers(f"{prefix}:children:P") == {"C"}
+    assert await raw.smembers(f"{prefix}:tree:P") == {"C"}
+    assert await raw.smembers(f"{prefix}:replays:P") == {"R"}
+    claimed = {r.id: r for r in await storage.claim("w1", limit=5, lease_ms=60_000)}
+    assert set(claimed) == {"P", "C"}
+    started = dict(await raw.zrange(f"{prefix}:at:started", 0, -1, withscores=True))
+    assert started == {"P": claimed["P"].started_at, "C": claimed["C"].started_at, "R": 310}
+    await storage.commit(Batch(updates=[
+        ExecutionUpdate("P", {"status": "completed", "completed_at": 5_000}),
+        ExecutionUpdate("R", {"status": "pending", "started_at": None, "completed_at": None}),
+    ]))  # fmt: skip
+    assert await raw.zrange(f"{prefix}:at:completed", 0, -1, withscores=True) == [("P", 5_000)]
+    assert await raw.zscore(f"{prefix}:at:started", "R") is None
+
+    fetched: list[str] = []
+    real_fetch = storage._fetch
+
+    async def counting_fetch(ids: list[str], fields: tuple[str, ...] = ()) -> list[ExecutionRecord]:
+        fetched.extend(ids)
+        return await real_fetch(ids, fields)
+
+    storage._fetch = counting_fetch  # type: ignore[method-assign]
+    assert [r.id for r in await storage.query(ExecutionQuery(completed_after=4_000))] == ["P"]
+    assert fetched == ["P"]
+    fetched.clear()
+    assert [r.id for r in await storage.query(ExecutionQuery(parent_id="P"))] == ["C"]
+    assert fetched == ["C"]
+    fetched.clear()
+    assert await storage.count(ExecutionQuery(started_after=0, root_id="P")) == {"running": 1}
+    assert fetched == ["C"]
+
+    assert await storage.delete_executions(["P"]) == ["P"]
+    for key in ("at:created", "at:started", "at:completed"):
+        assert await raw.zscore(f"{prefix}:{key}", "P") is None
+    assert await raw.smembers(f"{prefix}:replays:P") == {"R"}  # R's own link stays while R does
+    await storage.commit(Batch(updates=[ExecutionUpdate("C", {"status": "failed", "completed_at": 6_000})]))
+    assert await storage.delete_executions(["C"]) == ["C"]
+    assert await raw.exists(f"{prefix}:children:P", f"{prefix}:tree:P") == 0
+
+
+async def test_a_schema_1_prefix_is_indexed_when_opened(make: Make, raw: aioredis.Redis, prefix: str) -> None:
+    """Executions written before schema 2 (no time or lineage keys) are found by
+    window and lineage after the next open, which records schema 2."""
+    first = await make()
+    await first.commit(Batch(executions=[
+        pending(f"E{i:04}", created_at=1_000 + i, parent_id="E0000" if i else None) for i in range(1_500)
+    ]))  # fmt: skip
+    await first.aclose()
+    extra = [k async for k in raw.scan_iter(match=f"{prefix}:at:*")]
+    extra += [k async for k in raw.scan_iter(match=f"{prefix}:children:*")]
+    await raw.delete(*extra)
+    await raw.hset(f"{prefix}:meta", "schema", 1)
+
+    second = await make()
+    assert await raw.hget(f"{prefix}:meta", "schema") == "2"
+    assert await raw.zcard(f"{prefix}:at:created") == 1_500
+    assert len(await second.query(ExecutionQuery(parent_id="E0000"))) == 1_499
+    found = await second.query(ExecutionQuery(created_after=2_400, created_before=2_410))
+    assert [r.id for r in found] == [f"E{i:04}" for i in range(1_409, 1_400, -1)]
