@@ -14,6 +14,7 @@ from .idempotency import check_key, start_once
 from .ids import new_id, now_ms
 from .runtime_state import RuntimeState
 from .serialize import load_typed, validate_in
+from .steps import child_step
 from .storage.base import Batch, CommitResult, EventRecord, ExecutionRecord
 from .transitions import claim_new
 
@@ -139,8 +140,6 @@ class Creation(RuntimeState):
         key = check_key(idempotency_key)
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
-            from .steps import child_step
-
             result = await child_step(ctx, job, input, wait=False, line=line, idempotency_key=key)
             assert isinstance(result, Execution)
             return result
@@ -163,8 +162,6 @@ class Creation(RuntimeState):
     ) -> Any:
         ctx = context.current_or_none()
         if ctx is not None and ctx.queue is self.queue:
-            from .steps import child_step
-
             key = check_key(idempotency_key)
             return await child_step(ctx, job, input, wait=True, line=line, idempotency_key=key)
         execution = await self.start_job(job, input, idempotency_key=idempotency_key)
