@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .errors import Interrupt, StorageLostError, error_to_dict
+from .event_schema import EventKind
 from .ids import now_ms
 from .runtime_state import _BACKOFF_S, RuntimeState, T, log
 from .serialize import load_typed
@@ -162,7 +163,7 @@ class Endings(RuntimeState):
         *,
         wait_reason: str,
         run_at: int | None = None,
-        event: tuple[str, dict[str, Any]] | None = None,
+        event: tuple[EventKind, dict[str, Any]] | None = None,
         extra: Batch | None = None,
     ) -> bool:
         """Release the execution into `status` (waiting/paused/pending); False if it was lost."""

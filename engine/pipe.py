@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import context
+from .event_schema import EventKind, PipeSend
 from .ids import now_ms
 from .matching import matches
 from .serialize import check_schema, load_typed, plain_json, validate_in
@@ -113,9 +114,10 @@ class BoundPipe:
         _typed, stored = validate_in(self.pipe.input, data, f"message for pipe {self.pipe.name!r}")
         runtime = await self.queue.started()
         now = now_ms()
+        sent: PipeSend = {"pipe": self.pipe.name, "data": stored}
         await runtime.committer.commit(Batch(
             messages=[PipeMessage(self.pipe.name, stored, now)],
-            events=[EventRecord(None, None, "pipe_send", {"pipe": self.pipe.name, "data": stored}, now)],
+            events=[EventRecord(None, None, EventKind.PIPE_SEND, dict(sent), now)],
         ))  # fmt: skip
         runtime.kick()
 

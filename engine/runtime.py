@@ -20,6 +20,7 @@ from .creation import Creation
 from .dispatch import Dispatch
 from .endings import Endings
 from .errors import StorageLostError
+from .event_schema import EventKind
 from .events import EventBus, Hooks
 from .flow import FlowControl
 from .idempotency import holder
@@ -149,11 +150,11 @@ class Runtime(Creation, Dispatch, Endings, Leases):
     def source_fingerprint(self, job: Job) -> str | None:
         return self.sources.fingerprint(job)
 
-    def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
+    def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
         self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
 
-    def _record_event(self, type: str, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
+    def _record_event(self, type: EventKind, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
 
     # -- waiting for results (results.py) ----------------------------------------------------

@@ -250,7 +250,7 @@ def suspend(
     current_step: str | None,
     now: int,
     run_at: int | None = None,
-    event: tuple[str, dict[str, Any]] | None = None,
+    event: tuple[EventKind, dict[str, Any]] | None = None,
 ) -> Transition:
     """The holder lets the execution go without ending it: waiting until `run_at`
     (sleep, backoff, a wait), paused, or pending again (held back, shut down)."""
@@ -298,7 +298,7 @@ def request(
     control: Control | None,
     *,
     now: int,
-    event: tuple[str, dict[str, Any]] | None = None,
+    event: tuple[EventKind, dict[str, Any]] | None = None,
     by: str | None = None,
 ) -> Transition:
     """Ask the holder of a running execution to pause or cancel (or withdraw a pause:
