@@ -16,7 +16,7 @@ from .runtime_state import RuntimeState
 from .serialize import load_typed, validate_in
 from .steps import child_step
 from .storage.base import Batch, CommitResult, EventRecord, ExecutionRecord
-from .transitions import claim_new
+from .transitions import claim_new, unclaim_new
 
 if TYPE_CHECKING:
     from .context import ExecutionContext
@@ -95,8 +95,7 @@ class Creation(RuntimeState):
         if result.conflict:  # an `extra` precondition failed: nothing was stored
             for ctx in direct:
                 self.contexts.pop(ctx.id, None)
-                rec = ctx.record
-                rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
+                unclaim_new(ctx.record)
             return result
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:

@@ -15,6 +15,7 @@ build an execution's fields by hand.
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
                                              atomic statement each), or `claim_new` for an
                                              execution its creator stores already claimed
+                                             (`unclaim_new` when that batch did not apply)
     pending -> running                       hand_over(): a released slot claims the waiter
                                              parked here, in the release's own write
     pending (due now)                        due_now(): a waiter granted a slot elsewhere
@@ -162,6 +163,12 @@ def claim_new(rec: ExecutionRecord, worker_id: str, lease_until: int) -> None:
     rec.status, rec.worker_id, rec.token = "running", worker_id, 1
     rec.started_at = rec.created_at
     rec.lease_until = lease_until
+
+
+def unclaim_new(rec: ExecutionRecord) -> None:
+    """Undo `claim_new` when the batch that would have stored the record was not
+    applied (a precondition failed): nothing was written, the record is new again."""
+    rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
 
 
 # -- a running execution, written by its holder -----------------------------------------
