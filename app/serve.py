@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(token=token, read_only=bool(args.read_only), bound_host=args.host, allowed_hosts=hosts)
     app = create_app(queue, settings=settings, background=background, label=f"{queue.storage.kind}")
-    # The orchestration node's worker API, beside the dashboard (API.md "Command line").
+    # The orchestration node's worker API, beside the dashboard (docs/cli.md, docs/distribution.md).
     node_app = queue.orchestration.app(token=token, local_work=not getattr(args, "no_local_work", False))
     # Tokenless (loopback only): a DNS-rebinding or cross-site page must not reach the
     # worker API either. With a token, the token is what guards it.

@@ -37,7 +37,7 @@ def _default_backoff(retry: int, _input: Any) -> int:
 
 
 def make_backoff(value: Any, option: str = "backoff") -> Backoff:
-    """Every backoff form of API.md, checked now rather than at the first failure."""
+    """Every backoff form of docs/errors-and-retries.md, checked now, not at the first failure."""
     if value is None:
         return _default_backoff
     if isinstance(value, Mapping):

@@ -82,6 +82,9 @@ class Queued(TypedDict):
 
 
 class Debounced(TypedDict):
+    """No longer written (a debounced trigger writes `trigger`, and `cancel` with `by`
+    for the pending execution it supersedes); kept for logs written before."""
+
     input: Any
     mode: str
     run_at: NotRequired[int]

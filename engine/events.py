@@ -137,7 +137,7 @@ def _drain_and_end(sub: Subscription) -> None:
     sub.queue.put_nowait(None)
 
 
-Recorder = Callable[[str, str | None, str | None, dict[str, Any]], None]
+Recorder = Callable[[EventKind, str | None, str | None, dict[str, Any]], None]
 
 
 class Hooks:

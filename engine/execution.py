@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .context import current
 from .errors import error_from_dict, job_error
 from .serialize import load_typed
 from .storage.base import EventRecord, ExecutionRecord, StepRecord
@@ -132,7 +133,5 @@ class Execution:
 
 def current_execution() -> Execution:
     """Inside a handler: the running execution (its id makes a good idempotency key)."""
-    from .context import current
-
     ctx = current()
     return Execution(ctx.queue, ctx.record)

@@ -113,8 +113,8 @@ class FlowControl:
             return
         job, rec, history = entry
         rt = self.runtime
-        rec.status, rec.worker_id, rec.token = "running", rt.worker_id, rec.token + 1
-        rec.lease_until = now_ms() + rt.clock_offset_ms + rt.lease_ms
+        now = now_ms()
+        hand_over(rec, rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).apply_to(rec)
         rec.control = None
         rt.run_admitted(job, rec, history)
 

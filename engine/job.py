@@ -16,7 +16,8 @@ from .durations import parse_duration
 from .errors import allow_error_module
 from .event_schema import JOB_EVENTS
 from .limits import check_concurrency, check_debounce, check_throttle
-from .serialize import check_schema
+from .serialize import check_schema, validate_in
+from .waits import wait_for_job
 
 if TYPE_CHECKING:
     from .execution import Execution
@@ -153,8 +154,6 @@ class Job:
         await self._queue("resume").lifecycle.resume_job(self, by=by)
 
     async def wait_for(self, match: Any, *, timeout: Any = None) -> Any:
-        from .waits import wait_for_job
-
         return await wait_for_job(self, match, timeout)
 
 
@@ -248,8 +247,6 @@ def create_job(
     if opts.cron is not None:
         parse_cron(opts.cron)
         if opts.input is not None:
-            from .serialize import validate_in
-
             try:
                 validate_in(opts.input, None, "input")
             except Exception:

@@ -6,9 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import context
+from .event_schema import EventKind, PipeSend
 from .ids import now_ms
+from .matching import matches
 from .serialize import check_schema, load_typed, plain_json, validate_in
 from .storage.base import Batch, EventRecord, PipeMessage
+from .waits import pipe_send_step, pipe_wait_step
 
 
 class Pipe:
@@ -36,11 +39,24 @@ class Pipe:
         """What `send(data)` stores in the source's log (before validation)."""
         return data
 
+    def matches(self, match: Any, data: Any) -> bool:
+        """Whether the stored message `data` matches `match` as this pipe carries it: a
+        dict matches the JSON form (of the derived value, for `pipe.into(fn)`), a
+        predicate the typed value."""
+        if match is None:
+            return True
+        if self.source is self:
+            return matches(match, data, load_typed(self.input, data) if callable(match) else data)
+        value = self.view(data)
+        try:
+            json_form = plain_json(value, "the derived message")
+        except TypeError:
+            json_form = value
+        return matches(match, json_form, value)
+
     async def send(self, data: Any) -> None:
         """Store the message before returning. Inside a handler, a durable step: sent
         once. Outside one, through the one started queue that holds the pipe."""
-        from .waits import pipe_send_step
-
         source = self.source
         _typed, stored = validate_in(source.input, self.outgoing(data), f"message for pipe {source.name!r}")
         ctx = context.current_or_none()
@@ -55,8 +71,6 @@ class Pipe:
     async def wait_for(self, match: Any = None, *, timeout: Any = None) -> Any:
         """Inside a handler: the first message matching `match` sent after this step
         began; with `timeout` (a Duration), TimeoutError past that durable deadline."""
-        from .waits import pipe_wait_step
-
         return await pipe_wait_step(self, match, timeout)
 
 
@@ -100,9 +114,10 @@ class BoundPipe:
         _typed, stored = validate_in(self.pipe.input, data, f"message for pipe {self.pipe.name!r}")
         runtime = await self.queue.started()
         now = now_ms()
+        sent: PipeSend = {"pipe": self.pipe.name, "data": stored}
         await runtime.committer.commit(Batch(
             messages=[PipeMessage(self.pipe.name, stored, now)],
-            events=[EventRecord(None, None, "pipe_send", {"pipe": self.pipe.name, "data": stored}, now)],
+            events=[EventRecord(None, None, EventKind.PIPE_SEND, dict(sent), now)],
         ))  # fmt: skip
         runtime.kick()
 
@@ -113,24 +128,3 @@ def create_pipe(name: str | None = None, *, input: Any = None) -> Pipe:
     if input is not None:
         check_schema(input, "input")
     return Pipe(name, input)
-
-
-def message_matches(pipe: Pipe, match: Any, data: Any) -> bool:
-    """Whether the stored message `data` matches `match` as `pipe` carries it: a dict
-    matches the JSON form (of the derived value, for `pipe.into(fn)`), a predicate
-    the typed value."""
-    from .waits import matches
-
-    if match is None:
-        return True
-    if pipe.source is pipe:
-        return matches(match, data, load_typed(pipe.input, data) if callable(match) else data)
-    value = pipe.view(data)
-    try:
-        json_form = plain_json(value, "the derived message")
-    except TypeError:
-        json_form = value
-    return matches(match, json_form, value)
-
-
-__all__ = ["BoundPipe", "Pipe", "PipeTrigger", "create_pipe", "message_matches"]

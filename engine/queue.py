@@ -277,7 +277,7 @@ class Queue:
         self.pipes = PipesRegistry(self, pipe_map)
         self.runtime = Runtime(self)
         self.lifecycle = Lifecycle(self)
-        #: The orchestration node and the remote worker (API.md "Distribution").
+        #: The orchestration node and the remote worker (docs/distribution.md).
         self.orchestration = Orchestration(self)
         self.worker = WorkerService(self)
         #: The dashboard on the node's server (`monitoring={"endpoint": ...}`).

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import clock
 from .cron import CronSchedule
+from .event_schema import EventKind, Trigger
 from .ids import now_ms
 from .storage.base import Batch, EventRecord, Storage
 
@@ -117,9 +118,10 @@ class Cron:
         elif int(state["last"]) < latest_due:
             rec = runtime.new_record(job, None)
             rec.wait_reason = None
+            data: Trigger = {"input": None, "parent_id": None, "cron": schedule.describe(), "tick": latest_due}
             batch = Batch(
                 executions=[rec],
-                events=[EventRecord(rec.id, job.name, "trigger", {"input": None, "parent_id": None, "cron": schedule.describe(), "tick": latest_due}, now)],
+                events=[EventRecord(rec.id, job.name, EventKind.TRIGGER, dict(data), now)],
                 state={key: {"last": latest_due}},
                 expect={key: state},
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .event_schema import EventKind
 from .storage.base import Batch, CommitResult, ExecutionRecord
 from .transitions import SuspendStatus, Transition
 
@@ -46,7 +47,7 @@ class StateOwner(Protocol):
         events (its text stored once per version, `sources.SourceVersions`)."""
 
     # -- writes of a held execution --------------------------------------------------------
-    def send(self, ctx: ExecutionContext, type: str, data: dict[str, Any]) -> None:
+    def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         """Append an informational event, fenced, without waiting for it."""
 
     def record(self, batch: Batch) -> None:
@@ -67,7 +68,7 @@ class StateOwner(Protocol):
         *,
         wait_reason: str,
         run_at: int | None = None,
-        event: tuple[str, dict[str, Any]] | None = None,
+        event: tuple[EventKind, dict[str, Any]] | None = None,
         extra: Batch | None = None,
     ) -> bool:
         """Let the execution go into `status` (waiting until `run_at`, paused, pending);

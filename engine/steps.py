@@ -87,7 +87,7 @@ async def _park(ctx: ExecutionContext, awaitable: Awaitable[T]) -> T:
         ctx.parked -= 1
 
 
-def _event(ctx: ExecutionContext, type: str, data: dict[str, Any], at: int) -> EventRecord:
+def _event(ctx: ExecutionContext, type: EventKind, data: dict[str, Any], at: int) -> EventRecord:
     return EventRecord(ctx.id, ctx.job.name, type, data, at)
 
 

@@ -15,6 +15,7 @@ build an execution's fields by hand.
     pending/waiting -> running               claim: the adapters' `Storage.claim` (one
                                              atomic statement each), or `claim_new` for an
                                              execution its creator stores already claimed
+                                             (`unclaim_new` when that batch did not apply)
     pending -> running                       hand_over(): a released slot claims the waiter
                                              parked here, in the release's own write
     pending (due now)                        due_now(): a waiter granted a slot elsewhere
@@ -164,6 +165,12 @@ def claim_new(rec: ExecutionRecord, worker_id: str, lease_until: int) -> None:
     rec.lease_until = lease_until
 
 
+def unclaim_new(rec: ExecutionRecord) -> None:
+    """Undo `claim_new` when the batch that would have stored the record was not
+    applied (a precondition failed): nothing was written, the record is new again."""
+    rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
+
+
 # -- a running execution, written by its holder -----------------------------------------
 def enter_step(h: Holder, key: str) -> ExecutionUpdate:
     """Record that the handler is at step `key` (for steps that may wait long: a sleep,
@@ -250,7 +257,7 @@ def suspend(
     current_step: str | None,
     now: int,
     run_at: int | None = None,
-    event: tuple[str, dict[str, Any]] | None = None,
+    event: tuple[EventKind, dict[str, Any]] | None = None,
 ) -> Transition:
     """The holder lets the execution go without ending it: waiting until `run_at`
     (sleep, backoff, a wait), paused, or pending again (held back, shut down)."""
@@ -298,7 +305,7 @@ def request(
     control: Control | None,
     *,
     now: int,
-    event: tuple[str, dict[str, Any]] | None = None,
+    event: tuple[EventKind, dict[str, Any]] | None = None,
     by: str | None = None,
 ) -> Transition:
     """Ask the holder of a running execution to pause or cancel (or withdraw a pause:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError, error_to_dict
+from .event_schema import EventKind, Trigger, TriggerError
 from .ids import now_ms
 from .job import Job, JobTrigger
 from .pipe import Pipe, PipeTrigger
@@ -115,14 +116,13 @@ class Triggers:
             return self.runtime.new_record(job, self._map(job, schema, fn, data))
         except (ValidationError, Exception) as exc:
             # The message stays in the pipe's log; the route moves on and says why.
-            errors.events.append(EventRecord(None, job.name, "trigger_error", {
-                "pipe": pipe, "seq": seq, "error": error_to_dict(exc),
-            }, now_ms()))  # fmt: skip
+            failed: TriggerError = {"pipe": pipe, "seq": seq, "error": error_to_dict(exc)}
+            errors.events.append(EventRecord(None, job.name, EventKind.TRIGGER_ERROR, dict(failed), now_ms()))
             return None
 
     def _trigger_event(self, job: Job, rec: ExecutionRecord, source: str, seq: int | None) -> EventRecord:
-        data = {"input": rec.input, "parent_id": None, "source": source, "seq": seq}
-        return EventRecord(rec.id, job.name, "trigger", data, rec.created_at)
+        data: Trigger = {"input": rec.input, "parent_id": None, "source": source, "seq": seq}
+        return EventRecord(rec.id, job.name, EventKind.TRIGGER, dict(data), rec.created_at)
 
     async def _after(self, job: Job, recs: list[ExecutionRecord]) -> None:
         runtime = self.runtime
@@ -146,9 +146,8 @@ class Triggers:
             try:
                 rec = self.runtime.new_record(target, self._map(target, source.options.output, fn, output))
             except Exception as exc:
-                batch.events.append(EventRecord(None, target.name, "trigger_error", {
-                    "job": source.name, "error": error_to_dict(exc),
-                }, now_ms()))  # fmt: skip
+                failed: TriggerError = {"job": source.name, "error": error_to_dict(exc)}
+                batch.events.append(EventRecord(None, target.name, EventKind.TRIGGER_ERROR, dict(failed), now_ms()))
                 continue
             if target.options.debounce is not None:
                 later.append((target, rec))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from .durations import parse_duration
 from .errors import TimeoutError, error_from_dict, error_to_dict
 from .event_schema import EventKind
 from .ids import now_ms
+from .matching import describe_match, matches
 from .serialize import load_typed
 from .steps import _boundary, _caller_line, _event, _new_step, _park, _replayed
 from .storage.base import Batch, ExecutionQuery, PipeMessage, StepRecord
@@ -20,29 +20,6 @@ from .storage.base import Batch, ExecutionQuery, PipeMessage, StepRecord
 if TYPE_CHECKING:
     from .job import Job
     from .pipe import Pipe
-
-
-def matches(match: Any, value: Any, typed: Any) -> bool:
-    """A dict matches when each of its keys is present with an equal value (recursively);
-    a callable is a predicate over the typed value."""
-    if callable(match):
-        return bool(match(typed))
-    if isinstance(match, Mapping):
-        return isinstance(value, Mapping) and all(
-            k in value and matches(v, value[k], value[k]) for k, v in match.items()
-        )
-    return bool(match == value)
-
-
-def describe_match(match: Any) -> Any:
-    """The match as stored with a wait step, for the dashboard's "why is it waiting":
-    a dict as JSON, a predicate by its name."""
-    if match is None or callable(match):
-        return None if match is None else f"<{getattr(match, '__qualname__', 'predicate')}>"
-    try:
-        return json.loads(json.dumps(match))
-    except (TypeError, ValueError):
-        return repr(match)
 
 
 async def wait_for_job(job: Job, match: Any, timeout: Any = None) -> Any:
@@ -159,8 +136,6 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
     """Wait for a message on `pipe` sent after this step began (also while this process
     was down); returns its data. The starting sequence number (and the deadline, with
     `timeout`) is stored with the step; past the deadline the step raises TimeoutError."""
-    from .pipe import message_matches
-
     timeout_ms = _timeout_ms(timeout, f"pipe {pipe.name!r} wait_for")
     ctx = current()
     key, seq = ctx.next_key(f"wait:{pipe.name}")
@@ -182,7 +157,7 @@ async def pipe_wait_step(pipe: Pipe, match: Any, timeout: Any = None) -> Any:
             after = msg.seq
             if deadline is not None and msg.at > deadline:
                 continue  # sent too late for this wait
-            if message_matches(pipe, match, msg.data):
+            if pipe.matches(match, msg.data):
                 done = {"after_seq": step.output["after_seq"], "deadline": deadline, "seq": msg.seq, "data": msg.data}
                 await _close_wait(ctx, step, done)
                 return pipe.view(msg.data)

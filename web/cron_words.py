@@ -2,7 +2,7 @@
 
 Only wording: when a job fires is computed by the scheduler (`next_fires`).
 Five fields (minute hour day-of-month month day-of-week), or six with the
-seconds field first, as API.md defines cron. Anything this cannot word
+seconds field first, as docs/cron.md describes cron. Anything this cannot word
 (names like `@daily` aside) is shown as the expression itself.
 """
 

@@ -1,4 +1,9 @@
-"""Adapter constructors and `storage_from_url`."""
+"""Adapter constructors and `storage_from_url`.
+
+Each constructor imports its adapter when called (deliberately inside the function):
+choosing one adapter never loads the drivers of the others (SQLAlchemy and its
+database drivers, redis), so dq runs with only what the chosen adapter needs.
+tests/engine/test_imports.py lists these imports by name."""
 
 from __future__ import annotations
 

@@ -333,6 +333,9 @@ class SqlStorage(Storage):
             "pool_timeout": self.acquire_timeout_s,
         }  # fmt: skip
 
+    # The dialects subclass SqlStorage, so they are imported here, when chosen
+    # (deliberately: tests/engine/test_imports.py lists these two); the module of
+    # the one not chosen, and its driver, are never loaded.
     @classmethod
     def sqlite(cls, path: str, **bounds: Any) -> SqlStorage:
         from .sql_sqlite import SqliteStorage

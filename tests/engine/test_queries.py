@@ -1,4 +1,4 @@
-"""Queries: get, get_all, get_first with every filter of API.md."""
+"""Queries: get, get_all, get_first with every filter of docs/queries.md."""
 
 from __future__ import annotations
 

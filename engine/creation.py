@@ -1,0 +1,167 @@
+"""The state owner's creation paths: a new execution stored (already claimed by
+this process when it has room to run it) and started; bulk starts, debounced
+triggers, and `start`/`run` from inside a handler (a child step)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import context
+from .errors import JobError, StorageLostError
+from .event_schema import EventKind
+from .execution import Execution
+from .idempotency import check_key, start_once
+from .ids import new_id, now_ms
+from .runtime_state import RuntimeState
+from .serialize import load_typed, validate_in
+from .steps import child_step
+from .storage.base import Batch, CommitResult, EventRecord, ExecutionRecord
+from .transitions import claim_new, unclaim_new
+
+if TYPE_CHECKING:
+    from .context import ExecutionContext
+    from .job import Job
+
+
+class Creation(RuntimeState):
+    def check_registered(self, job: Job) -> None:
+        if self.queue.definitions.get(job.name) is not job:
+            raise JobError(f"job {job.name!r} is not registered in this queue")
+
+    def new_record(
+        self, job: Job, input: Any, parent: ExecutionContext | None = None
+    ) -> ExecutionRecord:
+        self.check_registered(job)
+        _typed, stored = validate_in(job.options.input, input, f"input of job {job.name!r}")
+        now = now_ms()
+        return ExecutionRecord(
+            id=new_id(),
+            job_name=job.name,
+            status="pending",
+            input=stored,
+            priority=job.options.priority,
+            created_at=now,
+            run_at=now,
+            parent_id=parent.id if parent else None,
+            root_id=(parent.record.root_id or parent.id) if parent else None,
+        )
+
+    def _can_dispatch_now(self, job: Job) -> bool:
+        return (
+            not self.closing
+            and job.name not in self.paused_jobs
+            and len(self.contexts) < self.max_active
+            and job.options.debounce is None
+        )
+
+    async def create(self, job: Job, rec: ExecutionRecord, extra: Batch | None = None) -> CommitResult:
+        """Store a new execution (with `extra` writes in the same transaction) and run it."""
+        return await self.create_many(job, [rec], extra)
+
+    async def create_many(
+        self, job: Job, recs: list[ExecutionRecord], extra: Batch | None = None
+    ) -> CommitResult:
+        """Store new executions in one transaction and run them.
+
+        Those this process has room for are stored already claimed by us: no
+        claim round trip, no polling latency. The rest wait for the dispatcher.
+        """
+        if job.options.debounce is not None and extra is None:
+            for rec in recs:
+                await self._create_debounced(job, rec)
+            return CommitResult()
+        direct: list[ExecutionContext] = []
+        batch = extra if extra is not None else Batch()
+        for rec in recs:
+            if self._can_dispatch_now(job):
+                claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
+                # Reserve the slot before awaiting so concurrent creates respect max_active.
+                # A replay is created with the steps it reuses: they are its history.
+                history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
+                self.contexts[rec.id] = ctx = self._context(job, rec, history)
+                direct.append(ctx)
+            batch.executions.append(rec)
+            batch.events.append(EventRecord(
+                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+            ))  # fmt: skip
+        try:
+            result = await self.committer.commit(batch)
+        except BaseException as exc:
+            for ctx in direct:
+                self.contexts.pop(ctx.id, None)
+            if isinstance(exc, StorageLostError):
+                self.lose_storage(exc)
+            raise
+        if result.conflict:  # an `extra` precondition failed: nothing was stored
+            for ctx in direct:
+                self.contexts.pop(ctx.id, None)
+                unclaim_new(ctx.record)
+            return result
+        if self.hooks.wanted(job, "trigger"):
+            for rec in recs:
+                await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
+        for ctx in direct:
+            self._spawn(ctx, load_history=False)
+        if len(direct) < len(recs):
+            self.kick()
+        return result
+
+    async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
+        """Trigger a debounced job: a new execution, which cancels the pending one it
+        supersedes (`FlowControl.plan`). Returns the new execution's id."""
+        typed = load_typed(job.options.input, rec.input)
+        for _ in range(50):
+            batch, previous = await self.flow.plan(job, rec, typed)
+            result = await self.committer.commit(batch)
+            if result.conflict:
+                continue
+            if self.hooks.wanted(job, "trigger"):
+                await self.hooks.fire(job, "trigger", rec.id, {"input": typed})
+            if self._timer is not None:
+                self._timer.at(rec.run_at)
+            self.kick()
+            if previous is not None and result.applied[0]:
+                await self.flow.debounced(job, previous, rec)
+            return rec.id
+        raise JobError(f"job {job.name!r}: debounce state kept changing; trigger not stored")
+
+    async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
+        """Start one execution per input in a single transaction (bulk enqueue)."""
+        await self.queue.started()
+        recs = [self.new_record(job, item) for item in inputs]
+        for start in range(0, len(recs), 1000):
+            await self.create_many(job, recs[start : start + 1000])
+        return [Execution(self.queue, rec) for rec in recs]
+
+    async def start_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Execution:
+        key = check_key(idempotency_key)
+        ctx = context.current_or_none()
+        if ctx is not None and ctx.queue is self.queue:
+            result = await child_step(ctx, job, input, wait=False, line=line, idempotency_key=key)
+            assert isinstance(result, Execution)
+            return result
+        rec = self.new_record(job, input)  # bad input fails here, before anything starts
+        await self.queue.started()
+        if key is not None:
+            first, _started = await start_once(
+                self.storage, rec, key, job.idempotency_ttl_ms, lambda r, extra: self.create(job, r, extra)
+            )
+            return Execution(self.queue, first)
+        if job.options.debounce is not None:
+            answer = await self._create_debounced(job, rec)
+            stored = await self.storage.get_execution(answer)
+            return Execution(self.queue, stored or rec)
+        await self.create(job, rec)
+        return Execution(self.queue, rec)
+
+    async def run_job(
+        self, job: Job, input: Any, line: int | None = None, idempotency_key: str | None = None
+    ) -> Any:
+        ctx = context.current_or_none()
+        if ctx is not None and ctx.queue is self.queue:
+            key = check_key(idempotency_key)
+            return await child_step(ctx, job, input, wait=True, line=line, idempotency_key=key)
+        execution = await self.start_job(job, input, idempotency_key=idempotency_key)
+        return await execution.result()
