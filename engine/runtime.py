@@ -89,6 +89,9 @@ class Runtime:
         self.sources = SourceVersions(lambda batch: self.committer.send(batch))
         self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
+        #: The dispatcher stopped claiming for want of room (max_active): an ending
+        #: execution kicks it. Otherwise an ending frees nothing it waits for.
+        self._room_wanted = False
         self._timer: Timer | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -383,6 +386,7 @@ class Runtime:
         while not self.closing:
             free = self.max_active - len(self.contexts)
             if free <= 0:
+                self._room_wanted = True
                 return
             limit = min(free, 200)
             recs = await self.storage.claim(
@@ -464,7 +468,8 @@ class Runtime:
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
-            if not self.closing:
+            if self._room_wanted and not self.closing:
+                self._room_wanted = False
                 self.kick()
 
     def _release_early(self, ctx: ExecutionContext) -> None:
