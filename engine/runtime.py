@@ -65,6 +65,10 @@ _BACKOFF_S = (0.05, 2.0)
 T = TypeVar("T")
 
 
+async def _no_commit() -> CommitResult:
+    return CommitResult()
+
+
 class Runtime:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
@@ -256,24 +260,34 @@ class Runtime:
                 await self._create_debounced(job, rec)
             return CommitResult()
         direct: list[ExecutionContext] = []
+        gated: list[tuple[ExecutionContext, EventRecord]] = []  # admitted in the write that creates them
+        fuse = extra is None and self.flow.admits_at_creation(job)
         batch = extra if extra is not None else Batch()
         for rec in recs:
+            trigger = EventRecord(
+                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+            )  # fmt: skip
             if self._can_dispatch_now(job):
                 claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 # A replay is created with the steps it reuses: they are its history.
                 history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
                 self.contexts[rec.id] = ctx = self._context(job, rec, history)
+                if fuse:
+                    gated.append((ctx, trigger))
+                    continue
                 direct.append(ctx)
             batch.executions.append(rec)
-            batch.events.append(EventRecord(
-                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
-            ))  # fmt: skip
+            batch.events.append(trigger)
         try:
-            result = await self.committer.commit(batch)
+            result, gates = await asyncio.gather(
+                self.committer.commit(batch) if batch or extra is not None else _no_commit(),
+                asyncio.gather(*(self.flow.admit_new(job, ctx.record, trigger) for ctx, trigger in gated)),
+            )
         except BaseException as exc:
-            for ctx in direct:
+            for ctx in [*direct, *(c for c, _ in gated)]:
                 self.contexts.pop(ctx.id, None)
+                self.flow.parked.pop(ctx.id, None)
             if isinstance(exc, StorageLostError):
                 self.lose_storage(exc)
             raise
@@ -283,12 +297,20 @@ class Runtime:
                 rec = ctx.record
                 rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
             return result
+        for (ctx, _), gate in zip(gated, gates, strict=True):
+            if gate.ok:
+                ctx.holds_slot = True
+                direct.append(ctx)
+            elif self.contexts.get(ctx.id) is ctx:  # created pending, as a waiter (a grant may run it anew already)
+                del self.contexts[ctx.id]
+                if self._timer is not None:
+                    self._timer.at(gate.retry_at)
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
                 await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
         for ctx in direct:
             self._spawn(ctx, load_history=False)
-        if len(direct) < len(recs):
+        if len(direct) + len(gated) < len(recs):
             self.kick()
         return result
 

@@ -75,6 +75,10 @@ class Request:
     #: Writes that put the holder's execution back to pending until `at`, with
     #: a reason: committed in the same batch as a refusal. None: a step waiter.
     park: Callable[[int, str], Batch] | None = None
+    #: Writes that share the decision's transaction, given the decision (the creation
+    #: of the execution itself: admitted claimed, or refused as a waiter). Called again
+    #: if the round is decided again.
+    carry: Callable[[Decision], Batch] | None = None
     #: Ask the storage whether the key's holders still run before refusing.
     recheck: bool = False
     fut: asyncio.Future[Decision] | None = None
@@ -252,7 +256,10 @@ class Ledger:
                     decisions.append(None)
                     continue
                 decision = self._decide(op, work, rnd)
-                if not decision.ok and not decision.discard and op.park is not None:
+                if op.carry is not None:
+                    decision.parked = not decision.ok and not decision.discard
+                    _extend(batch, op.carry(decision))
+                elif not decision.ok and not decision.discard and op.park is not None:
                     decision.parked = True
                     _extend(batch, op.park(decision.at, decision.reason or ""))
                 decisions.append(decision)
@@ -434,6 +441,7 @@ def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
 
 def _extend(batch: Batch, other: Batch) -> None:
     batch.executions.extend(other.executions)
+    batch.steps.extend(other.steps)
     batch.updates.extend(other.updates)
     batch.events.extend(other.events)
     batch.fences.update(other.fences)
