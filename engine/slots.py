@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,7 +240,7 @@ class Ledger:
         cached = True
         for _ in range(_CAS_TRIES):
             before = await self._states(keys, cached)
-            work = {k: copy.deepcopy(before.get(k)) for k in keys}
+            work = {k: _copy(before.get(k)) for k in keys}
             rnd = _Round(now_ms())
             await self._drop_dead(ops, work, rnd, checks)
             decisions: list[Decision | None] = []
@@ -407,9 +406,17 @@ class Ledger:
                 _fill(key, st, rnd)
 
 
+def _copy(state: Any) -> Any:
+    """A copy a round may change: its dict and lists are new; their items are shared, as
+    no round changes an item in place (a waiter entry or a rate start is replaced whole)."""
+    if not isinstance(state, dict):
+        return state
+    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+
+
 def _slots(state: Any, limit: int) -> dict[str, Any]:
     st = state if isinstance(state, dict) else {}
-    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": [list(w) for w in st.get("waiters", [])]}
+    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": list(st.get("waiters", []))}
 
 
 def _fill(key: str, st: dict[str, Any], rnd: _Round) -> None:

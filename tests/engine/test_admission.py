@@ -45,6 +45,32 @@ async def test_a_released_slot_admits_the_next_waiter_without_a_poll(make_queue:
             assert e.status == "completed"
 
 
+async def test_a_refused_new_execution_is_created_as_a_waiter(make_queue: Callable[..., Queue]) -> None:
+    """Admission is decided in the write that creates the execution: refused, it is
+    stored pending with its reason, never claimed (no start, no lease, token 0)."""
+    gate = asyncio.Event()
+
+    @create_job(name="single", concurrency=1, retry=0)
+    async def single(data: int) -> int:
+        if data == 0:
+            await run("gate", gate.wait)
+        return data
+
+    queue = make_queue([single], **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.single
+        first = await job.start(0)
+        second = await job.start(1)
+        stored = await queue.storage.get_execution(second.id)
+        assert stored is not None
+        assert (stored.status, stored.token, stored.worker_id, stored.started_at) == ("pending", 0, None, None)
+        assert stored.wait_reason is not None and "waiting for a slot" in stored.wait_reason
+        assert [ev.type for ev in await second.events()] == ["trigger", "queued"]
+        gate.set()
+        assert [await first.result(), await second.result()] == [0, 1]
+        assert [ev.type for ev in await second.events()] == ["trigger", "queued", "start", "success"]
+
+
 async def all_pending(executions: list[Any]) -> bool:
     for e in executions:
         if not await status_is(e, "pending"):
@@ -172,3 +198,23 @@ async def test_a_thousand_concurrent_runs_complete_with_and_without_limits(make_
         # No limit's state is left behind: every slot was given back.
         leftovers = await queue.storage.list_state("slots:")
         assert leftovers == {}, leftovers
+
+
+async def test_a_thousand_concurrent_starts_under_a_queue_limit_complete(make_queue: Callable[..., Queue]) -> None:
+    running = [0, 0]
+
+    @create_job(name="queued", retry=0)
+    async def queued(data: int) -> int:
+        running[0] += 1
+        running[1] = max(running)
+        await asyncio.sleep(0)
+        running[0] -= 1
+        return data
+
+    queue = make_queue([queued], concurrency=10, **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.queued
+        executions = await asyncio.gather(*(job.start(i) for i in range(1000)))
+        assert [await e.result() for e in executions] == list(range(1000))
+        assert await queue.storage.list_state("slots:") == {}
+    assert 1 <= running[1] <= 10
