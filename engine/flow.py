@@ -74,6 +74,7 @@ class FlowControl:
         #: peers, the waiter is made due and whichever process is woken first runs it.
         self.alone = True
         self._peers_checked = 0
+        self._peers_task: asyncio.Task[None] | None = None
 
     @property
     def storage(self) -> Any:
@@ -118,16 +119,23 @@ class FlowControl:
         rec.control = None
         rt.run_admitted(job, rec, history)
 
-    async def _look_for_peers(self) -> None:
+    def _look_for_peers(self) -> None:
+        """Refresh `alone` in the background, at most once a second: an admission does
+        not wait for it (a hand-over decided on a second-old answer is still correct)."""
         now = now_ms()
         if now - self._peers_checked < 1000:
             return
         self._peers_checked = now
+        self._peers_task = asyncio.create_task(self._count_peers(), name="dq-admission-peers")
+
+    async def _count_peers(self) -> None:
         rt = self.runtime
-        fresh = now + rt.clock_offset_ms - rt.lease_ms
-        self.alone = not any(
-            w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in await self.storage.list_workers()
-        )
+        try:
+            workers = await self.storage.list_workers()
+        except Exception:  # looked at again a second later
+            return
+        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
+        self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -150,7 +158,7 @@ class FlowControl:
         """Throttle and rate windows count starts: only an execution's first start.
         Concurrency slots count what runs: every activation (resumes included).
         Refused, `park(run_at, reason)`'s writes (back to pending) share the decision's write."""
-        await self._look_for_peers()
+        self._look_for_peers()
         gate = self._limits(job, rec, first_start)
         if gate is None:
             return OPEN
@@ -174,7 +182,7 @@ class FlowControl:
         """Admission of an execution this process creates, claimed, to run here: the
         decision, the slot state and the record itself are one write. Refused, it is
         created pending (a waiter) instead, until the grant or `retry_at`."""
-        await self._look_for_peers()
+        self._look_for_peers()
         gate = self._limits(job, rec, True)
         claimed = (rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until)
 

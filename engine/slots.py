@@ -287,6 +287,9 @@ class Ledger:
                     continue
                 self.rounds += 1
                 self._cache.update(changed)
+                for k in changed:
+                    if before.get(k) is None:  # found empty: none of its holders to suspect yet
+                        self._checked.setdefault(k, rnd.now)
             self._deliver(ops, decisions, grants, jobs, direct, result)
             return
         for op in ops:
@@ -294,12 +297,17 @@ class Ledger:
                 op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
 
     async def _states(self, keys: list[str], cached: bool) -> dict[str, Any]:
-        """The state of `keys`: this process's last write of each where it has one
-        (`cached`; the compare-and-set catches any other process's write since), else read."""
-        missing = [k for k in keys if not cached or k not in self._cache]
-        if missing:
-            fresh = await self._get_state(missing)
-            for k in missing:
+        """The state of `keys`: this process's last write or read of each (`cached`; the
+        compare-and-set catches any other process's write since), else read. A key never
+        seen here is taken as absent without a read: most are (a limit's first use), and
+        the compare-and-set that expects it absent says otherwise (then it is read)."""
+        if cached:
+            for k in keys:
+                if k not in self._cache:
+                    self._cache[k] = None
+        else:
+            fresh = await self._get_state(keys)
+            for k in keys:
                 self._cache[k] = fresh.get(k)
         if len(self._cache) > _CACHE_MAX:
             self._cache = {k: self._cache[k] for k in keys}
