@@ -59,7 +59,7 @@ class FlowControl:
         poll_ms = int(runtime.poll_s * 1000)
         self.ledger = Ledger(
             get_state=lambda keys: self.storage.get_state(keys),
-            commit=lambda batch: runtime.committer.commit(batch),
+            commit=lambda batch: runtime.committer.submit(batch),
             running=self._statuses,
             kick=runtime.kick,
             recheck_s=max(STEP_RECHECK_S, runtime.poll_s),

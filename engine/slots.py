@@ -44,6 +44,10 @@ from .transitions import due_now
 
 #: Rounds decided again after a compare-and-set conflict before giving up.
 _CAS_TRIES = 50
+#: Rounds whose write is in flight at once: the next round is decided on the state the
+#: one before writes (its compare-and-set expects exactly that, so a round that loses
+#: makes the ones after it lose too, and all are decided again).
+_IN_FLIGHT = 4
 #: State keys whose last value this process remembers.
 _CACHE_MAX = 10_000
 #: How a refused request waits: "slot" (a holder must give one back), or "rate"
@@ -81,6 +85,8 @@ class Request:
     #: Ask the storage whether the key's holders still run before refusing.
     recheck: bool = False
     fut: asyncio.Future[Decision] | None = None
+    #: Rounds this request lost to another process's write.
+    tries: int = 0
 
     def keys(self) -> list[str]:
         out = [state_key(lim) for lim in self.limits]
@@ -94,6 +100,7 @@ class Release:
     holder: str
     keys: list[str]
     fut: asyncio.Future[Decision] | None = None
+    tries: int = 0
 
 
 @dataclass(slots=True)
@@ -102,6 +109,7 @@ class Check:
 
     keys: list[str]
     fut: asyncio.Future[Decision] | None = None
+    tries: int = 0
 
 
 @dataclass(slots=True)
@@ -121,7 +129,7 @@ class Ledger:
     def __init__(
         self,
         get_state: Callable[[list[str]], Awaitable[dict[str, Any]]],
-        commit: Callable[[Batch], Awaitable[CommitResult]],
+        commit: Callable[[Batch], asyncio.Future[CommitResult]],
         running: Callable[[list[str]], Awaitable[dict[str, str]]],
         kick: Callable[[], None],
         recheck_s: float,
@@ -137,7 +145,15 @@ class Ledger:
         #: Safety net: a waiting step re-checks this often; a waiting execution is due this much later.
         self.recheck_s, self.far_ms = recheck_s, far_ms
         self._ops: list[Request | Release | Check] = []
+        #: Ops of rounds that lost, to decide again first (in the order they came).
+        self._retry: list[Request | Release | Check] = []
         self._task: asyncio.Task[None] | None = None
+        #: Rounds whose write is in flight, oldest first.
+        self._flight: list[asyncio.Task[None]] = []
+        #: Keys to read afresh: a round that wrote them lost, or failed.
+        self._stale: set[str] = set()
+        #: Keys the round being decided read afresh.
+        self._fresh: set[str] = set()
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
         self._local: dict[str, asyncio.Future[bool]] = {}
         #: The state key each of those waits on.
@@ -219,27 +235,25 @@ class Ledger:
             self._task = asyncio.create_task(self._run(), name="dq-admission")
 
     async def _run(self) -> None:
-        while self._ops:
-            ops, self._ops = self._ops, []
+        while self._ops or self._retry:
+            ops, self._ops, self._retry = [*self._retry, *self._ops], [], []
             try:
                 await self._round(ops)
             except BaseException as exc:
-                for op in ops:
-                    if op.fut is not None and not op.fut.done():
-                        if isinstance(exc, asyncio.CancelledError):
-                            op.fut.cancel()
-                        else:
-                            op.fut.set_exception(exc)
+                _fail(ops, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+            while len(self._flight) >= _IN_FLIGHT:
+                await asyncio.wait([self._flight[0]])
 
     # -- one round ---------------------------------------------------------------------------
     async def _round(self, ops: list[Request | Release | Check]) -> None:
+        """Decide `ops` and send the round's write; its outcome is delivered once it is
+        committed (`_settle`), while the next round is decided on the state it writes."""
         keys = sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
-        cached = True
-        for _ in range(_CAS_TRIES):
-            before = await self._states(keys, cached)
+        while True:
+            before = await self._states(keys)
             work = {k: _copy(before.get(k)) for k in keys}
             rnd = _Round(now_ms())
             await self._drop_dead(ops, work, rnd, checks)
@@ -262,54 +276,83 @@ class Ledger:
                     decision.parked = True
                     _extend(batch, op.park(decision.at, decision.reason or ""))
                 decisions.append(decision)
-            own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
-            grants = [(k, h) for k, h in rnd.granted if h not in own]
-            jobs = [h for _, h in grants if "|" not in h]
-            direct: set[str] = set()
-            for holder in jobs:
-                update = self._claim_here(holder, rnd.now)
-                if update is None:
-                    update = due_now(holder, now=rnd.now).update
-                else:
-                    direct.add(holder)
-                batch.updates.append(update)
             changed = {k: v for k, v in work.items() if v != before.get(k)}
-            if not changed and cached and any(k in self._cache for k in keys):
-                cached = False  # a decision that writes nothing is only taken on fresh state
-                continue
-            result = CommitResult()
-            if changed or batch:
-                batch.state.update(changed)
-                batch.expect.update({k: before.get(k) for k in changed})
-                result = await self._commit(batch)
-                if result.conflict:  # another process wrote first: decide again on fresh state
-                    cached = False
+            if not changed and keys:
+                # A decision that writes nothing has no compare-and-set to check it: it is
+                # only taken on fresh state, with no write of ours in flight.
+                if self._flight:
+                    await asyncio.wait(list(self._flight))
                     continue
-                self.rounds += 1
-                self._cache.update(changed)
-                for k in changed:
-                    if before.get(k) is None:  # found empty: none of its holders to suspect yet
-                        self._checked.setdefault(k, rnd.now)
-            self._deliver(ops, decisions, grants, jobs, direct, result)
+                if not self._fresh.issuperset(keys):
+                    self._stale.update(keys)
+                    continue
+            break
+        own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
+        grants = [(k, h) for k, h in rnd.granted if h not in own]
+        jobs = [h for _, h in grants if "|" not in h]
+        direct: set[str] = set()
+        for holder in jobs:
+            update = self._claim_here(holder, rnd.now)
+            if update is None:
+                update = due_now(holder, now=rnd.now).update
+            else:
+                direct.add(holder)
+            batch.updates.append(update)
+        if not changed and not batch:
+            self._deliver(ops, decisions, grants, jobs, direct, CommitResult())
             return
-        for op in ops:
-            if op.fut is not None and not op.fut.done():
-                op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+        batch.state.update(changed)
+        batch.expect.update({k: before.get(k) for k in changed})
+        self._cache.update(changed)  # the next round is decided on what this one writes
+        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now)
+        # Queued with the storage at once: a commit queued right after joins its transaction.
+        task = asyncio.create_task(self._settle(self._commit(batch), written), name="dq-admission-write")
+        self._flight.append(task)
+        task.add_done_callback(self._flight.remove)
 
-    async def _states(self, keys: list[str], cached: bool) -> dict[str, Any]:
-        """The state of `keys`: this process's last write or read of each (`cached`; the
+    async def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        try:
+            result = await commit
+        except BaseException as exc:
+            self._stale.update(w.changed)
+            _fail(w.ops, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if result.conflict:  # another process wrote first (or a round before this one lost)
+            self._stale.update(w.changed)
+            again = [op for op in w.ops if op.tries < _CAS_TRIES]
+            for op in w.ops:
+                op.tries += 1
+                if op.tries > _CAS_TRIES and op.fut is not None and not op.fut.done():
+                    op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+            self._retry.extend(again)
+            if again and (self._task is None or self._task.done()):
+                self._task = asyncio.create_task(self._run(), name="dq-admission")
+            return
+        self.rounds += 1
+        for k in w.changed:
+            if w.before.get(k) is None:  # found empty: none of its holders to suspect yet
+                self._checked.setdefault(k, w.now)
+        self._deliver(w.ops, w.decisions, w.grants, w.jobs, w.direct, result)
+
+    async def _states(self, keys: list[str]) -> dict[str, Any]:
+        """The state of `keys`: this process's last write or read of each (the
         compare-and-set catches any other process's write since), else read. A key never
         seen here is taken as absent without a read: most are (a limit's first use), and
         the compare-and-set that expects it absent says otherwise (then it is read)."""
-        if cached:
-            for k in keys:
-                if k not in self._cache:
-                    self._cache[k] = None
-        else:
-            fresh = await self._get_state(keys)
-            for k in keys:
+        self._fresh = set()
+        stale = [k for k in keys if k in self._stale]
+        if stale:
+            fresh = await self._get_state(stale)
+            for k in stale:
                 self._cache[k] = fresh.get(k)
-        if len(self._cache) > _CACHE_MAX:
+                self._stale.discard(k)
+            self._fresh = set(stale)
+        for k in keys:
+            if k not in self._cache:
+                self._cache[k] = None
+        if len(self._cache) > _CACHE_MAX and not self._flight:
             self._cache = {k: self._cache[k] for k in keys}
         return {k: self._cache[k] for k in keys if self._cache[k] is not None}
 
@@ -420,6 +463,29 @@ def _copy(state: Any) -> Any:
     if not isinstance(state, dict):
         return state
     return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+
+
+@dataclass(slots=True)
+class _Written:
+    """A round whose write is in flight: what to deliver once it is committed."""
+
+    ops: list[Request | Release | Check]
+    decisions: list[Decision | None]
+    grants: list[tuple[str, str]]
+    jobs: list[str]
+    direct: set[str]
+    changed: dict[str, Any]
+    before: dict[str, Any]
+    now: int
+
+
+def _fail(ops: Sequence[Request | Release | Check], exc: BaseException) -> None:
+    for op in ops:
+        if op.fut is not None and not op.fut.done():
+            if isinstance(exc, asyncio.CancelledError):
+                op.fut.cancel()
+            else:
+                op.fut.set_exception(exc)
 
 
 def _slots(state: Any, limit: int) -> dict[str, Any]:
