@@ -21,7 +21,7 @@ from .errors import (
 from .event_schema import EventKind
 from .events import EventBus, Hooks
 from .execution import Execution
-from .flow import FlowControl
+from .flow import FlowControl, Gate
 from .idempotency import check_key, holder, start_once
 from .ids import new_id, now_ms
 from .replay import REUSED
@@ -63,10 +63,6 @@ log = logging.getLogger("dq")
 #: Retry delays after a storage error: first, and the cap (at least the poll interval).
 _BACKOFF_S = (0.05, 2.0)
 T = TypeVar("T")
-
-
-async def _no_commit() -> CommitResult:
-    return CommitResult()
 
 
 class Runtime:
@@ -280,10 +276,12 @@ class Runtime:
             batch.executions.append(rec)
             batch.events.append(trigger)
         try:
-            result, gates = await asyncio.gather(
-                self.committer.commit(batch) if batch or extra is not None else _no_commit(),
-                asyncio.gather(*(self.flow.admit_new(job, ctx.record, trigger) for ctx, trigger in gated)),
-            )
+            if not gated:  # no task in between: a start on a synchronous adapter stays synchronous
+                result, gates = await self.committer.commit(batch), []
+            elif not batch:
+                result, gates = CommitResult(), await self._admit_new(job, gated)
+            else:
+                result, gates = await asyncio.gather(self.committer.commit(batch), self._admit_new(job, gated))
         except BaseException as exc:
             for ctx in [*direct, *(c for c, _ in gated)]:
                 self.contexts.pop(ctx.id, None)
@@ -313,6 +311,11 @@ class Runtime:
         if len(direct) + len(gated) < len(recs):
             self.kick()
         return result
+
+    async def _admit_new(self, job: Job, gated: list[tuple[ExecutionContext, EventRecord]]) -> list[Gate]:
+        if len(gated) == 1:
+            return [await self.flow.admit_new(job, gated[0][0].record, gated[0][1])]
+        return list(await asyncio.gather(*(self.flow.admit_new(job, ctx.record, trigger) for ctx, trigger in gated)))
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
         """Trigger a debounced job: a new execution, which cancels the pending one it

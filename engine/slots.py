@@ -306,19 +306,30 @@ class Ledger:
         self._cache.update(changed)  # the next round is decided on what this one writes
         written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now)
         # Queued with the storage at once: a commit queued right after joins its transaction.
-        task = asyncio.create_task(self._settle(self._commit(batch), written), name="dq-admission-write")
+        commit = self._commit(batch)
+        if commit.done():  # a synchronous adapter: delivered without a task in between
+            self._settled(commit, written)
+            return
+        task = asyncio.create_task(self._settle(commit, written), name="dq-admission-write")
         self._flight.append(task)
         task.add_done_callback(self._flight.remove)
 
     async def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
         try:
-            result = await commit
-        except BaseException as exc:
+            await asyncio.wait([commit])
+        except asyncio.CancelledError as exc:
             self._stale.update(w.changed)
             _fail(w.ops, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        self._settled(commit, w)
+
+    def _settled(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
+        if exc is not None:
+            self._stale.update(w.changed)
+            _fail(w.ops, exc)
             return
+        result = commit.result()
         if result.conflict:  # another process wrote first (or a round before this one lost)
             self._stale.update(w.changed)
             again = [op for op in w.ops if op.tries < _CAS_TRIES]
