@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,9 @@ _CAS_TRIES = 50
 #: one before writes (its compare-and-set expects exactly that, so a round that loses
 #: makes the ones after it lose too, and all are decided again).
 _IN_FLIGHT = 4
+#: Rounds in flight beyond which a request waits for the next round instead of being
+#: decided at once (the chain of writes that one lost write would undo).
+_IN_FLIGHT_NOW = 1000
 #: State keys whose last value this process remembers.
 _CACHE_MAX = 10_000
 #: How a refused request waits: "slot" (a holder must give one back), or "rate"
@@ -149,9 +153,11 @@ class Ledger:
         self._retry: list[Request | Release | Check] = []
         self._task: asyncio.Task[None] | None = None
         #: Rounds whose write is in flight, oldest first.
-        self._flight: list[asyncio.Task[None]] = []
+        self._flight: list[asyncio.Future[CommitResult]] = []
         #: Keys to read afresh: a round that wrote them lost, or failed.
         self._stale: set[str] = set()
+        #: Holders admitted by writes still in flight (count per holder).
+        self._unsettled: Counter[str] = Counter()
         #: Keys the round being decided read afresh.
         self._fresh: set[str] = set()
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
@@ -230,6 +236,8 @@ class Ledger:
                 fut.set_result(True)
 
     def _submit(self, op: Request | Release | Check) -> None:
+        if self._now(op):
+            return
         self._ops.append(op)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="dq-admission")
@@ -250,33 +258,14 @@ class Ledger:
     async def _round(self, ops: list[Request | Release | Check]) -> None:
         """Decide `ops` and send the round's write; its outcome is delivered once it is
         committed (`_settle`), while the next round is decided on the state it writes."""
-        keys = sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
+        keys = _keys(ops)
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
         while True:
             before = await self._states(keys)
             work = {k: _copy(before.get(k)) for k in keys}
             rnd = _Round(now_ms())
-            await self._drop_dead(ops, work, rnd, checks)
-            decisions: list[Decision | None] = []
-            batch = Batch()
-            for op in ops:
-                if isinstance(op, Check):
-                    decisions.append(None)
-                    continue
-                if isinstance(op, Release):
-                    for key in op.keys:
-                        _leave(work, key, op.holder, rnd)
-                    decisions.append(None)
-                    continue
-                decision = self._decide(op, work, rnd)
-                if op.carry is not None:
-                    decision.parked = not decision.ok and not decision.discard
-                    _extend(batch, op.carry(decision))
-                elif not decision.ok and not decision.discard and op.park is not None:
-                    decision.parked = True
-                    _extend(batch, op.park(decision.at, decision.reason or ""))
-                decisions.append(decision)
-            changed = {k: v for k, v in work.items() if v != before.get(k)}
+            await self._drop_dead(work, rnd, self._suspects(ops, work, rnd, checks))
+            decisions, batch, changed = self._decide_all(ops, work, before, rnd)
             if not changed and keys:
                 # A decision that writes nothing has no compare-and-set to check it: it is
                 # only taken on fresh state, with no write of ours in flight.
@@ -287,6 +276,71 @@ class Ledger:
                     self._stale.update(keys)
                     continue
             break
+        self._send(ops, decisions, batch, changed, before, rnd)
+
+    def _now(self, op: Request | Release | Check) -> bool:
+        """Decide `op` at once, in the caller's step, when nothing needs a read: no round
+        is being decided, its keys are known here, and no holder is to be suspected. Its
+        write then joins the transaction of what the caller queues right after it (a
+        release, the end of the execution; an admission, the step before it)."""
+        if (self._task is not None and not self._task.done()) or self._ops or self._retry:
+            return False
+        if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
+            return False
+        keys = _keys([op])
+        if any(k in self._stale for k in keys):
+            return False
+        try:
+            for k in keys:
+                self._cache.setdefault(k, None)
+            before = {k: self._cache[k] for k in keys if self._cache[k] is not None}
+            work = {k: _copy(before.get(k)) for k in keys}
+            rnd = _Round(now_ms())
+            if self._suspects([op], work, rnd, set()):
+                return False
+            decisions, batch, changed = self._decide_all([op], work, before, rnd)
+            if not changed and keys:
+                return False
+            self._send([op], decisions, batch, changed, before, rnd)
+        except Exception as exc:  # e.g. the user's fn(input) raised: the requester gets it
+            self._stale.update(keys)
+            _fail([op], exc)
+        return True
+
+    def _decide_all(
+        self, ops: list[Request | Release | Check], work: dict[str, Any], before: dict[str, Any], rnd: _Round
+    ) -> tuple[list[Decision | None], Batch, dict[str, Any]]:
+        decisions: list[Decision | None] = []
+        batch = Batch()
+        for op in ops:
+            if isinstance(op, Check):
+                decisions.append(None)
+                continue
+            if isinstance(op, Release):
+                for key in op.keys:
+                    _leave(work, key, op.holder, rnd)
+                decisions.append(None)
+                continue
+            decision = self._decide(op, work, rnd)
+            if op.carry is not None:
+                decision.parked = not decision.ok and not decision.discard
+                _extend(batch, op.carry(decision))
+            elif not decision.ok and not decision.discard and op.park is not None:
+                decision.parked = True
+                _extend(batch, op.park(decision.at, decision.reason or ""))
+            decisions.append(decision)
+        changed = {k: v for k, v in work.items() if v != before.get(k)}
+        return decisions, batch, changed
+
+    def _send(
+        self,
+        ops: list[Request | Release | Check],
+        decisions: list[Decision | None],
+        batch: Batch,
+        changed: dict[str, Any],
+        before: dict[str, Any],
+        rnd: _Round,
+    ) -> None:
         own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
         grants = [(k, h) for k, h in rnd.granted if h not in own]
         jobs = [h for _, h in grants if "|" not in h]
@@ -304,34 +358,42 @@ class Ledger:
         batch.state.update(changed)
         batch.expect.update({k: before.get(k) for k in changed})
         self._cache.update(changed)  # the next round is decided on what this one writes
-        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now)
+        for k in changed:
+            if before.get(k) is None:  # found empty: none of its holders to suspect yet
+                self._checked.setdefault(k, rnd.now)
+        # Holders this write admits are alive whatever the storage says until it is
+        # committed (a new execution is only created by it).
+        admitted = [*own, *(h for _, h in grants)]
+        self._unsettled.update(admitted)
+        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now, admitted)
         # Queued with the storage at once: a commit queued right after joins its transaction.
         commit = self._commit(batch)
         if commit.done():  # a synchronous adapter: delivered without a task in between
             self._settled(commit, written)
             return
-        task = asyncio.create_task(self._settle(commit, written), name="dq-admission-write")
-        self._flight.append(task)
-        task.add_done_callback(self._flight.remove)
+        self._flight.append(commit)
+        commit.add_done_callback(lambda done: self._settle(done, written))
 
-    async def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
-        try:
-            await asyncio.wait([commit])
-        except asyncio.CancelledError as exc:
-            self._stale.update(w.changed)
-            _fail(w.ops, exc)
-            raise
+    def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        self._flight.remove(commit)
         self._settled(commit, w)
 
     def _settled(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        self._unsettled.subtract(w.admitted)
+        for h in w.admitted:
+            if self._unsettled[h] <= 0:
+                del self._unsettled[h]
         exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
-        if exc is not None:
+        if exc is not None or commit.result().conflict:
             self._stale.update(w.changed)
+            for k in w.changed:  # its holders were not all ours after all
+                if w.before.get(k) is None and self._checked.get(k) == w.now:
+                    del self._checked[k]
+        if exc is not None:
             _fail(w.ops, exc)
             return
         result = commit.result()
         if result.conflict:  # another process wrote first (or a round before this one lost)
-            self._stale.update(w.changed)
             again = [op for op in w.ops if op.tries < _CAS_TRIES]
             for op in w.ops:
                 op.tries += 1
@@ -342,9 +404,6 @@ class Ledger:
                 self._task = asyncio.create_task(self._run(), name="dq-admission")
             return
         self.rounds += 1
-        for k in w.changed:
-            if w.before.get(k) is None:  # found empty: none of its holders to suspect yet
-                self._checked.setdefault(k, w.now)
         self._deliver(w.ops, w.decisions, w.grants, w.jobs, w.direct, result)
 
     async def _states(self, keys: list[str]) -> dict[str, Any]:
@@ -432,11 +491,11 @@ class Ledger:
             taken.append(key)
         return Decision(True)
 
-    async def _drop_dead(
+    def _suspects(
         self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: _Round, checks: set[str]
-    ) -> None:
-        """Free the slots of holders that no longer run (crashed, or stopped without
-        giving back): asked only for full keys a request waits on, and for `checks`."""
+    ) -> dict[str, list[str]]:
+        """Key -> holders to ask about: of full keys a request waits on (at most every
+        `recheck_s`, or when it asks again), and of `checks`."""
         suspects: dict[str, list[str]] = {
             k: list(work[k]["holders"]) for k in checks if isinstance(work.get(k), dict) and work[k].get("holders")
         }
@@ -453,6 +512,10 @@ class Ledger:
                 stale = rnd.now - self._checked.get(key, 0) > self.recheck_s * 1000
                 if op.recheck or stale:
                     suspects[key] = list(st["holders"])
+        return suspects
+
+    async def _drop_dead(self, work: dict[str, Any], rnd: _Round, suspects: dict[str, list[str]]) -> None:
+        """Free the slots of holders that no longer run (crashed, or stopped without giving back)."""
         if not suspects:
             return
         ids = sorted({h.split("|", 1)[0] for hs in suspects.values() for h in hs})
@@ -462,10 +525,17 @@ class Ledger:
             st = work[key]
             # An execution holds its slot while running, and while pending once granted
             # (until its dispatcher claims it); a step only while its execution runs.
-            alive = [h for h in holders if status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))]
+            alive = [
+                h for h in holders
+                if self._unsettled[h] > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))
+            ]  # fmt: skip
             if len(alive) < len(holders):
                 st["holders"] = alive
                 _fill(key, st, rnd)
+
+
+def _keys(ops: Sequence[Request | Release | Check]) -> list[str]:
+    return sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
 
 
 def _copy(state: Any) -> Any:
@@ -488,6 +558,7 @@ class _Written:
     changed: dict[str, Any]
     before: dict[str, Any]
     now: int
+    admitted: list[str]
 
 
 def _fail(ops: Sequence[Request | Release | Check], exc: BaseException) -> None:
