@@ -1,12 +1,17 @@
 """The admission ledger: concurrency slots and rate starts, decided in rounds, handed over on release.
 
 Every take, release and rate reservation of this process goes through one
-`Ledger`. While a round's write is in flight, new requests queue; the next
-round reads each state key they touch once, decides all of them, and writes
-one compare-and-set batch (`Batch.expect`). N executions arriving at once
-cost a couple of transactions, not N, and never conflict with each other; a
-conflict means another process wrote first, and the round is decided again
-on fresh state. So a limit is never exceeded, across processes too.
+`Ledger`. A round decides requests on the state this process last wrote or
+read of their keys, and writes one compare-and-set batch (`Batch.expect`):
+at once, in the requester's step, when it needs no read (its write then joins
+the commit the requester queues right after it, e.g. a release and the end
+of its execution); else in a round of everything that queued meanwhile. The
+next round does not wait for a write in flight: it is decided on the state
+that write leaves, and expects exactly that (the committer puts such a chain
+in one transaction). A conflict means another process wrote first: the round
+and those decided on it are decided again on fresh state. So a limit is never
+exceeded, across processes too, and N executions arriving at once cost a
+couple of transactions, not N.
 
 Slot state, per key: `{"limit": n, "holders": [...], "waiters": [[-priority,
 seq, holder], ...]}`, waiters in admission order (priority, then arrival).
@@ -32,16 +37,32 @@ full and a newcomer or a safety-net re-check wants in.
 from __future__ import annotations
 
 import asyncio
-import bisect
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .ids import now_ms
-from .limits import Limit, Timed, window_reserve
+from .limits import Limit
+from .slot_requests import (
+    Check,
+    Decision,
+    Release,
+    Request,
+    Round,
+    copy_state,
+    decide,
+    extend,
+    fail,
+    fill,
+    keys_of,
+    leave,
+    state_key,
+)
 from .storage.base import Batch, CommitResult, ExecutionUpdate
 from .transitions import due_now
+
+__all__ = ["Decision", "Ledger", "Request", "state_key"]
 
 #: Rounds decided again after a compare-and-set conflict before giving up.
 _CAS_TRIES = 50
@@ -57,76 +78,6 @@ _CACHE_MAX = 10_000
 #: How a refused request waits: "slot" (a holder must give one back), or "rate"
 #: (until the reserved start time).
 Wait = str
-
-
-@dataclass(slots=True)
-class Decision:
-    """What a request got: start now, wait until `at` (`parked`: the request's own
-    park writes were committed with the decision), or be discarded (throttle)."""
-
-    ok: bool
-    at: int = 0
-    reason: str | None = None
-    parked: bool = False
-    discard: bool = False
-
-
-@dataclass(slots=True)
-class Request:
-    holder: str
-    #: (-priority, seq): admission order among the waiters of a key.
-    order: tuple[int, int]
-    #: Slot limits and rate limits, checked in this order; all or nothing.
-    limits: Sequence[Limit] = ()
-    throttle: Timed | None = None
-    #: Writes that put the holder's execution back to pending until `at`, with
-    #: a reason: committed in the same batch as a refusal. None: a step waiter.
-    park: Callable[[int, str], Batch] | None = None
-    #: Writes that share the decision's transaction, given the decision (the creation
-    #: of the execution itself: admitted claimed, or refused as a waiter). Called again
-    #: if the round is decided again.
-    carry: Callable[[Decision], Batch] | None = None
-    #: Ask the storage whether the key's holders still run before refusing.
-    recheck: bool = False
-    fut: asyncio.Future[Decision] | None = None
-    #: Rounds this request lost to another process's write.
-    tries: int = 0
-
-    def keys(self) -> list[str]:
-        out = [state_key(lim) for lim in self.limits]
-        if self.throttle is not None:
-            out.append("throttle:" + self.throttle.key)
-        return out
-
-
-@dataclass(slots=True)
-class Release:
-    holder: str
-    keys: list[str]
-    fut: asyncio.Future[Decision] | None = None
-    tries: int = 0
-
-
-@dataclass(slots=True)
-class Check:
-    """Look whether the holders of `keys` still run (a grant whose update did not apply)."""
-
-    keys: list[str]
-    fut: asyncio.Future[Decision] | None = None
-    tries: int = 0
-
-
-@dataclass(slots=True)
-class _Round:
-    now: int
-    #: (key, holder) slots handed to waiters in this round.
-    granted: list[tuple[str, str]] = field(default_factory=list)
-    #: Key -> the holders in its waiters list (kept in step with it: O(1) look-ups).
-    waiting: dict[str, set[str]] = field(default_factory=dict)
-
-
-def state_key(limit: Limit) -> str:
-    return ("slots:" if limit.window_ms is None else "rate:") + limit.key
 
 
 class Ledger:
@@ -248,7 +199,7 @@ class Ledger:
             try:
                 await self._round(ops)
             except BaseException as exc:
-                _fail(ops, exc)
+                fail(ops, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             while len(self._flight) >= _IN_FLIGHT:
@@ -258,12 +209,12 @@ class Ledger:
     async def _round(self, ops: list[Request | Release | Check]) -> None:
         """Decide `ops` and send the round's write; its outcome is delivered once it is
         committed (`_settle`), while the next round is decided on the state it writes."""
-        keys = _keys(ops)
+        keys = keys_of(ops)
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
         while True:
             before = await self._states(keys)
-            work = {k: _copy(before.get(k)) for k in keys}
-            rnd = _Round(now_ms())
+            work = {k: copy_state(before.get(k)) for k in keys}
+            rnd = Round(now_ms())
             await self._drop_dead(work, rnd, self._suspects(ops, work, rnd, checks))
             decisions, batch, changed = self._decide_all(ops, work, before, rnd)
             if not changed and keys:
@@ -287,15 +238,15 @@ class Ledger:
             return False
         if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
             return False
-        keys = _keys([op])
+        keys = keys_of([op])
         if any(k in self._stale for k in keys):
             return False
         try:
             for k in keys:
                 self._cache.setdefault(k, None)
             before = {k: self._cache[k] for k in keys if self._cache[k] is not None}
-            work = {k: _copy(before.get(k)) for k in keys}
-            rnd = _Round(now_ms())
+            work = {k: copy_state(before.get(k)) for k in keys}
+            rnd = Round(now_ms())
             if self._suspects([op], work, rnd, set()):
                 return False
             decisions, batch, changed = self._decide_all([op], work, before, rnd)
@@ -304,11 +255,11 @@ class Ledger:
             self._send([op], decisions, batch, changed, before, rnd)
         except Exception as exc:  # e.g. the user's fn(input) raised: the requester gets it
             self._stale.update(keys)
-            _fail([op], exc)
+            fail([op], exc)
         return True
 
     def _decide_all(
-        self, ops: list[Request | Release | Check], work: dict[str, Any], before: dict[str, Any], rnd: _Round
+        self, ops: list[Request | Release | Check], work: dict[str, Any], before: dict[str, Any], rnd: Round
     ) -> tuple[list[Decision | None], Batch, dict[str, Any]]:
         decisions: list[Decision | None] = []
         batch = Batch()
@@ -318,16 +269,16 @@ class Ledger:
                 continue
             if isinstance(op, Release):
                 for key in op.keys:
-                    _leave(work, key, op.holder, rnd)
+                    leave(work, key, op.holder, rnd)
                 decisions.append(None)
                 continue
-            decision = self._decide(op, work, rnd)
+            decision = decide(op, work, rnd, self.far_ms)
             if op.carry is not None:
                 decision.parked = not decision.ok and not decision.discard
-                _extend(batch, op.carry(decision))
+                extend(batch, op.carry(decision))
             elif not decision.ok and not decision.discard and op.park is not None:
                 decision.parked = True
-                _extend(batch, op.park(decision.at, decision.reason or ""))
+                extend(batch, op.park(decision.at, decision.reason or ""))
             decisions.append(decision)
         changed = {k: v for k, v in work.items() if v != before.get(k)}
         return decisions, batch, changed
@@ -339,7 +290,7 @@ class Ledger:
         batch: Batch,
         changed: dict[str, Any],
         before: dict[str, Any],
-        rnd: _Round,
+        rnd: Round,
     ) -> None:
         own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
         grants = [(k, h) for k, h in rnd.granted if h not in own]
@@ -390,7 +341,7 @@ class Ledger:
                 if w.before.get(k) is None and self._checked.get(k) == w.now:
                     del self._checked[k]
         if exc is not None:
-            _fail(w.ops, exc)
+            fail(w.ops, exc)
             return
         result = commit.result()
         if result.conflict:  # another process wrote first (or a round before this one lost)
@@ -454,45 +405,8 @@ class Ledger:
             if fut is not None and not fut.done():
                 fut.set_result(True)
 
-    def _decide(self, req: Request, work: dict[str, Any], rnd: _Round) -> Decision:
-        now = rnd.now
-        if req.throttle is not None:
-            t = req.throttle
-            key = "throttle:" + t.key
-            at, new = window_reserve(Limit(t.key, 1, t.interval_ms), work[key], now, req.holder)
-            if at > now:
-                if t.mode == "discard":
-                    return Decision(False, -1, f"discarded by throttle ({t.interval_ms} ms for {t.key})", discard=True)
-                work[key] = new
-                return Decision(False, at, f"throttled: one start per {t.interval_ms} ms for {t.key}")
-            work[key] = new
-        taken: list[str] = []
-        for lim in req.limits:
-            key = state_key(lim)
-            if lim.window_ms is not None:
-                at, work[key] = window_reserve(lim, work[key], now, req.holder)
-                if at > now:
-                    return Decision(False, at, f"rate limited: {lim.describe()}")
-                continue
-            if key not in rnd.waiting:
-                work[key] = _slots(work[key], lim.limit)
-                rnd.waiting[key] = {w[2] for w in work[key]["waiters"]}
-            st = work[key]
-            st["limit"] = lim.limit
-            if req.holder not in st["holders"]:
-                if req.holder not in rnd.waiting[key]:
-                    bisect.insort(st["waiters"], [*req.order, req.holder])
-                    rnd.waiting[key].add(req.holder)
-                _fill(key, st, rnd)
-            if req.holder not in st["holders"]:
-                for other in taken:  # all or nothing: what this request took goes on
-                    _leave(work, other, req.holder, rnd)
-                return Decision(False, now + self.far_ms, f"waiting for a slot: {lim.describe()}")
-            taken.append(key)
-        return Decision(True)
-
     def _suspects(
-        self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: _Round, checks: set[str]
+        self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: Round, checks: set[str]
     ) -> dict[str, list[str]]:
         """Key -> holders to ask about: of full keys a request waits on (at most every
         `recheck_s`, or when it asks again), and of `checks`."""
@@ -514,7 +428,7 @@ class Ledger:
                     suspects[key] = list(st["holders"])
         return suspects
 
-    async def _drop_dead(self, work: dict[str, Any], rnd: _Round, suspects: dict[str, list[str]]) -> None:
+    async def _drop_dead(self, work: dict[str, Any], rnd: Round, suspects: dict[str, list[str]]) -> None:
         """Free the slots of holders that no longer run (crashed, or stopped without giving back)."""
         if not suspects:
             return
@@ -531,19 +445,7 @@ class Ledger:
             ]  # fmt: skip
             if len(alive) < len(holders):
                 st["holders"] = alive
-                _fill(key, st, rnd)
-
-
-def _keys(ops: Sequence[Request | Release | Check]) -> list[str]:
-    return sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
-
-
-def _copy(state: Any) -> Any:
-    """A copy a round may change: its dict and lists are new; their items are shared, as
-    no round changes an item in place (a waiter entry or a rate start is replaced whole)."""
-    if not isinstance(state, dict):
-        return state
-    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+                fill(key, st, rnd)
 
 
 @dataclass(slots=True)
@@ -559,52 +461,3 @@ class _Written:
     before: dict[str, Any]
     now: int
     admitted: list[str]
-
-
-def _fail(ops: Sequence[Request | Release | Check], exc: BaseException) -> None:
-    for op in ops:
-        if op.fut is not None and not op.fut.done():
-            if isinstance(exc, asyncio.CancelledError):
-                op.fut.cancel()
-            else:
-                op.fut.set_exception(exc)
-
-
-def _slots(state: Any, limit: int) -> dict[str, Any]:
-    st = state if isinstance(state, dict) else {}
-    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": list(st.get("waiters", []))}
-
-
-def _fill(key: str, st: dict[str, Any], rnd: _Round) -> None:
-    while st["waiters"] and len(st["holders"]) < int(st.get("limit", 1)):
-        holder = st["waiters"].pop(0)[2]
-        st["holders"].append(holder)
-        rnd.granted.append((key, holder))
-        rnd.waiting.get(key, set()).discard(holder)
-
-
-def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
-    """`holder` gives its slot (or its place in the line) back; the slot goes on to the next waiter."""
-    st = work.get(key)
-    if not isinstance(st, dict) or "holders" not in st:
-        return  # a rate start stays counted for its window
-    if holder in st["holders"]:
-        st["holders"].remove(holder)
-        rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
-    waiting = rnd.waiting.get(key)
-    if waiting is None or holder in waiting:
-        st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
-        if waiting is not None:
-            waiting.discard(holder)
-    _fill(key, st, rnd)
-    if not st["holders"] and not st["waiters"]:
-        work[key] = None
-        rnd.waiting.pop(key, None)
-
-
-def _extend(batch: Batch, other: Batch) -> None:
-    batch.executions.extend(other.executions)
-    batch.steps.extend(other.steps)
-    batch.updates.extend(other.updates)
-    batch.events.extend(other.events)
-    batch.fences.update(other.fences)
