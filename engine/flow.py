@@ -178,12 +178,17 @@ class FlowControl:
         (`admit_new`): a throttle in discard mode would have to create it cancelled."""
         return self.gated(job) and job.options.throttle is None
 
-    async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate:
+    async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
         """Admission of an execution this process creates, claimed, to run here: the
         decision, the slot state and the record itself are one write. Refused, it is
-        created pending (a waiter) instead, until the grant or `retry_at`."""
+        created pending (a waiter) instead, until the grant or `retry_at`. None: created
+        claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
         self._look_for_peers()
-        gate = self._limits(job, rec, True)
+        try:
+            gate = self._limits(job, rec, True)
+            undecided = False
+        except Exception:
+            gate, undecided = None, True
         claimed = (rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until)
 
         def create(decision: Decision) -> Batch:
@@ -199,10 +204,13 @@ class FlowControl:
 
         throttle, limits = gate if gate is not None else (None, [])
         request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, carry=create)
-        self._keep_parked(request, job, rec, {})
+        if not undecided:
+            self._keep_parked(request, job, rec, {})
         decision: Decision = await self.ledger.request(request)
         if not decision.parked:
             self.parked.pop(rec.id, None)
+        if undecided:
+            return None
         return OPEN if decision.ok else Gate(False, decision.at, decision.reason, decision.parked)
 
     def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:

@@ -282,6 +282,7 @@ class Runtime:
                 result, gates = CommitResult(), await self._admit_new(job, gated)
             else:
                 result, gates = await asyncio.gather(self.committer.commit(batch), self._admit_new(job, gated))
+            failed = next((g for g in gates if isinstance(g, BaseException)), None)
         except BaseException as exc:
             for ctx in [*direct, *(c for c, _ in gated)]:
                 self.contexts.pop(ctx.id, None)
@@ -295,27 +296,43 @@ class Runtime:
                 rec = ctx.record
                 rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
             return result
+        lost: set[str] = set()
         for (ctx, _), gate in zip(gated, gates, strict=True):
-            if gate.ok:
-                ctx.holds_slot = True
+            if gate is None or (isinstance(gate, Gate) and gate.ok):
+                ctx.holds_slot = gate is not None
                 direct.append(ctx)
-            elif self.contexts.get(ctx.id) is ctx:  # created pending, as a waiter (a grant may run it anew already)
+            elif self.contexts.get(ctx.id) is ctx:  # not stored, or stored as a waiter (a grant may run it anew already)
                 del self.contexts[ctx.id]
-                if self._timer is not None:
+                if isinstance(gate, Gate) and self._timer is not None:
                     self._timer.at(gate.retry_at)
+                if isinstance(gate, BaseException):
+                    self.flow.parked.pop(ctx.id, None)
+                    lost.add(ctx.id)
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
+                if rec.id in lost:
+                    continue
                 await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
         for ctx in direct:
             self._spawn(ctx, load_history=False)
         if len(direct) + len(gated) < len(recs):
             self.kick()
+        if failed is not None:  # those admitted with it run; this one was not stored
+            if isinstance(failed, StorageLostError):
+                self.lose_storage(failed)
+            raise failed
         return result
 
-    async def _admit_new(self, job: Job, gated: list[tuple[ExecutionContext, EventRecord]]) -> list[Gate]:
+    async def _admit_new(
+        self, job: Job, gated: list[tuple[ExecutionContext, EventRecord]]
+    ) -> list[Gate | BaseException | None]:
+        """Admission of each, in the write that creates it (`FlowControl.admit_new`)."""
         if len(gated) == 1:
-            return [await self.flow.admit_new(job, gated[0][0].record, gated[0][1])]
-        return list(await asyncio.gather(*(self.flow.admit_new(job, ctx.record, trigger) for ctx, trigger in gated)))
+            try:
+                return [await self.flow.admit_new(job, gated[0][0].record, gated[0][1])]
+            except Exception as exc:
+                return [exc]
+        return list(await asyncio.gather(*(self.flow.admit_new(job, c.record, t) for c, t in gated), return_exceptions=True))
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
         """Trigger a debounced job: a new execution, which cancels the pending one it

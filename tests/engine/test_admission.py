@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from dq import Queue, create_job, run
 
 from .test_lifecycle import status_is, until
@@ -218,3 +220,29 @@ async def test_a_thousand_concurrent_starts_under_a_queue_limit_complete(make_qu
         assert [await e.result() for e in executions] == list(range(1000))
         assert await queue.storage.list_state("slots:") == {}
     assert 1 <= running[1] <= 10
+
+
+async def test_a_limit_function_that_raises_fails_the_execution_not_the_start(make_queue: Callable[..., Queue]) -> None:
+    """Admission at creation needs the limit's key; when the user's function raises,
+    the execution is still stored and fails with that error as it runs (as a
+    resumed one would), and the other starts of the burst are unaffected."""
+
+    def key(data: int) -> dict[str, Any]:
+        if data == 3:
+            raise ValueError("no key for 3")
+        return {"id": str(data % 2), "limit": 1}
+
+    @create_job(name="keyed", concurrency=key, retry=0)
+    async def keyed(data: int) -> int:
+        return data
+
+    queue = make_queue([keyed], **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.keyed
+        executions = await asyncio.gather(*(job.start(i) for i in range(6)))
+        for i, e in enumerate(executions):
+            if i == 3:
+                with pytest.raises(Exception, match="no key for 3"):
+                    await e.result()
+            else:
+                assert await e.result() == i
