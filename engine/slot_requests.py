@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .limits import Limit, Timed, window_reserve
-from .storage.base import Batch
+from .storage.base import Batch, CommitResult
 
 
 @dataclass(slots=True)
@@ -44,6 +44,8 @@ class Request:
     #: Ask the storage whether the key's holders still run before refusing.
     recheck: bool = False
     fut: asyncio.Future[Decision] | None = None
+    #: The write of the round that decided it, once sent.
+    commit: asyncio.Future[CommitResult] | None = None
     #: Rounds this request lost to another process's write.
     tries: int = 0
 

@@ -127,6 +127,13 @@ class Ledger:
     async def request(self, req: Request) -> Decision:
         req.fut = asyncio.get_running_loop().create_future()
         self._submit(req)
+        if req.commit is not None and not req.fut.done():
+            # Woken by the write itself (its delivery is the callback before ours), not a
+            # step later by the decision: what the caller queues next meets the same commit.
+            try:
+                await req.commit
+            except Exception:  # delivered as the decision's exception
+                pass
         return await req.fut
 
     async def release(self, holder: str, keys: list[str]) -> None:
@@ -324,6 +331,9 @@ class Ledger:
             return
         self._flight.append(commit)
         commit.add_done_callback(lambda done: self._settle(done, written))
+        for op in ops:
+            if isinstance(op, Request):
+                op.commit = commit
 
     def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
         self._flight.remove(commit)
