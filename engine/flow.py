@@ -66,6 +66,7 @@ class FlowControl:
             far_ms=max(WAITER_SAFETY_MS, _SAFETY_POLLS * poll_ms),
             claim_here=self._claim_here,
             claimed_here=self._claimed_here,
+            at_once=not runtime.storage.synchronous_commit,
         )
         #: Executions this process parked as waiters of one slot: (job, record, history).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any]]] = {}
