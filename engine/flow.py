@@ -175,9 +175,11 @@ class FlowControl:
         return Gate(False, decision.at, decision.reason, decision.parked)
 
     def admits_at_creation(self, job: Job) -> bool:
-        """Whether a new execution of `job` can be admitted in the write that creates it
-        (`admit_new`): a throttle in discard mode would have to create it cancelled."""
-        return self.gated(job) and job.options.throttle is None
+        """Whether a new execution of `job` is admitted in the write that creates it
+        (`admit_new`): not with a throttle (in discard mode it would have to be created
+        cancelled), nor on a storage that commits in memory (no round trip to save,
+        and `start()` returns before the decision instead of after it)."""
+        return self.gated(job) and job.options.throttle is None and not self.storage.synchronous_commit
 
     async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
         """Admission of an execution this process creates, claimed, to run here: the
