@@ -41,20 +41,32 @@ class Committer:
     async def commit(self, batch: Batch) -> CommitResult:
         """Write `batch` (in a shared transaction); returns once it is committed."""
         if self._now is not None:
-            if not self._sends:
-                return self._apply_now(batch)
-            if batch.expect:
-                self._flush_sends()
-                return self._apply_now(batch)
-            sends, self._sends = self._sends, []
-            result = self._apply_now(_merge([*sends, batch]))
-            n = len(batch.updates)
-            result.applied = result.applied[len(result.applied) - n :] if n else []
-            return result
+            return self._apply_now(batch) if not self._sends else self._apply_with_sends(batch)
+        return await self.submit(batch)
+
+    def _apply_with_sends(self, batch: Batch) -> CommitResult:
+        if batch.expect:
+            self._flush_sends()
+            return self._apply_now(batch)
+        sends, self._sends = self._sends, []
+        result = self._apply_now(_merge([*sends, batch]))
+        n = len(batch.updates)
+        result.applied = result.applied[len(result.applied) - n :] if n else []
+        return result
+
+    def submit(self, batch: Batch) -> asyncio.Future[CommitResult]:
+        """Queue `batch` now (in order with what was queued before it); the future
+        resolves once it is committed."""
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        if self._now is not None:
+            try:
+                fut.set_result(self._apply_now(batch) if not self._sends else self._apply_with_sends(batch))
+            except Exception as exc:
+                fut.set_exception(exc)
+            return fut
         lane = self._inserts if self._inserts is not None and batch.creates_only() else self._main
         lane.put(batch, fut)
-        return await fut
+        return fut
 
     def send(self, batch: Batch) -> None:
         """Queue `batch` without waiting (informational events). It commits in order
@@ -190,14 +202,19 @@ def _take_group(
     fences: dict[str, int] = {}
     touched: set[str] = set()  # state keys written or expected so far
     expected: set[str] = set()
+    written: dict[str, object] = {}  # state keys written so far: the last value
     for i, (batch, _) in enumerate(queue):
         # Conditional batches share the transaction (a conflict: see _commit_group) as
-        # long as none touches a state key that another batch of the group touches.
-        keys = set(batch.state) | set(batch.expect)
+        # long as none touches a state key that another batch of the group touches,
+        # except to expect exactly what an earlier one writes (the admission ledger's
+        # next round, decided on the one before): that is implied, it chains on.
+        chained = {k for k, v in batch.expect.items() if k in written and written[k] == v}
+        keys = (set(batch.state) | set(batch.expect)) - chained
         if keys & (touched if batch.expect else expected):
             return queue[:i], queue[i:]
-        touched |= keys
-        expected |= set(batch.expect)
+        touched |= keys | chained
+        expected |= set(batch.expect) - chained
+        written.update(batch.state)
         for eid, token in batch.fences.items():
             if fences.setdefault(eid, token) != token:
                 return queue[:i], queue[i:]
@@ -207,7 +224,8 @@ def _take_group(
 def _merge(batches: list[Batch]) -> Batch:
     out = Batch()
     for b in batches:
-        out.expect.update(b.expect)
+        # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
+        out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})
         out.executions.extend(b.executions)
         out.updates.extend(b.updates)
         out.steps.extend(b.steps)

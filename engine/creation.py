@@ -4,12 +4,14 @@ triggers, and `start`/`run` from inside a handler (a child step)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import context
 from .errors import JobError, StorageLostError
 from .event_schema import EventKind
 from .execution import Execution
+from .flow import Gate
 from .idempotency import check_key, start_once
 from .ids import new_id, now_ms
 from .runtime_state import RuntimeState
@@ -71,24 +73,37 @@ class Creation(RuntimeState):
                 await self._create_debounced(job, rec)
             return CommitResult()
         direct: list[ExecutionContext] = []
+        gated: list[tuple[ExecutionContext, EventRecord]] = []  # admitted in the write that creates them
+        fuse = extra is None and self.flow.admits_at_creation(job)
         batch = extra if extra is not None else Batch()
         for rec in recs:
+            trigger = EventRecord(
+                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
+            )  # fmt: skip
             if self._can_dispatch_now(job):
                 claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 # A replay is created with the steps it reuses: they are its history.
                 history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
                 self.contexts[rec.id] = ctx = self._context(job, rec, history)
+                if fuse:
+                    gated.append((ctx, trigger))
+                    continue
                 direct.append(ctx)
             batch.executions.append(rec)
-            batch.events.append(EventRecord(
-                rec.id, job.name, EventKind.TRIGGER, {"input": rec.input, "parent_id": rec.parent_id}, rec.created_at,
-            ))  # fmt: skip
+            batch.events.append(trigger)
         try:
-            result = await self.committer.commit(batch)
+            if not gated:  # no task in between: a start on a synchronous adapter stays synchronous
+                result, gates = await self.committer.commit(batch), []
+            elif not batch:
+                result, gates = CommitResult(), await self._admit_new(job, gated)
+            else:
+                result, gates = await asyncio.gather(self.committer.commit(batch), self._admit_new(job, gated))
+            failed = next((g for g in gates if isinstance(g, BaseException)), None)
         except BaseException as exc:
-            for ctx in direct:
+            for ctx in [*direct, *(c for c, _ in gated)]:
                 self.contexts.pop(ctx.id, None)
+                self.flow.parked.pop(ctx.id, None)
             if isinstance(exc, StorageLostError):
                 self.lose_storage(exc)
             raise
@@ -97,14 +112,43 @@ class Creation(RuntimeState):
                 self.contexts.pop(ctx.id, None)
                 unclaim_new(ctx.record)
             return result
+        lost: set[str] = set()
+        for (ctx, _), gate in zip(gated, gates, strict=True):
+            if gate is None or (isinstance(gate, Gate) and gate.ok):
+                ctx.holds_slot = gate is not None
+                direct.append(ctx)
+            elif self.contexts.get(ctx.id) is ctx:  # not stored, or stored as a waiter (a grant may run it anew already)
+                del self.contexts[ctx.id]
+                if isinstance(gate, Gate) and self._timer is not None:
+                    self._timer.at(gate.retry_at)
+                if isinstance(gate, BaseException):
+                    self.flow.parked.pop(ctx.id, None)
+                    lost.add(ctx.id)
         if self.hooks.wanted(job, "trigger"):
             for rec in recs:
+                if rec.id in lost:
+                    continue
                 await self.hooks.fire(job, "trigger", rec.id, {"input": load_typed(job.options.input, rec.input)})
         for ctx in direct:
             self._spawn(ctx, load_history=False)
-        if len(direct) < len(recs):
+        if len(direct) + len(gated) < len(recs):
             self.kick()
+        if failed is not None:  # those admitted with it run; this one was not stored
+            if isinstance(failed, StorageLostError):
+                self.lose_storage(failed)
+            raise failed
         return result
+
+    async def _admit_new(
+        self, job: Job, gated: list[tuple[ExecutionContext, EventRecord]]
+    ) -> list[Gate | BaseException | None]:
+        """Admission of each, in the write that creates it (`FlowControl.admit_new`)."""
+        if len(gated) == 1:
+            try:
+                return [await self.flow.admit_new(job, gated[0][0].record, gated[0][1])]
+            except Exception as exc:
+                return [exc]
+        return list(await asyncio.gather(*(self.flow.admit_new(job, c.record, t) for c, t in gated), return_exceptions=True))
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
         """Trigger a debounced job: a new execution, which cancels the pending one it

@@ -49,6 +49,7 @@ class Dispatch(RuntimeState):
         while not self.closing:
             free = self.max_active - len(self.contexts)
             if free <= 0:
+                self._room_wanted = True
                 return
             limit = min(free, 200)
             recs = await self.storage.claim(
@@ -129,7 +130,8 @@ class Dispatch(RuntimeState):
                 self._release_later(ctx)
             if ctx.holds_slot and self.fatal_error is None:
                 await self.flow.release(job, rec)
-            if not self.closing:
+            if self._room_wanted and not self.closing:
+                self._room_wanted = False
                 self.kick()
 
     def _release_early(self, ctx: ExecutionContext) -> None:

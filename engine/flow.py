@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CancelledError, error_to_dict
 from .event_schema import EventKind
 from .ids import now_ms
-from .limits import Limit, resolve_concurrency, resolve_timed
+from .limits import Limit, Timed, resolve_concurrency, resolve_timed
 from .serialize import load_typed
 from .slots import Decision, Ledger, Request, state_key
 from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
@@ -59,13 +59,14 @@ class FlowControl:
         poll_ms = int(runtime.poll_s * 1000)
         self.ledger = Ledger(
             get_state=lambda keys: self.storage.get_state(keys),
-            commit=lambda batch: runtime.committer.commit(batch),
+            commit=lambda batch: runtime.committer.submit(batch),
             running=self._statuses,
             kick=runtime.kick,
             recheck_s=max(STEP_RECHECK_S, runtime.poll_s),
             far_ms=max(WAITER_SAFETY_MS, _SAFETY_POLLS * poll_ms),
             claim_here=self._claim_here,
             claimed_here=self._claimed_here,
+            at_once=not runtime.storage.synchronous_commit,
         )
         #: Executions this process parked as waiters of one slot: (job, record, history).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any]]] = {}
@@ -74,6 +75,7 @@ class FlowControl:
         #: peers, the waiter is made due and whichever process is woken first runs it.
         self.alone = True
         self._peers_checked = 0
+        self._peers_task: asyncio.Task[None] | None = None
 
     @property
     def storage(self) -> Any:
@@ -118,16 +120,23 @@ class FlowControl:
         rec.control = None
         rt.run_admitted(job, rec, history)
 
-    async def _look_for_peers(self) -> None:
+    def _look_for_peers(self) -> None:
+        """Refresh `alone` in the background, at most once a second: an admission does
+        not wait for it (a hand-over decided on a second-old answer is still correct)."""
         now = now_ms()
         if now - self._peers_checked < 1000:
             return
         self._peers_checked = now
+        self._peers_task = asyncio.create_task(self._count_peers(), name="dq-admission-peers")
+
+    async def _count_peers(self) -> None:
         rt = self.runtime
-        fresh = now + rt.clock_offset_ms - rt.lease_ms
-        self.alone = not any(
-            w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in await self.storage.list_workers()
-        )
+        try:
+            workers = await self.storage.list_workers()
+        except Exception:  # looked at again a second later
+            return
+        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
+        self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -150,7 +159,66 @@ class FlowControl:
         """Throttle and rate windows count starts: only an execution's first start.
         Concurrency slots count what runs: every activation (resumes included).
         Refused, `park(run_at, reason)`'s writes (back to pending) share the decision's write."""
-        await self._look_for_peers()
+        self._look_for_peers()
+        gate = self._limits(job, rec, first_start)
+        if gate is None:
+            return OPEN
+        throttle, limits = gate
+        request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
+        if history is not None:
+            self._keep_parked(request, job, rec, history)
+        decision: Decision = await self.ledger.request(request)
+        if not decision.parked:
+            self.parked.pop(rec.id, None)
+        if decision.ok:
+            return OPEN
+        return Gate(False, decision.at, decision.reason, decision.parked)
+
+    def admits_at_creation(self, job: Job) -> bool:
+        """Whether a new execution of `job` is admitted in the write that creates it
+        (`admit_new`): not with a throttle (in discard mode it would have to be created
+        cancelled), nor on a storage that commits in memory (no round trip to save,
+        and `start()` returns before the decision instead of after it)."""
+        return self.gated(job) and job.options.throttle is None and not self.storage.synchronous_commit
+
+    async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
+        """Admission of an execution this process creates, claimed, to run here: the
+        decision, the slot state and the record itself are one write. Refused, it is
+        created pending (a waiter) instead, until the grant or `retry_at`. None: created
+        claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
+        self._look_for_peers()
+        try:
+            gate = self._limits(job, rec, True)
+            undecided = False
+        except Exception:
+            gate, undecided = None, True
+        claimed = (rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until)
+
+        def create(decision: Decision) -> Batch:
+            # Called per round attempt (a conflict decides again): the record follows the decision.
+            rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = claimed
+            rec.run_at, rec.wait_reason = rec.created_at, None
+            events = [trigger]
+            if not decision.ok:
+                rec.status, rec.worker_id, rec.token, rec.started_at, rec.lease_until = "pending", None, 0, None, None
+                rec.run_at, rec.wait_reason = decision.at, decision.reason
+                events.append(EventRecord(rec.id, job.name, EventKind.QUEUED, {"reason": decision.reason, "retry_at": decision.at}, rec.created_at))
+            return Batch(executions=[rec], events=events)
+
+        throttle, limits = gate if gate is not None else (None, [])
+        request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, carry=create)
+        if not undecided:
+            self._keep_parked(request, job, rec, {})
+        decision: Decision = await self.ledger.request(request)
+        if not decision.parked:
+            self.parked.pop(rec.id, None)
+        if undecided:
+            return None
+        return OPEN if decision.ok else Gate(False, decision.at, decision.reason, decision.parked)
+
+    def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
+        """What admitting `rec` asks for (rate windows first: a start waiting for its
+        window holds no slot meanwhile), or None: nothing."""
         typed = load_typed(job.options.input, rec.input)
         throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle") if first_start else None
         limits: list[Limit] = []
@@ -161,20 +229,16 @@ class FlowControl:
         if limit is not None and (limit.window_ms is None or first_start):
             limits.append(limit)
         if throttle is None and not limits:
-            return OPEN
-        # Rate windows first: a start waiting for its window holds no slot meanwhile.
+            return None
         limits.sort(key=lambda lim: lim.window_ms is None)
-        request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
-        single = throttle is None and len(limits) == 1 and limits[0].window_ms is None
-        if single and history is not None and len(self.parked) < _PARKED_MAX:
-            # Kept before the decision: a grant may come in the round right after it.
+        return throttle, limits
+
+    def _keep_parked(self, request: Request, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> None:
+        """A waiter of one slot is kept here for the in-process hand-off; kept before the
+        decision, as a grant may come in the round right after it."""
+        single = request.throttle is None and len(request.limits) == 1 and request.limits[0].window_ms is None
+        if single and len(self.parked) < _PARKED_MAX:
             self.parked[rec.id] = (job, rec, history)
-        decision: Decision = await self.ledger.request(request)
-        if not decision.parked:
-            self.parked.pop(rec.id, None)
-        if decision.ok:
-            return OPEN
-        return Gate(False, decision.at, decision.reason, decision.parked)
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
         fut = self.release_nowait(job, rec)

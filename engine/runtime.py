@@ -66,6 +66,9 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         self.sources = SourceVersions(lambda batch: self.committer.send(batch))
         self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
+        #: The dispatcher stopped claiming for want of room (max_active): an ending
+        #: execution kicks it. Otherwise an ending frees nothing it waits for.
+        self._room_wanted = False
         self._timer: Timer | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()

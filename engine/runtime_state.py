@@ -76,6 +76,7 @@ class RuntimeState(_Owner):
     sources: SourceVersions
     results: Results
     _wake: asyncio.Event
+    _room_wanted: bool
     _timer: Timer | None
     _side_tasks: list[asyncio.Task[None]]
     _tasks: set[asyncio.Task[None]]

@@ -1,12 +1,17 @@
 """The admission ledger: concurrency slots and rate starts, decided in rounds, handed over on release.
 
 Every take, release and rate reservation of this process goes through one
-`Ledger`. While a round's write is in flight, new requests queue; the next
-round reads each state key they touch once, decides all of them, and writes
-one compare-and-set batch (`Batch.expect`). N executions arriving at once
-cost a couple of transactions, not N, and never conflict with each other; a
-conflict means another process wrote first, and the round is decided again
-on fresh state. So a limit is never exceeded, across processes too.
+`Ledger`. A round decides requests on the state this process last wrote or
+read of their keys, and writes one compare-and-set batch (`Batch.expect`):
+at once, in the requester's step, when it needs no read (its write then joins
+the commit the requester queues right after it, e.g. a release and the end
+of its execution); else in a round of everything that queued meanwhile. The
+next round does not wait for a write in flight: it is decided on the state
+that write leaves, and expects exactly that (the committer puts such a chain
+in one transaction). A conflict means another process wrote first: the round
+and those decided on it are decided again on fresh state. So a limit is never
+exceeded, across processes too, and N executions arriving at once cost a
+couple of transactions, not N.
 
 Slot state, per key: `{"limit": n, "holders": [...], "waiters": [[-priority,
 seq, holder], ...]}`, waiters in admission order (priority, then arrival).
@@ -32,19 +37,42 @@ full and a newcomer or a safety-net re-check wants in.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import copy
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .ids import now_ms
-from .limits import Limit, Timed, window_reserve
+from .limits import Limit
+from .slot_requests import (
+    Check,
+    Decision,
+    Release,
+    Request,
+    Round,
+    copy_state,
+    decide,
+    extend,
+    fail,
+    fill,
+    keys_of,
+    leave,
+    state_key,
+)
 from .storage.base import Batch, CommitResult, ExecutionUpdate
 from .transitions import due_now
 
+__all__ = ["Decision", "Ledger", "Request", "state_key"]
+
 #: Rounds decided again after a compare-and-set conflict before giving up.
 _CAS_TRIES = 50
+#: Rounds whose write is in flight at once: the next round is decided on the state the
+#: one before writes (its compare-and-set expects exactly that, so a round that loses
+#: makes the ones after it lose too, and all are decided again).
+_IN_FLIGHT = 4
+#: Rounds in flight beyond which a request waits for the next round instead of being
+#: decided at once (the chain of writes that one lost write would undo).
+_IN_FLIGHT_NOW = 1000
 #: State keys whose last value this process remembers.
 _CACHE_MAX = 10_000
 #: How a refused request waits: "slot" (a holder must give one back), or "rate"
@@ -52,79 +80,18 @@ _CACHE_MAX = 10_000
 Wait = str
 
 
-@dataclass(slots=True)
-class Decision:
-    """What a request got: start now, wait until `at` (`parked`: the request's own
-    park writes were committed with the decision), or be discarded (throttle)."""
-
-    ok: bool
-    at: int = 0
-    reason: str | None = None
-    parked: bool = False
-    discard: bool = False
-
-
-@dataclass(slots=True)
-class Request:
-    holder: str
-    #: (-priority, seq): admission order among the waiters of a key.
-    order: tuple[int, int]
-    #: Slot limits and rate limits, checked in this order; all or nothing.
-    limits: Sequence[Limit] = ()
-    throttle: Timed | None = None
-    #: Writes that put the holder's execution back to pending until `at`, with
-    #: a reason: committed in the same batch as a refusal. None: a step waiter.
-    park: Callable[[int, str], Batch] | None = None
-    #: Ask the storage whether the key's holders still run before refusing.
-    recheck: bool = False
-    fut: asyncio.Future[Decision] | None = None
-
-    def keys(self) -> list[str]:
-        out = [state_key(lim) for lim in self.limits]
-        if self.throttle is not None:
-            out.append("throttle:" + self.throttle.key)
-        return out
-
-
-@dataclass(slots=True)
-class Release:
-    holder: str
-    keys: list[str]
-    fut: asyncio.Future[Decision] | None = None
-
-
-@dataclass(slots=True)
-class Check:
-    """Look whether the holders of `keys` still run (a grant whose update did not apply)."""
-
-    keys: list[str]
-    fut: asyncio.Future[Decision] | None = None
-
-
-@dataclass(slots=True)
-class _Round:
-    now: int
-    #: (key, holder) slots handed to waiters in this round.
-    granted: list[tuple[str, str]] = field(default_factory=list)
-    #: Key -> the holders in its waiters list (kept in step with it: O(1) look-ups).
-    waiting: dict[str, set[str]] = field(default_factory=dict)
-
-
-def state_key(limit: Limit) -> str:
-    return ("slots:" if limit.window_ms is None else "rate:") + limit.key
-
-
 class Ledger:
     def __init__(
         self,
         get_state: Callable[[list[str]], Awaitable[dict[str, Any]]],
-        commit: Callable[[Batch], Awaitable[CommitResult]],
+        commit: Callable[[Batch], asyncio.Future[CommitResult]],
         running: Callable[[list[str]], Awaitable[dict[str, str]]],
         kick: Callable[[], None],
         recheck_s: float,
         far_ms: int,
         claim_here: Callable[[str, int], ExecutionUpdate | None] = lambda _holder, _now: None,
         claimed_here: Callable[[str, bool], None] = lambda _holder, _ok: None,
+        at_once: bool = True,
     ) -> None:
         self._get_state, self._commit, self._running, self._kick = get_state, commit, running, kick
         #: In-process hand-off: a granted execution parked by this process is claimed by
@@ -133,8 +100,22 @@ class Ledger:
         self._claim_here, self._claimed_here = claim_here, claimed_here
         #: Safety net: a waiting step re-checks this often; a waiting execution is due this much later.
         self.recheck_s, self.far_ms = recheck_s, far_ms
+        #: Decide a request at once when it needs no read (`_now`): for a storage whose
+        #: commits are round trips. On one that commits in memory, a round of all that
+        #: queued meanwhile costs less (one write, one copy of the state, for many).
+        self.at_once = at_once
         self._ops: list[Request | Release | Check] = []
+        #: Ops of rounds that lost, to decide again first (in the order they came).
+        self._retry: list[Request | Release | Check] = []
         self._task: asyncio.Task[None] | None = None
+        #: Rounds whose write is in flight, oldest first.
+        self._flight: list[asyncio.Future[CommitResult]] = []
+        #: Keys to read afresh: a round that wrote them lost, or failed.
+        self._stale: set[str] = set()
+        #: Holders admitted by writes still in flight (count per holder).
+        self._unsettled: Counter[str] = Counter()
+        #: Keys the round being decided read afresh.
+        self._fresh: set[str] = set()
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
         self._local: dict[str, asyncio.Future[bool]] = {}
         #: The state key each of those waits on.
@@ -151,6 +132,13 @@ class Ledger:
     async def request(self, req: Request) -> Decision:
         req.fut = asyncio.get_running_loop().create_future()
         self._submit(req)
+        if req.commit is not None and not req.fut.done():
+            # Woken by the write itself (its delivery is the callback before ours), not a
+            # step later by the decision: what the caller queues next meets the same commit.
+            try:
+                await req.commit
+            except Exception:  # delivered as the decision's exception
+                pass
         return await req.fut
 
     async def release(self, holder: str, keys: list[str]) -> None:
@@ -211,91 +199,196 @@ class Ledger:
                 fut.set_result(True)
 
     def _submit(self, op: Request | Release | Check) -> None:
+        if self.at_once and self._now(op):
+            return
         self._ops.append(op)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="dq-admission")
 
     async def _run(self) -> None:
-        while self._ops:
-            ops, self._ops = self._ops, []
+        while self._ops or self._retry:
+            ops, self._ops, self._retry = [*self._retry, *self._ops], [], []
             try:
                 await self._round(ops)
             except BaseException as exc:
-                for op in ops:
-                    if op.fut is not None and not op.fut.done():
-                        if isinstance(exc, asyncio.CancelledError):
-                            op.fut.cancel()
-                        else:
-                            op.fut.set_exception(exc)
+                fail(ops, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+            while len(self._flight) >= _IN_FLIGHT:
+                await asyncio.wait([self._flight[0]])
 
     # -- one round ---------------------------------------------------------------------------
     async def _round(self, ops: list[Request | Release | Check]) -> None:
-        keys = sorted({k for op in ops for k in (op.keys() if isinstance(op, Request) else op.keys)})
+        """Decide `ops` and send the round's write; its outcome is delivered once it is
+        committed (`_settle`), while the next round is decided on the state it writes."""
+        keys = keys_of(ops)
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
-        cached = True
-        for _ in range(_CAS_TRIES):
-            before = await self._states(keys, cached)
-            work = {k: copy.deepcopy(before.get(k)) for k in keys}
-            rnd = _Round(now_ms())
-            await self._drop_dead(ops, work, rnd, checks)
-            decisions: list[Decision | None] = []
-            batch = Batch()
-            for op in ops:
-                if isinstance(op, Check):
-                    decisions.append(None)
+        while True:
+            before = await self._states(keys)
+            work = {k: copy_state(before.get(k)) for k in keys}
+            rnd = Round(now_ms())
+            await self._drop_dead(work, rnd, self._suspects(ops, work, rnd, checks))
+            decisions, batch, changed = self._decide_all(ops, work, before, rnd)
+            if not changed and keys:
+                # A decision that writes nothing has no compare-and-set to check it: it is
+                # only taken on fresh state, with no write of ours in flight.
+                if self._flight:
+                    await asyncio.wait(list(self._flight))
                     continue
-                if isinstance(op, Release):
-                    for key in op.keys:
-                        _leave(work, key, op.holder, rnd)
-                    decisions.append(None)
+                if not self._fresh.issuperset(keys):
+                    self._stale.update(keys)
                     continue
-                decision = self._decide(op, work, rnd)
-                if not decision.ok and not decision.discard and op.park is not None:
-                    decision.parked = True
-                    _extend(batch, op.park(decision.at, decision.reason or ""))
-                decisions.append(decision)
-            own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
-            grants = [(k, h) for k, h in rnd.granted if h not in own]
-            jobs = [h for _, h in grants if "|" not in h]
-            direct: set[str] = set()
-            for holder in jobs:
-                update = self._claim_here(holder, rnd.now)
-                if update is None:
-                    update = due_now(holder, now=rnd.now).update
-                else:
-                    direct.add(holder)
-                batch.updates.append(update)
-            changed = {k: v for k, v in work.items() if v != before.get(k)}
-            if not changed and cached and any(k in self._cache for k in keys):
-                cached = False  # a decision that writes nothing is only taken on fresh state
-                continue
-            result = CommitResult()
-            if changed or batch:
-                batch.state.update(changed)
-                batch.expect.update({k: before.get(k) for k in changed})
-                result = await self._commit(batch)
-                if result.conflict:  # another process wrote first: decide again on fresh state
-                    cached = False
-                    continue
-                self.rounds += 1
-                self._cache.update(changed)
-            self._deliver(ops, decisions, grants, jobs, direct, result)
-            return
-        for op in ops:
-            if op.fut is not None and not op.fut.done():
-                op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+            break
+        self._send(ops, decisions, batch, changed, before, rnd)
 
-    async def _states(self, keys: list[str], cached: bool) -> dict[str, Any]:
-        """The state of `keys`: this process's last write of each where it has one
-        (`cached`; the compare-and-set catches any other process's write since), else read."""
-        missing = [k for k in keys if not cached or k not in self._cache]
-        if missing:
-            fresh = await self._get_state(missing)
-            for k in missing:
+    def _now(self, op: Request | Release | Check) -> bool:
+        """Decide `op` at once, in the caller's step, when nothing needs a read: no round
+        is being decided, its keys are known here, and no holder is to be suspected. Its
+        write then joins the transaction of what the caller queues right after it (a
+        release, the end of the execution; an admission, the step before it)."""
+        if (self._task is not None and not self._task.done()) or self._ops or self._retry:
+            return False
+        if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
+            return False
+        keys = keys_of([op])
+        if any(k in self._stale for k in keys):
+            return False
+        try:
+            for k in keys:
+                self._cache.setdefault(k, None)
+            before = {k: self._cache[k] for k in keys if self._cache[k] is not None}
+            work = {k: copy_state(before.get(k)) for k in keys}
+            rnd = Round(now_ms())
+            if self._suspects([op], work, rnd, set()):
+                return False
+            decisions, batch, changed = self._decide_all([op], work, before, rnd)
+            if not changed and keys:
+                return False
+            self._send([op], decisions, batch, changed, before, rnd)
+        except Exception as exc:  # e.g. the user's fn(input) raised: the requester gets it
+            self._stale.update(keys)
+            fail([op], exc)
+        return True
+
+    def _decide_all(
+        self, ops: list[Request | Release | Check], work: dict[str, Any], before: dict[str, Any], rnd: Round
+    ) -> tuple[list[Decision | None], Batch, dict[str, Any]]:
+        decisions: list[Decision | None] = []
+        batch = Batch()
+        for op in ops:
+            if isinstance(op, Check):
+                decisions.append(None)
+                continue
+            if isinstance(op, Release):
+                for key in op.keys:
+                    leave(work, key, op.holder, rnd)
+                decisions.append(None)
+                continue
+            decision = decide(op, work, rnd, self.far_ms)
+            if op.carry is not None:
+                decision.parked = not decision.ok and not decision.discard
+                extend(batch, op.carry(decision))
+            elif not decision.ok and not decision.discard and op.park is not None:
+                decision.parked = True
+                extend(batch, op.park(decision.at, decision.reason or ""))
+            decisions.append(decision)
+        changed = {k: v for k, v in work.items() if v != before.get(k)}
+        return decisions, batch, changed
+
+    def _send(
+        self,
+        ops: list[Request | Release | Check],
+        decisions: list[Decision | None],
+        batch: Batch,
+        changed: dict[str, Any],
+        before: dict[str, Any],
+        rnd: Round,
+    ) -> None:
+        own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
+        grants = [(k, h) for k, h in rnd.granted if h not in own]
+        jobs = [h for _, h in grants if "|" not in h]
+        direct: set[str] = set()
+        for holder in jobs:
+            update = self._claim_here(holder, rnd.now)
+            if update is None:
+                update = due_now(holder, now=rnd.now).update
+            else:
+                direct.add(holder)
+            batch.updates.append(update)
+        if not changed and not batch:
+            self._deliver(ops, decisions, grants, jobs, direct, CommitResult())
+            return
+        batch.state.update(changed)
+        batch.expect.update({k: before.get(k) for k in changed})
+        self._cache.update(changed)  # the next round is decided on what this one writes
+        for k in changed:
+            if before.get(k) is None:  # found empty: none of its holders to suspect yet
+                self._checked.setdefault(k, rnd.now)
+        # Holders this write admits are alive whatever the storage says until it is
+        # committed (a new execution is only created by it).
+        admitted = [*own, *(h for _, h in grants)]
+        self._unsettled.update(admitted)
+        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now, admitted)
+        # Queued with the storage at once: a commit queued right after joins its transaction.
+        commit = self._commit(batch)
+        if commit.done():  # a synchronous adapter: delivered without a task in between
+            self._settled(commit, written)
+            return
+        self._flight.append(commit)
+        commit.add_done_callback(lambda done: self._settle(done, written))
+        for op in ops:
+            if isinstance(op, Request):
+                op.commit = commit
+
+    def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        self._flight.remove(commit)
+        self._settled(commit, w)
+
+    def _settled(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
+        self._unsettled.subtract(w.admitted)
+        for h in w.admitted:
+            if self._unsettled[h] <= 0:
+                del self._unsettled[h]
+        exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
+        if exc is not None or commit.result().conflict:
+            self._stale.update(w.changed)
+            for k in w.changed:  # its holders were not all ours after all
+                if w.before.get(k) is None and self._checked.get(k) == w.now:
+                    del self._checked[k]
+        if exc is not None:
+            fail(w.ops, exc)
+            return
+        result = commit.result()
+        if result.conflict:  # another process wrote first (or a round before this one lost)
+            again = [op for op in w.ops if op.tries < _CAS_TRIES]
+            for op in w.ops:
+                op.tries += 1
+                if op.tries > _CAS_TRIES and op.fut is not None and not op.fut.done():
+                    op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+            self._retry.extend(again)
+            if again and (self._task is None or self._task.done()):
+                self._task = asyncio.create_task(self._run(), name="dq-admission")
+            return
+        self.rounds += 1
+        self._deliver(w.ops, w.decisions, w.grants, w.jobs, w.direct, result)
+
+    async def _states(self, keys: list[str]) -> dict[str, Any]:
+        """The state of `keys`: this process's last write or read of each (the
+        compare-and-set catches any other process's write since), else read. A key never
+        seen here is taken as absent without a read: most are (a limit's first use), and
+        the compare-and-set that expects it absent says otherwise (then it is read)."""
+        self._fresh = set()
+        stale = [k for k in keys if k in self._stale]
+        if stale:
+            fresh = await self._get_state(stale)
+            for k in stale:
                 self._cache[k] = fresh.get(k)
-        if len(self._cache) > _CACHE_MAX:
+                self._stale.discard(k)
+            self._fresh = set(stale)
+        for k in keys:
+            if k not in self._cache:
+                self._cache[k] = None
+        if len(self._cache) > _CACHE_MAX and not self._flight:
             self._cache = {k: self._cache[k] for k in keys}
         return {k: self._cache[k] for k in keys if self._cache[k] is not None}
 
@@ -327,48 +420,11 @@ class Ledger:
             if fut is not None and not fut.done():
                 fut.set_result(True)
 
-    def _decide(self, req: Request, work: dict[str, Any], rnd: _Round) -> Decision:
-        now = rnd.now
-        if req.throttle is not None:
-            t = req.throttle
-            key = "throttle:" + t.key
-            at, new = window_reserve(Limit(t.key, 1, t.interval_ms), work[key], now, req.holder)
-            if at > now:
-                if t.mode == "discard":
-                    return Decision(False, -1, f"discarded by throttle ({t.interval_ms} ms for {t.key})", discard=True)
-                work[key] = new
-                return Decision(False, at, f"throttled: one start per {t.interval_ms} ms for {t.key}")
-            work[key] = new
-        taken: list[str] = []
-        for lim in req.limits:
-            key = state_key(lim)
-            if lim.window_ms is not None:
-                at, work[key] = window_reserve(lim, work[key], now, req.holder)
-                if at > now:
-                    return Decision(False, at, f"rate limited: {lim.describe()}")
-                continue
-            if key not in rnd.waiting:
-                work[key] = _slots(work[key], lim.limit)
-                rnd.waiting[key] = {w[2] for w in work[key]["waiters"]}
-            st = work[key]
-            st["limit"] = lim.limit
-            if req.holder not in st["holders"]:
-                if req.holder not in rnd.waiting[key]:
-                    bisect.insort(st["waiters"], [*req.order, req.holder])
-                    rnd.waiting[key].add(req.holder)
-                _fill(key, st, rnd)
-            if req.holder not in st["holders"]:
-                for other in taken:  # all or nothing: what this request took goes on
-                    _leave(work, other, req.holder, rnd)
-                return Decision(False, now + self.far_ms, f"waiting for a slot: {lim.describe()}")
-            taken.append(key)
-        return Decision(True)
-
-    async def _drop_dead(
-        self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: _Round, checks: set[str]
-    ) -> None:
-        """Free the slots of holders that no longer run (crashed, or stopped without
-        giving back): asked only for full keys a request waits on, and for `checks`."""
+    def _suspects(
+        self, ops: list[Request | Release | Check], work: dict[str, Any], rnd: Round, checks: set[str]
+    ) -> dict[str, list[str]]:
+        """Key -> holders to ask about: of full keys a request waits on (at most every
+        `recheck_s`, or when it asks again), and of `checks`."""
         suspects: dict[str, list[str]] = {
             k: list(work[k]["holders"]) for k in checks if isinstance(work.get(k), dict) and work[k].get("holders")
         }
@@ -385,6 +441,10 @@ class Ledger:
                 stale = rnd.now - self._checked.get(key, 0) > self.recheck_s * 1000
                 if op.recheck or stale:
                     suspects[key] = list(st["holders"])
+        return suspects
+
+    async def _drop_dead(self, work: dict[str, Any], rnd: Round, suspects: dict[str, list[str]]) -> None:
+        """Free the slots of holders that no longer run (crashed, or stopped without giving back)."""
         if not suspects:
             return
         ids = sorted({h.split("|", 1)[0] for hs in suspects.values() for h in hs})
@@ -394,46 +454,25 @@ class Ledger:
             st = work[key]
             # An execution holds its slot while running, and while pending once granted
             # (until its dispatcher claims it); a step only while its execution runs.
-            alive = [h for h in holders if status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))]
+            alive = [
+                h for h in holders
+                if self._unsettled[h] > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))
+            ]  # fmt: skip
             if len(alive) < len(holders):
                 st["holders"] = alive
-                _fill(key, st, rnd)
+                fill(key, st, rnd)
 
 
-def _slots(state: Any, limit: int) -> dict[str, Any]:
-    st = state if isinstance(state, dict) else {}
-    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": [list(w) for w in st.get("waiters", [])]}
+@dataclass(slots=True)
+class _Written:
+    """A round whose write is in flight: what to deliver once it is committed."""
 
-
-def _fill(key: str, st: dict[str, Any], rnd: _Round) -> None:
-    while st["waiters"] and len(st["holders"]) < int(st.get("limit", 1)):
-        holder = st["waiters"].pop(0)[2]
-        st["holders"].append(holder)
-        rnd.granted.append((key, holder))
-        rnd.waiting.get(key, set()).discard(holder)
-
-
-def _leave(work: dict[str, Any], key: str, holder: str, rnd: _Round) -> None:
-    """`holder` gives its slot (or its place in the line) back; the slot goes on to the next waiter."""
-    st = work.get(key)
-    if not isinstance(st, dict) or "holders" not in st:
-        return  # a rate start stays counted for its window
-    if holder in st["holders"]:
-        st["holders"].remove(holder)
-        rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
-    waiting = rnd.waiting.get(key)
-    if waiting is None or holder in waiting:
-        st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
-        if waiting is not None:
-            waiting.discard(holder)
-    _fill(key, st, rnd)
-    if not st["holders"] and not st["waiters"]:
-        work[key] = None
-        rnd.waiting.pop(key, None)
-
-
-def _extend(batch: Batch, other: Batch) -> None:
-    batch.executions.extend(other.executions)
-    batch.updates.extend(other.updates)
-    batch.events.extend(other.events)
-    batch.fences.update(other.fences)
+    ops: list[Request | Release | Check]
+    decisions: list[Decision | None]
+    grants: list[tuple[str, str]]
+    jobs: list[str]
+    direct: set[str]
+    changed: dict[str, Any]
+    before: dict[str, Any]
+    now: int
+    admitted: list[str]

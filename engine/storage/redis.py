@@ -211,6 +211,9 @@ class RedisStorage(Storage):
         self._sintercard = True  # Redis >= 7
         self._scripts: dict[str, AsyncScript] = {}
         self._callbacks: list[Callable[[], None]] = []
+        #: Our own commits' wakeups carry this, so that our listener can skip them (the
+        #: engine wakes itself in-process; as on PostgreSQL).
+        self._instance = secrets.token_hex(8)
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         #: Set while the wakeup subscription is live (tests wait on it).
@@ -369,7 +372,7 @@ class RedisStorage(Storage):
     # -- writes ---------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> CommitResult:
-        applied, refused, controls, first, *conflict = await self._call("COMMIT", *self._encode_batch(batch))
+        applied, refused, controls, first, *conflict = await self._call("COMMIT", *self._encode_batch(batch, self._instance))
         if conflict and int(conflict[0]):
             return CommitResult(conflict=True)
         result = CommitResult(
@@ -386,8 +389,9 @@ class RedisStorage(Storage):
         return result
 
     @staticmethod
-    def _encode_batch(batch: Batch) -> list[str]:
-        """COMMIT's arguments after prefix and epoch (see redis_scripts.COMMIT)."""
+    def _encode_batch(batch: Batch, instance: str) -> list[str]:
+        """COMMIT's arguments after prefix and epoch (see redis_scripts.COMMIT); `instance`
+        is what its wakeup publishes (this handle's listener skips its own)."""
         bodies: list[str] = []
 
         def body(text: str) -> int:
@@ -432,6 +436,7 @@ class RedisStorage(Storage):
             # State is stored canonically (sorted keys) so that `expect` compares text in Lua.
             "k": [[k, None if v is None else body(_canonical(v))] for k, v in batch.state.items()],
             "c": [[k, None if v is None else _canonical(v)] for k, v in batch.expect.items()],
+            "w": instance,
         })  # fmt: skip
         return [shape, "\n".join(bodies), step_bodies, event_bodies]
 
@@ -735,7 +740,7 @@ class RedisStorage(Storage):
                     message = await pubsub.get_message(timeout=5.0)
                     if message is None:
                         await pubsub.ping()  # a silent dead connection fails here
-                    elif message.get("type") == "message":
+                    elif message.get("type") == "message" and message.get("data") != self._instance:
                         self._fire()
             except (RedisError, OSError) as exc:
                 log.warning(

@@ -328,7 +328,7 @@ for _, id in ipairs(fenced_ok) do
   if control == nil then control = redis.call('HGET', ekey(id), 'control') end
   controls[#controls + 1] = control
 end
-if wake then redis.call('PUBLISH', P .. ':wakeup', 'commit') end
+if wake then redis.call('PUBLISH', P .. ':wakeup', b.w or 'commit') end
 return {applied, refused_list, controls, first}
 """
 )

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from dq import Queue, create_job, run
 
 from .test_lifecycle import status_is, until
@@ -43,6 +45,36 @@ async def test_a_released_slot_admits_the_next_waiter_without_a_poll(make_queue:
         for e in waiters:
             await e.refresh()
             assert e.status == "completed"
+
+
+async def test_a_refused_new_execution_is_created_as_a_waiter(make_queue: Callable[..., Queue]) -> None:
+    """Admission is decided in the write that creates the execution (on a storage whose
+    commits are round trips): refused, it is stored pending with its reason, never
+    claimed (no start, no lease, token 0)."""
+    gate = asyncio.Event()
+
+    @create_job(name="single", concurrency=1, retry=0)
+    async def single(data: int) -> int:
+        if data == 0:
+            await run("gate", gate.wait)
+        return data
+
+    queue = make_queue([single], **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.single
+        first = await job.start(0)
+        second = await job.start(1)
+        if queue.storage.synchronous_commit:  # admitted as it runs, just after start() returned
+            await until(lambda: status_is(second, "pending"))
+        stored = await queue.storage.get_execution(second.id)
+        assert stored is not None and stored.status == "pending" and stored.worker_id is None
+        assert stored.wait_reason is not None and "waiting for a slot" in stored.wait_reason
+        if not queue.storage.synchronous_commit:  # decided in the write that created it: never claimed
+            assert (stored.token, stored.started_at) == (0, None)
+        assert [ev.type for ev in await second.events()] == ["trigger", "queued"]
+        gate.set()
+        assert [await first.result(), await second.result()] == [0, 1]
+        assert [ev.type for ev in await second.events()] == ["trigger", "queued", "start", "success"]
 
 
 async def all_pending(executions: list[Any]) -> bool:
@@ -172,3 +204,49 @@ async def test_a_thousand_concurrent_runs_complete_with_and_without_limits(make_
         # No limit's state is left behind: every slot was given back.
         leftovers = await queue.storage.list_state("slots:")
         assert leftovers == {}, leftovers
+
+
+async def test_a_thousand_concurrent_starts_under_a_queue_limit_complete(make_queue: Callable[..., Queue]) -> None:
+    running = [0, 0]
+
+    @create_job(name="queued", retry=0)
+    async def queued(data: int) -> int:
+        running[0] += 1
+        running[1] = max(running)
+        await asyncio.sleep(0)
+        running[0] -= 1
+        return data
+
+    queue = make_queue([queued], concurrency=10, **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.queued
+        executions = await asyncio.gather(*(job.start(i) for i in range(1000)))
+        assert [await e.result() for e in executions] == list(range(1000))
+        assert await queue.storage.list_state("slots:") == {}
+    assert 1 <= running[1] <= 10
+
+
+async def test_a_limit_function_that_raises_fails_the_execution_not_the_start(make_queue: Callable[..., Queue]) -> None:
+    """Admission at creation needs the limit's key; when the user's function raises,
+    the execution is still stored and fails with that error as it runs (as a
+    resumed one would), and the other starts of the burst are unaffected."""
+
+    def key(data: int) -> dict[str, Any]:
+        if data == 3:
+            raise ValueError("no key for 3")
+        return {"id": str(data % 2), "limit": 1}
+
+    @create_job(name="keyed", concurrency=key, retry=0)
+    async def keyed(data: int) -> int:
+        return data
+
+    queue = make_queue([keyed], **SLOW_POLL)
+    async with queue:
+        job: Any = queue.jobs.keyed
+        executions = await asyncio.gather(*(job.start(i) for i in range(6)))
+        for i, e in enumerate(executions):
+            if i == 3:
+                with pytest.raises(Exception, match="no key for 3"):
+                    await e.result()
+            else:
+                assert await e.result() == i
