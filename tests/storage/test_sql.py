@@ -607,8 +607,9 @@ async def test_postgres_creates_and_other_commits_share_one_gapless_event_log(
     other commits: both take their seqs from the same counter, so the log stays gapless
     and in order, and each create's events stay consecutive."""
     storage = await postgres_factory()
-    await storage.commit(Batch(executions=[execution("E")]))
-    base = await storage.last_event_seq()  # the seq counter outlives the rows other tests deleted
+    # The seq counter outlives the rows earlier tests deleted: count from this event's.
+    opening = await storage.commit(Batch(executions=[execution("E")], events=[EventRecord("E", "job", "trigger")]))
+    base = opening.events[0].seq
 
     async def create(i: int) -> list[int]:
         batch = Batch(executions=[execution(f"N{i}")], events=[EventRecord(f"N{i}", "job", "trigger"), EventRecord(f"N{i}", "job", "log")])
@@ -621,7 +622,7 @@ async def test_postgres_creates_and_other_commits_share_one_gapless_event_log(
 
     seqs = await asyncio.gather(*(f(i) for i in range(20) for f in (create, other)))
     stored = await storage.read_events()
-    assert [e.seq for e in stored] == list(range(base + 1, base + 81))
+    assert [e.seq for e in stored] == list(range(base, base + 81))
     assert sorted(s for pair in seqs for s in pair) == list(range(base + 1, base + 81))
     by_seq = {e.seq: e for e in stored}
     for i, (first, second) in enumerate(seqs[0::2]):
@@ -631,4 +632,4 @@ async def test_postgres_creates_and_other_commits_share_one_gapless_event_log(
         await storage.commit(Batch(executions=[execution("N3")], events=[EventRecord("N3", "job", "trigger")]))
     with pytest.raises(ValueError, match="twice"):
         await storage.commit(Batch(executions=[execution("Z"), execution("Z")]))
-    assert await storage.last_event_seq() == 80 and await storage.get_execution("Z") is None
+    assert await storage.last_event_seq() == base + 80 and await storage.get_execution("Z") is None
