@@ -33,11 +33,13 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# One short round of dq against its peers (pgqueuer, DBOS: the `bench` extra, not
+# pinned by constraints.txt), same run, printing the dq/peer ratios; PostgreSQL and
+# Redis must be up. About 2-3 minutes; the full run is tests/bench/run_peers.py.
 bench: $(STAMP)
-	$(BIN)/dq-ui bench --storage memory:// --jobs 10000 --steps 1
-	$(BIN)/dq-ui bench --storage memory:// --jobs 3000 --steps 10
-	$(BIN)/dq-ui bench --storage sqlite:/// --jobs 5000 --steps 1
-	$(BIN)/dq-ui bench --storage sqlite:/// --jobs 1000 --steps 10
+	$(BIN)/python -c "import pgqueuer, dbos" 2>/dev/null || PIP_CONSTRAINT= $(BIN)/pip install -q pgqueuer dbos
+	$(BIN)/python tests/bench/run_peers.py --runs 1 --dq-gc tuned --jobs 3000 --step-jobs 500 \
+		--pgq-jobs 3000 --start-jobs 200 --dbos-workflows 30
 
 lock:
 	./scripts/lock.sh

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .storage.base import Batch, CommitResult, EventRecord, Storage
 
 log = logging.getLogger("dq.commit")
+_Item = tuple[Batch, "asyncio.Future[CommitResult] | None"]
 
 
 class Committer:
@@ -22,18 +23,20 @@ class Committer:
         # Adapters that write nothing to disk commit synchronously: no batching needed.
         self._now: Callable[[Batch], CommitResult] | None = storage.commit_now if storage.synchronous_commit else None
         self._on_events = on_events
-        self._queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._main = _Lane(self._commit_group, "dq-committer")
+        # New executions and their events only: on a storage that allows it, they
+        # commit beside the main lane instead of waiting behind its transaction,
+        # and concurrent start() calls share one commit.
+        self._inserts = _Lane(self._commit_group, "dq-committer-inserts") if storage.concurrent_inserts else None
         # Synchronous adapters: fire-and-forget batches wait here for the next
         # commit (or the end of this loop iteration) and share its call.
         self._sends: list[Batch] = []
         self._sends_scheduled = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dq-committer")
+        self._main.start()
+        if self._inserts is not None:
+            self._inserts.start()
 
     async def commit(self, batch: Batch) -> CommitResult:
         """Write `batch` (in a shared transaction); returns once it is committed."""
@@ -49,8 +52,8 @@ class Committer:
             result.applied = result.applied[len(result.applied) - n :] if n else []
             return result
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, fut))
-        self._kick()
+        lane = self._inserts if self._inserts is not None and batch.creates_only() else self._main
+        lane.put(batch, fut)
         return await fut
 
     def send(self, batch: Batch) -> None:
@@ -62,8 +65,7 @@ class Committer:
                 self._sends_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_sends)
             return
-        self._queue.append((batch, None))
-        self._kick()
+        self._main.put(batch, None)
 
     def _flush_sends(self) -> None:
         self._sends_scheduled = False
@@ -81,33 +83,17 @@ class Committer:
             self._on_events(result.events)
         return result
 
-    def _kick(self) -> None:
-        self._idle.clear()
-        self._wake.set()
-
     async def flush(self) -> None:
         self._flush_sends()
-        while self._queue or not self._idle.is_set():
-            self._kick()
-            await self._idle.wait()
+        await self._main.flush()
+        if self._inserts is not None:
+            await self._inserts.flush()
 
     async def aclose(self) -> None:
         await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                items, self._queue = _take_group(self._queue)
-                await self._commit_group(items)
-            self._idle.set()
+        await self._main.aclose()
+        if self._inserts is not None:
+            await self._inserts.aclose()
 
     async def _commit_group(
         self, items: list[tuple[Batch, asyncio.Future[CommitResult] | None]]
@@ -144,6 +130,53 @@ class Committer:
             offset += n
         if result.events:
             self._on_events(result.events)
+
+
+
+class _Lane:
+    """A queue of batches and the one task that commits them, a group at a time."""
+
+    def __init__(self, commit_group: Callable[[list[_Item]], Awaitable[None]], name: str) -> None:
+        self._commit_group = commit_group
+        self._name = name
+        self._queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    def put(self, batch: Batch, fut: asyncio.Future[CommitResult] | None) -> None:
+        self._queue.append((batch, fut))
+        self._kick()
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        while self._queue or not self._idle.is_set():
+            self._kick()
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                items, self._queue = _take_group(self._queue)
+                await self._commit_group(items)
+            self._idle.set()
 
 
 def _take_group(

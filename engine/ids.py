@@ -13,6 +13,9 @@ import time
 from . import clock
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two characters per 10 bits: 13 lookups per id instead of 26 shifts and appends.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = range(120, -1, -10)
 _last = [0, 0]  # ms, random part of the previous id
 # Seeded from the OS so that processes never share a sequence (ids are not secrets).
 _random = random.Random(int.from_bytes(os.urandom(16), "big"))
@@ -26,11 +29,7 @@ def new_id() -> str:
         rand = _random.getrandbits(79)  # 80 bits, with room to increment
     _last[0], _last[1] = ms, rand
     value = ms << 80 | rand
-    out = []
-    for _ in range(26):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def now_ms() -> int:

@@ -97,6 +97,8 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
 def _finite(stored: Any, what: str) -> Any:
     # NaN and Infinity are not JSON: PostgreSQL's jsonb (the input index, the
     # input filter) refuses them, so they are refused here, before anything is stored.
+    if stored is None or type(stored) in (int, str, bool):  # the common case, no encoding
+        return stored
     try:
         json.dumps(stored, allow_nan=False)
     except ValueError:

@@ -160,6 +160,20 @@ class Batch:
             or self.messages or self.state
         )  # fmt: skip
 
+    def creates_only(self) -> bool:
+        """New executions and events of those executions, nothing else: nothing
+        another batch writes or locks (see `Storage.concurrent_inserts`)."""
+        if not self.executions or self.updates or self.steps or self.messages:
+            return False
+        if self.state or self.fences or self.expect:
+            return False
+        if len(self.events) == len(self.executions):  # the usual shape: one trigger each
+            pairs = zip(self.events, self.executions, strict=True)
+            if all(ev.execution_id == rec.id for ev, rec in pairs):
+                return True
+        new = {rec.id for rec in self.executions}
+        return all(ev.execution_id in new for ev in self.events)
+
 
 @dataclass(slots=True)
 class CommitResult:
@@ -261,6 +275,10 @@ class Storage(abc.ABC):
     #: goes to disk or over a network), so the runtime calls it directly, without
     #: group commit.
     synchronous_commit: bool = False
+    #: True when a batch of new executions and their events only (see
+    #: `Committer`) may commit concurrently with other commits: it locks nothing
+    #: another batch holds, so it need not wait behind them in the group commit.
+    concurrent_inserts: bool = False
     #: False for a client of storage another process owns (a worker's RemoteStorage):
     #: that process runs retention and expiry sweeps, this one does not.
     housekeeping: bool = True

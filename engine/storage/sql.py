@@ -123,9 +123,12 @@ class CommitIO(Protocol):
 class _Compiled:
     """Statements compiled once for a dialect: SQL text and parameter order.
 
-    With `unnest` (PostgreSQL), an INSERT of many rows becomes one statement over
-    column arrays, `INSERT ... SELECT * FROM unnest($1::text[], ...)`: the server
-    plans and runs it once instead of once per row.
+    With `unnest` (PostgreSQL), a statement over many rows becomes one statement
+    over a single parameter, the rows as one JSON array of arrays:
+    `INSERT ... SELECT (r->>0), (r->>1)::bigint, ... FROM jsonb_array_elements($1)`.
+    The server plans and runs it once instead of once per row, and the rows are
+    encoded by the C JSON encoder in one call (asyncpg's array encoding checks
+    every element against collections.abc, the largest cost of a commit in Python).
     """
 
     def __init__(self, dialect: Dialect, *, unnest: bool = False) -> None:
@@ -144,34 +147,33 @@ class _Compiled:
         return sql, names, True
 
     @staticmethod
-    def _array_type(table: Table, column: str) -> str:
-        return "bigint" if table.c[column].type.python_type is int else "text"
+    def _field(table: Table, column: str, i: int) -> str:
+        """Element `i` of a row `r` of the JSON parameter, as the column's type."""
+        return f"(r->>{i})::bigint" if table.c[column].type.python_type is int else f"(r->>{i})"
 
     def _unnest_insert(self, stmt: Insert, sql: str, names: tuple[str, ...]) -> str:
         table = stmt.table
         assert isinstance(table, Table)
         quote = self._dialect.identifier_preparer.quote
-        arrays = ", ".join(
-            f"${i}::{self._array_type(table, n)}[]" for i, n in enumerate(names, start=1)
-        )
+        fields = ", ".join(self._field(table, n, i) for i, n in enumerate(names))
         cols = ", ".join(quote(n) for n in names)
         tail = sql[sql.index(" ON CONFLICT") :] if " ON CONFLICT" in sql else ""
-        return f"INSERT INTO {quote(table.name)} ({cols}) SELECT * FROM unnest({arrays}){tail}"
+        return f"INSERT INTO {quote(table.name)} ({cols}) SELECT {fields} FROM jsonb_array_elements($1::jsonb) AS j(r){tail}"
 
     def _unnest_update(self, stmt: Update, names: tuple[str, ...]) -> str:
-        """An `_update_by_id` statement over column arrays: one UPDATE for all rows.
-        The rows are already locked (commit's first SELECT), so the join's order
-        takes no lock in a different order."""
+        """An `_update_by_id` statement over all rows at once. The rows are already
+        locked (commit's first SELECT), so the join's order takes no lock in a
+        different order."""
         table = stmt.table
         assert isinstance(table, Table)
         quote = self._dialect.identifier_preparer.quote
         fields = [n[2:] for n in names[:-1]]  # v_<column>
-        arrays = [f"${i}::{self._array_type(table, f)}[]" for i, f in enumerate(fields, start=1)]
-        arrays.append(f"${len(names)}::text[]")
+        cols = [f"{self._field(table, f, i)} AS {quote(n)}" for i, (f, n) in enumerate(zip(fields, names[:-1], strict=True))]
+        cols.append(f"(r->>{len(fields)}) AS pk_")
         sets = ", ".join(f"{quote(f)} = u.{quote(n)}" for f, n in zip(fields, names[:-1], strict=True))
         return (
             f"UPDATE {quote(table.name)} AS t SET {sets}"
-            f" FROM unnest({', '.join(arrays)}) AS u({', '.join(quote(n) for n in names)})"
+            f" FROM (SELECT {', '.join(cols)} FROM jsonb_array_elements($1::jsonb) AS j(r)) AS u"
             " WHERE t.id = u.pk_"
         )
 
@@ -204,9 +206,7 @@ class _Compiled:
 
     @staticmethod
     def _write(sql: str, many: bool, rows: list[tuple[Any, ...]]) -> Write:
-        return (
-            (sql, rows, True) if many else (sql, tuple(map(list, zip(*rows, strict=True))), False)
-        )
+        return (sql, rows, True) if many else (sql, (dumps(rows),), False)
 
 
 @dataclass(slots=True)
@@ -240,7 +240,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _runs_to_end(
+def runs_to_end(
     method: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _T]],
 ) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _T]]:
     """Run a write to its end (COMMIT or ROLLBACK) even when its caller is cancelled
@@ -414,10 +414,13 @@ class SqlStorage(Storage):
         `state_keys` (those the batch expects or writes) kept from other writers;
         and the last event/message seqs if they came along."""
 
-    async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
-        """The last event and message seqs before this commit's, reserving
-        `events` and `messages` numbers after them. Needed by dialects whose
-        `_read_touched` does not return the last seqs."""
+    async def _append_log(
+        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
+    ) -> tuple[int, int]:
+        """Insert the commit's events and pipe messages (their values without seq) with
+        the next seqs, and send the wake-up if `notify`; returns the last event and
+        message seqs before them. Needed by dialects whose `_read_touched` does not
+        return the last seqs."""
         raise NotImplementedError
 
     #: Whether commit reads the batch's new execution ids (to refuse existing ones with a
@@ -435,11 +438,15 @@ class SqlStorage(Storage):
     def _insert(self) -> Any:
         """The dialect's INSERT construct (it has `on_conflict_do_update`)."""
 
+    #: The errors a commit's statements raise (the driver's own where commit bypasses
+    #: SQLAlchemy): `_is_retryable` and `_is_duplicate_execution` classify them.
+    _statement_errors: tuple[type[Exception], ...] = (DBAPIError,)
+
     @abc.abstractmethod
-    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
+    def _is_duplicate_execution(self, exc: Exception) -> bool:
         """A unique violation of the executions' primary key (a concurrent insert)."""
 
-    def _is_retryable(self, exc: DBAPIError) -> bool:
+    def _is_retryable(self, exc: Exception) -> bool:
         return False
 
     async def _before_migrations(self) -> None:
@@ -501,7 +508,7 @@ class SqlStorage(Storage):
 
     # --- commit (the hot path) --------------------------------------------
 
-    @_runs_to_end
+    @runs_to_end
     async def commit(self, batch: Batch) -> CommitResult:
         if not batch and not batch.fences and not batch.expect:
             return CommitResult()
@@ -510,15 +517,16 @@ class SqlStorage(Storage):
             try:
                 async with self._commit_txn() as io:
                     return await self._commit(io, batch, prepared)
-            except DBAPIError as exc:
+            except self._statement_errors as exc:
+                orig = getattr(exc, "orig", exc)
                 if self._is_retryable(exc) and attempt < _COMMIT_ATTEMPTS:
-                    log.info("%s storage: commit retried after %s", self.kind, exc.orig)
+                    log.info("%s storage: commit retried after %s", self.kind, orig)
                     continue
                 if self._is_duplicate_execution(exc):
                     details = [getattr(e, "detail", None) for e in exception_chain(exc)]
                     detail = next((d for d in details if d), "")  # PostgreSQL: Key (id)=(...)
                     raise ValueError(
-                        f"an execution of the batch already exists: {exc.orig} {detail}".rstrip()
+                        f"an execution of the batch already exists: {orig} {detail}".rstrip()
                     ) from exc
                 raise
         raise AssertionError("unreachable")
@@ -603,15 +611,26 @@ class SqlStorage(Storage):
         if refused:
             events = [(ev, values) for ev, values in events if ev.execution_id not in refused]
         messages = prepared.messages
-        if events or messages:
-            if last_seqs is None:  # taken last: see PostgresStorage._RESERVE
-                await io.run(writes)
-                writes = []
-                last_seqs = await self._reserve_seqs(io, len(events), len(messages))
+        # A slot handed to a step waiting in another process: wake that process.
+        notify = notify or any(k.startswith("slots:") for k in batch.state)
+        if (events or messages) and last_seqs is None:
+            # The dialect numbers and inserts them in the commit's last statement (the
+            # seq counter's lock is taken last: see PostgresStorage._LOCK_STATE's comment).
+            await io.run(writes)
+            writes = []
+            last_seqs = await self._append_log(io, [v for _, v in events], messages, notify)
+            notify = False
+            for seq, (ev, _values) in enumerate(events, start=last_seqs[0] + 1):
+                ev.seq = seq  # the batch's records are handed over (Storage.commit)
+                result.events.append(ev)
+            for seq, msg in enumerate(batch.messages, start=last_seqs[1] + 1):
+                msg.seq = seq
+        elif events or messages:
+            assert last_seqs is not None
             if events:
                 event_rows = []
                 for seq, (ev, values) in enumerate(events, start=last_seqs[0] + 1):
-                    ev.seq = seq  # the batch's records are handed over (Storage.commit)
+                    ev.seq = seq
                     result.events.append(ev)
                     event_rows.append((seq, *values))
                 stmt = EVENTS.insert
@@ -627,8 +646,6 @@ class SqlStorage(Storage):
                 writes.append(
                     sql.write_tuples("insert_messages", stmt, MESSAGE_COLUMNS, message_rows)
                 )
-        # A slot handed to a step waiting in another process: wake that process.
-        notify = notify or any(k.startswith("slots:") for k in batch.state)
         if notify and self._notify_sql is not None:
             writes.append((*self._notify_sql, False))
         await io.run(writes)
@@ -666,7 +683,7 @@ class SqlStorage(Storage):
             conds.append(_E.c.job_name.not_in(list(exclude_jobs)))
         return conds
 
-    @_runs_to_end
+    @runs_to_end
     async def claim(
         self,
         worker_id: str,
@@ -705,7 +722,7 @@ class SqlStorage(Storage):
         recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         return recs
 
-    @_runs_to_end
+    @runs_to_end
     async def renew(
         self, worker_id: str, ids: Sequence[str], lease_ms: int
     ) -> dict[str, str | None]:
@@ -722,7 +739,7 @@ class SqlStorage(Storage):
             )
             return {r[0]: r[1] for r in await conn.execute(stmt)}
 
-    @_runs_to_end
+    @runs_to_end
     async def reclaim(self, dead_workers: Sequence[str] = ()) -> list[str]:
         async with self._write() as conn:
             expired: ColumnElement[bool] = _E.c.lease_until < self._now_sql()
@@ -897,7 +914,7 @@ class SqlStorage(Storage):
 
     # --- workers ----------------------------------------------------------
 
-    @_runs_to_end
+    @runs_to_end
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         async with self._write() as conn:
             stmt = self._insert()(WORKERS).values(
@@ -915,7 +932,7 @@ class SqlStorage(Storage):
             rows = (await conn.execute(select(w.id, w.info, w.last_heartbeat).order_by(w.id))).all()
         return [{"id": r[0], "info": json.loads(r[1]), "last_heartbeat": r[2]} for r in rows]
 
-    @_runs_to_end
+    @runs_to_end
     async def remove_worker(self, worker_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(delete(WORKERS).where(WORKERS.c.id == worker_id))

@@ -31,24 +31,30 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..ids import new_id
-from .base import exception_chain
+from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
-from .sql import CommitIO, SqlStorage, Write, log
+from .sql import CommitIO, SqlStorage, Write, log, runs_to_end
+from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
 from .sql_tables import dumps
 
 
-class _SqlAlchemyIO:
-    """Commit statements through SQLAlchemy's connection (it owns the transaction)."""
+class _AsyncpgIO:
+    """Commit statements on the raw asyncpg connection: no SQLAlchemy parameter
+    processing or cursor adaptation per statement (the commit's hot path)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
     async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        return (await self._conn.exec_driver_sql(sql, params)).all()
+        rows: list[asyncpg.Record] = await self._conn.fetch(sql, *params)
+        return rows
 
     async def run(self, writes: list[Write]) -> None:
-        for sql, params, _many in writes:
-            await self._conn.exec_driver_sql(sql, params)
+        for sql, params, many in writes:
+            if many:
+                await self._conn.executemany(sql, params)
+            else:
+                await self._conn.execute(sql, *params)
 
 
 _NOW_PG = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
@@ -64,6 +70,7 @@ class PostgresStorage(SqlStorage):
 
     kind = "postgres"
     _look_up_new_ids = False
+    concurrent_inserts = True
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)
@@ -78,7 +85,7 @@ class PostgresStorage(SqlStorage):
         "SELECT id, token, status, control FROM executions WHERE id = ANY($1::varchar[])"
         " ORDER BY id FOR UPDATE"
     )
-    # Seqs are handed out by bumping one counter row, whose row lock is held until
+    # Seqs are handed out by bumping one counter row (sql_pg_inserts.LOG), whose row lock is held until
     # COMMIT. That is what keeps tailing readers correct: with a SEQUENCE (or any
     # number taken without waiting) a transaction holding N+1 could commit before
     # the one holding N, and a reader already past N+1 (`read_events(after_seq)`)
@@ -93,10 +100,6 @@ class PostgresStorage(SqlStorage):
         "SELECT count(pg_advisory_xact_lock($1::int, hashtext(k))) FROM unnest($2::text[]) AS k"
     )
     _READ_STATE = "SELECT key, value FROM state WHERE key = ANY($1::varchar[])"
-    _RESERVE = (
-        "UPDATE seq_counters SET events = events + $1, messages = messages + $2"
-        " WHERE id = 1 RETURNING events, messages"
-    )
 
     def __init__(self, dsn: str, *, max_connections: int | None = None, acquire_timeout_s: float | None = None) -> None:
         url = make_url(dsn)
@@ -130,8 +133,33 @@ class PostgresStorage(SqlStorage):
 
     @asynccontextmanager
     async def _commit_txn(self) -> AsyncIterator[CommitIO]:
-        async with self.engine.begin() as conn:
-            yield _SqlAlchemyIO(conn)
+        async with self._raw() as raw, raw.transaction():
+            yield _AsyncpgIO(raw)
+
+    @asynccontextmanager
+    async def _raw(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's asyncpg connection, outside SQLAlchemy's transaction
+        handling (the pool's autocommit engine): the caller runs its own. A connection
+        the driver found broken is invalidated, so that the pool does not hand it out again."""
+        async with self._read() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                yield raw
+            except BaseException:
+                if raw.is_closed():
+                    await conn.invalidate()
+                raise
+
+    async def commit(self, batch: Batch) -> CommitResult:
+        if batch.creates_only():
+            return await self._commit_inserts(batch)
+        return await super().commit(batch)
+
+    @runs_to_end
+    async def _commit_inserts(self, batch: Batch) -> CommitResult:
+        async with self._raw() as raw:  # autocommit: the statement is its own transaction
+            return await commit_inserts(raw, batch, (WAKEUP_CHANNEL, self._instance), CLAIMABLE)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         if self._engine is None or self._read_engine is None:
@@ -191,9 +219,14 @@ class PostgresStorage(SqlStorage):
                 state = {r[0]: json.loads(r[1]) for r in rows}
         return current, state, None
 
-    async def _reserve_seqs(self, io: CommitIO, events: int, messages: int) -> tuple[int, int]:
-        [(last_event, last_message)] = await io.fetch(self._RESERVE, (events, messages))
-        return int(last_event) - events, int(last_message) - messages
+    async def _append_log(
+        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
+    ) -> tuple[int, int]:
+        params: tuple[Any, ...] = (len(events), len(messages), dumps(events), dumps(messages))
+        if notify:
+            params += (WAKEUP_CHANNEL, self._instance)
+        [row] = await io.fetch(LOG_NOTIFY if notify else LOG, params)
+        return int(row[0]) - len(events), int(row[1]) - len(messages)
 
     async def _migration_lock(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
@@ -201,8 +234,11 @@ class PostgresStorage(SqlStorage):
     def _insert(self) -> Any:
         return pg_dialect.insert
 
-    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
-        return getattr(exc.orig, "sqlstate", None) == "23505" and "executions_pkey" in str(exc.orig)
+    _statement_errors = (DBAPIError, asyncpg.PostgresError)
+
+    def _is_duplicate_execution(self, exc: Exception) -> bool:
+        orig = getattr(exc, "orig", exc)
+        return getattr(orig, "sqlstate", None) == "23505" and "executions_pkey" in str(orig)
 
     def is_unavailable(self, exc: BaseException) -> bool:
         # A dropped connection (one SQLAlchemy invalidated, or asyncpg's "connection was
@@ -221,9 +257,9 @@ class PostgresStorage(SqlStorage):
                 return True
         return False
 
-    def _is_retryable(self, exc: DBAPIError) -> bool:
+    def _is_retryable(self, exc: Exception) -> bool:
         # deadlock_detected, serialization_failure: the transaction was rolled back.
-        return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+        return getattr(getattr(exc, "orig", exc), "sqlstate", None) in ("40P01", "40001")
 
     # --- LISTEN/NOTIFY ------------------------------------------------------
 

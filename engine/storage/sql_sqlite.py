@@ -239,5 +239,5 @@ class SqliteStorage(SqlStorage):
     def _insert(self) -> Any:
         return sqlite_dialect.insert
 
-    def _is_duplicate_execution(self, exc: DBAPIError) -> bool:
-        return "UNIQUE constraint failed: executions.id" in str(exc.orig)
+    def _is_duplicate_execution(self, exc: Exception) -> bool:
+        return "UNIQUE constraint failed: executions.id" in str(getattr(exc, "orig", exc))

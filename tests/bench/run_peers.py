@@ -184,12 +184,12 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
     systems = set(a.systems.split(","))
     dq_conc = ["--concurrency", str(a.dq_concurrency)] if a.dq_concurrency else []
 
-    def dq_argv(jobs: int, steps: int, gc: str) -> Callable[[dict[str, str]], list[str]]:
+    def dq_argv(jobs: int, steps: int, gc: str, *mode: str) -> Callable[[dict[str, str]], list[str]]:
         def argv(store: dict[str, str]) -> list[str]:
             extra = ["--redis-prefix", store["prefix"]] if "prefix" in store else []
             return [
                 py, os.path.join(HERE, "peers_dq.py"), "--storage", store["url"], *extra,
-                "--jobs", str(jobs), "--steps", str(steps), "--gc", gc, *dq_conc,
+                "--jobs", str(jobs), "--steps", str(steps), "--gc", gc, *dq_conc, *mode,
             ]  # fmt: skip
 
         return argv
@@ -208,23 +208,65 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
                     a.step_jobs * a.steps, dq_argv(a.step_jobs, a.steps, gc), s,
                 )
             )  # fmt: skip
+        # The producer side, as applications start work (one start() per request):
+        # one call after the other, and many at once (gather), on PostgreSQL.
+        if "postgresql" in storages and a.start_jobs and gc == "tuned":
+            n = a.start_jobs
+            cases.append(Case(
+                system, "postgresql", "starts/s", f"{n} start() one at a time", n,
+                dq_argv(n, 1, gc, "--start", "sequential", "--clock", "starts"), "postgresql",
+            ))  # fmt: skip
+            cases.append(Case(
+                system, "postgresql", "gather/s", f"{a.jobs} start() at once, to the end", a.jobs,
+                dq_argv(a.jobs, 1, gc, "--start", "gather"), "postgresql",
+            ))  # fmt: skip
 
     if "pgqueuer" in systems and "postgresql" in storages:
+        batches = [int(x) for x in str(a.pgq_batch).split(",") if x]
         for c in (int(x) for x in a.pgq_concurrency.split(",") if x):
+            for b in batches:
 
-            def pgq_argv(store: dict[str, str], c: int = c) -> list[str]:
+                def pgq_argv(store: dict[str, str], c: int = c, b: int = b) -> list[str]:
+                    return [
+                        py, os.path.join(HERE, "peers_pgqueuer.py"), "--dsn", store["url"],
+                        "--jobs", str(a.pgq_jobs), "--concurrency", str(c), "--batch", str(b),
+                    ]  # fmt: skip
+
+                cases.append(
+                    Case(
+                        "pgqueuer", "postgresql", "jobs/s",
+                        f"{a.pgq_jobs} no-op jobs, c={c} (batch {b})",
+                        a.pgq_jobs, pgq_argv, "postgresql", ("dq", "postgresql", "jobs/s"),
+                    )
+                )  # fmt: skip
+    if "pgqueuer" in systems and "memory" in storages:
+        for b in [int(x) for x in str(a.pgq_batch).split(",") if x]:
+
+            def pgq_memory(store: dict[str, str], b: int = b) -> list[str]:
                 return [
-                    py, os.path.join(HERE, "peers_pgqueuer.py"), "--dsn", store["url"],
-                    "--jobs", str(a.pgq_jobs), "--concurrency", str(c), "--batch", str(a.pgq_batch),
+                    py, os.path.join(HERE, "peers_pgqueuer.py"), "--in-memory",
+                    "--jobs", str(a.pgq_jobs), "--concurrency", "1", "--batch", str(b),
                 ]  # fmt: skip
 
-            cases.append(
-                Case(
-                    "pgqueuer", "postgresql", "jobs/s",
-                    f"{a.pgq_jobs} no-op jobs, c={c} (batch {a.pgq_batch})",
-                    a.pgq_jobs, pgq_argv, "postgresql", ("dq", "postgresql", "jobs/s"),
-                )
-            )  # fmt: skip
+            cases.append(Case(
+                "pgqueuer", "memory", "jobs/s", f"{a.pgq_jobs} no-op jobs, in-memory (batch {b})", a.pgq_jobs,
+                pgq_memory, "memory", ("dq", "memory", "jobs/s"),
+            ))  # fmt: skip
+
+    if "pgqueuer" in systems and "postgresql" in storages:
+        batches = [int(x) for x in str(a.pgq_batch).split(",") if x]
+        if a.start_jobs:
+
+            def pgq_single(store: dict[str, str]) -> list[str]:
+                return [
+                    py, os.path.join(HERE, "peers_pgqueuer.py"), "--dsn", store["url"], "--single",
+                    "--jobs", str(a.start_jobs), "--concurrency", "10", "--batch", str(batches[0]),
+                ]  # fmt: skip
+
+            cases.append(Case(
+                "pgqueuer", "postgresql", "starts/s", f"{a.start_jobs} single enqueues, c=10", a.start_jobs,
+                pgq_single, "postgresql", ("dq", "postgresql", "starts/s"),
+            ))  # fmt: skip
 
     if "dbos" in systems:
         for s in ("postgresql", "sqlite"):
@@ -325,6 +367,17 @@ def print_table(table: list[dict[str, Any]]) -> None:
         print(
             f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {ratio:>16}  {target:>13}  {samples}"
         )
+    # Concurrent single start() calls against start_many (issue 17: within 50%).
+    by = {(r["system"], r["storage"], r["metric"]): r["median"] for r in table}
+    gather, bulk = by.get(("dq", "postgresql", "gather/s")), by.get(("dq", "postgresql", "jobs/s"))
+    if gather and bulk:
+        print(f"dq PostgreSQL: start() calls at once / start_many = {gather / bulk:.2f}x")
+    peers = [r for r in table if r["system"] == "pgqueuer" and r["metric"] == "jobs/s" and r["median"]]
+    for storage in ("postgresql", "memory"):
+        best = max((r for r in peers if r["storage"] == storage), key=lambda r: r["median"], default=None)
+        dq = by.get(("dq", storage, "jobs/s"))
+        if best is not None and dq:
+            print(f"dq {storage} jobs/s / pgqueuer's best ({best['workload']}) = {dq / best['median']:.2f}x")
 
 
 def versions(a: argparse.Namespace) -> dict[str, Any]:
@@ -390,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--pgq-concurrency", default="10,50", help="pgqueuer queue managers, comma-separated"
     )
-    p.add_argument("--pgq-batch", type=int, default=10, help="pgqueuer dequeue batch size")
+    p.add_argument("--pgq-batch", default="10,50", help="pgqueuer dequeue batch sizes, comma-separated (one row each)")
+    p.add_argument("--start-jobs", type=int, default=300,
+                   help="jobs of the producer rows (start() one at a time; 0: no such rows)")
     p.add_argument("--dbos-workflows", type=int, default=100, help="DBOS workflows per run")
     p.add_argument(
         "--dbos-mode",

@@ -368,7 +368,8 @@ async def test_a_failing_commit_applies_nothing_and_the_storage_goes_on(
 ) -> None:
     storage = await sql_factory()
     bad = StepRecord("A", None, "s", "run", "completed")  # type: ignore[arg-type]
-    with pytest.raises(IntegrityError):
+    # PostgreSQL commits on the raw asyncpg connection: the driver's own error class.
+    with pytest.raises((IntegrityError, asyncpg.IntegrityConstraintViolationError)):
         await storage.commit(
             Batch(
                 executions=[execution("A")],
@@ -575,3 +576,52 @@ async def test_postgres_listener_reconnects(
     assert await wakeups.next() == 2  # reconnected: woken in case something was missed
     await writer.commit(Batch(executions=[execution("A")]))
     assert await wakeups.next() == 3
+
+
+def test_creates_only_is_new_executions_and_their_events() -> None:
+    a, b = execution("A"), execution("B")
+    assert Batch(executions=[a], events=[EventRecord("A", "job", "trigger")]).creates_only()
+    assert Batch(executions=[a, b], events=[EventRecord("B", "job", "log")]).creates_only()
+    assert Batch(executions=[a]).creates_only()
+    assert not Batch(events=[EventRecord("A", "job", "log")]).creates_only()  # nothing new
+    assert not Batch(executions=[a], events=[EventRecord("X", "job", "log")]).creates_only()
+    assert not Batch(executions=[a], events=[EventRecord(None, None, "log")]).creates_only()
+    assert not Batch(executions=[a], fences={"A": 0}).creates_only()
+    assert not Batch(executions=[a], state={"k": 1}).creates_only()
+    assert not Batch(executions=[a], expect={"k": None}).creates_only()
+    assert not Batch(executions=[a], steps=[StepRecord("A", "s", "s", "run", "completed")]).creates_only()
+    assert not Batch(executions=[a], updates=[ExecutionUpdate("A", {"status": "running"})]).creates_only()
+    assert not Batch(executions=[a], messages=[PipeMessage("p", 1)]).creates_only()
+
+
+async def test_postgres_creates_and_other_commits_share_one_gapless_event_log(
+    postgres_factory: StorageFactory,
+) -> None:
+    """New executions commit in their own statement (sql_pg_inserts), concurrently with
+    other commits: both take their seqs from the same counter, so the log stays gapless
+    and in order, and each create's events stay consecutive."""
+    storage = await postgres_factory()
+    await storage.commit(Batch(executions=[execution("E")]))
+
+    async def create(i: int) -> list[int]:
+        batch = Batch(executions=[execution(f"N{i}")], events=[EventRecord(f"N{i}", "job", "trigger"), EventRecord(f"N{i}", "job", "log")])
+        assert batch.creates_only()
+        return [e.seq for e in (await storage.commit(batch)).events]
+
+    async def other(i: int) -> list[int]:
+        batch = Batch(events=[EventRecord("E", "job", "log"), EventRecord("E", "job", "log")], state={f"k{i}": i})
+        return [e.seq for e in (await storage.commit(batch)).events]
+
+    seqs = await asyncio.gather(*(f(i) for i in range(20) for f in (create, other)))
+    stored = await storage.read_events()
+    assert [e.seq for e in stored] == list(range(1, 81))
+    assert sorted(s for pair in seqs for s in pair) == list(range(1, 81))
+    by_seq = {e.seq: e for e in stored}
+    for i, (first, second) in enumerate(seqs[0::2]):
+        assert second == first + 1
+        assert (by_seq[first].execution_id, by_seq[first].type) == (f"N{i}", "trigger")
+    with pytest.raises(ValueError, match="already exists"):
+        await storage.commit(Batch(executions=[execution("N3")], events=[EventRecord("N3", "job", "trigger")]))
+    with pytest.raises(ValueError, match="twice"):
+        await storage.commit(Batch(executions=[execution("Z"), execution("Z")]))
+    assert await storage.last_event_seq() == 80 and await storage.get_execution("Z") is None

@@ -1,0 +1,154 @@
+"""What the dashboard costs the engine: the same 1-step jobs with and without a
+dashboard serving 20 live (SSE) clients in the same process (issue 17: the engine
+keeps at least 90% of its throughput).
+
+Each run opens a fresh PostgreSQL database (or the storage given), starts the
+queue and, in the "dashboard" runs, the app of `dq-ui serve` under uvicorn on
+loopback with `--clients` SSE streams read by a separate process (by default half
+the overview page, half the executions list: what open browser tabs follow). The
+clock covers `start_many` until every execution has settled, as `dq-ui bench`.
+Runs alternate between the two modes; the medians and their ratio are printed.
+
+    .venv/bin/python tests/bench/dashboard_cost.py --runs 3 --jobs 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import uvicorn
+
+from dq import create_queue, storage_from_url
+from dq.app import create_app
+from dq.app.bench import Workload, _make_job
+from dq.app.gc_tuning import tune_gc
+from dq.web.dashboard import STATE_KEY
+from dq.web.settings import Settings
+
+CLIENT = """
+import asyncio, sys, httpx
+async def one(client, url):
+    async with client.stream("GET", url) as r:
+        async for _ in r.aiter_bytes():
+            pass
+async def main(base, n, pages):
+    async with httpx.AsyncClient(timeout=None) as client:
+        await asyncio.gather(*(one(client, f"{base}/live?page={pages[i % len(pages)]}&after=0") for i in range(n)))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _database(admin_dsn: str, n: int) -> tuple[str, str]:
+    name = f"dq_dash_{os.getpid()}_{n}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(admin_dsn)
+    return name, urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+async def _drop(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def one_run(url: str, jobs: int, clients: int, pages: str) -> float:
+    w = Workload(jobs, 1)
+    queue = create_queue(jobs=[_make_job(w)], storage=storage_from_url(url))
+    async with queue:
+        runtime = await queue.started()
+        server: uvicorn.Server | None = None
+        serving: asyncio.Task[None] | None = None
+        readers: subprocess.Popen[bytes] | None = None
+        try:
+            if clients:
+                app = create_app(queue, settings=Settings(bound_host="127.0.0.1"), manage_queue=False, label="bench")
+                port = _free_port()
+                server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+                serving = asyncio.create_task(server.serve())
+                while not server.started:
+                    await asyncio.sleep(0.02)
+                readers = subprocess.Popen([sys.executable, "-c", CLIENT, f"http://127.0.0.1:{port}", str(clients), pages])
+                hub = app.state[STATE_KEY].hub
+                deadline = time.monotonic() + 30
+                while len(hub.clients) < clients:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"only {len(hub.clients)} of {clients} SSE clients connected")
+                    await asyncio.sleep(0.05)
+            job: Any = queue.jobs.bench
+            t0 = time.perf_counter()
+            executions = await job.start_many(range(jobs))
+            await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+            return time.perf_counter() - t0
+        finally:
+            if readers is not None:
+                readers.kill()
+                readers.wait()
+            if server is not None and serving is not None:
+                server.should_exit = True
+                await serving
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pg-dsn", default=os.environ.get("DQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+                   help="admin DSN: each run creates (and drops) its own database")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--pages", default="overview,executions",
+                   help="the pages the clients follow, comma-separated, assigned in turn")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    tune_gc("tuned")
+    rates: dict[str, list[float]] = {"engine alone": [], f"dashboard + {a.clients} SSE clients": []}
+    n = 0
+    for r in range(a.runs):
+        modes = list(rates) if r % 2 == 0 else list(rates)[::-1]
+        for mode in modes:
+            n += 1
+            name, url = asyncio.run(_database(a.pg_dsn, n))
+            try:
+                clients = a.clients if mode != "engine alone" else 0
+                elapsed = asyncio.run(one_run(url, a.jobs, clients, a.pages))
+            finally:
+                asyncio.run(_drop(a.pg_dsn, name))
+            rates[mode].append(a.jobs / elapsed)
+            print(f"  {mode:<28} {a.jobs / elapsed:>10,.0f} jobs/s", file=sys.stderr)
+    medians = {mode: statistics.median(xs) for mode, xs in rates.items()}
+    alone, with_ui = medians.values()
+    result = {"jobs": a.jobs, "clients": a.clients, "runs": a.runs, "medians": medians,
+              "samples": rates, "ratio": with_ui / alone}
+    if a.json:
+        print(json.dumps(result))
+    else:
+        for mode, med in medians.items():
+            print(f"{mode:<30} {med:>10,.0f} jobs/s   ({', '.join(f'{x:,.0f}' for x in rates[mode])})")
+        print(f"with the dashboard / without: {with_ui / alone:.2f}x (issue 17: at least 0.90)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
