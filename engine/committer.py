@@ -193,11 +193,12 @@ def _take_group(
     for i, (batch, _) in enumerate(queue):
         # Conditional batches share the transaction (a conflict: see _commit_group) as
         # long as none touches a state key that another batch of the group touches.
-        keys = set(batch.state) | set(batch.expect)
-        if keys & (touched if batch.expect else expected):
-            return queue[:i], queue[i:]
-        touched |= keys
-        expected |= set(batch.expect)
+        if batch.state or batch.expect:  # most batches have neither: no sets built
+            keys = set(batch.state) | set(batch.expect)
+            if keys & (touched if batch.expect else expected):
+                return queue[:i], queue[i:]
+            touched |= keys
+            expected |= set(batch.expect)
         for eid, token in batch.fences.items():
             if fences.setdefault(eid, token) != token:
                 return queue[:i], queue[i:]
@@ -206,15 +207,24 @@ def _take_group(
 
 def _merge(batches: list[Batch]) -> Batch:
     out = Batch()
+    # Empty parts skipped: a step's batch has only a step, an event and a fence.
     for b in batches:
-        out.expect.update(b.expect)
-        out.executions.extend(b.executions)
-        out.updates.extend(b.updates)
-        out.steps.extend(b.steps)
-        out.events.extend(b.events)
-        out.messages.extend(b.messages)
-        out.state.update(b.state)
-        out.fences.update(b.fences)
+        if b.executions:
+            out.executions.extend(b.executions)
+        if b.updates:
+            out.updates.extend(b.updates)
+        if b.steps:
+            out.steps.extend(b.steps)
+        if b.events:
+            out.events.extend(b.events)
+        if b.fences:
+            out.fences.update(b.fences)
+        if b.messages:
+            out.messages.extend(b.messages)
+        if b.state:
+            out.state.update(b.state)
+        if b.expect:
+            out.expect.update(b.expect)
     return out
 
 

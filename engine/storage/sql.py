@@ -275,8 +275,8 @@ class _Row:
 
 
 def _update_fields(upd_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(fields) - _UPDATABLE
-    if unknown:
+    if not _UPDATABLE.issuperset(fields):  # no set built on the usual path
+        unknown = set(fields) - _UPDATABLE
         raise ValueError(f"update of execution {upd_id!r} sets unknown fields {sorted(unknown)}")
     return {k: dumps_opt(v) if k in JSON_EXECUTION_FIELDS else v for k, v in fields.items()}
 
