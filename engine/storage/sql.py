@@ -224,10 +224,12 @@ class _Prepared:
     @classmethod
     def of(cls, batch: Batch) -> _Prepared:
         state = sorted(batch.state.items())
+        # A fast step's start and end records usually share a group: only the last is encoded.
+        last_steps = {(s.execution_id, s.key): s for s in batch.steps}
         return cls(
             new_rows=[execution_row(rec) for rec in batch.executions],
             updates=[(u, _update_fields(u.id, u.fields)) for u in batch.updates],
-            steps={(s.execution_id, s.key): step_values(s) for s in batch.steps},
+            steps={k: step_values(s) for k, s in last_steps.items()},
             events=[(ev, event_values(ev)) for ev in batch.events],
             messages=[message_values(msg) for msg in batch.messages],
             state_set=[(k, dumps(v)) for k, v in state if v is not None],
