@@ -8,7 +8,7 @@ import asyncio
 import builtins
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from . import context
 from .errors import CancelledError, Interrupt, NonDeterminismError, TimeoutError, error_to_dict
@@ -82,7 +82,8 @@ def invoke(job: Job, args: tuple[Any, ...]) -> Awaitable[Any]:
     """The handler's awaitable: an async handler's own coroutine (no frame of ours in
     between, on every execution), a sync one's run in the default thread pool."""
     if job.is_async:
-        return cast(Awaitable[Any], job.handler(*args))
+        coro: Awaitable[Any] = job.handler(*args)
+        return coro
     return asyncio.to_thread(job.handler, *args)
 
 async def watchdog(running: Callable[[], Iterable[ExecutionContext]]) -> None:
