@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import context
@@ -78,10 +78,13 @@ async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
         context.reset_execution(etoken)
         context.reset_queue(qtoken)
 
-async def invoke(job: Job, args: tuple[Any, ...]) -> Any:
+def invoke(job: Job, args: tuple[Any, ...]) -> Awaitable[Any]:
+    """The handler's awaitable: an async handler's own coroutine (no frame of ours in
+    between, on every execution), a sync one's run in the default thread pool."""
     if job.is_async:
-        return await job.handler(*args)
-    return await asyncio.to_thread(job.handler, *args)
+        coro: Awaitable[Any] = job.handler(*args)
+        return coro
+    return asyncio.to_thread(job.handler, *args)
 
 async def watchdog(running: Callable[[], Iterable[ExecutionContext]]) -> None:
     """Time out attempts past their (long) deadline."""

@@ -208,13 +208,14 @@ def _take_group(
         # long as none touches a state key that another batch of the group touches,
         # except to expect exactly what an earlier one writes (the admission ledger's
         # next round, decided on the one before): that is implied, it chains on.
-        chained = {k for k, v in batch.expect.items() if k in written and written[k] == v}
-        keys = (set(batch.state) | set(batch.expect)) - chained
-        if keys & (touched if batch.expect else expected):
-            return queue[:i], queue[i:]
-        touched |= keys | chained
-        expected |= set(batch.expect) - chained
-        written.update(batch.state)
+        if batch.state or batch.expect:  # most batches have neither: no sets built
+            chained = {k for k, v in batch.expect.items() if k in written and written[k] == v}
+            keys = (set(batch.state) | set(batch.expect)) - chained
+            if keys & (touched if batch.expect else expected):
+                return queue[:i], queue[i:]
+            touched |= keys | chained
+            expected |= set(batch.expect) - chained
+            written.update(batch.state)
         for eid, token in batch.fences.items():
             if fences.setdefault(eid, token) != token:
                 return queue[:i], queue[i:]
@@ -223,16 +224,25 @@ def _take_group(
 
 def _merge(batches: list[Batch]) -> Batch:
     out = Batch()
+    # Empty parts skipped: a step's batch has only a step, an event and a fence.
     for b in batches:
-        # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
-        out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})
-        out.executions.extend(b.executions)
-        out.updates.extend(b.updates)
-        out.steps.extend(b.steps)
-        out.events.extend(b.events)
-        out.messages.extend(b.messages)
-        out.state.update(b.state)
-        out.fences.update(b.fences)
+        if b.expect:
+            # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
+            out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})
+        if b.executions:
+            out.executions.extend(b.executions)
+        if b.updates:
+            out.updates.extend(b.updates)
+        if b.steps:
+            out.steps.extend(b.steps)
+        if b.events:
+            out.events.extend(b.events)
+        if b.fences:
+            out.fences.update(b.fences)
+        if b.messages:
+            out.messages.extend(b.messages)
+        if b.state:
+            out.state.update(b.state)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import Interrupt, StorageLostError, error_to_dict
 from .event_schema import EventKind
@@ -37,7 +37,11 @@ class Endings(RuntimeState):
         """Commit writes of the execution `ctx` holds; raises Interrupt('lost') if it lost
         it, Interrupt('unavailable') if storage could not be reached."""
         batch.fences[ctx.id] = ctx.record.token
-        result = await self.guard(ctx, self.committer.commit(batch))
+        # `guard`'s handling inlined: one coroutine less on every step's commit.
+        try:
+            result = await self.committer.commit(batch)
+        except Exception as exc:
+            self._storage_failed(ctx, exc)
         if ctx.id in result.refused:
             ctx.control = LOST
             raise LOST.interrupt()
@@ -53,16 +57,20 @@ class Endings(RuntimeState):
         answers again; when storage lost its data the queue stops (`lose_storage`)."""
         try:
             return await call
-        except StorageLostError as exc:
+        except Exception as exc:
+            self._storage_failed(ctx, exc)
+
+    def _storage_failed(self, ctx: ExecutionContext, exc: Exception) -> NoReturn:
+        """`exc` (raised by a storage call for `ctx`) as `guard` maps it; always raises."""
+        if isinstance(exc, StorageLostError):
             self.lose_storage(exc)
             ctx.control = LOST
             raise LOST.interrupt() from exc
-        except Exception as exc:
-            if not self.storage.is_unavailable(exc):
-                raise
-            log.warning("dq: storage unreachable while running execution %s: %s", ctx.id, exc)
-            ctx.control = UNAVAILABLE
-            raise UNAVAILABLE.interrupt() from exc
+        if not self.storage.is_unavailable(exc):
+            raise exc
+        log.warning("dq: storage unreachable while running execution %s: %s", ctx.id, exc)
+        ctx.control = UNAVAILABLE
+        raise UNAVAILABLE.interrupt() from exc
 
     def interrupt(self, ctx: ExecutionContext, control: Control) -> None:
         """Ask a running execution to stop: at once when parked or cancelled, else at its next step."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import fields, is_dataclass
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from .base import DURATIONS_LIMIT, Aggregate, ExecutionQuery, ExecutionRecord, TimeBuckets
@@ -10,9 +12,34 @@ from .base import DURATIONS_LIMIT, Aggregate, ExecutionQuery, ExecutionRecord, T
 R = TypeVar("R")
 
 
+#: Per record class: its fields' values as one tuple, when its __init__ takes them all
+#: positionally, in slot order (no init=False field, no __post_init__); else None.
+_VALUES: dict[type, Callable[[Any], tuple[Any, ...]] | None] = {}
+
+
+def _values_of(cls: type) -> Callable[[Any], tuple[Any, ...]] | None:
+    try:
+        return _VALUES[cls]
+    except KeyError:
+        pass
+    slots = getattr(cls, "__slots__", ())
+    ok = (
+        is_dataclass(cls) and len(slots) > 1 and not hasattr(cls, "__post_init__")
+        and tuple(f.name for f in fields(cls) if f.init) == tuple(slots) == tuple(f.name for f in fields(cls))
+    )  # fmt: skip
+    _VALUES[cls] = getter = attrgetter(*slots) if ok else None
+    return getter
+
+
 def clone(rec: R, **changes: Any) -> R:
-    """A shallow copy of a slots dataclass record; faster than dataclasses.replace."""
+    """A shallow copy of a slots dataclass record; faster than dataclasses.replace.
+    The memory adapter copies every record it stores or returns: its generated
+    __init__ over the values read in one call is ~5x faster than a loop of setattr."""
     cls = type(rec)
+    if not changes:
+        values = _values_of(cls)
+        if values is not None:
+            return cls(*values(rec))
     new = cls.__new__(cls)
     for name in cls.__slots__:  # type: ignore[attr-defined]
         object.__setattr__(

@@ -224,10 +224,12 @@ class _Prepared:
     @classmethod
     def of(cls, batch: Batch) -> _Prepared:
         state = sorted(batch.state.items())
+        # A fast step's start and end records usually share a group: only the last is encoded.
+        last_steps = {(s.execution_id, s.key): s for s in batch.steps}
         return cls(
             new_rows=[execution_row(rec) for rec in batch.executions],
             updates=[(u, _update_fields(u.id, u.fields)) for u in batch.updates],
-            steps={(s.execution_id, s.key): step_values(s) for s in batch.steps},
+            steps={k: step_values(s) for k, s in last_steps.items()},
             events=[(ev, event_values(ev)) for ev in batch.events],
             messages=[message_values(msg) for msg in batch.messages],
             state_set=[(k, dumps(v)) for k, v in state if v is not None],
@@ -275,8 +277,8 @@ class _Row:
 
 
 def _update_fields(upd_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(fields) - _UPDATABLE
-    if unknown:
+    if not _UPDATABLE.issuperset(fields):  # no set built on the usual path
+        unknown = set(fields) - _UPDATABLE
         raise ValueError(f"update of execution {upd_id!r} sets unknown fields {sorted(unknown)}")
     return {k: dumps_opt(v) if k in JSON_EXECUTION_FIELDS else v for k, v in fields.items()}
 
