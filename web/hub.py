@@ -26,16 +26,15 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dq.engine.event_schema import ENDINGS, OUTCOMES, STEP_POSITION, EventKind
 from dq.engine.ids import now_ms
-from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionQuery, ExecutionRecord
-from dq.engine.storage.query import matches
+from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord
 
 from . import live, loaders
 from .filters import Filters
+from .hub_client import Client, Tick, filtered
 from .live import ExecCache, Message
 from .views import children_of, needs_live_step
 
@@ -47,47 +46,6 @@ log = logging.getLogger("dq.web")
 RESYNC = "resync"
 #: The pause after a tick is at least this many times the tick's own duration.
 _PACE = 3.0
-
-
-@dataclass(slots=True)
-class Tick:
-    seq: int
-    messages: list[Message]
-    #: The SSE bytes for each set of topics (and rows), encoded once and shared by every client of it.
-    encoded: dict[object, bytes] = field(default_factory=dict)
-    #: The executions this tick's events touched: a list page resuming across the tick
-    #: gets the rows it shows among them (the tick rendered only the rows shown then).
-    changed: tuple[str, ...] = ()
-
-
-@dataclass(eq=False)
-class Client:
-    topics: frozenset[str]
-    after: int
-    filters: Filters | None = None
-    queue: asyncio.Queue[Tick | str | None] = field(default_factory=asyncio.Queue)
-    new_count: int = 0
-    #: The rows a list page shows: exactly (`shown`, known from a resync), or the id range
-    #: of its rows (`span`, from the page's stream URL); neither: every row.
-    shown: set[str] | None = None
-    span: tuple[str, str] | None = None
-    _query: ExecutionQuery | None = None
-
-    def wants(self, msg: Message) -> bool:
-        return msg.topic in self.topics and not (msg.append and msg.seq <= self.after) and (not msg.key or self.shows(msg.key))
-
-    def shows(self, execution_id: str) -> bool:
-        if self.shown is not None:
-            return execution_id in self.shown
-        if self.span is not None:
-            return self.span[0] <= execution_id <= self.span[1]
-        return True
-
-    @property
-    def query(self) -> ExecutionQuery | None:
-        if self._query is None and self.filters is not None:
-            self._query = self.filters.query()
-        return self._query
 
 
 class Hub:
@@ -107,6 +65,8 @@ class Hub:
         self._closing = False
         self._last_refresh = 0.0
         self._last_scan = 0.0
+        self._last_counts = 0.0
+        self._counts_dirty = False
         #: Rows to send on the next tick although no event touched them (see `connect`).
         self._stale_rows: set[str] = set()
         self._scan_dirty = True
@@ -231,8 +191,11 @@ class Hub:
         # A stop flag as well as cancellation: on Python 3.11, asyncio.wait_for can swallow a
         # cancel that lands as its inner wait completes (cpython gh-86296); asyncio.timeout can't.
         while not self._closing:
+            wait = self.settings.refresh_s
+            if self._counts_dirty and "overview" in self.interest:  # the trailing edge of the overview's counts
+                wait = min(wait, max(0.0, self._last_counts + self.settings.overview_counts_s - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.refresh_s):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             if self._closing:
@@ -267,14 +230,14 @@ class Hub:
         changed = list(dict.fromkeys(e.execution_id for e in events if e.execution_id))
         stale, self._stale_rows = self._stale_rows, set()
         out: list[Message] = []
-        if not (changed or stale) or not ({"rows", "minis", "new", "overview"} & set(self.interest)):
+        if not (changed or stale or self._counts_dirty) or not ({"rows", "minis", "new", "overview"} & set(self.interest)):
             return out
         created = [(e.seq, e.execution_id) for e in events if e.type == EventKind.TRIGGER and e.execution_id]
         row_ids = self._shown_rows(list(dict.fromkeys([*changed, *stale]))) if "rows" in self.interest else []
         load = set(row_ids)
         if "minis" in self.interest:
             load.update(changed)
-        if "new" in self.interest and any(_filtered(c) for c in self.clients if "new" in c.topics):
+        if "new" in self.interest and any(filtered(c) for c in self.clients if "new" in c.topics):
             load.update(eid for _, eid in created)
         recs = await loaders.rows_by_id(self.dash, list(load)) if load else []
         by_id = {r.id: r for r in recs}
@@ -285,9 +248,13 @@ class Hub:
                 out.append(Message("minis", seq, live.minis_html(minis, now)))
         if "new" in self.interest and created:
             out.append(Message("new", created[-1][0], "", append=True, created=[(s, by_id.get(eid)) for s, eid in created]))
-        if "overview" in self.interest and changed:
-            top = await loaders.overview_counts(self.dash)
-            out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
+        if "overview" in self.interest and (changed or self._counts_dirty):
+            if time.monotonic() - self._last_counts >= self.settings.overview_counts_s:
+                self._last_counts, self._counts_dirty = time.monotonic(), False
+                top = await loaders.overview_counts(self.dash)
+                out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
+            else:
+                self._counts_dirty = True
             if any(e.type in OUTCOMES for e in events):
                 self._scan_dirty = True
         return out
@@ -385,28 +352,3 @@ def _put(client: Client, item: Tick | str | None) -> None:
         while not client.queue.empty():
             client.queue.get_nowait()
         client.queue.put_nowait(RESYNC if item is not None else None)
-
-
-def _filtered(client: Client) -> bool:
-    """Whether the client's list announces only some created executions (it needs their records)."""
-    f = client.filters
-    return f is not None and f.active and not (f.cursor or f.before)
-
-
-def new_count(client: Client, msg: Message) -> int:
-    """How many of the executions `msg` announces belong to the client's list (no storage query)."""
-    f = client.filters
-    if f is None or f.cursor or f.before:  # a page of older rows announces nothing
-        return 0
-    fresh = msg.created if msg.created[0][0] > client.after else [c for c in msg.created if c[0] > client.after]
-    if not f.active:
-        return len(fresh)
-    query = client.query
-    n = 0
-    for _, rec in fresh:
-        try:
-            n += rec is not None and query is not None and matches(rec, query, paging=False)
-        except ValueError:
-            pass
-    return n
-

@@ -23,7 +23,8 @@ from dq.engine.text import scrub
 from . import live, loaders, params
 from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
-from .hub import RESYNC, Client, Hub, Tick, new_count
+from .hub import RESYNC, Hub
+from .hub_client import Client, Tick, new_count
 
 PAGES = ("overview", "executions", "execution")
 
