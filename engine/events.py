@@ -53,9 +53,13 @@ class EventBus:
     """Delivers every committed event, in sequence order, to in-process subscribers.
 
     The single source is the storage's event log: one tail reader per process,
-    woken at once by local commits and polling for other processes' events
-    while anyone listens. A subscriber too slow to keep up is ended (`lagged`)
-    rather than allowed to grow memory; it can resume from its last seq.
+    polling for other processes' events while anyone listens. This process's
+    commits are delivered from their results when they continue the sequence
+    (no read back: at full load that read cost ~80 µs of CPU per event); one
+    that leaves a gap (another process's or lane's events come first) wakes the
+    tail, which reads the log from the last delivered seq. A subscriber too slow
+    to keep up is ended (`lagged`) rather than allowed to grow memory; it can
+    resume from its last seq.
     """
 
     def __init__(self, storage: Storage, poll_interval_s: float = 0.5) -> None:
@@ -88,9 +92,16 @@ class EventBus:
             self._subs.discard(sub)
 
     def notify(self, events: list[EventRecord]) -> None:
-        """Local commits: read the tail now instead of at the next poll."""
-        if self._subs:
-            self._wake.set()
+        """Local commits: delivered now when they continue the sequence, else read by the tail."""
+        if not self._subs or self._task is None:
+            return
+        for ev in events:
+            if ev.seq == self._last + 1:
+                self._deliver(ev)
+                self._last = ev.seq
+            elif ev.seq > self._last:
+                self._wake.set()  # a gap: the events before it are read from the log first
+                return
 
     async def _tail(self) -> None:
         while True:
@@ -102,6 +113,8 @@ class EventBus:
                 while True:
                     events = await self._storage.read_events(self._last, limit=1000)
                     for ev in events:
+                        if ev.seq <= self._last:  # delivered from its commit while this read ran
+                            continue
                         self._deliver(ev)
                         self._last = ev.seq
                     if len(events) < 1000:
