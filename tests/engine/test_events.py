@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from dq import JobError, Queue, create_job, run, sleep
+from dq import JobError, Queue, create_job, create_memory_storage, run, sleep
+from dq.engine.events import EventBus
 from dq.engine.sources import source_version
 from dq.engine.storage.base import Batch, EventRecord
 
@@ -170,3 +171,32 @@ async def test_the_bus_reads_what_another_writer_committed_before_a_local_commit
             assert sub.queue.empty()
     assert [e.seq for e in got] == [e.seq for e in stored]
     assert [e.type for e in got].count("foreign") == 1
+
+
+async def test_commits_reporting_out_of_order_are_delivered_in_order_without_a_read() -> None:
+    # Two group-commit lanes: the later seqs' result can come first. They wait for the
+    # earlier ones instead of sending the tail to storage.
+    storage = create_memory_storage()
+    bus = EventBus(storage)
+    reads = 0
+    read_events = storage.read_events
+
+    async def counted(*args: Any, **kwargs: Any) -> list[EventRecord]:
+        nonlocal reads
+        reads += 1
+        return await read_events(*args, **kwargs)
+
+    storage.read_events = counted  # type: ignore[method-assign]
+    try:
+        async with bus.subscribe() as sub:
+            first = await storage.commit(Batch(events=[EventRecord(None, None, "a"), EventRecord(None, None, "b")]))
+            second = await storage.commit(Batch(events=[EventRecord(None, None, "c")]))
+            bus.notify(second.events)
+            assert sub.queue.empty()  # held: the seqs before it have not reported
+            bus.notify(first.events)
+            got = [sub.queue.get_nowait() for _ in range(3)]
+            assert reads == 0
+    finally:
+        await bus.aclose()
+    assert [e.type for e in got] == ["a", "b", "c"]
+    assert [e.seq for e in got] == [1, 2, 3]
