@@ -145,17 +145,30 @@ class Hub:
                     else:
                         self.head = self.covered_from = base
                         self.started.set()
-                    async for ev in sub:
-                        self._pending.append(ev)
-                        self._track(ev)
-                        self.dash.metrics.observe(ev)
-                        self._wake.set()
+                    await self._take(sub.queue)
                 log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("dq-ui: event subscription failed; retrying in 1 s")
                 await asyncio.sleep(1)
+
+    async def _take(self, queue: asyncio.Queue[EventRecord | None]) -> None:
+        """Take events until the subscription ends (None), draining what is queued at each
+        wake-up: at full load one await per burst instead of one per event."""
+        metrics = self.dash.metrics
+        while True:
+            ev = await queue.get()
+            while ev is not None:
+                self._pending.append(ev)
+                self._track(ev)
+                metrics.observe(ev)
+                if queue.empty():
+                    break
+                ev = queue.get_nowait()
+            self._wake.set()
+            if ev is None:
+                return
 
     def _track(self, ev: EventRecord) -> None:
         eid = ev.execution_id
