@@ -6,6 +6,13 @@ hub reads what the watched pages need — once, whatever the number of clients
 queue. Storage work therefore depends on *what* is watched (the overview, a
 list, some executions), never on *how many* browsers watch it.
 
+A list page receives only the rows it lists: the hub renders a changed row
+only when some connected page shows it (`Client.shows`), and announces created
+executions with one message per tick (each page counts those its filters
+match). The work per tick is thus bounded by what the open pages show, not by
+the engine's event rate; a tick that took long delays the next one
+(`_PACE`), so under load the hub's share of the process stays bounded.
+
 A ring of recent ticks lets a reconnecting client (`Last-Event-ID` or
 `?after=`) catch up without gaps or repeats; a client that asks for more than
 the ring holds, or that fell too far behind, is resynced from storage.
@@ -19,16 +26,15 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dq.engine.event_schema import ENDINGS, OUTCOMES, STEP_POSITION, EventKind
 from dq.engine.ids import now_ms
 from dq.engine.storage.base import TERMINAL, EventRecord, ExecutionRecord
-from dq.engine.storage.query import matches
 
 from . import live, loaders, prefix
 from .filters import Filters
+from .hub_client import Client, Tick, filtered
 from .live import ExecCache, Message
 from .views import children_of, needs_live_step
 
@@ -38,26 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dq.web")
 
 RESYNC = "resync"
-
-
-@dataclass(slots=True)
-class Tick:
-    seq: int
-    messages: list[Message]
-    #: The SSE bytes for each set of topics, encoded once and shared by every client of it.
-    encoded: dict[frozenset[str], bytes] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class Client:
-    topics: frozenset[str]
-    after: int
-    filters: Filters | None = None
-    queue: asyncio.Queue[Tick | str | None] = field(default_factory=asyncio.Queue)
-    new_count: int = 0
-
-    def wants(self, msg: Message) -> bool:
-        return msg.topic in self.topics and not (msg.append and msg.seq <= self.after)
+#: The pause after a tick is at least this many times the tick's own duration.
+_PACE = 3.0
 
 
 class Hub:
@@ -77,6 +65,10 @@ class Hub:
         self._closing = False
         self._last_refresh = 0.0
         self._last_scan = 0.0
+        self._last_counts = 0.0
+        self._counts_dirty = False
+        #: Rows to send on the next tick although no event touched them (see `connect`).
+        self._stale_rows: set[str] = set()
         self._scan_dirty = True
         self.ticks = 0
         #: execution id -> the step it is in, from the events (records may not carry it)
@@ -105,9 +97,10 @@ class Hub:
             _put(client, None)
 
     # -- clients --------------------------------------------------------------------
-    def connect(self, topics: Iterable[str], after: int | None, filters: Filters | None = None) -> tuple[Client, list[Tick] | None]:
+    def connect(self, topics: Iterable[str], after: int | None, filters: Filters | None = None, *,
+                shown: set[str] | None = None, span: tuple[str, str] | None = None) -> tuple[Client, list[Tick] | None]:  # fmt: skip
         """Register a client. Returns it and the ticks to replay, or None when it must be resynced."""
-        client = Client(frozenset(topics), after or self.head, filters)
+        client = Client(frozenset(topics), after or self.head, filters, shown=shown, span=span)
         client.queue = asyncio.Queue(self.settings.client_queue)
         self.clients.add(client)
         since = self.covered_from
@@ -120,7 +113,11 @@ class Hub:
         if after is None or after >= self.head:
             return client, []
         if after >= since:
-            return client, [t for t in self.ring if t.seq > after]
+            replay = [t for t in self.ring if t.seq > after]
+            if "rows" in client.topics and (shown is not None or span is not None):
+                # Those ticks carry the rows other pages showed: this page's come next tick.
+                self._stale_rows.update(i for t in replay for i in t.changed if client.shows(i))
+            return client, replay
         return client, None
 
     def disconnect(self, client: Client) -> None:
@@ -149,17 +146,30 @@ class Hub:
                     else:
                         self.head = self.covered_from = base
                         self.started.set()
-                    async for ev in sub:
-                        self._pending.append(ev)
-                        self._track(ev)
-                        self.dash.metrics.observe(ev)
-                        self._wake.set()
+                    await self._take(sub.queue)
                 log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("dq-ui: event subscription failed; retrying in 1 s")
                 await asyncio.sleep(1)
+
+    async def _take(self, queue: asyncio.Queue[EventRecord | None]) -> None:
+        """Take events until the subscription ends (None), draining what is queued at each
+        wake-up: at full load one await per burst instead of one per event."""
+        metrics = self.dash.metrics
+        while True:
+            ev = await queue.get()
+            while ev is not None:
+                self._pending.append(ev)
+                self._track(ev)
+                metrics.observe(ev)
+                if queue.empty():
+                    break
+                ev = queue.get_nowait()
+            self._wake.set()
+            if ev is None:
+                return
 
     def _track(self, ev: EventRecord) -> None:
         eid = ev.execution_id
@@ -196,18 +206,24 @@ class Hub:
         # A stop flag as well as cancellation: on Python 3.11, asyncio.wait_for can swallow a
         # cancel that lands as its inner wait completes (cpython gh-86296); asyncio.timeout can't.
         while not self._closing:
+            wait = self.settings.refresh_s
+            if self._counts_dirty and "overview" in self.interest:  # the trailing edge of the overview's counts
+                wait = min(wait, max(0.0, self._last_counts + self.settings.overview_counts_s - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.refresh_s):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             if self._closing:
                 return
             await asyncio.sleep(self.settings.tick_s)  # coalesce a burst into one tick
             events, self._pending = self._pending, []
+            began = time.monotonic()
             try:
                 await self._tick(events)
             except Exception:
                 log.exception("dq-ui: rendering live updates failed")
+            # Trailing edge: events arriving meanwhile wait in `_pending` for the next tick.
+            await asyncio.sleep(min((time.monotonic() - began) * _PACE, self.settings.refresh_s))
 
     async def _tick(self, events: list[EventRecord]) -> None:
         events = [e for e in events if e.seq > self.head]
@@ -220,33 +236,52 @@ class Hub:
             messages += await self._render_executions(events, seq, now, refresh=mono - self._last_refresh >= self.settings.refresh_s)
             messages += await self._render_overview_scan(events, seq, now, mono)
         if events or messages:
-            self._publish(Tick(seq, messages))
+            self._publish(Tick(seq, messages, changed=tuple(dict.fromkeys(e.execution_id for e in events if e.execution_id))))
         if mono - self._last_refresh >= self.settings.refresh_s:
             self._last_refresh = mono
         self.head = max(self.head, seq)
 
     async def _render_lists(self, events: list[EventRecord], seq: int, now: int) -> list[Message]:
-        want_rows = bool({"rows", "minis", "new"} & set(self.interest))
         changed = list(dict.fromkeys(e.execution_id for e in events if e.execution_id))
+        stale, self._stale_rows = self._stale_rows, set()
         out: list[Message] = []
-        if not changed or not (want_rows or "overview" in self.interest):
+        if not (changed or stale or self._counts_dirty) or not ({"rows", "minis", "new", "overview"} & set(self.interest)):
             return out
-        recs = await loaders.rows_by_id(self.dash, changed) if want_rows else []
+        created = [(e.seq, e.execution_id) for e in events if e.type == EventKind.TRIGGER and e.execution_id]
+        row_ids = self._shown_rows(list(dict.fromkeys([*changed, *stale]))) if "rows" in self.interest else []
+        load = set(row_ids)
+        if "minis" in self.interest:
+            load.update(changed)
+        if "new" in self.interest and any(filtered(c) for c in self.clients if "new" in c.topics):
+            load.update(eid for _, eid in created)
+        recs = await loaders.rows_by_id(self.dash, list(load)) if load else []
         by_id = {r.id: r for r in recs}
-        if "rows" in self.interest and recs:
-            out.append(Message("rows", seq, live.rows_html(recs, now)))
-        if "minis" in self.interest and recs:
-            out.append(Message("minis", seq, live.minis_html(recs, now)))
-        if "new" in self.interest:
-            for ev in events:
-                if ev.type == EventKind.TRIGGER and ev.execution_id in by_id:
-                    out.append(Message("new", ev.seq, "", append=True, record=by_id[ev.execution_id]))
-        if "overview" in self.interest:
-            top = await loaders.overview_counts(self.dash)
-            out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
+        out += [Message("rows", seq, live.row_html(by_id[i], now), key=i) for i in row_ids if i in by_id]
+        if "minis" in self.interest:
+            minis = [by_id[i] for i in changed if i in by_id]
+            if minis:
+                out.append(Message("minis", seq, live.minis_html(minis, now)))
+        if "new" in self.interest and created:
+            out.append(Message("new", created[-1][0], "", append=True, created=[(s, by_id.get(eid)) for s, eid in created]))
+        if "overview" in self.interest and (changed or self._counts_dirty):
+            if time.monotonic() - self._last_counts >= self.settings.overview_counts_s:
+                self._last_counts, self._counts_dirty = time.monotonic(), False
+                top = await loaders.overview_counts(self.dash)
+                out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
+            else:
+                self._counts_dirty = True
             if any(e.type in OUTCOMES for e in events):
                 self._scan_dirty = True
         return out
+
+    def _shown_rows(self, ids: list[str]) -> list[str]:
+        """Those of `ids` some connected list page shows."""
+        pages = [c for c in self.clients if "rows" in c.topics]
+        if any(c.shown is None and c.span is None for c in pages):
+            return ids
+        shown: set[str] = set().union(*(c.shown for c in pages if c.shown is not None))
+        spans = {c.span for c in pages if c.span is not None}
+        return [i for i in ids if i in shown or any(lo <= i <= hi for lo, hi in spans)]
 
     async def _render_overview_scan(self, events: list[EventRecord], seq: int, now: int, mono: float) -> list[Message]:
         if "overview" not in self.interest:
@@ -332,16 +367,3 @@ def _put(client: Client, item: Tick | str | None) -> None:
         while not client.queue.empty():
             client.queue.get_nowait()
         client.queue.put_nowait(RESYNC if item is not None else None)
-
-
-def new_matches(client: Client, msg: Message) -> bool:
-    """Whether a created execution belongs to the client's filtered list (no storage query)."""
-    if msg.record is None or client.filters is None:
-        return False
-    if client.filters.cursor or client.filters.before:
-        return False
-    try:
-        return matches(msg.record, client.filters.query(), paging=False)
-    except ValueError:
-        return False
-

@@ -33,8 +33,11 @@ class Message:
     html: str
     #: True for fragments appended to a list: delivered only when seq > what the client has.
     append: bool = False
-    #: For "new" announcements: the created execution, matched against each client's filters.
-    record: ExecutionRecord | None = None
+    #: For a list row: the execution it shows (a page receives only the rows it lists).
+    key: str = ""
+    #: For "new" announcements: (event seq, created execution or None when not loaded),
+    #: matched against each client's filters; one message per tick, whatever the count.
+    created: list[tuple[int, ExecutionRecord | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -70,10 +73,9 @@ def _ui() -> Any:
     return render.environment().globals["ui"]
 
 
-def rows_html(recs: Sequence[ExecutionRecord], now: int) -> str:
-    """Executions-list rows (`row-<id>`), replaced in place."""
-    ui = _ui()
-    return "".join(str(ui.exec_row(r, now, oob=True)) for r in recs)
+def row_html(rec: ExecutionRecord, now: int) -> str:
+    """One executions-list row (`row-<id>`), replaced in place."""
+    return str(_ui().exec_row(rec, now, oob=True))
 
 
 def minis_html(recs: Sequence[ExecutionRecord], now: int) -> str:

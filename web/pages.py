@@ -65,7 +65,8 @@ async def executions(request: Req) -> Response[str]:
     chip_query.statuses = None
     counts = await status_counts(storage, chip_query)
     total = sum(n for s, n in counts.items() if not f.statuses or s in f.statuses)
-    extra = {"cursor": f.cursor, "before": f.before}
+    ids = [r.id for r in rows]  # the stream then carries only the rows this page lists
+    extra = {"cursor": f.cursor, "before": f.before, "span": f"{seq},{min(ids)},{max(ids)}" if ids else str(seq)}
     live_params: dict[str, Any] = {}
     for key, value in f.params():
         live_params.setdefault(key, []).append(value)

@@ -24,6 +24,9 @@ class Settings:
     tick_s: float = 0.25
     #: Waterfalls of watched active executions are re-rendered at least this often (clocks move).
     refresh_s: float = 2.0
+    #: The overview's counts and recent executions are re-read at most this often (the
+    #: last change always shows: a skipped tick leaves them due for the next one).
+    overview_counts_s: float = 1.0
     #: Overview figures that cost a scan (throughput, failure groups) are refreshed this often.
     overview_refresh_s: float = 5.0
     #: Ticks a reconnecting client can catch up from without a full resync.

@@ -23,7 +23,8 @@ from dq.engine.text import scrub
 from . import live, loaders, params, prefix
 from .dashboard import STATE_KEY, Dashboard
 from .filters import parse_filters
-from .hub import RESYNC, Client, Hub, Tick, new_matches
+from .hub import RESYNC, Hub
+from .hub_client import Client, Tick, new_count
 
 PAGES = ("overview", "executions", "execution")
 
@@ -35,6 +36,27 @@ def _after(scope: Scope, query: dict[str, list[str]]) -> int | None:
         return params.integer(header, "Last-Event-ID")
     raw = params.last(query, "after")
     return params.integer(raw, "after") if raw else None
+
+
+def _rows_shown(query: dict[str, list[str]], after: int | None) -> tuple[set[str] | None, tuple[str, str] | None]:
+    """`span=<seq>,<lowest id>,<highest id>`: the rows the list page rendered at event `seq`
+    shows (`span=<seq>`: none). Without it, or when resuming from elsewhere than `seq` (a
+    reconnect: a resync may have replaced the rows since), the stream carries every changed row."""
+    if "span" not in query:
+        return None, None
+    raw = params.last(query, "span")
+    seq, _, ids = raw.partition(",")
+    if params.integer(seq, "span") != after:
+        return None, None
+    if not ids:
+        return set(), None
+    lo, comma, hi = ids.partition(",")
+    if not comma:
+        raise params.BadParam("span", raw, "is not <seq>,<lowest id>,<highest id>")
+    lo, hi = params.ident(lo, "span"), params.ident(hi, "span")
+    if lo > hi:
+        raise params.BadParam("span", raw, "has its lowest id after its highest")
+    return None, (lo, hi)
 
 
 def _topics(page: str, query: dict[str, list[str]]) -> set[str]:
@@ -53,7 +75,9 @@ async def _resync(dash: Dashboard, client: Client, page: str, query: dict[str, l
         top, scan = await loaders.overview_counts(dash), await loaders.overview_scan(dash, now)
         return live.overview_counts_html(top.counts, top.recent, now) + live.overview_scan_html(scan.tp, scan.groups, now)
     if page == "executions" and client.filters is not None:
-        return live.execution_rows_html((await loaders.executions_rows(dash, client.filters)).rows, now)
+        rows = (await loaders.executions_rows(dash, client.filters)).rows
+        client.shown, client.span = {r.id for r in rows}, None  # the rows it shows from now on
+        return live.execution_rows_html(rows, now)
     eid = (query.get("id") or [""])[-1]
     cache = await loaders.execution(dash, eid, now)
     if cache is None:
@@ -104,27 +128,33 @@ async def _resynced(dash: Dashboard, hub: Hub, client: Client, page: str, query:
 def _encode(client: Client, tick: Tick) -> list[bytes]:
     """The tick as SSE bytes for this client.
 
-    In the steady state every client of the same page kind gets the same bytes, encoded
-    once per tick; only a client whose resume point falls inside the tick (it must not
-    see an event row twice) or that has new rows to announce gets its own.
+    In the steady state every client of the same page kind (and rows) gets the same
+    bytes, encoded once per tick; only a client whose resume point falls inside the
+    tick (it must not see an event row twice) gets its own. The "new" banner is
+    rendered once per list view and count.
     """
-    mine = [m for m in tick.messages if m.topic in client.topics]
+    mine = [m for m in tick.messages if m.topic in client.topics and (not m.key or client.shows(m.key))]
     out: list[bytes] = []
     if any(m.append and m.topic != "new" and m.seq <= client.after for m in mine):
         parts = [m.html for m in mine if m.topic != "new" and client.wants(m)]
         if parts:
             out.append(_event(tick.seq, parts).encode())
     else:
-        data = tick.encoded.get(client.topics)
+        key: object = (client.topics, tuple(m.key for m in mine if m.key))
+        data = tick.encoded.get(key)
         if data is None:
             parts = [m.html for m in mine if m.topic != "new"]
-            data = tick.encoded[client.topics] = _event(tick.seq, parts).encode() if parts else b""
+            data = tick.encoded[key] = _event(tick.seq, parts).encode() if parts else b""
         if data:
             out.append(data)
-    new = sum(1 for m in mine if m.topic == "new" and m.seq > client.after and new_matches(client, m))
+    new = sum(new_count(client, m) for m in mine if m.topic == "new")
     if new and client.filters is not None:
         client.new_count += new
-        out.append(_event(tick.seq, [live.new_banner_html(client.filters, client.new_count)]).encode())
+        key = ("new", client.filters.url(), client.new_count)
+        banner = tick.encoded.get(key)
+        if banner is None:
+            banner = tick.encoded[key] = _event(tick.seq, [live.new_banner_html(client.filters, client.new_count)]).encode()
+        out.append(banner)
     client.after = max(client.after, tick.seq)
     return out
 
@@ -147,6 +177,7 @@ async def live_stream(scope: Scope, receive: Receive, send: Send) -> None:
             params.ident(params.last(query, "id"), "id")
             params.text(params.last(query, "step"), "step", max_len=params.MAX_TEXT * 5)
         filters = parse_filters(query, list(dash.jobs)) if page == "executions" else None
+        shown, span = _rows_shown(query, after) if page == "executions" else (None, None)
     except params.BadParam as exc:
         await _plain(send, 400, f"dq-ui: {exc.detail}\n", [])
         return
@@ -155,7 +186,7 @@ async def live_stream(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if after is not None and after > hub.head and not await hub.catch_up(after):
         after = 0  # from another server lifetime: start over
-    client, replay = hub.connect(_topics(page, query), after, filters)
+    client, replay = hub.connect(_topics(page, query), after, filters, shown=shown, span=span)
     response = EventSourceResponse(
         _stream(dash, hub, client, replay, page, query),
         ping=dash.settings.ping_s,

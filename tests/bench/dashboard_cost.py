@@ -5,7 +5,8 @@ keeps at least 90% of its throughput).
 Each run opens a fresh PostgreSQL database (or the storage given), starts the
 queue and, in the "dashboard" runs, the app of `dq-ui serve` under uvicorn on
 loopback with `--clients` SSE streams read by a separate process (by default half
-the overview page, half the executions list: what open browser tabs follow). The
+the overview page, half the executions list: what open browser tabs follow; each
+client loads its page, then follows the stream URL the page names, as a browser does). The
 clock covers `start_many` until every execution has settled, as `dq-ui bench`.
 Runs alternate between the two modes; the medians and their ratio are printed.
 
@@ -37,14 +38,17 @@ from dq.web.dashboard import STATE_KEY
 from dq.web.settings import Settings
 
 CLIENT = """
-import asyncio, sys, httpx
-async def one(client, url):
-    async with client.stream("GET", url) as r:
+import asyncio, html, re, sys, httpx
+async def one(client, base, page):
+    # as a browser tab: load the page, then follow the stream it names
+    r = await client.get(base + ("/" if page == "overview" else "/" + page))
+    url = html.unescape(re.search(r'sse-connect="([^"]+)"', r.text).group(1))
+    async with client.stream("GET", base + url) as r:
         async for _ in r.aiter_bytes():
             pass
 async def main(base, n, pages):
     async with httpx.AsyncClient(timeout=None) as client:
-        await asyncio.gather(*(one(client, f"{base}/live?page={pages[i % len(pages)]}&after=0") for i in range(n)))
+        await asyncio.gather(*(one(client, base, pages[i % len(pages)]) for i in range(n)))
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")))
 """
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from dq import JobError, Queue, create_job, run, sleep
+from dq import JobError, Queue, create_job, create_memory_storage, run, sleep
+from dq.engine.events import EventBus
 from dq.engine.sources import source_version
-from dq.engine.storage.base import EventRecord
+from dq.engine.storage.base import Batch, EventRecord
 
 
 async def test_event_log_of_a_workflow(make_queue: Callable[..., Queue]) -> None:
@@ -111,3 +112,91 @@ async def test_subscribers_that_arrive_together_get_each_event_once(make_queue: 
             extra = [s.queue.qsize() for s in subs]
     assert got == [stored] * 3
     assert extra == [0, 0, 0]
+
+
+async def test_the_bus_delivers_local_commits_without_reading_them_back(make_queue: Callable[..., Queue]) -> None:
+    # The dashboard subscribes on a loaded server: reading every committed event back from
+    # storage cost the engine more than rendering the pages did.
+    @create_job(name="steps")
+    async def steps(data: int) -> int:
+        for i in range(5):
+            await run(f"s{i}", lambda i=i: i)
+        return data
+
+    queue = make_queue([steps])
+    async with queue:
+        async with queue.bus.subscribe() as sub:
+            storage = queue.storage
+            reads = 0
+            read_events = storage.read_events
+
+            async def counted(*args: Any, **kwargs: Any) -> list[EventRecord]:
+                nonlocal reads
+                reads += 1
+                return await read_events(*args, **kwargs)
+
+            storage.read_events = counted  # type: ignore[method-assign]
+            try:
+                await asyncio.gather(*(queue.jobs.steps.run(i) for i in range(20)))
+            finally:
+                storage.read_events = read_events  # type: ignore[method-assign]
+            stored = await storage.read_events(0, limit=10_000)
+            got: list[EventRecord] = []
+            while len(got) < len(stored):
+                got.append(await asyncio.wait_for(sub.queue.get(), 5))  # type: ignore[arg-type]
+    assert [e.seq for e in got] == [e.seq for e in stored]
+    assert [(e.type, e.execution_id) for e in got] == [(e.type, e.execution_id) for e in stored]
+    assert len(stored) > 200 and reads <= 10, (len(stored), reads)  # polls only (every 0.5 s)
+
+
+async def test_the_bus_reads_what_another_writer_committed_before_a_local_commit(make_queue: Callable[..., Queue]) -> None:
+    # Events this process did not commit (another process, or a lane whose result comes
+    # later) leave a gap before the next local commit: the tail reads them, in order.
+    @create_job(name="one")
+    async def one(data: int) -> int:
+        return await run("only", lambda: data)
+
+    queue = make_queue([one])
+    async with queue:
+        async with queue.bus.subscribe() as sub:
+            await queue.jobs.one.run(1)
+            foreign = EventRecord(None, "one", "foreign", {"by": "another process"}, at=1)
+            await queue.storage.commit(Batch(events=[foreign]))
+            await queue.jobs.one.run(2)
+            stored = await queue.storage.read_events(0, limit=10_000)
+            got: list[EventRecord] = []
+            while len(got) < len(stored):
+                got.append(await asyncio.wait_for(sub.queue.get(), 5))  # type: ignore[arg-type]
+            await asyncio.sleep(0.6)  # a poll: nothing is delivered twice
+            assert sub.queue.empty()
+    assert [e.seq for e in got] == [e.seq for e in stored]
+    assert [e.type for e in got].count("foreign") == 1
+
+
+async def test_commits_reporting_out_of_order_are_delivered_in_order_without_a_read() -> None:
+    # Two group-commit lanes: the later seqs' result can come first. They wait for the
+    # earlier ones instead of sending the tail to storage.
+    storage = create_memory_storage()
+    bus = EventBus(storage)
+    reads = 0
+    read_events = storage.read_events
+
+    async def counted(*args: Any, **kwargs: Any) -> list[EventRecord]:
+        nonlocal reads
+        reads += 1
+        return await read_events(*args, **kwargs)
+
+    storage.read_events = counted  # type: ignore[method-assign]
+    try:
+        async with bus.subscribe() as sub:
+            first = await storage.commit(Batch(events=[EventRecord(None, None, "a"), EventRecord(None, None, "b")]))
+            second = await storage.commit(Batch(events=[EventRecord(None, None, "c")]))
+            bus.notify(second.events)
+            assert sub.queue.empty()  # held: the seqs before it have not reported
+            bus.notify(first.events)
+            got = [sub.queue.get_nowait() for _ in range(3)]
+            assert reads == 0
+    finally:
+        await bus.aclose()
+    assert [e.type for e in got] == ["a", "b", "c"]
+    assert [e.seq for e in got] == [1, 2, 3]

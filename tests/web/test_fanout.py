@@ -124,7 +124,10 @@ async def test_storage_queries_do_not_grow_with_clients() -> None:
     (ARTIFACTS / "fanout.json").write_text(json.dumps(figures, indent=2))
     print("\nSSE fan-out, storage reads per second:", json.dumps(figures, indent=2))
     assert one["web_per_s"] > 0
-    assert abs(many["web_per_s"] - one["web_per_s"]) <= 0.10 * one["web_per_s"], figures
+    # The hub reads ~5 times a second, partly on timers (the overview's counts at most once
+    # a second): a window holds ~20 reads, and a timer read on either edge moves it by one.
+    edges = 2 / WINDOW_S
+    assert abs(many["web_per_s"] - one["web_per_s"]) <= 0.10 * one["web_per_s"] + edges, figures
     # Everything else (the engine's own reads) must not grow either; it falls when the
     # machine is busy feeding 200 streams, because the workload itself slows down.
     assert many["all_per_s"] <= 1.10 * one["all_per_s"], figures
