@@ -41,17 +41,27 @@ class Committer:
     async def commit(self, batch: Batch) -> CommitResult:
         """Write `batch` (in a shared transaction); returns once it is committed."""
         if self._now is not None:
-            return self._apply_now(batch) if not self._sends else self._apply_with_sends(batch)
+            return self._commit_now(batch)
         return await self.submit(batch)
 
-    def _apply_with_sends(self, batch: Batch) -> CommitResult:
-        if batch.expect:
-            self._flush_sends()
-            return self._apply_now(batch)
-        sends, self._sends = self._sends, []
-        result = self._apply_now(_merge([*sends, batch]))
-        n = len(batch.updates)
-        result.applied = result.applied[len(result.applied) - n :] if n else []
+    def _commit_now(self, batch: Batch) -> CommitResult:
+        """A synchronous adapter's commit of `batch`, with the sends queued before it
+        (one call, and no nested ones but the adapter's: every step's commit comes here)."""
+        now = self._now
+        assert now is not None
+        sends = self._sends
+        if sends and not batch.expect:  # a compare-and-set's conflict must not drop them
+            self._sends = []
+            sends.append(batch)
+            result = now(_merge(sends))
+            n = len(batch.updates)
+            result.applied = result.applied[len(result.applied) - n :] if n else []
+        else:
+            if sends:
+                self._flush_sends()
+            result = now(batch)
+        if result.events:
+            self._on_events(result.events)
         return result
 
     def submit(self, batch: Batch) -> asyncio.Future[CommitResult]:
@@ -60,7 +70,7 @@ class Committer:
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         if self._now is not None:
             try:
-                fut.set_result(self._apply_now(batch) if not self._sends else self._apply_with_sends(batch))
+                fut.set_result(self._commit_now(batch))
             except Exception as exc:
                 fut.set_exception(exc)
             return fut

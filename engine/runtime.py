@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from . import attempt
@@ -64,6 +64,11 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         self.hooks = Hooks(self._record_event, queue)
         self.committer: Committer = None  # type: ignore[assignment]  # set in start()
         self.sources = SourceVersions(lambda batch: self.committer.send(batch))
+        # The seam's `record` and `source_fingerprint` are the collaborators' own
+        # methods (one call less per step, per execution); `record` is rebound to the
+        # committer's once start() made it.
+        self.record: Callable[[Batch], None] = lambda batch: self.committer.send(batch)
+        self.source_fingerprint: Callable[[Job], str | None] = self.sources.fingerprint
         self.results = Results(self.storage, self.contexts, self.poll_s)
         self._wake = asyncio.Event()
         #: The dispatcher stopped claiming for want of room (max_active): an ending
@@ -85,6 +90,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         await self.storage.open()
         await self._measure_clock()
         self.committer = Committer(self.storage, self.bus.notify)
+        self.record = self.committer.send
         self.committer.start()
         self._timer = Timer(self.kick)
         await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
@@ -132,9 +138,6 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         await self.storage.aclose()
 
     # -- the seam: calls passed on to a collaborator (seam.StateOwner) -----------------------
-    def record(self, batch: Batch) -> None:
-        self.committer.send(batch)
-
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         return await self.storage.get_execution(execution_id)
 
@@ -149,9 +152,6 @@ class Runtime(Creation, Dispatch, Endings, Leases):
 
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         await self.flow.give_back(limit, holder)
-
-    def source_fingerprint(self, job: Job) -> str | None:
-        return self.sources.fingerprint(job)
 
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())

@@ -17,7 +17,7 @@ no serialisation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .event_schema import EventKind
@@ -42,16 +42,18 @@ class StateOwner(Protocol):
     #: This process's id, written to `start` events.
     worker_id: str
 
-    def source_fingerprint(self, job: Job) -> str | None:
-        """The fingerprint of the job's source this process runs, written to `start`
-        events (its text stored once per version, `sources.SourceVersions`)."""
+    #: (job) -> the fingerprint of the job's source this process runs, written to
+    #: `start` events (its text stored once per version, `sources.SourceVersions`).
+    #: An attribute, not a method: a local owner hands over its collaborator's own.
+    source_fingerprint: Callable[[Job], str | None]
 
     # -- writes of a held execution --------------------------------------------------------
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         """Append an informational event, fenced, without waiting for it."""
 
-    def record(self, batch: Batch) -> None:
-        """Queue a fenced batch without waiting; it commits before anything committed after it."""
+    #: (batch) -> None: queue a fenced batch without waiting; it commits before
+    #: anything committed after it. An attribute, as `source_fingerprint`.
+    record: Callable[[Batch], None]
 
     async def commit_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
         """Commit the held execution's writes; raises Interrupt('lost') when its token is

@@ -88,36 +88,45 @@ class MemoryStorage(Storage):
             result.conflict = True
             return result
         refused = result.refused
-        if batch.fences:
-            refused_fences(batch.fences, executions.get, refused)
-            for eid in batch.fences:
+        fences, updates = batch.fences, batch.updates
+        if fences:
+            refused_fences(fences, executions.get, refused)
+            controls = result.controls
+            for eid in fences:
                 if eid not in refused:
-                    result.controls[eid] = None
-        for upd in batch.updates:
-            if not _FIELDS.issuperset(upd.fields):
-                raise ValueError(f"unknown execution field(s) {sorted(set(upd.fields) - _FIELDS)}")
+                    controls[eid] = None
+        # Empty parts skipped (a step's batch has no updates, messages or state):
+        # this runs for every step.
+        if updates:
+            for upd in updates:
+                if not _FIELDS.issuperset(upd.fields):
+                    raise ValueError(f"unknown execution field(s) {sorted(set(upd.fields) - _FIELDS)}")
         if batch.executions:
             for rec in batch.executions:
                 if rec.id in executions:
                     raise ValueError(f"execution {rec.id!r} already exists")
             for rec in batch.executions:
                 self._put(clone(rec))
-        for upd in batch.updates:
-            cur = executions.get(upd.id)
-            ok = update_applies(upd, cur, refused)
-            if ok and cur is not None:
-                relinked = _LINKS.intersection(upd.fields)
-                if relinked:
-                    self._link(cur, remove=True)
-                for name, value in upd.fields.items():
-                    setattr(cur, name, value)
-                self._index(cur)
-                if relinked:
-                    self._link(cur)
-            result.applied.append(ok)
-        for step in batch.steps:
-            if not refused or step.execution_id not in refused:
-                self._steps.setdefault(step.execution_id, {})[step.key] = step
+        if updates:
+            applied = result.applied
+            for upd in updates:
+                cur = executions.get(upd.id)
+                ok = update_applies(upd, cur, refused)
+                if ok and cur is not None:
+                    relinked = _LINKS.intersection(upd.fields)
+                    if relinked:
+                        self._link(cur, remove=True)
+                    for name, value in upd.fields.items():
+                        setattr(cur, name, value)
+                    self._index(cur)
+                    if relinked:
+                        self._link(cur)
+                applied.append(ok)
+        if batch.steps:
+            steps = self._steps
+            for step in batch.steps:
+                if not refused or step.execution_id not in refused:
+                    steps.setdefault(step.execution_id, {})[step.key] = step
         if batch.events:
             seqs, by_execution = self._event_seqs, self._by_execution
             seq = seqs[-1] if seqs else 0
@@ -132,16 +141,20 @@ class MemoryStorage(Storage):
                 if ev.execution_id:
                     by_execution.setdefault(ev.execution_id, []).append(ev)
                 result.events.append(ev)
-        for msg in batch.messages:
-            self._message_seq += 1
-            self._messages.setdefault(msg.pipe, []).append(clone(msg, seq=self._message_seq))
-        for key, value in batch.state.items():
-            if value is None:
-                self._state.pop(key, None)
-            else:
-                self._state[key] = _copy(value)
-        for eid in result.controls:
-            result.controls[eid] = executions[eid].control
+        if batch.messages:
+            for msg in batch.messages:
+                self._message_seq += 1
+                self._messages.setdefault(msg.pipe, []).append(clone(msg, seq=self._message_seq))
+        if batch.state:
+            for key, value in batch.state.items():
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = _copy(value)
+        if fences:
+            controls = result.controls
+            for eid in controls:
+                controls[eid] = executions[eid].control
         return result
 
     def _put(self, rec: ExecutionRecord) -> None:

@@ -61,7 +61,10 @@ tune_gc("tuned")
 asyncio.run(main())
 """
 
-WORKLOADS = {"memory-1": ("memory://", 10_000, 1), "sqlite-1": ("sqlite", 3_000, 1), "sqlite-10": ("sqlite", 1_000, 10)}
+WORKLOADS = {
+    "memory-1": ("memory://", 10_000, 1), "memory-10": ("memory://", 2_000, 10),
+    "sqlite-1": ("sqlite", 3_000, 1), "sqlite-10": ("sqlite", 1_000, 10),
+}
 
 
 def one(checkout: str, url: str, n: int, k: int) -> dict[str, float]:
