@@ -53,7 +53,7 @@ class Committer:
         if sends and not batch.expect:  # a compare-and-set's conflict must not drop them
             self._sends = []
             sends.append(batch)
-            result = now(_merge(sends))
+            result = now(_merge(sends, into_first=True))
             n = len(batch.updates)
             result.applied = result.applied[len(result.applied) - n :] if n else []
         else:
@@ -80,7 +80,8 @@ class Committer:
 
     def send(self, batch: Batch) -> None:
         """Queue `batch` without waiting (informational events). It commits in order
-        with what follows, so a later awaited commit implies this one too."""
+        with what follows, so a later awaited commit implies this one too. The batch
+        is handed over: later ones may be merged into it."""
         if self._now is not None:
             self._sends.append(batch)
             if not self._sends_scheduled:
@@ -94,7 +95,7 @@ class Committer:
         if self._sends:
             sends, self._sends = self._sends, []
             try:
-                self._apply_now(_merge(sends) if len(sends) > 1 else sends[0])
+                self._apply_now(_merge(sends, into_first=True) if len(sends) > 1 else sends[0])
             except Exception as exc:
                 _fail(None, exc)
 
@@ -232,10 +233,13 @@ def _take_group(
     return queue, []
 
 
-def _merge(batches: list[Batch]) -> Batch:
-    out = Batch()
+def _merge(batches: list[Batch], *, into_first: bool = False) -> Batch:
+    """One batch with the parts of `batches`, in order. With `into_first` the first
+    batch is extended in place (a fire-and-forget send's, which nobody reads again:
+    no new Batch per step on a synchronous adapter)."""
+    out = batches[0] if into_first else Batch()
     # Empty parts skipped: a step's batch has only a step, an event and a fence.
-    for b in batches:
+    for b in batches[1:] if into_first else batches:
         if b.expect:
             # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
             out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})

@@ -187,7 +187,7 @@ async def execute_step(
                 raise error_from_dict(prior.error or {})
             if prior.status == "retrying":
                 attempt = prior.attempt + 1
-    owner = ctx.owner
+    owner, job_name = ctx.owner, ctx.job.name  # the events built inline below: every step's path
     step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
     while True:
         # The stored record's current_step is written when the execution suspends
@@ -197,7 +197,7 @@ async def execute_step(
         owner.record(step_done(
             ctx.holder,
             StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
-            _event(ctx, _STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
+            EventRecord(ctx.id, job_name, _STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
         ))  # fmt: skip
         if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
@@ -236,7 +236,7 @@ async def execute_step(
         step.status, step.output, step.completed_at = "completed", stored, now
         await owner.commit_for(ctx, step_done(
             ctx.holder, step,
-            _event(ctx, _STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
+            EventRecord(ctx.id, job_name, _STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
         ))  # fmt: skip
         ctx.history[key] = step
         if owner.hooks.any_for(ctx.job):
