@@ -33,7 +33,7 @@ async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> Non
     """Call the handler (admitted and claimed) and hand its output to the owner. An
     exception leaves here for `attempt_failed`, an Interrupt for `interrupted`."""
     job, rec = ctx.job, ctx.record
-    resumed = any(s.job_attempt == rec.retry_count for s in ctx.history.values())
+    resumed = bool(ctx.history) and any(s.job_attempt == rec.retry_count for s in ctx.history.values())
     attempt_no = rec.retry_count + 1
     owner.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id,
                                       "source": owner.source_fingerprint(job)})  # fmt: skip

@@ -84,7 +84,7 @@ class Creation(RuntimeState):
                 claim_new(rec, self.worker_id, rec.created_at + self.clock_offset_ms + self.lease_ms)
                 # Reserve the slot before awaiting so concurrent creates respect max_active.
                 # A replay is created with the steps it reuses: they are its history.
-                history = {s.key: s for s in batch.steps if s.execution_id == rec.id}
+                history = {s.key: s for s in batch.steps if s.execution_id == rec.id} if batch.steps else {}
                 self.contexts[rec.id] = ctx = self._context(job, rec, history)
                 if fuse:
                     gated.append((ctx, trigger))

@@ -80,7 +80,7 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
             stored = plain_json(value, what)
         except TypeError as exc:
             raise ValidationError(str(exc)) from None
-        return stored, _finite(stored, what)
+        return stored, (stored if stored is None or type(stored) in _PLAIN else _finite(stored, what))
     ta = adapter(schema)
     try:
         typed = ta.validate_python(value)
@@ -94,10 +94,14 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
     return typed, _finite(stored, what)
 
 
+#: JSON values that cannot hold NaN or Infinity (`_finite`'s common case, also tested inline).
+_PLAIN = (int, str, bool)
+
+
 def _finite(stored: Any, what: str) -> Any:
     # NaN and Infinity are not JSON: PostgreSQL's jsonb (the input index, the
     # input filter) refuses them, so they are refused here, before anything is stored.
-    if stored is None or type(stored) in (int, str, bool):  # the common case, no encoding
+    if stored is None or type(stored) in _PLAIN:  # the common case, no encoding
         return stored
     try:
         json.dumps(stored, allow_nan=False)

@@ -165,7 +165,9 @@ class MemoryStorage(Storage):
                 bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
         self._index(rec)
-        self._link(rec)
+        # Most executions have no family (the _LINKS fields, read here without a call).
+        if rec.parent_id is not None or rec.root_id is not None or rec.replay_of is not None:
+            self._link(rec)
 
     def _link(self, rec: ExecutionRecord, *, remove: bool = False) -> None:
         """Keep `rec` in (or, with `remove`, take it out of) its lineage sets."""
