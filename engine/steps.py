@@ -49,6 +49,7 @@ _DEFAULT_BACKOFF = make_backoff(None)
 # Module globals: an enum member's lookup costs ~0.2 µs, on every step.
 _STEP_START, _STEP_SUCCESS, _STEP_FAILURE = EventKind.STEP_START, EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE
 _ENGINE = __name__.rsplit(".", 1)[0] + "."
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 def _caller_line() -> int | None:
@@ -262,8 +263,13 @@ def _start(fn: Callable[[], Any]) -> Awaitable[Any]:
     is: no extra frame per step). A sync one runs in the default thread pool (with
     the caller's contextvars), never on the loop: a blocking call would freeze every
     execution, the dashboard and lease renewal."""
-    # The common case (an `async def`) tested inline: this runs on every step.
-    if getattr(getattr(fn, "__code__", None), "co_flags", 0) & inspect.CO_COROUTINE or _is_async(fn):
+    # The common case (an `async def`) tested inline, without getattr calls: this
+    # runs on every step.
+    try:
+        plain_async = fn.__code__.co_flags & _CO_COROUTINE
+    except AttributeError:  # a partial, a callable object
+        plain_async = 0
+    if plain_async or _is_async(fn):
         result: Awaitable[Any] = fn()
         return result
     return _in_thread(fn)
