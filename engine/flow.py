@@ -13,6 +13,7 @@ compare-and-set on the state keys (`Batch.expect`), so it holds across processes
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from .transitions import Transition, hand_over, supersede
 if TYPE_CHECKING:
     from .job import Job
     from .runtime import Runtime
+
+log = logging.getLogger("dq")
 
 #: A waiting execution is due again this long after it was refused (the safety net
 #: for a lost hand-off), at least: `poll_interval` x this, if that is longer.
@@ -146,6 +149,14 @@ class FlowControl:
     async def give_back(self, limit: Limit, holder: str) -> None:
         if limit.window_ms is None:
             await self.ledger.release(holder, [state_key(limit)])
+
+    def give_back_nowait(self, limit: Limit, holder: str) -> None:
+        """Give back a step's slot without waiting for the write: queued now, so that the
+        step's own commit queued right after it shares its transaction (a failed write is
+        logged; the next waiter's look at the holders then frees the slot)."""
+        if limit.window_ms is None:
+            fut = self.ledger.release_nowait(holder, [state_key(limit)])
+            fut.add_done_callback(lambda f: _log_failed_release(holder, f))
 
     # -- gates at the start of a claimed execution ----------------------------------------------
     async def admit(
@@ -305,3 +316,8 @@ class FlowControl:
             return
         await self.runtime.settled_hooks(job, rec, None, None, "debounced")
         self.runtime.resolve(rec)
+
+
+def _log_failed_release(holder: str, fut: asyncio.Future[Decision]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("dq: could not give back the step slot of %s: %s", holder, fut.exception())

@@ -153,6 +153,9 @@ class Runtime(Creation, Dispatch, Endings, Leases):
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         await self.flow.give_back(limit, holder)
 
+    def give_back_slot_nowait(self, limit: Limit, holder: str) -> None:
+        self.flow.give_back_nowait(limit, holder)
+
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
         self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))

@@ -120,6 +120,10 @@ class StateOwner(Protocol):
     async def give_back_slot(self, limit: Limit, holder: str) -> None:
         """Give back the slot `holder` took."""
 
+    def give_back_slot_nowait(self, limit: Limit, holder: str) -> None:
+        """Give back the slot `holder` took without waiting for its write: queued now, it
+        commits with (or before) the next commit queued after it."""
+
     #: The job's hooks and listeners (`wanted`, `any_for`, `fire`): the owner runs them.
     hooks: Hooks
 

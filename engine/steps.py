@@ -158,8 +158,12 @@ async def _step_slot(ctx: ExecutionContext, key: str, label: str, limit: int) ->
     await _park(ctx, owner.acquire_slot(slot, holder, ctx.record.priority))
     try:
         yield
-    finally:
+    except BaseException:
         await asyncio.shield(owner.give_back_slot(slot, holder))
+        raise
+    # fn returned: the slot goes on in the transaction that stores the step (queued
+    # right after this), not in one of its own before it.
+    owner.give_back_slot_nowait(slot, holder)
 
 
 async def execute_step(

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 PG = os.environ.get("DQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -44,8 +45,10 @@ async def _cell(args: argparse.Namespace) -> dict[str, Any]:
     tune_gc(None)
     storage = create_redis_storage(args.storage, prefix=args.redis_prefix) if args.redis_prefix else storage_from_url(args.storage)
     w = Workload(args.jobs, 1, args.concurrency, args.job_concurrency, args.step_concurrency, args.keys, args.start)
+    cpu0 = time.process_time()
     elapsed, started = await timed_run(storage, w)
-    return {"jobs_per_s": args.jobs / elapsed, "starts_per_s": args.jobs / started}
+    cpu_ms = (time.process_time() - cpu0) * 1000 / args.jobs  # this process: the loop and SQLite's thread
+    return {"jobs_per_s": args.jobs / elapsed, "starts_per_s": args.jobs / started, "cpu_ms_per_job": cpu_ms}
 
 
 def _cell_main(argv: list[str]) -> None:

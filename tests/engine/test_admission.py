@@ -9,12 +9,13 @@ poll (or a safety-net re-check) would hold the test past its timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from dq import Queue, create_job, run
+from dq.engine.storage.base import Batch, CommitResult
 
 from .test_lifecycle import status_is, until
 
@@ -147,6 +148,57 @@ async def test_a_step_slot_is_handed_to_the_waiting_step(make_queue: Callable[..
         gates[2].set()
         assert [await e.result() for e in (first, second, third)] == [0, 1, 2]
     assert inside == [0, 1, 2] and peak[1] == 1
+
+
+async def test_a_step_slot_goes_back_in_the_transaction_that_stores_the_step(make_queue: Callable[..., Queue]) -> None:
+    """The slot of a step whose function returned is given back (and handed to the
+    waiting step) by the write that stores the step, not by one of its own before it:
+    a generation of a step limit costs one transaction, not two."""
+    gate = asyncio.Event()
+    writes: list[Batch] = []
+
+    async def critical(i: int) -> int:
+        if i == 0:
+            await gate.wait()
+        return i
+
+    @create_job(name="writer", retry=0)
+    async def writer(data: int) -> int:
+        return int(await run("db", lambda: critical(data), concurrency=1))
+
+    queue = make_queue([writer], **SLOW_POLL)
+    async with queue:
+        storage = queue.storage
+        commit = storage.commit
+
+        async def recording(batch: Batch) -> CommitResult:
+            writes.append(batch)
+            return await commit(batch)
+
+        storage.commit = recording  # type: ignore[method-assign]
+        job: Any = queue.jobs.writer
+        key = "slots:step:writer:db"
+
+        async def line() -> tuple[int, int]:
+            st = (await storage.get_state([key])).get(key) or {}
+            return len(st.get("holders", ())), len(st.get("waiters", ()))
+
+        first = await job.start(0)
+        await until(lambda: _is(line(), (1, 0)))  # it holds the slot
+        second = await job.start(1)
+        await until(lambda: _is(line(), (1, 1)))  # the second waits for it
+        gate.set()
+        assert [await e.result() for e in (first, second)] == [0, 1]
+    if storage.synchronous_commit:  # memory: a commit is a call, there is no transaction to share
+        return
+    done = [b for b in writes if any(s.execution_id == first.id and s.status == "completed" for s in b.steps)]
+    assert len(done) == 1
+    handed = done[0].state.get(key)
+    assert handed is not None and [h.split("|")[0] for h in handed["holders"]] == [second.id]
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
 
 
 async def test_a_rate_window_wakes_each_waiter_at_its_own_start(make_queue: Callable[..., Queue]) -> None:

@@ -4,11 +4,13 @@ one before) shares its transaction; if the first loses, so does the second."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from dq.engine.committer import Committer, _take_group
 from dq.engine.storage.base import Batch, CommitResult, Storage
+from dq.engine.storage.memory import MemoryStorage
 
 
 def _cas(key: str, before: Any, after: Any) -> Batch:
@@ -67,3 +69,41 @@ async def test_chained_compare_and_sets_commit_in_one_transaction(make_storage: 
         assert (await storage.get_state(["slots:x"]))["slots:x"] == {"n": 2}
     finally:
         await storage.aclose()
+
+
+async def test_what_a_commit_wakes_joins_the_writes_queued_meanwhile() -> None:
+    """A writer woken by a commit queues its next write a loop turn or two later (a
+    slot handed on starts its holder in the second turn): that write joins the next
+    group with the ones queued while the commit ran, instead of waiting for the
+    transaction after (limited jobs' chains would otherwise alternate out of phase)."""
+    groups: list[list[str]] = []
+    release = asyncio.Event()
+
+    class Slow(MemoryStorage):
+        synchronous_commit = False
+
+        async def commit(self, batch: Batch) -> CommitResult:
+            groups.append(sorted(batch.state))
+            if len(groups) == 1:
+                await release.wait()
+            return CommitResult()
+
+    committer = Committer(Slow(), lambda _events: None)
+    committer.start()
+    try:
+        first = committer.submit(Batch(state={"a": 1}))
+        await asyncio.sleep(0)
+        meanwhile = committer.submit(Batch(state={"b": 1}))  # queued while "a" commits
+
+        async def woken() -> None:
+            await first
+            await asyncio.sleep(0)  # a second turn, as a handed-over slot's holder starts
+            await committer.submit(Batch(state={"c": 1}))
+
+        task = asyncio.create_task(woken())
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(task, meanwhile)
+    finally:
+        await committer.aclose()
+    assert groups == [["a"], ["b", "c"]]
