@@ -78,8 +78,8 @@ class Round:
     now: int
     #: (key, holder) slots handed to waiters in this round.
     granted: list[tuple[str, str]] = field(default_factory=list)
-    #: Key -> the holders in its waiters list (kept in step with it: O(1) look-ups).
-    waiting: dict[str, set[str]] = field(default_factory=dict)
+    #: Slot keys whose state this round has put in shape (`slot_state`).
+    owned: set[str] = field(default_factory=set)
 
 
 def state_key(limit: Limit) -> str:
@@ -129,15 +129,18 @@ def decide(req: Request, work: dict[str, Any], rnd: Round, far_ms: int) -> Decis
             if at > now:
                 return Decision(False, at, f"rate limited: {lim.describe()}")
             continue
-        if key not in rnd.waiting:
+        if key not in rnd.owned:
             work[key] = slot_state(work[key], lim.limit)
-            rnd.waiting[key] = {w[2] for w in work[key]["waiters"]}
+            rnd.owned.add(key)
         st = work[key]
         st["limit"] = lim.limit
         if req.holder not in st["holders"]:
-            if req.holder not in rnd.waiting[key]:
-                bisect.insort(st["waiters"], [*req.order, req.holder])
-                rnd.waiting[key].add(req.holder)
+            # Its place in line is its order (a pure function of the request: priority,
+            # then creation): found, or put there, by bisection, not a look at every waiter.
+            entry, waiters = [*req.order, req.holder], st["waiters"]
+            i = bisect.bisect_left(waiters, entry)
+            if i == len(waiters) or waiters[i] != entry:
+                waiters.insert(i, entry)
             fill(key, st, rnd)
         if req.holder not in st["holders"]:
             for other in taken:  # all or nothing: what this request took goes on
@@ -148,8 +151,9 @@ def decide(req: Request, work: dict[str, Any], rnd: Round, far_ms: int) -> Decis
 
 
 def slot_state(state: Any, limit: int) -> dict[str, Any]:
+    """`state` (a round's copy, `copy_state`: its lists are its own) as a slot's state."""
     st = state if isinstance(state, dict) else {}
-    return {"limit": limit, "holders": list(st.get("holders", [])), "waiters": list(st.get("waiters", []))}
+    return {"limit": limit, "holders": st.get("holders") or [], "waiters": st.get("waiters") or []}
 
 
 def fill(key: str, st: dict[str, Any], rnd: Round) -> None:
@@ -157,7 +161,6 @@ def fill(key: str, st: dict[str, Any], rnd: Round) -> None:
         holder = st["waiters"].pop(0)[2]
         st["holders"].append(holder)
         rnd.granted.append((key, holder))
-        rnd.waiting.get(key, set()).discard(holder)
 
 
 def leave(work: dict[str, Any], key: str, holder: str, rnd: Round) -> None:
@@ -168,15 +171,12 @@ def leave(work: dict[str, Any], key: str, holder: str, rnd: Round) -> None:
     if holder in st["holders"]:
         st["holders"].remove(holder)
         rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
-    waiting = rnd.waiting.get(key)
-    if waiting is None or holder in waiting:
+    else:  # a holder is never in line as well: only one that gives up its place is looked for there
         st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
-        if waiting is not None:
-            waiting.discard(holder)
     fill(key, st, rnd)
     if not st["holders"] and not st["waiters"]:
         work[key] = None
-        rnd.waiting.pop(key, None)
+        rnd.owned.discard(key)
 
 
 def extend(batch: Batch, other: Batch) -> None:
