@@ -112,3 +112,42 @@ async def test_lost_storage_stops_the_queue_and_fails_waiters(
         await queue.jobs.get_all()
     assert attempts == [1]  # no retry, no further step
     assert queue.runtime.fatal_error is not None
+
+
+async def test_a_step_slot_whose_hand_over_was_not_written_stays_with_its_holder(
+    make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
+) -> None:
+    """A limited step's slot goes back in the write that stores the step. When that
+    write fails (as a crash before it would), nothing of it is stored: the holder
+    keeps the slot, resumes, runs the step again and then hands the slot on; the
+    other execution's step waits meanwhile, and the limit holds throughout."""
+    storage = make_storage()
+    failing = Failing(storage, lambda: ConnectionResetError("connection reset by peer"))
+    ran: collections.Counter[int] = collections.Counter()
+    inside = [0, 0]  # now, peak
+
+    async def write(n: int) -> int:
+        ran[n] += 1
+        inside[0] += 1
+        inside[1] = max(inside)
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            inside[0] -= 1
+        if sum(ran.values()) == 1:
+            # The first writer's step and its slot's hand-over are queued after this:
+            # their shared commit fails, and so does each on its own.
+            failing.failures = 3
+        return n
+
+    @create_job(name="writer", retry=0)
+    async def writer(data: int) -> int:
+        return int(await run("db", lambda: write(data), concurrency=1))
+
+    queue = make_queue([writer], storage=storage)
+    async with queue:
+        executions = [await queue.jobs.writer.start(i) for i in range(2)]
+        assert [await asyncio.wait_for(e.result(), 20) for e in executions] == [0, 1]
+        assert await queue.storage.list_state("slots:") == {}
+    assert failing.raised == 3
+    assert sorted(ran.values()) == [1, 2] and inside[1] == 1  # the holder's step ran again, once
