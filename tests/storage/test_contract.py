@@ -94,7 +94,7 @@ async def test_odd_text_round_trips_through_every_multi_row_write(storage: Stora
     # New executions only (PostgreSQL: the one-statement insert), two rows and their events.
     await storage.commit(Batch(
         executions=[execution("E1" + t, job_name=t, input={t: [t]}, idempotency_key=t), execution("E2", input=t)],
-        events=[event("E1" + t, t, text=t), event("E2", "trigger")],
+        events=[event("E1" + t, t, text=t), event("E2", "trigger", n=1, ok=True, none=None, odd="\ud800")],
     ))  # fmt: skip
     # Updates, a step, events, a pipe message and state in one fenced transaction.
     upd = ExecutionUpdate("E1" + t, {"status": "completed", "output": {t: t}, "current_step": t, "wait_reason": t})
@@ -111,7 +111,7 @@ async def test_odd_text_round_trips_through_every_multi_row_write(storage: Stora
     assert (e2.input, e2.output, e2.error) == (t, t, {"message": t})
     assert await storage.get_steps("E1" + t) == [step]
     assert [(e.type, e.data) for e in await storage.read_events()] == [
-        (t, {"text": t}), ("trigger", {}), ("step", {"text": t}),
+        (t, {"text": t}), ("trigger", {"n": 1, "ok": True, "none": None, "odd": "\ud800"}), ("step", {"text": t}),
     ]  # fmt: skip
     assert [(m.data, m.at) for m in await storage.read_messages(t)] == [({t: t}, 3)]
     assert await storage.get_state([t]) == {t: [t]}
