@@ -88,6 +88,7 @@ from .sql_tables import (
     WORKERS,
     dumps,
     dumps_opt,
+    dumps_rows,
     event_values,
     execution_record,
     execution_row,
@@ -135,6 +136,7 @@ class _Compiled:
         self._dialect = dialect
         self._unnest = unnest
         self._cache: dict[object, tuple[str, tuple[str, ...], bool]] = {}
+        self._update_columns: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def _compile(self, stmt: Executable) -> tuple[str, tuple[str, ...], bool]:
         compiled = stmt.compile(dialect=self._dialect)  # type: ignore[attr-defined]
@@ -190,6 +192,16 @@ class _Compiled:
         sql, names, many = self._get(key, build)
         return self._write(sql, many, [tuple([row[n] for n in names]) for row in rows])
 
+    def write_updates(self, names: tuple[str, ...], rows: list[tuple[str, dict[str, Any]]]) -> Write:
+        """`_update_by_id(names)` for each `(id, fields)` of `rows`: the values go
+        straight into the statement's parameter order (no dict per row)."""
+        sql, order, many = self._get(names, _update_by_id(names))
+        cols = self._update_columns.get(order)
+        if cols is None:  # v_<column> ..., then pk_ (the WHERE comes after SET)
+            assert order[-1] == "pk_"
+            cols = self._update_columns[order] = tuple(n[2:] for n in order[:-1])
+        return self._write(sql, many, [(*map(fields.__getitem__, cols), eid) for eid, fields in rows])
+
     def write_tuples(
         self,
         key: object,
@@ -206,7 +218,7 @@ class _Compiled:
 
     @staticmethod
     def _write(sql: str, many: bool, rows: list[tuple[Any, ...]]) -> Write:
-        return (sql, rows, True) if many else (sql, (dumps(rows),), False)
+        return (sql, rows, True) if many else (sql, (dumps_rows(rows),), False)
 
 
 @dataclass(slots=True)
@@ -590,14 +602,12 @@ class SqlStorage(Storage):
         writes: list[Write] = []
         if new_rows:
             writes.append(sql.write("insert_executions", _E.insert, new_rows))
-        groups: dict[tuple[str, ...], Rows] = {}
+        groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]] = {}
         for eid in sorted(merged):  # sorted: the same lock order in every writer
             fields = merged[eid]
-            row = {f"v_{name}": value for name, value in fields.items()}
-            row["pk_"] = eid
-            groups.setdefault(tuple(sorted(fields)), []).append(row)
+            groups.setdefault(tuple(sorted(fields)), []).append((eid, fields))
         for names, rows in groups.items():
-            writes.append(sql.write(names, _update_by_id(names), rows))
+            writes.append(sql.write_updates(names, rows))
         steps = prepared.steps
         if refused:
             steps = {k: v for k, v in steps.items() if k[0] not in refused}

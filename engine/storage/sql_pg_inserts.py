@@ -28,9 +28,9 @@ from .sql_tables import (
     EXECUTIONS,
     MESSAGE_COLUMNS,
     PIPE_MESSAGES,
-    dumps,
+    dumps_rows,
     event_values,
-    execution_row,
+    execution_values,
 )
 
 
@@ -92,14 +92,14 @@ async def commit_inserts(
 ) -> CommitResult:
     """Commit an `inserts_only` batch on `conn` (outside any transaction block).
     `notify` (channel, payload) is sent when an execution is claimable now."""
-    rows = [execution_row(rec) for rec in batch.executions]
-    ids = [r["id"] for r in rows]
+    recs = batch.executions
+    ids = [rec.id for rec in recs]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"execution {dup!r} appears twice in one batch")
     values = [event_values(ev) for ev in batch.events]
-    columns: list[Any] = [dumps([[r[c] for c in EXECUTION_FIELDS] for r in rows]), dumps(values), len(values)]
-    wake = notify is not None and any(r["status"] in claimable for r in rows)
+    columns: list[Any] = [dumps_rows([execution_values(rec) for rec in recs]), dumps_rows(values), len(values)]
+    wake = notify is not None and any(rec.status in claimable for rec in recs)
     if wake:
         assert notify is not None
         columns.extend(notify)

@@ -35,7 +35,7 @@ from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
 from .sql import CommitIO, SqlStorage, Write, log, runs_to_end
 from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
-from .sql_tables import dumps
+from .sql_tables import dumps, dumps_rows
 
 
 class _AsyncpgIO:
@@ -222,7 +222,7 @@ class PostgresStorage(SqlStorage):
     async def _append_log(
         self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
     ) -> tuple[int, int]:
-        params: tuple[Any, ...] = (len(events), len(messages), dumps(events), dumps(messages))
+        params: tuple[Any, ...] = (len(events), len(messages), dumps_rows(events), dumps_rows(messages))
         if notify:
             params += (WAKEUP_CHANNEL, self._instance)
         [row] = await io.fetch(LOG_NOTIFY if notify else LOG, params)

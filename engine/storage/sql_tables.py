@@ -21,6 +21,7 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from operator import attrgetter
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -214,6 +215,18 @@ else:  # pragma: no cover - interpreters without the C accelerator
         return _encoder.encode(value)
 
 
+_encode_rows = msgspec.json.Encoder().encode
+
+
+def dumps_rows(rows: Any) -> str:
+    """JSON text of a list of rows whose values are str, int, bool or None (JSON
+    fields already encoded by `dumps`): PostgreSQL's one-parameter multi-row
+    statements. msgspec's encoder takes about 3/4 of the time of the C encoder's
+    chunk list and join; for these values the JSON is the same, except that
+    non-ASCII text comes as UTF-8 instead of \\u escapes (the server reads equal strings)."""
+    return _encode_rows(rows).decode()
+
+
 def dumps_opt(value: Any) -> str | None:
     return None if value is None else dumps(value)
 
@@ -227,6 +240,20 @@ def execution_row(rec: ExecutionRecord) -> dict[str, Any]:
     for name in JSON_EXECUTION_FIELDS:
         row[name] = dumps_opt(row[name])
     return row
+
+
+_execution_attrs = attrgetter(*EXECUTION_FIELDS)
+_EXECUTION_JSON_AT = [i for i, name in enumerate(EXECUTION_FIELDS) if name in JSON_EXECUTION_FIELDS]
+
+
+def execution_values(rec: ExecutionRecord) -> list[Any]:
+    """An execution's column values, in EXECUTION_FIELDS order (no dict per row:
+    PostgreSQL's insert of new executions sends these lists as they are)."""
+    values = list(_execution_attrs(rec))
+    for i in _EXECUTION_JSON_AT:
+        if values[i] is not None:
+            values[i] = dumps(values[i])
+    return values
 
 
 def execution_record(row: Sequence[Any]) -> ExecutionRecord:
@@ -262,8 +289,29 @@ EVENT_COLUMNS = ("seq", "execution_id", "job_name", "type", "data", "at")
 MESSAGE_COLUMNS = ("seq", "pipe", "data", "at")
 
 
+# Exact types (an IntEnum or a str subclass goes to `dumps`, which encodes it its own way).
+_FLAT = frozenset({str, int, bool, type(None)})
+
+
+def dumps_data(data: Any) -> str:
+    """`dumps(data)` of an event's data. Most are flat dicts of str, int, bool and
+    None (the attempt's and the steps' events): msgspec encodes those in about a
+    third of the time, with the same JSON except non-ASCII text, which it writes as
+    UTF-8 (equal strings when read). Anything else, or text msgspec refuses (a lone
+    surrogate), goes to `dumps`."""
+    if type(data) is dict:
+        for k, v in data.items():
+            if type(k) is not str or type(v) not in _FLAT:
+                return dumps(data)
+        try:
+            return _encode_rows(data).decode()
+        except UnicodeEncodeError:
+            return dumps(data)
+    return dumps(data)
+
+
 def event_values(ev: EventRecord) -> tuple[Any, ...]:
-    return (ev.execution_id, ev.job_name, ev.type, dumps(ev.data), ev.at)
+    return (ev.execution_id, ev.job_name, ev.type, dumps_data(ev.data), ev.at)
 
 
 def message_values(msg: PipeMessage) -> tuple[Any, ...]:

@@ -202,6 +202,8 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
             cases.append(
                 Case(system, s, "jobs/s", f"{a.jobs} jobs x 1 step", a.jobs, dq_argv(a.jobs, 1, gc), s)
             )
+            if not a.step_jobs:  # --step-jobs 0: the 1-step rows only
+                continue
             cases.append(
                 Case(
                     system, s, "steps/s", f"{a.step_jobs} jobs x {a.steps} steps",
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="timed runs per case (median reported)")
     p.add_argument("--jobs", type=int, default=5000, help="dq 1-step jobs per run")
-    p.add_argument("--step-jobs", type=int, default=1000, help="dq multi-step jobs per run")
+    p.add_argument("--step-jobs", type=int, default=1000, help="dq multi-step jobs per run (0: no steps/s rows)")
     p.add_argument("--steps", type=int, default=10, help="steps per dq job / DBOS workflow")
     p.add_argument(
         "--dq-concurrency",

@@ -84,6 +84,39 @@ async def test_json_values_of_any_shape_round_trip(storage: Storage) -> None:
     assert [(await get(storage, f"E{i}")).input for i in range(len(values))] == values
 
 
+# Non-ASCII, quotes, backslashes, control characters and a line separator: PostgreSQL's
+# multi-row statements carry every text as an element of one JSON parameter.
+_ODD_TEXT = 'é ß 中文 😀 "q" \\ back\\slash \t\n \u2028 \x01 /'
+
+
+async def test_odd_text_round_trips_through_every_multi_row_write(storage: Storage) -> None:
+    t = _ODD_TEXT
+    # New executions only (PostgreSQL: the one-statement insert), two rows and their events.
+    await storage.commit(Batch(
+        executions=[execution("E1" + t, job_name=t, input={t: [t]}, idempotency_key=t), execution("E2", input=t)],
+        events=[event("E1" + t, t, text=t), event("E2", "trigger", n=1, ok=True, none=None, odd="\ud800")],
+    ))  # fmt: skip
+    # Updates, a step, events, a pipe message and state in one fenced transaction.
+    upd = ExecutionUpdate("E1" + t, {"status": "completed", "output": {t: t}, "current_step": t, "wait_reason": t})
+    step = StepRecord("E1" + t, t, t, "run", "completed", output=[t], error={"message": t}, started_at=1)
+    await storage.commit(Batch(
+        updates=[upd, ExecutionUpdate("E2", {"output": t, "error": {"message": t}})], steps=[step],
+        events=[event("E1" + t, "step", text=t)], messages=[PipeMessage(t, {t: t}, at=3)], state={t: [t]},
+        fences={"E1" + t: 0},
+    ))  # fmt: skip
+    e1, e2 = await get(storage, "E1" + t), await get(storage, "E2")
+    assert (e1.job_name, e1.input, e1.idempotency_key, e1.output, e1.current_step, e1.wait_reason) == (
+        t, {t: [t]}, t, {t: t}, t, t,
+    )  # fmt: skip
+    assert (e2.input, e2.output, e2.error) == (t, t, {"message": t})
+    assert await storage.get_steps("E1" + t) == [step]
+    assert [(e.type, e.data) for e in await storage.read_events()] == [
+        (t, {"text": t}), ("trigger", {"n": 1, "ok": True, "none": None, "odd": "\ud800"}), ("step", {"text": t}),
+    ]  # fmt: skip
+    assert [(m.data, m.at) for m in await storage.read_messages(t)] == [({t: t}, 3)]
+    assert await storage.get_state([t]) == {t: [t]}
+
+
 async def test_existing_id_is_an_error_and_the_batch_is_not_applied(storage: Storage) -> None:
     await insert(storage, execution("E1"))
     batch = Batch(
