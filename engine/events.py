@@ -67,9 +67,9 @@ class EventBus:
     that leaves a gap is held, since the commit before it (of the other
     group-commit lane) usually reports a moment later. A gap still open after
     `_GAP_S` (another process's events) is read from the log, from the last
-    delivered seq. A subscriber too slow
-    to keep up is ended (`lagged`) rather than allowed to grow memory; it can
-    resume from its last seq.
+    delivered seq. A subscriber too slow to keep up is ended (`lagged`) rather
+    than allowed to grow memory; it can resume from its last seq. A follower
+    (`follow`) gets each delivery as one list instead: no queue, no hop per event.
     """
 
     def __init__(self, storage: Storage, poll_interval_s: float = 0.5) -> None:

@@ -1,6 +1,9 @@
-"""The live hub: one event-bus subscription per server, fanned out to every SSE client.
+"""The live hub: one follower of the event bus per server, fanned out to every SSE client.
 
-Events are coalesced into ticks (at most one per `tick_s`). For each tick the
+The bus hands the hub each commit's events as one list (`EventBus.follow`); they
+wait for the next tick, where the per-event bookkeeping (the /metrics counters,
+the live step of each execution) runs in one pass over them. Events are
+coalesced into ticks (at most one per `tick_s`). For each tick the
 hub reads what the watched pages need — once, whatever the number of clients
 — renders the fragments once, and hands the same messages to every client
 queue. Storage work therefore depends on *what* is watched (the overview, a

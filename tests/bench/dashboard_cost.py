@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -113,6 +114,10 @@ async def one_run(url: str, jobs: int, clients: int, pages: str) -> tuple[float,
                         raise RuntimeError(f"only {len(hub.clients)} of {clients} SSE clients connected")
                     await asyncio.sleep(0.05)
             job: Any = queue.jobs.bench
+            # Every window starts with the collector in the same state: otherwise a gen-1
+            # collection (~0.15 s here) lands in one run or another, by allocation counts
+            # carried over from the runs before it, and moves that run's figures by 20%.
+            gc.collect()
             t0, c0, r0 = time.perf_counter(), time.process_time(), _cpu_of(readers)
             executions = await job.start_many(range(jobs))
             await asyncio.gather(*await runtime.settled([e.id for e in executions]))
