@@ -37,6 +37,10 @@ _OPTION_ARGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: A follower of the bus (`EventBus.follow`): called with each delivery's events, in order.
+Sink = Callable[[list[EventRecord]], None]
+
+
 class Subscription:
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[EventRecord | None] = asyncio.Queue(maxsize)
@@ -63,15 +67,16 @@ class EventBus:
     that leaves a gap is held, since the commit before it (of the other
     group-commit lane) usually reports a moment later. A gap still open after
     `_GAP_S` (another process's events) is read from the log, from the last
-    delivered seq. A subscriber too slow
-    to keep up is ended (`lagged`) rather than allowed to grow memory; it can
-    resume from its last seq.
+    delivered seq. A subscriber too slow to keep up is ended (`lagged`) rather
+    than allowed to grow memory; it can resume from its last seq. A follower
+    (`follow`) gets each delivery as one list instead: no queue, no hop per event.
     """
 
     def __init__(self, storage: Storage, poll_interval_s: float = 0.5) -> None:
         self._storage = storage
         self._poll_s = poll_interval_s
         self._subs: set[Subscription] = set()
+        self._sinks: list[Sink] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Held while the tail starts: subscribers that arrive together (the dashboard's hub
@@ -89,22 +94,45 @@ class EventBus:
     @asynccontextmanager
     async def subscribe(self, maxsize: int = 10_000) -> AsyncIterator[Subscription]:
         sub = Subscription(maxsize)
-        async with self._starting:
-            if self._task is None:
-                self._last = await self._storage.last_event_seq()
-                self._task = asyncio.create_task(self._tail(), name="dq-event-tail")
+        await self._ensure_tail()
         self._subs.add(sub)
         try:
             yield sub
         finally:
             self._subs.discard(sub)
 
+    @asynccontextmanager
+    async def follow(self, sink: Sink) -> AsyncIterator[int]:
+        """Like `subscribe`, without a queue: each delivery (a commit's events, or a read
+        of the log) is one call of `sink` with its events in sequence order, from the
+        delivering task. For a subscriber that keeps up by design (the dashboard's hub
+        appends the list and coalesces it into its next tick): one call per commit instead
+        of a queue hop per event. `sink` must be quick and must not keep the list. Yields the
+        last seq delivered before it joined."""
+        await self._ensure_tail()
+        self._sinks.append(sink)
+        try:
+            yield self._last
+        finally:
+            self._sinks.remove(sink)
+
+    async def _ensure_tail(self) -> None:
+        async with self._starting:
+            if self._task is None:
+                self._last = await self._storage.last_event_seq()
+                self._task = asyncio.create_task(self._tail(), name="dq-event-tail")
+
     def notify(self, events: list[EventRecord]) -> None:
         """Local commits: delivered now when they continue the sequence, else read by the tail."""
-        if not self._subs or self._task is None:
+        if not (self._subs or self._sinks) or self._task is None or not events:
+            return
+        last = self._last
+        if not self._held and events[0].seq == last + 1 and _run_from(events, last + 1):
+            self._deliver(events)  # the usual case: one commit, its seqs next in line
+            self._last = events[-1].seq
             return
         for ev in events:
-            if ev.seq > self._last:
+            if ev.seq > last:
                 self._held[ev.seq] = ev
         self._release()
         if self._held:
@@ -113,20 +141,23 @@ class EventBus:
     def _release(self) -> None:
         """Deliver the held events that now continue the sequence; forget those already read."""
         held = self._held
+        run: list[EventRecord] = []
         while held:
             ev = held.pop(self._last + 1, None)
             if ev is None:
                 for seq in [s for s in held if s <= self._last]:
                     del held[seq]
-                return
-            self._deliver(ev)
+                break
+            run.append(ev)
             self._last = ev.seq
+        if run:
+            self._deliver(run)
 
     async def _tail(self) -> None:
         while True:
             await wait_event(self._wake, self._poll_s)
             self._wake.clear()
-            if not self._subs:
+            if not (self._subs or self._sinks):
                 continue
             if self._held:
                 await asyncio.sleep(_GAP_S)
@@ -135,21 +166,29 @@ class EventBus:
             try:
                 while True:
                     events = await self._storage.read_events(self._last, limit=1000)
-                    for ev in events:
-                        if ev.seq <= self._last:  # delivered from its commit while this read ran
-                            continue
-                        self._deliver(ev)
-                        self._last = ev.seq
+                    # in seq order; those delivered from their commit while this read ran are skipped
+                    fresh = [ev for ev in events if ev.seq > self._last]
+                    if fresh:
+                        self._deliver(fresh)
+                        self._last = fresh[-1].seq
                     if len(events) < 1000:
                         break
             except Exception as exc:  # storage hiccup: keep tailing
                 log.warning("dq: event tail read failed: %s", exc)
             self._release()
 
-    def _deliver(self, ev: EventRecord) -> None:
-        for sub in list(self._subs):
+    def _deliver(self, events: list[EventRecord]) -> None:
+        """Hand `events` (in seq order, each after the last delivered) to every subscriber."""
+        for sink in list(self._sinks):
             try:
-                sub.queue.put_nowait(ev)
+                sink(events)
+            except Exception:  # one follower's bug must not stop the others (or the commit)
+                log.exception("dq: an event bus follower failed")
+        for sub in list(self._subs):
+            put = sub.queue.put_nowait
+            try:
+                for ev in events:
+                    put(ev)
             except asyncio.QueueFull:
                 sub.lagged = True
                 self._subs.discard(sub)
@@ -159,6 +198,7 @@ class EventBus:
         for sub in list(self._subs):
             _drain_and_end(sub)
         self._subs.clear()
+        self._sinks.clear()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -166,6 +206,13 @@ class EventBus:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+def _run_from(events: list[EventRecord], first: int) -> bool:
+    """Whether `events` carry exactly the seqs first, first + 1, ... in that order."""
+    if events[-1].seq != first + len(events) - 1:
+        return False
+    return len(events) < 3 or [ev.seq for ev in events] == list(range(first, first + len(events)))
 
 
 def _drain_and_end(sub: Subscription) -> None:

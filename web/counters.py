@@ -1,16 +1,17 @@
 """Counters and histograms the dashboard keeps from the event stream it follows.
 
-One `Metrics.observe` call per committed event; nothing here reads storage. The
-figures cover what this server saw since it started, as Prometheus counters do
-(`rate()` and `histogram_quantile()` handle the reset on restart).
+Each committed event is counted once (`Metrics.observe_many`: a tick's events at a
+time); nothing here reads storage. The figures cover what this server saw since it
+started, as Prometheus counters do (`rate()` and `histogram_quantile()` handle the
+reset on restart).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from dq.engine.event_schema import ENDINGS, EventKind
 from dq.engine.storage.base import EventRecord
@@ -20,7 +21,10 @@ BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 #: Start times kept for execution durations (the oldest are forgotten first).
 _STARTS_KEPT = 100_000
 #: The status each ending leaves an execution in.
-_FINAL = {EventKind.SUCCESS: "completed", EventKind.FAILURE: "failed", EventKind.CANCEL: "cancelled"}
+_FINAL: dict[str, str] = {EventKind.SUCCESS: "completed", EventKind.FAILURE: "failed", EventKind.CANCEL: "cancelled"}
+_STEP_ENDS = frozenset({EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE})
+# Plain names: an enum member looked up on its class costs more than the comparison.
+_START, _ERROR, _LOG, _CANCEL = EventKind.START, EventKind.ERROR, EventKind.LOG, EventKind.CANCEL
 
 
 class Histogram:
@@ -32,13 +36,8 @@ class Histogram:
         self.sums: dict[str, float] = defaultdict(float)
 
     def observe(self, label: str, seconds: float) -> None:
-        counts = self.counts[label]
-        for i, bound in enumerate(self.bounds):
-            if seconds <= bound:
-                counts[i] += 1
-                break
-        else:
-            counts[-1] += 1
+        # the first bound >= seconds; past the last: the +Inf slot
+        self.counts[label][bisect_left(self.bounds, seconds)] += 1
         self.sums[label] += seconds
 
     def lines(self, name: str, label_name: str) -> list[str]:
@@ -69,29 +68,35 @@ class Metrics:
         self._started: OrderedDict[str, int] = OrderedDict()
 
     def observe(self, ev: EventRecord) -> None:
-        job = ev.job_name or ""
-        # `type() is dict` first: the ABC check costs more than the rest of the call (once per event)
-        data: Mapping[str, Any] = ev.data if type(ev.data) is dict or isinstance(ev.data, Mapping) else {}
-        if ev.type == EventKind.START:
-            self.attempts[job] += 1
-            if ev.execution_id and ev.execution_id not in self._started:
-                self._started[ev.execution_id] = ev.at
-                if len(self._started) > _STARTS_KEPT:
-                    self._started.popitem(last=False)
-        elif ev.type == EventKind.ERROR:
-            self.failed_attempts[job] += 1
-        elif ev.type in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE):
-            ms = data.get("duration_ms")
-            if isinstance(ms, int | float) and not isinstance(ms, bool):
-                self.step_seconds.observe(job, ms / 1000)
-        elif ev.type == EventKind.LOG:
-            self.logs[job] += 1
-        elif ev.type in ENDINGS:
-            status = _FINAL[EventKind(ev.type)]
-            self.finished[(job, status)] += 1
-            started = self._started.pop(ev.execution_id, None) if ev.execution_id else None
-            if started is not None and ev.type != EventKind.CANCEL:
-                self.execution_seconds.observe(job, max(0, ev.at - started) / 1000)
+        self.observe_many((ev,))
+
+    def observe_many(self, events: Iterable[EventRecord]) -> None:
+        """Count `events` in; one pass, the branch of each kind the dashboard sees most first."""
+        attempts, started, steps = self.attempts, self._started, self.step_seconds
+        for ev in events:
+            kind = ev.type
+            if kind in _STEP_ENDS:
+                data = ev.data
+                # `type() is dict` first: the ABC check costs more than the rest (once per event)
+                ms = data.get("duration_ms") if type(data) is dict or isinstance(data, Mapping) else None
+                if isinstance(ms, int | float) and not isinstance(ms, bool):
+                    steps.observe(ev.job_name or "", ms / 1000)
+            elif kind == _START:
+                attempts[ev.job_name or ""] += 1
+                if ev.execution_id and ev.execution_id not in started:
+                    started[ev.execution_id] = ev.at
+                    if len(started) > _STARTS_KEPT:
+                        started.popitem(last=False)
+            elif kind in ENDINGS:
+                job = ev.job_name or ""
+                self.finished[(job, _FINAL[kind])] += 1
+                at = started.pop(ev.execution_id, None) if ev.execution_id else None
+                if at is not None and kind != _CANCEL:
+                    self.execution_seconds.observe(job, max(0, ev.at - at) / 1000)
+            elif kind == _ERROR:
+                self.failed_attempts[ev.job_name or ""] += 1
+            elif kind == _LOG:
+                self.logs[ev.job_name or ""] += 1
 
 
 def escape(value: str) -> str:

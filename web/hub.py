@@ -1,6 +1,9 @@
-"""The live hub: one event-bus subscription per server, fanned out to every SSE client.
+"""The live hub: one follower of the event bus per server, fanned out to every SSE client.
 
-Events are coalesced into ticks (at most one per `tick_s`). For each tick the
+The bus hands the hub each commit's events as one list (`EventBus.follow`); they
+wait for the next tick, where the per-event bookkeeping (the /metrics counters,
+the live step of each execution) runs in one pass over them. Events are
+coalesced into ticks (at most one per `tick_s`). For each tick the
 hub reads what the watched pages need — once, whatever the number of clients
 — renders the fragments once, and hands the same messages to every client
 queue. Storage work therefore depends on *what* is watched (the overview, a
@@ -26,6 +29,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from dq.engine.event_schema import ENDINGS, OUTCOMES, STEP_POSITION, EventKind
@@ -44,6 +48,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("dq.web")
 
 RESYNC = "resync"
+#: Events waiting for a tick beyond which the hub drops them and resyncs its pages instead.
+_MAX_PENDING = 200_000
+#: The events that move an execution's live step (`Hub.current`).
+_TRACKED = STEP_POSITION | ENDINGS
+_TRIGGER = EventKind.TRIGGER
+_EXECUTION_ID = attrgetter("execution_id")
 #: The pause after a tick is at least this many times the tick's own duration.
 _PACE = 3.0
 
@@ -59,7 +69,10 @@ class Hub:
         self.covered_from = 0  # the ring holds every tick after this seq
         self.cache: dict[str, ExecCache] = {}
         self.started = asyncio.Event()
+        #: Events delivered since the last tick; the first `_absorbed` are counted (`absorb`).
         self._pending: list[EventRecord] = []
+        self._absorbed = 0
+        self._overflow = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -133,57 +146,60 @@ class Hub:
 
     # -- the bus --------------------------------------------------------------------
     async def _read_bus(self) -> None:
-        prefix.BASE.set(self.settings.base)  # this task's own context: what it renders links there
+        """Follow the bus until closed: each commit's events land in `_pending` with one
+        call (`_receive`), and wait there for the next tick; the per-event bookkeeping
+        (`absorb`) runs then, in one pass, or earlier when a page or /metrics reads it."""
         bus = self.dash.queue.bus
         while not self._closing:
             try:
-                async with bus.subscribe() as sub:
-                    base = getattr(bus, "last_seq", None)
-                    if base is None:
-                        base = await self.dash.storage.last_event_seq()
-                    if self.started.is_set():  # a resubscription: whatever fell between is lost
+                async with bus.follow(self._receive) as base:
+                    if self.started.is_set():  # following again: whatever fell between is lost
                         self._gap(base)
                     else:
                         self.head = self.covered_from = base
                         self.started.set()
-                    await self._take(sub.queue)
-                log.warning("dq-ui: the event subscription ended (lagging); resubscribing")
+                    self._overflow.clear()
+                    await self._overflow.wait()
+                log.warning("dq-ui: %d events awaited a tick; resyncing the pages", _MAX_PENDING)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("dq-ui: event subscription failed; retrying in 1 s")
+                log.exception("dq-ui: following the events failed; retrying in 1 s")
                 await asyncio.sleep(1)
 
-    async def _take(self, queue: asyncio.Queue[EventRecord | None]) -> None:
-        """Take events until the subscription ends (None), draining what is queued at each
-        wake-up: at full load one await per burst instead of one per event."""
-        metrics = self.dash.metrics
-        while True:
-            ev = await queue.get()
-            while ev is not None:
-                self._pending.append(ev)
-                self._track(ev)
-                metrics.observe(ev)
-                if queue.empty():
-                    break
-                ev = queue.get_nowait()
-            self._wake.set()
-            if ev is None:
-                return
-
-    def _track(self, ev: EventRecord) -> None:
-        eid = ev.execution_id
-        if not eid:
+    def _receive(self, events: list[EventRecord]) -> None:
+        """The bus's sink: called with each delivery, from the task that committed it."""
+        if self._overflow.is_set():
             return
-        if ev.type in STEP_POSITION and isinstance(ev.data, dict) and ev.data.get("key"):
-            self.current[eid] = str(ev.data["key"])
-        elif ev.type in ENDINGS:
-            self.current.pop(eid, None)
-        if len(self.current) > 50_000:
-            self.current.clear()
+        self._pending += events
+        if len(self._pending) > _MAX_PENDING:  # the hub fell behind (a stalled tick): start over
+            self._pending, self._absorbed = [], 0
+            self._overflow.set()
+        self._wake.set()
+
+    def absorb(self) -> None:
+        """Count the events not yet seen into the metrics and the live step of each execution."""
+        pending = self._pending
+        if self._absorbed < len(pending):
+            fresh = pending[self._absorbed :] if self._absorbed else pending
+            self._absorbed = len(pending)
+            self.dash.metrics.observe_many(fresh)
+            self._track(fresh)
+
+    def _track(self, events: list[EventRecord]) -> None:
+        current = self.current
+        for ev in events:
+            if ev.type in _TRACKED and ev.execution_id:
+                if ev.type in ENDINGS:
+                    current.pop(ev.execution_id, None)
+                elif isinstance(ev.data, dict) and ev.data.get("key"):
+                    current[ev.execution_id] = str(ev.data["key"])
+        if len(current) > 50_000:
+            current.clear()
 
     def fill(self, recs: Iterable[ExecutionRecord]) -> None:
         """Give active records the step they are in, from the latest events seen."""
+        self.absorb()
         for rec in recs:
             if needs_live_step(rec):
                 rec.current_step = self.current.get(rec.id) or rec.current_step
@@ -216,7 +232,8 @@ class Hub:
             if self._closing:
                 return
             await asyncio.sleep(self.settings.tick_s)  # coalesce a burst into one tick
-            events, self._pending = self._pending, []
+            self.absorb()
+            events, self._pending, self._absorbed = self._pending, [], 0
             began = time.monotonic()
             try:
                 await self._tick(events)
@@ -226,29 +243,34 @@ class Hub:
             await asyncio.sleep(min((time.monotonic() - began) * _PACE, self.settings.refresh_s))
 
     async def _tick(self, events: list[EventRecord]) -> None:
-        events = [e for e in events if e.seq > self.head]
+        if events and events[0].seq <= self.head:  # in seq order: only after a resync
+            events = [e for e in events if e.seq > self.head]
         seq = events[-1].seq if events else self.head
         now = now_ms()
         mono = time.monotonic()
+        # Each execution the tick's events touched, once, in order (C-level passes: at full
+        # load a tick carries thousands of events).
+        changed = dict.fromkeys(map(_EXECUTION_ID, events))
+        changed.pop(None, None)
+        touched: list[str] = list(changed)
         messages: list[Message] = []
         if self.clients:
-            messages += await self._render_lists(events, seq, now)
+            messages += await self._render_lists(events, touched, seq, now)
             messages += await self._render_executions(events, seq, now, refresh=mono - self._last_refresh >= self.settings.refresh_s)
             messages += await self._render_overview_scan(events, seq, now, mono)
         if events or messages:
-            self._publish(Tick(seq, messages, changed=tuple(dict.fromkeys(e.execution_id for e in events if e.execution_id))))
+            self._publish(Tick(seq, messages, changed=tuple(touched)))
         if mono - self._last_refresh >= self.settings.refresh_s:
             self._last_refresh = mono
         self.head = max(self.head, seq)
 
-    async def _render_lists(self, events: list[EventRecord], seq: int, now: int) -> list[Message]:
-        changed = list(dict.fromkeys(e.execution_id for e in events if e.execution_id))
+    async def _render_lists(self, events: list[EventRecord], changed: list[str], seq: int, now: int) -> list[Message]:
         stale, self._stale_rows = self._stale_rows, set()
         out: list[Message] = []
         if not (changed or stale or self._counts_dirty) or not ({"rows", "minis", "new", "overview"} & set(self.interest)):
             return out
-        created = [(e.seq, e.execution_id) for e in events if e.type == EventKind.TRIGGER and e.execution_id]
-        row_ids = self._shown_rows(list(dict.fromkeys([*changed, *stale]))) if "rows" in self.interest else []
+        created = [(e.seq, e.execution_id) for e in events if e.type == _TRIGGER and e.execution_id] if "new" in self.interest else []
+        row_ids = self._shown_rows(list(dict.fromkeys([*changed, *stale])) if stale else changed) if "rows" in self.interest else []
         load = set(row_ids)
         if "minis" in self.interest:
             load.update(changed)
@@ -270,7 +292,7 @@ class Hub:
                 out.append(Message("overview", seq, live.overview_counts_html(top.counts, top.recent, now)))
             else:
                 self._counts_dirty = True
-            if any(e.type in OUTCOMES for e in events):
+            if not self._scan_dirty and any(e.type in OUTCOMES for e in events):
                 self._scan_dirty = True
         return out
 
@@ -281,6 +303,11 @@ class Hub:
             return ids
         shown: set[str] = set().union(*(c.shown for c in pages if c.shown is not None))
         spans = {c.span for c in pages if c.span is not None}
+        if not spans:
+            return [i for i in ids if i in shown]
+        if len(spans) == 1 and not shown:  # the usual case: pages that show the same rows
+            ((lo, hi),) = spans
+            return [i for i in ids if lo <= i <= hi]
         return [i for i in ids if i in shown or any(lo <= i <= hi for lo, hi in spans)]
 
     async def _render_overview_scan(self, events: list[EventRecord], seq: int, now: int, mono: float) -> list[Message]:
@@ -294,6 +321,8 @@ class Hub:
         return [Message("overview", seq, live.overview_scan_html(scan.tp, scan.groups, now))]
 
     async def _render_executions(self, events: list[EventRecord], seq: int, now: int, *, refresh: bool) -> list[Message]:
+        if not self.cache:  # no execution page open
+            return []
         storage = self.dash.storage
         out: list[Message] = []
         by_exec: dict[str, list[EventRecord]] = {}

@@ -36,6 +36,7 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
 
 async def exposition(dash: Dashboard) -> str:
     """The whole exposition, from aggregates and counters."""
+    dash.hub.absorb()  # the events still waiting for the hub's next tick count too
     storage, metrics, now = dash.storage, dash.metrics, now_ms()
     jobs = sorted(dash.jobs)
     by_status: list[str] = []

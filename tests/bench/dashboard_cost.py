@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -53,6 +54,15 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")))
 """
 
 
+def _cpu_of(proc: subprocess.Popen[bytes] | None) -> float:
+    """CPU seconds a child has used so far (Linux /proc; 0 without a child)."""
+    if proc is None:
+        return 0.0
+    with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +88,9 @@ async def _drop(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def one_run(url: str, jobs: int, clients: int, pages: str) -> float:
+async def one_run(url: str, jobs: int, clients: int, pages: str) -> tuple[float, float, float]:
+    """Seconds to run the jobs, this process's CPU seconds meanwhile (engine and dashboard),
+    and the CPU seconds of the clients' process over its whole life."""
     w = Workload(jobs, 1)
     queue = create_queue(jobs=[_make_job(w)], storage=storage_from_url(url))
     async with queue:
@@ -102,10 +114,14 @@ async def one_run(url: str, jobs: int, clients: int, pages: str) -> float:
                         raise RuntimeError(f"only {len(hub.clients)} of {clients} SSE clients connected")
                     await asyncio.sleep(0.05)
             job: Any = queue.jobs.bench
-            t0 = time.perf_counter()
+            # Every window starts with the collector in the same state: otherwise a gen-1
+            # collection (~0.15 s here) lands in one run or another, by allocation counts
+            # carried over from the runs before it, and moves that run's figures by 20%.
+            gc.collect()
+            t0, c0, r0 = time.perf_counter(), time.process_time(), _cpu_of(readers)
             executions = await job.start_many(range(jobs))
             await asyncio.gather(*await runtime.settled([e.id for e in executions]))
-            return time.perf_counter() - t0
+            elapsed, cpu, reader_cpu = time.perf_counter() - t0, time.process_time() - c0, _cpu_of(readers) - r0
         finally:
             if readers is not None:
                 readers.kill()
@@ -113,6 +129,7 @@ async def one_run(url: str, jobs: int, clients: int, pages: str) -> float:
             if server is not None and serving is not None:
                 server.should_exit = True
                 await serving
+    return elapsed, cpu, reader_cpu
 
 
 def main() -> int:
@@ -128,6 +145,8 @@ def main() -> int:
     a = p.parse_args()
     tune_gc("tuned")
     rates: dict[str, list[float]] = {"engine alone": [], f"dashboard + {a.clients} SSE clients": []}
+    cpu: dict[str, list[float]] = {mode: [] for mode in rates}  # µs of this process's CPU per job
+    reader_cpu: list[float] = []  # µs of the clients' process per job
     n = 0
     for r in range(a.runs):
         modes = list(rates) if r % 2 == 0 else list(rates)[::-1]
@@ -136,21 +155,28 @@ def main() -> int:
             name, url = asyncio.run(_database(a.pg_dsn, n))
             try:
                 clients = a.clients if mode != "engine alone" else 0
-                elapsed = asyncio.run(one_run(url, a.jobs, clients, a.pages))
+                elapsed, used, read = asyncio.run(one_run(url, a.jobs, clients, a.pages))
             finally:
                 asyncio.run(_drop(a.pg_dsn, name))
             rates[mode].append(a.jobs / elapsed)
-            print(f"  {mode:<28} {a.jobs / elapsed:>10,.0f} jobs/s", file=sys.stderr)
+            cpu[mode].append(used / a.jobs * 1e6)
+            if clients:
+                reader_cpu.append(read / a.jobs * 1e6)
+            print(f"  {mode:<28} {a.jobs / elapsed:>10,.0f} jobs/s  {used / a.jobs * 1e6:>6,.0f} µs CPU/job", file=sys.stderr)
     medians = {mode: statistics.median(xs) for mode, xs in rates.items()}
     alone, with_ui = medians.values()
+    cpu_medians = {mode: statistics.median(xs) for mode, xs in cpu.items()}
     result = {"jobs": a.jobs, "clients": a.clients, "runs": a.runs, "medians": medians,
-              "samples": rates, "ratio": with_ui / alone}
+              "samples": rates, "ratio": with_ui / alone, "cpu_us": cpu_medians, "cpu_samples": cpu,
+              "reader_cpu_us": statistics.median(reader_cpu) if reader_cpu else 0.0}
     if a.json:
         print(json.dumps(result))
     else:
         for mode, med in medians.items():
-            print(f"{mode:<30} {med:>10,.0f} jobs/s   ({', '.join(f'{x:,.0f}' for x in rates[mode])})")
+            print(f"{mode:<30} {med:>10,.0f} jobs/s   ({', '.join(f'{x:,.0f}' for x in rates[mode])})"
+                  f"   {cpu_medians[mode]:,.0f} µs CPU/job")
         print(f"with the dashboard / without: {with_ui / alone:.2f}x (issue 17: at least 0.90)")
+        print(f"the clients' process meanwhile: {result['reader_cpu_us']:,.0f} µs CPU/job")
     return 0
 
 

@@ -200,3 +200,55 @@ async def test_commits_reporting_out_of_order_are_delivered_in_order_without_a_r
         await bus.aclose()
     assert [e.type for e in got] == ["a", "b", "c"]
     assert [e.seq for e in got] == [1, 2, 3]
+
+
+async def test_a_follower_gets_each_delivery_as_one_list_in_order() -> None:
+    # The dashboard's hub follows the bus with a sink: one call per commit, not a queue
+    # hop per event; commits reporting out of order still arrive in seq order.
+    storage = create_memory_storage()
+    bus = EventBus(storage)
+    calls: list[list[int]] = []
+    try:
+        async with bus.subscribe() as sub, bus.follow(lambda evs: calls.append([e.seq for e in evs])) as base:
+            assert base == 0
+            first = await storage.commit(Batch(events=[EventRecord(None, None, "a"), EventRecord(None, None, "b")]))
+            second = await storage.commit(Batch(events=[EventRecord(None, None, "c")]))
+            third = await storage.commit(Batch(events=[EventRecord(None, None, "d"), EventRecord(None, None, "e"),
+                                                       EventRecord(None, None, "f")]))  # fmt: skip
+            bus.notify(second.events)
+            assert calls == []  # held: the seqs before it have not reported
+            bus.notify(first.events)
+            assert calls == [[1, 2, 3]]  # the run that closed the gap, in one call
+            bus.notify(third.events)
+            assert calls == [[1, 2, 3], [4, 5, 6]]
+            bus.notify(first.events)  # delivered already: nothing again
+            # another writer's events (never notified here) reach the follower from the log
+            await storage.commit(Batch(events=[EventRecord(None, None, "foreign")]))
+            await asyncio.wait_for(_until(lambda: len(calls) == 3), 5)
+            got = [sub.queue.get_nowait() for _ in range(7)]
+        assert calls == [[1, 2, 3], [4, 5, 6], [7]]
+        assert [e.seq for e in got] == [1, 2, 3, 4, 5, 6, 7]  # the per-event subscriber alike
+    finally:
+        await bus.aclose()
+
+
+async def test_a_follower_that_raises_stops_neither_the_commit_nor_the_others() -> None:
+    storage = create_memory_storage()
+    bus = EventBus(storage)
+    seen: list[int] = []
+
+    def broken(events: list[EventRecord]) -> None:
+        raise RuntimeError("a bug in a follower")
+
+    try:
+        async with bus.follow(broken), bus.follow(lambda evs: seen.extend(e.seq for e in evs)):
+            result = await storage.commit(Batch(events=[EventRecord(None, None, "a")]))
+            bus.notify(result.events)
+        assert seen == [1]
+    finally:
+        await bus.aclose()
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.01)
