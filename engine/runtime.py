@@ -155,7 +155,11 @@ class Runtime(Creation, Dispatch, Endings, Leases):
 
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
-        self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
+        batch = self.committer.queued(ctx.id, ctx.record.token)  # a synchronous adapter's: no Batch of its own
+        if batch is not None:
+            batch.events.append(ev)
+        else:
+            self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
 
     def _record_event(self, type: EventKind, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
