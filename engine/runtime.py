@@ -170,6 +170,12 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         self.check_usable()
         return await self.results.settled(execution_ids)
 
+    async def all_settled(self, execution_ids: list[str]) -> list[ExecutionRecord]:
+        """Each execution's final record once all of them ended (`settled`, gathered, with
+        one future in all instead of one per execution)."""
+        self.check_usable()
+        return await self.results.all_settled(execution_ids)
+
     def resolve(self, rec: ExecutionRecord) -> None:
         self.results.resolve(rec)
 

@@ -104,7 +104,7 @@ async def one_run(url: str, jobs: int, clients: int, pages: str) -> float:
             job: Any = queue.jobs.bench
             t0 = time.perf_counter()
             executions = await job.start_many(range(jobs))
-            await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+            await runtime.all_settled([e.id for e in executions])
             return time.perf_counter() - t0
         finally:
             if readers is not None:
