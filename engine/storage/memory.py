@@ -119,7 +119,7 @@ class MemoryStorage(Storage):
                 cur = executions.get(upd.id)
                 ok = update_applies(upd, cur, refused)
                 if ok and cur is not None:
-                    relinked = _LINKS.intersection(upd.fields)
+                    relinked = not _LINKS.isdisjoint(upd.fields)
                     if relinked:
                         self._link(cur, remove=True)
                     for name, value in upd.fields.items():
@@ -173,13 +173,18 @@ class MemoryStorage(Storage):
         return CommitResult(applied, refused, controls, events)
 
     def _put(self, rec: ExecutionRecord) -> None:
-        if rec.id not in self._executions:
+        known = rec.id in self._executions
+        if not known:
             if not self._ids or rec.id > self._ids[-1]:
                 self._ids.append(rec.id)  # the usual case: ids grow with time
             else:
                 bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
-        self._index(rec)
+        # `_index`, inline: a new record stored running (the usual case) needs nothing.
+        if rec.status in CLAIMABLE:
+            self._pending.add(rec.id)
+        elif known:
+            self._pending.discard(rec.id)
         # Most executions have no family (the _LINKS fields, read here without a call).
         if rec.parent_id is not None or rec.root_id is not None or rec.replay_of is not None:
             self._link(rec)
