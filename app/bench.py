@@ -99,7 +99,7 @@ async def timed_run(storage: Storage, w: Workload) -> tuple[float, float]:
         else:
             executions = [await job.start(i) for i in range(w.jobs)]
         started = time.perf_counter() - t0
-        done = await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+        done = await runtime.all_settled([e.id for e in executions])
         elapsed = time.perf_counter() - t0
         if any(r.status != "completed" or r.output != w.steps for r in done):
             raise RuntimeError("bench: a job did not complete with the expected result")

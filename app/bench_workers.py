@@ -67,7 +67,7 @@ async def _through_node(url: str, jobs: int, steps: int, workers: int, concurren
         runtime = await node_queue.started()
         t0 = time.perf_counter()
         executions = await node_queue.jobs.bench_steps.start_many([steps] * jobs)
-        done = await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+        done = await runtime.all_settled([e.id for e in executions])
         elapsed = time.perf_counter() - t0
         if any(r.status != "completed" or r.output != steps for r in done):
             raise RuntimeError("bench: a job did not complete with the expected result")

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import context
+from .context import EXECUTION
 from .errors import CancelledError, Interrupt, NonDeterminismError, TimeoutError, error_to_dict
 from .event_schema import EventKind
 from .ids import now_ms
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dq")
 
+_START = EventKind.START  # a module global: read on every execution
 #: Attempt timeouts longer than this are enforced by the watchdog (1 s precision).
 _WATCHDOG_MIN_MS = 30_000
 
@@ -35,26 +37,46 @@ async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> Non
     job, rec = ctx.job, ctx.record
     resumed = bool(ctx.history) and any(s.job_attempt == rec.retry_count for s in ctx.history.values())
     attempt_no = rec.retry_count + 1
-    owner.send(ctx, EventKind.START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id,
-                                      "source": owner.source_fingerprint(job)})  # fmt: skip
+    owner.send(ctx, _START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id,
+                             "source": owner.source_fingerprint(job)})  # fmt: skip
     if not resumed and owner.hooks.any_for(job):
         await owner.hooks.fire(job, "start", rec.id, {"input": typed_input, "attempt": attempt_no})
-    output = await call_handler(ctx, typed_input)
-    _typed_out, stored_out = validate_in(job.options.output, output, f"output of job {job.name!r}")
+    if job.timeout_ms > _WATCHDOG_MIN_MS and job.is_async:
+        # The common case, inline (no coroutine of ours between this one and the
+        # handler's, on every execution): an async handler under a long timeout
+        # (the default is a day), which one watchdog enforces for all executions
+        # instead of a timer per execution. Otherwise `call_handler`.
+        etoken = EXECUTION.set(ctx)
+        ctx.deadline = time.monotonic() + job.timeout_ms / 1000
+        try:
+            output = await (job.handler(typed_input) if job.takes_input else job.handler())
+        except asyncio.CancelledError:
+            if ctx.control != TIMEOUT:
+                raise
+            ctx.control = None
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
+        finally:
+            ctx.deadline = None
+            EXECUTION.reset(etoken)
+    else:
+        output = await call_handler(ctx, typed_input)
+    _typed_out, stored_out = validate_in(job.options.output, output, job.output_what)
     change = complete(ctx.holder, output=stored_out, current_step=rec.current_step, now=now_ms())
     await owner.end(ctx, change, typed_input)
 
 
 async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
+    """The handler's call with its replay context and timeout (`run` inlines the
+    common case: an async handler under the watchdog)."""
     job = ctx.job
     args = (typed_input,) if job.takes_input else ()
-    qtoken = context.set_queue(ctx.queue)
-    etoken = context.set_execution(ctx)
+    etoken = EXECUTION.set(ctx)
     try:
         if job.timeout_ms > _WATCHDOG_MIN_MS:
-            # Long timeouts (the default is a day) are enforced by one watchdog
-            # for all executions instead of a timer per execution.
-            ctx.deadline = asyncio.get_running_loop().time() + job.timeout_ms / 1000
+            ctx.deadline = time.monotonic() + job.timeout_ms / 1000
             try:
                 return await invoke(job, args)
             except asyncio.CancelledError:
@@ -75,8 +97,7 @@ async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
             raise
     finally:
         ctx.deadline = None
-        context.reset_execution(etoken)
-        context.reset_queue(qtoken)
+        EXECUTION.reset(etoken)
 
 def invoke(job: Job, args: tuple[Any, ...]) -> Awaitable[Any]:
     """The handler's awaitable: an async handler's own coroutine (no frame of ours in
@@ -87,11 +108,10 @@ def invoke(job: Job, args: tuple[Any, ...]) -> Awaitable[Any]:
     return asyncio.to_thread(job.handler, *args)
 
 async def watchdog(running: Callable[[], Iterable[ExecutionContext]]) -> None:
-    """Time out attempts past their (long) deadline."""
-    loop = asyncio.get_running_loop()
+    """Time out attempts past their (long) deadline (`time.monotonic`)."""
     while True:
         await asyncio.sleep(1.0)
-        now = loop.time()
+        now = time.monotonic()
         for ctx in list(running()):
             if ctx.deadline is not None and now > ctx.deadline and not ctx.finishing and ctx.control is None:
                 ctx.control = TIMEOUT

@@ -24,15 +24,18 @@ class Committer:
         self._storage = storage
         # Adapters that write nothing to disk commit synchronously: no batching needed.
         self._now: Callable[[Batch], CommitResult] | None = storage.commit_now if storage.synchronous_commit else None
+        #: `commit_now` may be called instead of awaiting `commit` (an attribute: read on every step).
+        self.synchronous = self._now is not None
         self._on_events = on_events
         self._main = _Lane(self._commit_group, "dq-committer")
         # New executions and their events only: on a storage that allows it, they
         # commit beside the main lane instead of waiting behind its transaction,
         # and concurrent start() calls share one commit.
         self._inserts = _Lane(self._commit_group, "dq-committer-inserts") if storage.concurrent_inserts else None
-        # Synchronous adapters: fire-and-forget batches wait here for the next
-        # commit (or the end of this loop iteration) and share its call.
-        self._sends: list[Batch] = []
+        # Synchronous adapters: fire-and-forget batches wait here, merged into the
+        # first one as they come, for the next commit (or the end of this loop
+        # iteration) and share its call.
+        self._pending: Batch | None = None
         self._sends_scheduled = False
 
     def start(self) -> None:
@@ -43,25 +46,31 @@ class Committer:
     async def commit(self, batch: Batch) -> CommitResult:
         """Write `batch` (in a shared transaction); returns once it is committed."""
         if self._now is not None:
-            return self._commit_now(batch)
+            return self.commit_now(batch)
         return await self.submit(batch)
 
-    def _commit_now(self, batch: Batch) -> CommitResult:
-        """A synchronous adapter's commit of `batch`, with the sends queued before it
-        (one call, and no nested ones but the adapter's: every step's commit comes here)."""
+    def commit_now(self, batch: Batch) -> CommitResult:
+        """A synchronous adapter's commit of `batch` (only when `synchronous`), with the
+        sends queued before it: one call, and no nested ones but the adapter's (every
+        step's commit comes here, without a coroutine of its own)."""
         now = self._now
         assert now is not None
-        sends = self._sends
-        if sends and not batch.expect:  # a compare-and-set's conflict must not drop them
-            self._sends = []
-            sends.append(batch)
-            result = now(_merge(sends, into_first=True))
-            n = len(batch.updates)
-            result.applied = result.applied[len(result.applied) - n :] if n else []
-        else:
-            if sends:
-                self._flush_sends()
-            result = now(batch)
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            # A compare-and-set's conflict must not drop the sends, nor may a stale and
+            # a fresh holder of one execution share a commit: the sends go first then.
+            if batch.expect or not _extend(pending, batch):
+                self._apply_sends(pending)
+            else:
+                result = now(pending)
+                n = len(batch.updates)
+                if n != len(result.applied):
+                    result.applied = result.applied[len(result.applied) - n :] if n else []
+                if result.events:
+                    self._on_events(result.events)
+                return result
+        result = now(batch)
         if result.events:
             self._on_events(result.events)
         return result
@@ -72,7 +81,7 @@ class Committer:
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         if self._now is not None:
             try:
-                fut.set_result(self._commit_now(batch))
+                fut.set_result(self.commit_now(batch))
             except Exception as exc:
                 fut.set_exception(exc)
             return fut
@@ -85,21 +94,63 @@ class Committer:
         with what follows, so a later awaited commit implies this one too. The batch
         is handed over: later ones may be merged into it."""
         if self._now is not None:
-            self._sends.append(batch)
-            if not self._sends_scheduled:
-                self._sends_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_sends)
+            pending = self._pending
+            if pending is None:
+                self._pending = batch
+                if not self._sends_scheduled:
+                    self._sends_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush_sends)
+            elif not _extend(pending, batch):  # a stale and a fresh holder: one after the other
+                self._pending = batch
+                self._apply_sends(pending)
             return
         self._main.put(batch, None)
 
+    def queued(self, execution_id: str, token: int) -> Batch | None:
+        """On a synchronous adapter, the batch of the writes queued for the next commit,
+        fenced for `execution_id`'s holder: the caller appends its records to it in
+        place (no Batch of its own: an event, a step's start and its end share one
+        per execution). None on other adapters: `send` or `commit` a Batch there."""
+        if self._now is None:
+            return None
+        pending = self._pending
+        if pending is not None:
+            known = pending.fences.get(execution_id)
+            if known == token:
+                return pending
+            if known is None:
+                pending.fences[execution_id] = token
+                return pending
+            self._pending = None  # a stale and a fresh holder: the queued writes go first
+            self._apply_sends(pending)
+        pending = self._pending = Batch(fences={execution_id: token})
+        if not self._sends_scheduled:
+            self._sends_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_sends)
+        return pending
+
+    def commit_queued(self) -> CommitResult:
+        """Commit what `queued` returned (and what joined it since), now."""
+        pending, now = self._pending, self._now
+        assert pending is not None and now is not None
+        self._pending = None
+        result = now(pending)
+        if result.events:
+            self._on_events(result.events)
+        return result
+
     def _flush_sends(self) -> None:
         self._sends_scheduled = False
-        if self._sends:
-            sends, self._sends = self._sends, []
-            try:
-                self._apply_now(_merge(sends, into_first=True) if len(sends) > 1 else sends[0])
-            except Exception as exc:
-                _fail(None, exc)
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._apply_sends(pending)
+
+    def _apply_sends(self, batch: Batch) -> None:
+        try:
+            self._apply_now(batch)
+        except Exception as exc:  # nobody awaits a send: logged
+            _fail(None, exc)
 
     def _apply_now(self, batch: Batch) -> CommitResult:
         assert self._now is not None
@@ -241,13 +292,39 @@ def _take_group(
     return queue, []
 
 
-def _merge(batches: list[Batch], *, into_first: bool = False) -> Batch:
-    """One batch with the parts of `batches`, in order. With `into_first` the first
-    batch is extended in place (a fire-and-forget send's, which nobody reads again:
-    no new Batch per step on a synchronous adapter)."""
-    out = batches[0] if into_first else Batch()
+def _extend(into: Batch, b: Batch) -> bool:
+    """Append `b`'s parts to `into` (a fire-and-forget send's batch, which nobody reads
+    again), unless the two fence one execution with different tokens: False then,
+    and `into` is unchanged. Empty parts skipped: a step's batch has only a step, an
+    event and a fence."""
+    fences = into.fences
+    for eid, token in b.fences.items():
+        if fences.get(eid, token) != token:
+            return False
+    if b.expect:
+        into.expect.update({k: v for k, v in b.expect.items() if k not in into.state})
+    if b.executions:
+        into.executions.extend(b.executions)
+    if b.updates:
+        into.updates.extend(b.updates)
+    if b.steps:
+        into.steps.extend(b.steps)
+    if b.events:
+        into.events.extend(b.events)
+    if b.fences:
+        fences.update(b.fences)
+    if b.messages:
+        into.messages.extend(b.messages)
+    if b.state:
+        into.state.update(b.state)
+    return True
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    """One batch with the parts of `batches`, in order."""
+    out = Batch()
     # Empty parts skipped: a step's batch has only a step, an event and a fence.
-    for b in batches[1:] if into_first else batches:
+    for b in batches:
         if b.expect:
             # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
             out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})

@@ -19,13 +19,17 @@ if TYPE_CHECKING:
     from .storage.base import ExecutionRecord, StepRecord
 
 _execution: ContextVar[ExecutionContext | None] = ContextVar("dq_execution", default=None)
+#: The running execution's variable itself, for the handler's call to set and reset
+#: without a call of ours in between (on every execution).
+EXECUTION = _execution
+#: The ambient queue outside handlers (hooks); inside one it is the execution's.
 _queue: ContextVar[Queue | None] = ContextVar("dq_queue", default=None)
 #: Queues started and not closed in this process: a job or pipe called directly
 #: outside a handler runs on the one that holds it.
 _started: weakref.WeakSet[Queue] = weakref.WeakSet()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ExecutionContext:
     """Replay state of one running attempt of one execution."""
 
@@ -52,12 +56,16 @@ class ExecutionContext:
     deadline: float | None = None
     #: This attempt holds a concurrency slot of its job (given back when it stops running).
     holds_slot: bool = False
+    #: The execution's id (`record.id`), read on every step: an attribute, not a property.
+    id: str = field(init=False)
+    #: This process's claim on the execution (its token is fixed for the attempt):
+    #: what its writes are fenced by. Built once: every step's writes use it.
+    holder: Holder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.id: str = self.record.id  # read on every step: an attribute, not a property
-        #: This process's claim on the execution (its token is fixed for the attempt):
-        #: what its writes are fenced by. Built once: every step's writes use it.
-        self.holder = Holder(self.id, self.job.name, self.record.token)
+        rec = self.record
+        self.id = rec.id
+        self.holder = Holder(rec.id, self.job.name, rec.token)
 
     @property
     def attempt(self) -> int:
@@ -86,7 +94,8 @@ def current_or_none() -> ExecutionContext | None:
 
 
 def ambient_queue() -> Queue | None:
-    return _queue.get()
+    ctx = _execution.get()
+    return ctx.queue if ctx is not None else _queue.get()
 
 
 def set_execution(ctx: ExecutionContext | None) -> Any:

@@ -34,7 +34,7 @@ class Creation(RuntimeState):
         self, job: Job, input: Any, parent: ExecutionContext | None = None
     ) -> ExecutionRecord:
         self.check_registered(job)
-        _typed, stored = validate_in(job.options.input, input, f"input of job {job.name!r}")
+        _typed, stored = validate_in(job.options.input, input, job.input_what)
         now = now_ms()
         return ExecutionRecord(
             id=new_id(),

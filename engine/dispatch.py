@@ -80,10 +80,13 @@ class Dispatch(RuntimeState):
         self._spawn(ctx, load_history=False)
 
     def _spawn(self, ctx: ExecutionContext, *, load_history: bool) -> None:
-        task = asyncio.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
+        loop = asyncio.get_running_loop()  # its create_task: asyncio.create_task is one frame more
+        task = loop.create_task(self._execute(ctx, load_history), name=f"dq:{ctx.job.name}:{ctx.id}")
         ctx.task = task
+        # `_execute` takes it out itself as it returns, not a done callback (one loop
+        # handle less per execution). One cancelled before it ever ran (only at
+        # close) stays in the set, done.
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, ctx: ExecutionContext, load_history: bool) -> None:
         job, rec = ctx.job, ctx.record
@@ -128,11 +131,14 @@ class Dispatch(RuntimeState):
                 del self.contexts[rec.id]
             if ctx.control is not None and ctx.control.kind is ControlKind.UNAVAILABLE:
                 self._release_later(ctx)
-            if ctx.holds_slot and self.fatal_error is None:
-                await self.flow.release(job, rec)
-            if self._room_wanted and not self.closing:
-                self._room_wanted = False
-                self.kick()
+            try:
+                if ctx.holds_slot and self.fatal_error is None:
+                    await self.flow.release(job, rec)
+            finally:
+                self._tasks.discard(ctx.task)  # set by _spawn before this runs
+                if self._room_wanted and not self.closing:
+                    self._room_wanted = False
+                    self.kick()
 
     def _release_early(self, ctx: ExecutionContext) -> None:
         """The handler returned: its slot goes on while its end is written, so the two

@@ -14,7 +14,7 @@ from .event_schema import EventKind
 from .ids import now_ms
 from .runtime_state import _BACKOFF_S, RuntimeState, T, log
 from .serialize import load_typed
-from .storage.base import Batch, CommitResult, ExecutionRecord
+from .storage.base import Batch, CommitResult, EventRecord, ExecutionRecord, StepRecord
 from .transitions import (
     LOST,
     UNAVAILABLE,
@@ -24,6 +24,7 @@ from .transitions import (
     Transition,
     ending,
     release,
+    step_done,
 )
 from .transitions import suspend as suspend_transition
 
@@ -36,19 +37,50 @@ class Endings(RuntimeState):
     async def commit_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
         """Commit writes of the execution `ctx` holds; raises Interrupt('lost') if it lost
         it, Interrupt('unavailable') if storage could not be reached."""
+        if self.committer.synchronous:
+            return self.commit_now_for(ctx, batch)
         batch.fences[ctx.id] = ctx.record.token
-        # `guard`'s handling inlined: one coroutine less on every step's commit.
+        # `guard`'s handling inlined: no coroutine but this one on every commit.
         try:
-            result = await self.committer.commit(batch)
+            result = await self.committer.submit(batch)
         except Exception as exc:
             self._storage_failed(ctx, exc)
-        if ctx.id in result.refused:
-            ctx.control = LOST
-            raise LOST.interrupt()
-        control = result.controls.get(ctx.id)
-        if control and ctx.control is None:
-            ctx.control = Control.parse(control)
-        return result
+        return _committed(ctx, result)
+
+    def commit_now_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
+        """`commit_for` on a synchronous adapter (`committer.synchronous`), as a plain
+        call: no coroutine for the commit at all."""
+        batch.fences[ctx.id] = ctx.record.token
+        try:
+            result = self.committer.commit_now(batch)
+        except Exception as exc:
+            self._storage_failed(ctx, exc)
+        return _committed(ctx, result)
+
+    def record_step(self, ctx: ExecutionContext, step: StepRecord, event: EventRecord) -> None:
+        """`record(step_done(...))`: on a synchronous adapter appended to the queued writes."""
+        batch = self.committer.queued(ctx.id, ctx.record.token)
+        if batch is None:
+            self.committer.send(step_done(ctx.holder, step, event))
+            return
+        batch.steps.append(step)
+        batch.events.append(event)
+
+    async def commit_step(self, ctx: ExecutionContext, step: StepRecord, event: EventRecord) -> CommitResult:
+        """`commit_for(ctx, step_done(...))`: on a synchronous adapter the step joins the
+        queued writes (its start record and event, the attempt's start event) and they
+        commit together, without a Batch of its own."""
+        committer = self.committer
+        batch = committer.queued(ctx.id, ctx.record.token)
+        if batch is None:
+            return await self.commit_for(ctx, step_done(ctx.holder, step, event))
+        batch.steps.append(step)
+        batch.events.append(event)
+        try:
+            result = committer.commit_queued()
+        except Exception as exc:
+            self._storage_failed(ctx, exc)
+        return _committed(ctx, result)
 
     async def guard(self, ctx: ExecutionContext, call: Awaitable[T]) -> T:
         """Await the runtime's own storage `call` for the execution `ctx`. When storage
@@ -121,7 +153,10 @@ class Endings(RuntimeState):
                 self._release_early(ctx)
             later = self.triggers.downstream(job, fields.get("output"), batch)
         try:
-            await self.commit_for(ctx, batch)
+            if self.committer.synchronous:  # every execution ends here: no coroutine for its commit
+                self.commit_now_for(ctx, batch)
+            else:
+                await self.commit_for(ctx, batch)
         except Interrupt:
             return
         if status == "waiting":  # a retry: the record stays as the attempt saw it
@@ -222,3 +257,15 @@ class Endings(RuntimeState):
                 continue
             self.kick()
             return
+
+
+def _committed(ctx: ExecutionContext, result: CommitResult) -> CommitResult:
+    """`result` for the holder of `ctx`: Interrupt('lost') when its writes were refused;
+    a stored pause or cancel request becomes its `control`."""
+    if ctx.id in result.refused:
+        ctx.control = LOST
+        raise LOST.interrupt()
+    control = result.controls.get(ctx.id)
+    if control and ctx.control is None:
+        ctx.control = Control.parse(control)
+    return result

@@ -73,6 +73,9 @@ class Job:
         allow_error_module(getattr(handler, "__module__", None) or "__main__")
         self.name = name
         self.options = options
+        #: How input and output are named in validation errors (built once, not per execution).
+        self.input_what = f"input of job {name!r}"
+        self.output_what = f"output of job {name!r}"
         self.retry_for = make_retry(options.retry, attempts=backoff_attempts(options.backoff))
         self.backoff_for = make_backoff(options.backoff)
         self.timeout_ms = parse_duration(options.timeout, "timeout")

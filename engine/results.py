@@ -16,13 +16,47 @@ from .storage.base import TERMINAL, ExecutionQuery, ExecutionRecord, Storage
 log = logging.getLogger("dq")
 
 
+class _AllSettled:
+    """One waiter for many executions (`Results.all_settled`): a single future for the
+    whole list, resolved when the last of them ends, instead of a future per execution
+    (and the caller's `gather` over them). It stands in the waiter lists as a future
+    does: `done`, `set_result` (one record), `set_exception`, `cancel`."""
+
+    __slots__ = ("_found", "_ids", "_left", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ids: list[str], unique: int) -> None:
+        self._ids = ids
+        self._found: dict[str, ExecutionRecord] = {}
+        self._left = unique
+        self.future: asyncio.Future[list[ExecutionRecord]] = loop.create_future()
+        if not unique:
+            self.future.set_result([])
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, rec: ExecutionRecord) -> None:
+        found = self._found
+        if rec.id not in found:
+            found[rec.id] = rec
+            self._left -= 1
+            if not self._left:
+                self.future.set_result([found[i] for i in self._ids])
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
 class Results:
     def __init__(self, storage: Storage, running_here: Container[str], poll_s: float) -> None:
         self._storage = storage
         #: Ids this process runs: it resolves them itself, no polling needed.
         self._running_here = running_here
         self._poll_s = poll_s
-        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[ExecutionRecord] | _AllSettled]] = {}
 
     def resolve(self, rec: ExecutionRecord) -> None:
         for fut in self._waiters.pop(rec.id, ()):
@@ -37,13 +71,30 @@ class Results:
             fut: asyncio.Future[ExecutionRecord] = loop.create_future()
             self._waiters.setdefault(eid, []).append(fut)
             futs.append(fut)
-        # Those that ended before we registered are resolved from storage.
+        await self._ended_before(execution_ids)
+        return futs
+
+    async def all_settled(self, execution_ids: list[str]) -> list[ExecutionRecord]:
+        """Each execution's record once all of them ended, in the order given: `settled`
+        gathered, at the cost of one future in all."""
+        unique = dict.fromkeys(execution_ids)
+        waiter = _AllSettled(asyncio.get_running_loop(), execution_ids, len(unique))
+        waiters = self._waiters
+        for eid in unique:
+            if eid in waiters:
+                waiters[eid].append(waiter)
+            else:
+                waiters[eid] = [waiter]
+        await self._ended_before(list(unique))
+        return await waiter.future
+
+    async def _ended_before(self, execution_ids: list[str]) -> None:
+        """Resolve from storage those that ended before their waiters were registered."""
         others = [i for i in execution_ids if i not in self._running_here]
         for start in range(0, len(others), 500):
             query = ExecutionQuery(ids=others[start : start + 500], statuses=sorted(TERMINAL))
             for rec in await self._storage.query(query):
                 self.resolve(rec)
-        return futs
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""

@@ -158,7 +158,11 @@ class Runtime(Creation, Dispatch, Endings, Leases):
 
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
-        self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
+        batch = self.committer.queued(ctx.id, ctx.record.token)  # a synchronous adapter's: no Batch of its own
+        if batch is not None:
+            batch.events.append(ev)
+        else:
+            self.committer.send(Batch(events=[ev], fences={ctx.id: ctx.record.token}))
 
     def _record_event(self, type: EventKind, execution_id: str | None, job_name: str | None, data: dict[str, Any]) -> None:
         self.committer.send(Batch(events=[EventRecord(execution_id, job_name, type, data, now_ms())]))
@@ -168,6 +172,12 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         """Futures resolved when each execution ends (cheaper than one task per result())."""
         self.check_usable()
         return await self.results.settled(execution_ids)
+
+    async def all_settled(self, execution_ids: list[str]) -> list[ExecutionRecord]:
+        """Each execution's final record once all of them ended (`settled`, gathered, with
+        one future in all instead of one per execution)."""
+        self.check_usable()
+        return await self.results.all_settled(execution_ids)
 
     def resolve(self, rec: ExecutionRecord) -> None:
         self.results.resolve(rec)

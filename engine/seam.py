@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .event_schema import EventKind
-from .storage.base import Batch, CommitResult, ExecutionRecord
+from .storage.base import Batch, CommitResult, EventRecord, ExecutionRecord, StepRecord
 from .transitions import SuspendStatus, Transition
 
 if TYPE_CHECKING:
@@ -54,6 +54,13 @@ class StateOwner(Protocol):
     #: (batch) -> None: queue a fenced batch without waiting; it commits before
     #: anything committed after it. An attribute, as `source_fingerprint`.
     record: Callable[[Batch], None]
+
+    def record_step(self, ctx: ExecutionContext, step: StepRecord, event: EventRecord) -> None:
+        """`record(transitions.step_done(ctx.holder, step, event))`: a step's record and
+        its event, fenced, queued without waiting (an owner may spare the Batch)."""
+
+    async def commit_step(self, ctx: ExecutionContext, step: StepRecord, event: EventRecord) -> CommitResult:
+        """`commit_for(ctx, transitions.step_done(ctx.holder, step, event))`, as `record_step`."""
 
     async def commit_for(self, ctx: ExecutionContext, batch: Batch) -> CommitResult:
         """Commit the held execution's writes; raises Interrupt('lost') when its token is

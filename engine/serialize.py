@@ -94,6 +94,8 @@ def validate_in(schema: Any, value: Any, what: str) -> tuple[Any, Any]:
     return typed, _finite(stored, what)
 
 
+#: Values stored as they are (no copy, no check) as step results.
+_SCALARS = (int, float, bool)
 #: JSON values that cannot hold NaN or Infinity (`_finite`'s common case, also tested inline).
 _PLAIN = (int, str, bool)
 
@@ -119,6 +121,8 @@ def load_typed(schema: Any, stored: Any) -> Any:
 
 def dump_step(value: Any, step: str) -> Any:
     """The stored form of a step result. Pydantic models keep their class for replay."""
+    if value is None or type(value) in _SCALARS:  # plain_json's first case, before building `what`
+        return value
     what = f"the result of step {step!r}"
     if isinstance(value, BaseModel):
         cls = type(value)

@@ -15,14 +15,14 @@ import hashlib
 import inspect
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import logs
 from .backoff import DEFAULT_RETRY, backoff_attempts, make_backoff, make_retry
-from .context import ExecutionContext, current
+from .context import EXECUTION, ExecutionContext, current
 from .durations import parse_duration
 from .errors import (
     Interrupt,
@@ -109,7 +109,7 @@ def _new_step(ctx: ExecutionContext, key: str, name: str, kind: str, seq: int, l
     )  # fmt: skip
 
 
-async def run(
+def run(
     name: str | Callable[[], Any],
     fn: Callable[[], Any] | None = None,
     /,
@@ -118,9 +118,15 @@ async def run(
     backoff: Any = None,
     timeout: Any = None,
     concurrency: int | None = None,
-) -> Any:
-    """Run `fn` once as a durable step; its result is stored before the handler goes on."""
-    ctx = current()
+) -> Coroutine[Any, Any, Any]:
+    """Run `fn` once as a durable step; its result is stored before the handler goes on.
+
+    A plain function returning the step's coroutine (no frame of its own on every
+    step): the key is taken, and the caller's line read, where `run` is called,
+    also when the coroutine runs in another task (`asyncio.gather`)."""
+    ctx = EXECUTION.get()
+    if ctx is None:
+        ctx = current()  # raises: not inside a handler
     if fn is None and callable(name):
         fn, label = name, getattr(name, "__qualname__", "step")
         ctx.calls += 1
@@ -143,8 +149,10 @@ async def run(
     timeout_ms = parse_duration(timeout, f"step {label!r} timeout") if timeout is not None else None
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
         raise ValueError(f"step {label!r} concurrency: expected an int >= 1, got {concurrency!r}")
-    return await execute_step(
-        ctx, "run", key, label, seq, _caller_line(), fn,
+    frame = sys._getframe(1)  # the caller (usually the handler): `_caller_line` inline
+    line = frame.f_lineno if not frame.f_globals.get("__name__", "").startswith(_ENGINE) else _caller_line()
+    return execute_step(
+        ctx, "run", key, label, seq, line, fn,
         retries=retries, backoff_for=backoff_for, timeout_ms=timeout_ms, concurrency=concurrency,
     )  # fmt: skip
 
@@ -181,29 +189,32 @@ async def execute_step(
     concurrency: int | None = None,
 ) -> Any:
     """Run `fn` as step `key` with replay, retries, timeout, records and events."""
-    _boundary(ctx)
-    prior = _replayed(ctx, key, kind, label)
+    if ctx.control is not None:  # `_boundary`, inline: every step's path
+        raise ctx.control.interrupt()
+    job_attempt = ctx.record.retry_count
+    prior = _replayed(ctx, key, kind, label) if ctx.history else None
     attempt = 1
     if prior is not None:
         if prior.status == "completed":
             return load_step(prior.output)
-        if prior.job_attempt == ctx.attempt:
+        if prior.job_attempt == job_attempt:
             if prior.status == "failed":
                 raise error_from_dict(prior.error or {})
             if prior.status == "retrying":
                 attempt = prior.attempt + 1
-    owner, job_name = ctx.owner, ctx.job.name  # the events built inline below: every step's path
-    step = _new_step(ctx, key, label, kind, seq, line, prior, attempt=attempt)
+        seq = prior.seq
+    owner, job_name = ctx.owner, ctx.job.name  # the records built inline below: every step's path
+    step = StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, now_ms(), None, job_attempt, seq, line)
     while True:
         # The stored record's current_step is written when the execution suspends
         # or ends, not per step (an UPDATE per step): while it runs, the running
         # step record and the step_start event say where it is.
         ctx.record.current_step = key
-        owner.record(step_done(
-            ctx.holder,
+        owner.record_step(
+            ctx,
             StepRecord(ctx.id, key, label, kind, "running", attempt, None, None, step.started_at, None, step.job_attempt, step.seq, line),
             EventRecord(ctx.id, job_name, _STEP_START, {"key": key, "name": label, "kind": kind, "attempt": attempt, "line": line}, step.started_at),
-        ))  # fmt: skip
+        )  # fmt: skip
         if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_start", step)
         try:
@@ -239,10 +250,10 @@ async def execute_step(
             continue
         now = now_ms()
         step.status, step.output, step.completed_at = "completed", stored, now
-        await owner.commit_for(ctx, step_done(
-            ctx.holder, step,
+        await owner.commit_step(
+            ctx, step,
             EventRecord(ctx.id, job_name, _STEP_SUCCESS, {"key": key, "name": label, "kind": kind, "attempt": attempt, "duration_ms": now - step.started_at}, now),
-        ))  # fmt: skip
+        )  # fmt: skip
         ctx.history[key] = step
         if owner.hooks.any_for(ctx.job):
             await _fire(ctx, "step_success", step)

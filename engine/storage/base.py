@@ -131,7 +131,7 @@ class ExecutionUpdate:
     statuses: tuple[str, ...] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Batch:
     """One atomic unit of writes.
 
@@ -154,6 +154,28 @@ class Batch:
     #: throttle/debounce windows and concurrency slots exactly-once across processes.
     expect: dict[str, Any] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        executions: list[ExecutionRecord] | None = None,
+        updates: list[ExecutionUpdate] | None = None,
+        steps: list[StepRecord] | None = None,
+        events: list[EventRecord] | None = None,
+        messages: list[PipeMessage] | None = None,
+        state: dict[str, Any] | None = None,
+        fences: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> None:
+        # Written out (the dataclass's own is init=False): empty literals instead of
+        # eight default_factory calls, half the cost of a Batch (one per commit).
+        self.executions = [] if executions is None else executions
+        self.updates = [] if updates is None else updates
+        self.steps = [] if steps is None else steps
+        self.events = [] if events is None else events
+        self.messages = [] if messages is None else messages
+        self.state = {} if state is None else state
+        self.fences = {} if fences is None else fences
+        self.expect = {} if expect is None else expect
+
     def __bool__(self) -> bool:
         return bool(
             self.executions or self.updates or self.steps or self.events
@@ -175,8 +197,11 @@ class Batch:
         return all(ev.execution_id in new for ev in self.events)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CommitResult:
+    """What a commit did. Callers read it and never change its containers: an adapter
+    may hand out shared empty ones (the memory adapter does, on every commit)."""
+
     #: Per update of the batch, whether it was applied.
     applied: list[bool] = field(default_factory=list)
     #: Fenced execution ids whose token was stale: none of their writes applied.
@@ -187,6 +212,21 @@ class CommitResult:
     events: list[EventRecord] = field(default_factory=list)
     #: A state precondition (`Batch.expect`) did not hold: nothing was applied.
     conflict: bool = False
+
+    def __init__(
+        self,
+        applied: list[bool] | None = None,
+        refused: set[str] | None = None,
+        controls: dict[str, str | None] | None = None,
+        events: list[EventRecord] | None = None,
+        conflict: bool = False,
+    ) -> None:
+        # Written out, as Batch's: literals instead of default_factory calls.
+        self.applied = [] if applied is None else applied
+        self.refused = set() if refused is None else refused
+        self.controls = {} if controls is None else controls
+        self.events = [] if events is None else events
+        self.conflict = conflict
 
 
 @dataclass(slots=True)

@@ -25,10 +25,14 @@ from .base import (
     Storage,
     TimeBuckets,
 )
-from .conditions import expectations_fail, refused_fences, update_applies
+from .conditions import expectations_fail, update_applies
 from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
+#: A result's empty parts, shared (`CommitResult`: callers never change a result's containers).
+_NO_IDS: set[str] = set()
+_NO_BOOLS: list[bool] = []
+_NO_EVENTS: list[EventRecord] = []
 _LINKS = frozenset(("parent_id", "root_id", "replay_of"))
 
 
@@ -81,22 +85,24 @@ class MemoryStorage(Storage):
         return self.commit_now(batch)
 
     def commit_now(self, batch: Batch) -> CommitResult:
-        """Synchronous, hence atomic: no other coroutine interleaves."""
-        result = CommitResult()
+        """Synchronous, hence atomic: no other coroutine interleaves. Every commit of
+        every execution comes here: the common shapes (a step's record and events, an
+        ending's update and event, all fenced) take no call but the record's own."""
         state, executions = self._state, self._executions
         if batch.expect and expectations_fail(batch.expect, state.get):
-            result.conflict = True
-            return result
-        refused = result.refused
+            return CommitResult(conflict=True)
+        # The result's containers are made only when something goes in them (callers
+        # only read a result): the shared empty ones stand in otherwise.
+        refused, applied, events = _NO_IDS, _NO_BOOLS, _NO_EVENTS
         fences, updates = batch.fences, batch.updates
         if fences:
-            refused_fences(fences, executions.get, refused)
-            controls = result.controls
-            for eid in fences:
-                if eid not in refused:
-                    controls[eid] = None
-        # Empty parts skipped (a step's batch has no updates, messages or state):
-        # this runs for every step.
+            for eid, token in fences.items():  # conditions.refused_fences, inline
+                cur = executions.get(eid)
+                if cur is None or cur.token != token:
+                    if refused is _NO_IDS:
+                        refused = set()
+                    refused.add(eid)
+        # Empty parts skipped (a step's batch has no updates, messages or state).
         if updates:
             for upd in updates:
                 if not _FIELDS.issuperset(upd.fields):
@@ -108,12 +114,12 @@ class MemoryStorage(Storage):
             for rec in batch.executions:
                 self._put(clone(rec))
         if updates:
-            applied = result.applied
+            applied = []
             for upd in updates:
                 cur = executions.get(upd.id)
                 ok = update_applies(upd, cur, refused)
                 if ok and cur is not None:
-                    relinked = _LINKS.intersection(upd.fields)
+                    relinked = not _LINKS.isdisjoint(upd.fields)
                     if relinked:
                         self._link(cur, remove=True)
                     for name, value in upd.fields.items():
@@ -126,21 +132,29 @@ class MemoryStorage(Storage):
             steps = self._steps
             for step in batch.steps:
                 if not refused or step.execution_id not in refused:
-                    steps.setdefault(step.execution_id, {})[step.key] = step
+                    of = steps.get(step.execution_id)
+                    if of is None:
+                        steps[step.execution_id] = {step.key: step}
+                    else:
+                        of[step.key] = step
         if batch.events:
+            # The batch hands its records over (Storage.commit): stored as they are,
+            # and the result's events are the batch's own list.
+            events = batch.events if not refused else [e for e in batch.events if e.execution_id not in refused]
             seqs, by_execution = self._event_seqs, self._by_execution
-            seq = seqs[-1] if seqs else 0
-            for ev in batch.events:
-                if refused and ev.execution_id in refused:
-                    continue
-                # The batch hands its records over (Storage.commit): no copy needed.
-                seq += 1
+            first = seq = (seqs[-1] if seqs else 0) + 1
+            for ev in events:
                 ev.seq = seq
-                self._events.append(ev)
-                seqs.append(seq)
-                if ev.execution_id:
-                    by_execution.setdefault(ev.execution_id, []).append(ev)
-                result.events.append(ev)
+                seq += 1
+                owner = ev.execution_id
+                if owner:
+                    mine = by_execution.get(owner)
+                    if mine is None:
+                        by_execution[owner] = [ev]
+                    else:
+                        mine.append(ev)
+            self._events.extend(events)
+            seqs.extend(range(first, seq))
         if batch.messages:
             for msg in batch.messages:
                 self._message_seq += 1
@@ -151,20 +165,26 @@ class MemoryStorage(Storage):
                     state.pop(key, None)
                 else:
                     state[key] = _copy(value)
+        controls: dict[str, str | None] = {}
         if fences:
-            controls = result.controls
-            for eid in controls:
-                controls[eid] = executions[eid].control
-        return result
+            for eid in fences:
+                if eid not in refused:
+                    controls[eid] = executions[eid].control
+        return CommitResult(applied, refused, controls, events)
 
     def _put(self, rec: ExecutionRecord) -> None:
-        if rec.id not in self._executions:
+        known = rec.id in self._executions
+        if not known:
             if not self._ids or rec.id > self._ids[-1]:
                 self._ids.append(rec.id)  # the usual case: ids grow with time
             else:
                 bisect.insort(self._ids, rec.id)
         self._executions[rec.id] = rec
-        self._index(rec)
+        # `_index`, inline: a new record stored running (the usual case) needs nothing.
+        if rec.status in CLAIMABLE:
+            self._pending.add(rec.id)
+        elif known:
+            self._pending.discard(rec.id)
         # Most executions have no family (the _LINKS fields, read here without a call).
         if rec.parent_id is not None or rec.root_id is not None or rec.replay_of is not None:
             self._link(rec)

@@ -120,7 +120,7 @@ async def one_run(url: str, jobs: int, clients: int, pages: str) -> tuple[float,
             gc.collect()
             t0, c0, r0 = time.perf_counter(), time.process_time(), _cpu_of(readers)
             executions = await job.start_many(range(jobs))
-            await asyncio.gather(*await runtime.settled([e.id for e in executions]))
+            await runtime.all_settled([e.id for e in executions])
             elapsed, cpu, reader_cpu = time.perf_counter() - t0, time.process_time() - c0, _cpu_of(readers) - r0
         finally:
             if readers is not None:

@@ -28,12 +28,15 @@ GROUPS = [
     ("executions: runtime, attempt, steps, transitions, results", (
         "engine/runtime", "engine/attempt", "engine/steps", "engine/transitions", "engine/context",
         "engine/execution", "engine/results", "engine/events", "engine/triggers", "engine/flow",
-        "engine/slots", "engine/limits",
+        "engine/slots", "engine/limits", "engine/creation", "engine/dispatch", "engine/endings",
+        "engine/job", "engine/sources", "engine/logs",
     )),
+    ("the bench's own code (app/bench.py: the handler, the no-op step, the clock)", ("app/bench",)),
     ("ids, clock, input/output checks", ("engine/ids", "engine/serialize", "engine/clock")),
     ("JSON encoder", ("json/",)),
     ("asyncio event loop, tasks, futures", ("asyncio", "_asyncio", "contextvars", "method 'run' of")),
     ("idle: waiting for the database (epoll)", ("poll' of 'select",)),
+    ("builtins called from Python (list/dict/set methods, setattr, isinstance...)", ("~:",)),
 ]
 
 

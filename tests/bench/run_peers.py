@@ -339,6 +339,10 @@ def rows(cases: list[Case]) -> list[dict[str, Any]]:
             target = TARGETS.get((c.storage, c.metric))
             row["target"] = target
             row["meets_target"] = None if med is None or target is None else med >= target
+        # The child's CPU over its clock per unit of the metric: steadier than the rate
+        # on a loaded machine (the children that report it: dq's and pgqueuer's).
+        cpus = [e["cpu_s"] / c.units * 1e6 for e in c.extra if "cpu_s" in e]
+        row["cpu_us"] = round(statistics.median(cpus), 1) if cpus else None
         if c.system == "pgqueuer" and c.extra:
             row["drain_only_jobs_per_s"] = round(
                 statistics.median(e["jobs"] / e["drain_s"] for e in c.extra), 1
@@ -349,12 +353,20 @@ def rows(cases: list[Case]) -> list[dict[str, Any]]:
             dq_med = dq_case.median() if dq_case is not None else None
             if dq_med is not None and med:
                 row[ratio] = round(dq_med / med, 2)
+        dq_row = by_key.get(("dq", *c.compare_to[1:])) if c.compare_to else None
+        if dq_row is not None and row["cpu_us"]:
+            dq_cpus = [e["cpu_s"] / dq_row.units * 1e6 for e in dq_row.extra if "cpu_s" in e]
+            if dq_cpus:  # above 1: dq spends less CPU per unit than the peer
+                row["peer_cpu_over_dq"] = round(row["cpu_us"] / statistics.median(dq_cpus), 2)
         out.append(row)
     return out
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
-    head = f"{'storage':<11}{'system':<10}{'metric':<9}{'workload':<34}{'median':>10}  {'dq/peer (defgc)':>16}  {'target':>13}  samples"
+    head = (
+        f"{'storage':<11}{'system':<10}{'metric':<9}{'workload':<34}{'median':>10}  {'CPU us':>7}  "
+        f"{'dq/peer (defgc)':>16}  {'target':>13}  samples"
+    )
     print(head)
     print("-" * len(head))
     for r in table:
@@ -366,8 +378,10 @@ def print_table(table: list[dict[str, Any]]) -> None:
         if r["target"] is not None:
             target = f"{r['target']:,.0f}" + (" ok" if r["meets_target"] else " MISS")
         samples = ", ".join(f"{x:,.0f}" for x in r["samples"])
+        cpu = "" if r.get("cpu_us") is None else f"{r['cpu_us']:.1f}"
         print(
-            f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {ratio:>16}  {target:>13}  {samples}"
+            f"{r['storage']:<11}{r['system']:<10}{r['metric']:<9}{r['workload']:<34}{med:>10}  {cpu:>7}  "
+            f"{ratio:>16}  {target:>13}  {samples}"
         )
     # Concurrent single start() calls against start_many (issue 17: within 50%).
     by = {(r["system"], r["storage"], r["metric"]): r["median"] for r in table}
@@ -380,6 +394,8 @@ def print_table(table: list[dict[str, Any]]) -> None:
         dq = by.get(("dq", storage, "jobs/s"))
         if best is not None and dq:
             print(f"dq {storage} jobs/s / pgqueuer's best ({best['workload']}) = {dq / best['median']:.2f}x")
+            if best.get("peer_cpu_over_dq"):
+                print(f"  CPU per job, pgqueuer's ({best['cpu_us']:.1f} us) / dq's = {best['peer_cpu_over_dq']:.2f}x")
 
 
 def versions(a: argparse.Namespace) -> dict[str, Any]:
