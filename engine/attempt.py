@@ -53,11 +53,7 @@ async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> Non
         except asyncio.CancelledError:
             if ctx.control != TIMEOUT:
                 raise
-            ctx.control = None
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
+            raise _watchdog_timeout(ctx) from None
         finally:
             ctx.deadline = None
             EXECUTION.reset(etoken)
@@ -66,6 +62,16 @@ async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> Non
     _typed_out, stored_out = validate_in(job.options.output, output, job.output_what)
     change = complete(ctx.holder, output=stored_out, current_step=rec.current_step, now=now_ms())
     await owner.end(ctx, change, typed_input)
+
+
+def _watchdog_timeout(ctx: ExecutionContext) -> TimeoutError:
+    """The watchdog cancelled this attempt at its deadline: take back that
+    cancellation and report the timeout instead."""
+    ctx.control = None
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return TimeoutError(f"job {ctx.job.name!r} attempt timed out after {ctx.job.options.timeout}")
 
 
 async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
@@ -82,11 +88,7 @@ async def call_handler(ctx: ExecutionContext, typed_input: Any) -> Any:
             except asyncio.CancelledError:
                 if ctx.control != TIMEOUT:
                     raise
-                ctx.control = None
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                raise TimeoutError(f"job {job.name!r} attempt timed out after {job.options.timeout}") from None
+                raise _watchdog_timeout(ctx) from None
         scope = asyncio.timeout(job.timeout_ms / 1000)
         try:
             async with scope:

@@ -295,13 +295,27 @@ def _take_group(
 def _extend(into: Batch, b: Batch) -> bool:
     """Append `b`'s parts to `into` (a fire-and-forget send's batch, which nobody reads
     again), unless the two fence one execution with different tokens: False then,
-    and `into` is unchanged. Empty parts skipped: a step's batch has only a step, an
-    event and a fence."""
+    and `into` is unchanged."""
     fences = into.fences
     for eid, token in b.fences.items():
         if fences.get(eid, token) != token:
             return False
+    _append(into, b)
+    return True
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    """One batch with the parts of `batches`, in order."""
+    out = Batch()
+    for b in batches:
+        _append(out, b)
+    return out
+
+
+def _append(into: Batch, b: Batch) -> None:
+    # Empty parts skipped: a step's batch has only a step, an event and a fence.
     if b.expect:
+        # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
         into.expect.update({k: v for k, v in b.expect.items() if k not in into.state})
     if b.executions:
         into.executions.extend(b.executions)
@@ -312,37 +326,11 @@ def _extend(into: Batch, b: Batch) -> bool:
     if b.events:
         into.events.extend(b.events)
     if b.fences:
-        fences.update(b.fences)
+        into.fences.update(b.fences)
     if b.messages:
         into.messages.extend(b.messages)
     if b.state:
         into.state.update(b.state)
-    return True
-
-
-def _merge(batches: list[Batch]) -> Batch:
-    """One batch with the parts of `batches`, in order."""
-    out = Batch()
-    # Empty parts skipped: a step's batch has only a step, an event and a fence.
-    for b in batches:
-        if b.expect:
-            # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
-            out.expect.update({k: v for k, v in b.expect.items() if k not in out.state})
-        if b.executions:
-            out.executions.extend(b.executions)
-        if b.updates:
-            out.updates.extend(b.updates)
-        if b.steps:
-            out.steps.extend(b.steps)
-        if b.events:
-            out.events.extend(b.events)
-        if b.fences:
-            out.fences.update(b.fences)
-        if b.messages:
-            out.messages.extend(b.messages)
-        if b.state:
-            out.state.update(b.state)
-    return out
 
 
 def _fail(fut: asyncio.Future[CommitResult] | None, exc: Exception) -> None:
