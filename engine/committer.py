@@ -53,8 +53,6 @@ class Committer:
         """A synchronous adapter's commit of `batch` (only when `synchronous`), with the
         sends queued before it: one call, and no nested ones but the adapter's (every
         step's commit comes here, without a coroutine of its own)."""
-        now = self._now
-        assert now is not None
         pending = self._pending
         if pending is not None:
             self._pending = None
@@ -63,17 +61,12 @@ class Committer:
             if batch.expect or not _extend(pending, batch):
                 self._apply_sends(pending)
             else:
-                result = now(pending)
+                result = self._apply_now(pending)
                 n = len(batch.updates)
-                if n != len(result.applied):
+                if n != len(result.applied):  # only `batch`'s updates are the caller's
                     result.applied = result.applied[len(result.applied) - n :] if n else []
-                if result.events:
-                    self._on_events(result.events)
                 return result
-        result = now(batch)
-        if result.events:
-            self._on_events(result.events)
-        return result
+        return self._apply_now(batch)
 
     def submit(self, batch: Batch) -> asyncio.Future[CommitResult]:
         """Queue `batch` now (in order with what was queued before it); the future
@@ -96,10 +89,7 @@ class Committer:
         if self._now is not None:
             pending = self._pending
             if pending is None:
-                self._pending = batch
-                if not self._sends_scheduled:
-                    self._sends_scheduled = True
-                    asyncio.get_running_loop().call_soon(self._flush_sends)
+                self._queue_pending(batch)
             elif not _extend(pending, batch):  # a stale and a fresh holder: one after the other
                 self._pending = batch
                 self._apply_sends(pending)
@@ -123,21 +113,23 @@ class Committer:
                 return pending
             self._pending = None  # a stale and a fresh holder: the queued writes go first
             self._apply_sends(pending)
-        pending = self._pending = Batch(fences={execution_id: token})
-        if not self._sends_scheduled:
-            self._sends_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_sends)
+        pending = Batch(fences={execution_id: token})
+        self._queue_pending(pending)
         return pending
 
     def commit_queued(self) -> CommitResult:
         """Commit what `queued` returned (and what joined it since), now."""
-        pending, now = self._pending, self._now
-        assert pending is not None and now is not None
+        pending = self._pending
+        assert pending is not None
         self._pending = None
-        result = now(pending)
-        if result.events:
-            self._on_events(result.events)
-        return result
+        return self._apply_now(pending)
+
+    def _queue_pending(self, batch: Batch) -> None:
+        """`batch` waits for the next commit, or for the end of this loop iteration."""
+        self._pending = batch
+        if not self._sends_scheduled:
+            self._sends_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_sends)
 
     def _flush_sends(self) -> None:
         self._sends_scheduled = False
