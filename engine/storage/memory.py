@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 import itertools
 import pickle
 from collections import Counter
@@ -26,6 +25,7 @@ from .base import (
     TimeBuckets,
 )
 from .conditions import expectations_fail, update_applies
+from .memory_due import DueIndex
 from .query import clone, finish_aggregate, fold, matches, only_status_and_job, sort_and_page
 
 _FIELDS = frozenset(ExecutionRecord.__slots__) - {"id"}
@@ -59,6 +59,8 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._executions: dict[str, ExecutionRecord] = {}
         self._pending: set[str] = set()
+        #: The claimable ones in claim order (a claim does not look at all of them).
+        self._due = DueIndex(self._executions, self._pending)
         #: Every execution id, ascending: list pages walk it from either end.
         self._ids: list[str] = []
         #: (field, value) -> ids, for parent_id, root_id and replay_of: an execution's family.
@@ -183,6 +185,7 @@ class MemoryStorage(Storage):
         # `_index`, inline: a new record stored running (the usual case) needs nothing.
         if rec.status in CLAIMABLE:
             self._pending.add(rec.id)
+            self._due.add(rec)
         elif known:
             self._pending.discard(rec.id)
         # Most executions have no family (the _LINKS fields, read here without a call).
@@ -206,18 +209,9 @@ class MemoryStorage(Storage):
     def _index(self, rec: ExecutionRecord) -> None:
         if rec.status in CLAIMABLE:
             self._pending.add(rec.id)
+            self._due.add(rec)
         else:
             self._pending.discard(rec.id)
-
-    def _pending_for(
-        self, job_names: Sequence[str] | None, exclude: Sequence[str]
-    ) -> list[ExecutionRecord]:
-        return [
-            r
-            for i in self._pending
-            if ((r := self._executions[i]).job_name not in exclude)
-            and (job_names is None or r.job_name in job_names)
-        ]
 
     async def claim(
         self,
@@ -229,9 +223,8 @@ class MemoryStorage(Storage):
         exclude_jobs: Sequence[str] = (),
     ) -> list[ExecutionRecord]:
         now = now_ms()
-        due = [r for r in self._pending_for(job_names, exclude_jobs) if r.run_at <= now]
         out = []
-        for rec in heapq.nsmallest(limit, due, key=lambda r: (-r.priority, r.run_at, r.id)):
+        for rec in self._due.take(now, limit, _wanted(job_names, exclude_jobs)):
             rec.status = "running"
             rec.worker_id = worker_id
             rec.lease_until = now + lease_ms
@@ -346,8 +339,7 @@ class MemoryStorage(Storage):
     async def next_due(
         self, job_names: Sequence[str] | None = None, exclude_jobs: Sequence[str] = ()
     ) -> int | None:
-        times = [r.run_at for r in self._pending_for(job_names, exclude_jobs)]
-        return min(times) if times else None
+        return self._due.earliest(_wanted(job_names, exclude_jobs))
 
     async def read_messages(
         self, pipe: str, after_seq: int = 0, *, limit: int = 1000
@@ -372,6 +364,12 @@ class MemoryStorage(Storage):
 
     async def remove_worker(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
+
+
+def _wanted(job_names: Sequence[str] | None, exclude: Sequence[str]) -> Callable[[ExecutionRecord], bool]:
+    names = None if job_names is None else frozenset(job_names)
+    skip = frozenset(exclude)
+    return lambda r: (names is None or r.job_name in names) and r.job_name not in skip
 
 
 def _copy(value: Any) -> Any:
