@@ -155,8 +155,7 @@ class FlowControl:
         step's own commit queued right after it shares its transaction (a failed write is
         logged; the next waiter's look at the holders then frees the slot)."""
         if limit.window_ms is None:
-            fut = self.ledger.release_nowait(holder, [state_key(limit)])
-            fut.add_done_callback(lambda f: _log_failed_release(holder, f))
+            self.ledger.give_back(holder, [state_key(limit)], f"could not give back the step slot of {holder}")
 
     # -- gates at the start of a claimed execution ----------------------------------------------
     async def admit(
@@ -188,9 +187,10 @@ class FlowControl:
     def admits_at_creation(self, job: Job) -> bool:
         """Whether a new execution of `job` is admitted in the write that creates it
         (`admit_new`): not with a throttle (in discard mode it would have to be created
-        cancelled), nor on a storage that commits in memory (no round trip to save,
-        and `start()` returns before the decision instead of after it)."""
-        return self.gated(job) and job.options.throttle is None and not self.storage.synchronous_commit
+        cancelled). Also on a storage that commits in memory: a waiter is then created
+        pending, instead of created running, refused by its first run and parked (a
+        task, a write and its state copy less per waiter)."""
+        return self.gated(job) and job.options.throttle is None
 
     async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
         """Admission of an execution this process creates, claimed, to run here: the
@@ -256,8 +256,9 @@ class FlowControl:
         if fut is not None:
             await fut
 
-    def release_nowait(self, job: Job, rec: ExecutionRecord) -> asyncio.Future[Decision] | None:
-        """Give back the execution's slots, queued at once (see `Ledger.release_nowait`)."""
+    def release_nowait(self, job: Job, rec: ExecutionRecord, quiet: bool = False) -> asyncio.Future[Decision] | None:
+        """Give back the execution's slots, queued at once (see `Ledger.release_nowait`).
+        `quiet`: nobody awaits it (`Ledger.give_back`; None is returned)."""
         keys: list[str] = []
         queue_limit = self._queue_limit()
         if queue_limit is not None:
@@ -269,7 +270,12 @@ class FlowControl:
                 limit = None
             if limit is not None and limit.window_ms is None:
                 keys.append(state_key(limit))
-        return self.ledger.release_nowait(rec.id, keys) if keys else None
+        if not keys:
+            return None
+        if quiet:
+            self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
+            return None
+        return self.ledger.release_nowait(rec.id, keys)
 
     # -- debounce, when triggered ----------------------------------------------------------------
     async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, Transition | None]:
@@ -316,8 +322,3 @@ class FlowControl:
             return
         await self.runtime.settled_hooks(job, rec, None, None, "debounced")
         self.runtime.resolve(rec)
-
-
-def _log_failed_release(holder: str, fut: asyncio.Future[Decision]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("dq: could not give back the step slot of %s: %s", holder, fut.exception())
