@@ -147,9 +147,7 @@ class Dispatch(RuntimeState):
         if not ctx.holds_slot or self.fatal_error is not None:
             return
         ctx.holds_slot = False
-        fut = self.flow.release_nowait(ctx.job, ctx.record)
-        if fut is not None:
-            fut.add_done_callback(lambda f: _log_release(ctx.id, f))
+        self.flow.release_nowait(ctx.job, ctx.record, quiet=True)
 
     async def _hold_back(self, ctx: ExecutionContext, typed_input: Any, retry_at: int, reason: str) -> None:
         """Not allowed to start yet: back to pending until `retry_at`, with the reason
@@ -173,9 +171,3 @@ class Dispatch(RuntimeState):
         batch = change.batch()
         batch.fences[ctx.id] = ctx.record.token
         return batch
-
-
-def _log_release(execution_id: str, fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        # It no longer runs: the next waiter's look at the holders frees the slot.
-        log.warning("dq: could not give back the slot of execution %s: %s", execution_id, fut.exception())

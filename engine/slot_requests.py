@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .limits import Limit, Timed, window_reserve
 from .storage.base import Batch, CommitResult
+
+log = logging.getLogger("dq")
 
 
 @dataclass(slots=True)
@@ -62,6 +65,8 @@ class Release:
     keys: list[str]
     fut: asyncio.Future[Decision] | None = None
     tries: int = 0
+    #: No future (nobody awaits it): a failure is logged with this message instead.
+    warn: str | None = None
 
 
 @dataclass(slots=True)
@@ -100,7 +105,11 @@ def copy_state(state: Any) -> Any:
 
 def fail(ops: Sequence[Request | Release | Check], exc: BaseException) -> None:
     for op in ops:
-        if op.fut is not None and not op.fut.done():
+        if op.fut is None and isinstance(op, Release) and op.warn is not None:
+            # It no longer runs: the next waiter's look at the holders frees the slot.
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("dq: %s: %s", op.warn, exc)
+        elif op.fut is not None and not op.fut.done():
             if isinstance(exc, asyncio.CancelledError):
                 op.fut.cancel()
             else:

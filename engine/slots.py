@@ -121,6 +121,8 @@ class Ledger:
         #: The state key each of those waits on.
         self._local_keys: dict[str, str] = {}
         self._look: asyncio.Task[None] | None = None
+        #: The step waiters' next safety-net re-check (`_recheck`), while any waits.
+        self._tick: asyncio.TimerHandle | None = None
         #: Key -> the value this process last wrote or read (None: absent).
         self._cache: dict[str, Any] = {}
         #: Key -> when its holders were last checked for liveness.
@@ -151,6 +153,11 @@ class Ledger:
         self._submit(Release(holder, keys, fut))
         return fut
 
+    def give_back(self, holder: str, keys: list[str], warn: str) -> None:
+        """`release_nowait` that nobody awaits: no future (nor a callback on it, a loop
+        handle per release); a failed write is logged with `warn`."""
+        self._submit(Release(holder, keys, warn=warn))
+
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
         """Wait until `holder` holds a slot of `limit`, in this process's memory (a
         step waits inside its running handler). Cancelling gives the place back."""
@@ -164,12 +171,10 @@ class Ledger:
                 decision = await self.request(Request(holder, order, (limit,), recheck=recheck))
                 if decision.ok:
                     return
-                try:
-                    async with asyncio.timeout(self.recheck_s):
-                        if await fut:
-                            return
-                except TimeoutError:
-                    pass
+                if self._tick is None:
+                    self._tick = asyncio.get_running_loop().call_later(self.recheck_s, self._recheck)
+                if await fut:
+                    return
                 recheck = True
         except BaseException:
             self._local.pop(holder, None)
@@ -180,6 +185,14 @@ class Ledger:
             if self._local.get(holder) is fut:
                 del self._local[holder]
                 self._local_keys.pop(holder, None)
+
+    def _recheck(self) -> None:
+        """The safety net's look, one timer for all step waiters (not a timeout each): every
+        waiter asks again, and so has its key's holders checked, within `recheck_s`."""
+        self._tick = None
+        for fut in self._local.values():
+            if not fut.done():
+                fut.set_result(False)
 
     def on_wakeup(self) -> None:
         """Another process may have handed a slot to a step waiting here: one read of
@@ -365,6 +378,8 @@ class Ledger:
                 op.tries += 1
                 if op.tries > _CAS_TRIES and op.fut is not None and not op.fut.done():
                     op.fut.set_result(Decision(False, now_ms() + 250, "contended: the limit's state kept changing"))
+                elif op.tries > _CAS_TRIES:
+                    fail([op], RuntimeError("the limit's state kept changing"))
             self._retry.extend(again)
             if again and (self._task is None or self._task.done()):
                 self._task = asyncio.create_task(self._run(), name="dq-admission")
