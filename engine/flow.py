@@ -187,10 +187,10 @@ class FlowControl:
     def admits_at_creation(self, job: Job) -> bool:
         """Whether a new execution of `job` is admitted in the write that creates it
         (`admit_new`): not with a throttle (in discard mode it would have to be created
-        cancelled). Also on a storage that commits in memory: a waiter is then created
-        pending, instead of created running, refused by its first run and parked (a
-        task, a write and its state copy less per waiter)."""
-        return self.gated(job) and job.options.throttle is None
+        cancelled), nor on a storage that commits in memory (no round trip to save, and
+        `start()` would return after the decision, a round later, instead of at once: a
+        producer of sequential starts would go in lock-step with the admission rounds)."""
+        return self.gated(job) and job.options.throttle is None and not self.storage.synchronous_commit
 
     async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
         """Admission of an execution this process creates, claimed, to run here: the
