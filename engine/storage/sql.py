@@ -371,9 +371,15 @@ class SqlStorage(Storage):
     def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A write transaction, committed when the block exits normally."""
 
-    @abc.abstractmethod
     def _commit_txn(self) -> AbstractAsyncContextManager[CommitIO]:
-        """The write transaction of `commit`, at driver level."""
+        """The write transaction of `commit`, at driver level (see `_commit_once`)."""
+        raise NotImplementedError
+
+    async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
+        """One attempt of `commit`: `_commit` in a `_commit_txn` transaction. SQLite
+        runs the whole transaction in its driver's thread instead."""
+        async with self._commit_txn() as io:
+            return await self._commit(io, batch, prepared)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.engine.connect()
@@ -534,8 +540,7 @@ class SqlStorage(Storage):
         prepared = _Prepared.of(batch)
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                async with self._commit_txn() as io:
-                    return await self._commit(io, batch, prepared)
+                return await self._commit_once(batch, prepared)
             except self._statement_errors as exc:
                 orig = getattr(exc, "orig", exc)
                 if self._is_retryable(exc) and attempt < _COMMIT_ATTEMPTS:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import URL, BigInteger, ColumnElement, String, event, func, literal, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -17,44 +17,60 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import StorageBusyError
 from ..ids import now_ms
-from .sql import CommitIO, SqlStorage, Write, log
+from .base import Batch, CommitResult
+from .sql import CommitIO, SqlStorage, Write, _Prepared, log
 from .sql_tables import dumps
 
+_T = TypeVar("_T")
 
-class _AiosqliteIO:
-    """Commit statements straight on the aiosqlite connection: one hop to its
-    thread per statement, where SQLAlchemy's adapter takes three or four
-    (cursor, execute, fetch, close). Statements are queued together where no
-    result is needed in between (BEGIN with the first one; all the writes) and
-    run back to back in the connection's thread, in order."""
 
-    def __init__(self, conn: Any, *, begin: str) -> None:
-        self._conn = conn
-        self._begin: str | None = begin
+class _SyncIO:
+    """A commit's statements on the sqlite3 connection itself, called in aiosqlite's
+    thread: `fetch` and `run` never suspend, so `SqlStorage._commit` over this IO
+    runs to its end in a single `send` (`_run_to_end`), and the whole transaction
+    (BEGIN, reads, writes, COMMIT) takes one hop to that thread and back instead
+    of one per statement."""
 
-    async def _all(self, calls: list[tuple[str, Awaitable[Any]]]) -> list[Any]:
-        if self._begin is not None:
-            calls.insert(0, (self._begin, self._conn.execute(self._begin)))
-        outcomes = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
-        for (sql, _), outcome in zip(calls, outcomes, strict=True):
-            if isinstance(outcome, sqlite3.Error):
-                # The same exception types as the statements that go through SQLAlchemy.
-                raise DBAPIError.instance(sql, None, outcome, sqlite3.Error) from outcome
-            if isinstance(outcome, BaseException):
-                raise outcome
-        if self._begin is not None:
-            self._begin = None
-            outcomes.pop(0)
-        return outcomes
+    __slots__ = ("_cursor",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._cursor = conn.cursor()
 
     async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        [rows] = await self._all([(sql, self._conn.execute_fetchall(sql, params))])
-        return cast(Sequence[Sequence[Any]], rows)
+        try:
+            return self._cursor.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _dbapi_error(sql, exc) from exc
 
     async def run(self, writes: list[Write]) -> None:
-        conn = self._conn
-        await self._all([(sql, (conn.executemany if many else conn.execute)(sql, params))
-                         for sql, params, many in writes])  # fmt: skip
+        cursor = self._cursor
+        for sql, params, many in writes:
+            try:
+                (cursor.executemany if many else cursor.execute)(sql, params)
+            except sqlite3.Error as exc:
+                # The first error ends the transaction (rolled back): nothing after it runs.
+                raise _dbapi_error(sql, exc) from exc
+
+
+def _dbapi_error(sql: str, exc: sqlite3.Error) -> DBAPIError:
+    """The exception types of the statements that go through SQLAlchemy."""
+    return cast(DBAPIError, DBAPIError.instance(sql, None, exc, sqlite3.Error))
+
+
+def _run_to_end(coro: Coroutine[Any, Any, _T]) -> _T:
+    """The result of `coro`, which must finish without suspending (its awaits are
+    `_SyncIO`'s): we are in aiosqlite's thread, with no event loop to resume it."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    coro.close()
+    raise RuntimeError("sqlite storage: a commit suspended in the driver's thread")
+
+
+class _RollbackFailed(Exception):
+    """The rollback after a failed commit failed too (its error is the cause): the
+    transaction may still be open, so the connection must not be used again."""
 
 
 class SqliteStorage(SqlStorage):
@@ -172,17 +188,40 @@ class SqliteStorage(SqlStorage):
                 await self._rollback(conn.rollback)
                 raise
 
-    @asynccontextmanager
-    async def _commit_txn(self) -> AsyncIterator[CommitIO]:
+    async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
         async with self._writing():
             _, driver = await self._writer()
-            io = _AiosqliteIO(driver, begin="BEGIN IMMEDIATE")
+            # aiosqlite runs the callable in its connection's thread, after whatever
+            # was queued before it, and wakes this task once with the outcome.
             try:
-                yield io
-                await driver.commit()
-            except BaseException:
-                await self._rollback(driver.rollback)
-                raise
+                result: CommitResult = await driver._execute(
+                    self._commit_in_thread, driver._conn, batch, prepared
+                )
+            except _RollbackFailed as exc:
+                log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc.__cause__)
+                await self._close_writer()
+                raise cast(BaseException, exc.__cause__) from None
+            return result
+
+    def _commit_in_thread(self, conn: sqlite3.Connection, batch: Batch, prepared: _Prepared) -> CommitResult:
+        """One commit transaction, start to end, in aiosqlite's thread."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
+        except sqlite3.Error as exc:
+            raise _dbapi_error("BEGIN IMMEDIATE", exc) from exc
+        try:
+            result = _run_to_end(self._commit(_SyncIO(conn), batch, prepared))
+            try:
+                conn.commit()
+            except sqlite3.Error as exc:
+                raise _dbapi_error("COMMIT", exc) from exc
+        except BaseException:
+            try:
+                conn.rollback()
+            except BaseException as exc:
+                raise _RollbackFailed() from exc
+            raise
+        return result
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
