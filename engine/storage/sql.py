@@ -274,9 +274,14 @@ def runs_to_end(
 
 
 def _update_by_id(names: tuple[str, ...]) -> Callable[[], Executable]:
-    """UPDATE executions SET <names> WHERE id = :pk_ (bound as v_<name> and pk_)."""
-    values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
-    return lambda: update(_E).where(_E.c.id == bindparam("pk_")).values(values)
+    """UPDATE executions SET <names> WHERE id = :pk_ (bound as v_<name> and pk_).
+    Built only when called: `_Compiled` calls it once per set of names."""
+
+    def build() -> Executable:
+        values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
+        return update(_E).where(_E.c.id == bindparam("pk_")).values(values)
+
+    return build
 
 
 @dataclass(slots=True)
