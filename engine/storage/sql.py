@@ -11,7 +11,8 @@ whatever the batch size: one SELECT of the executions the batch touches
 those rows are held, then one executemany per table (and per distinct set of
 updated fields). Its statements are compiled once and fed positional tuples;
 SQLAlchemy's per-row parameter handling would cost more than the database's
-work on this path.
+work on this path. SQLite runs the whole transaction in one call on its driver's
+thread (`_commit_once`, sql_sqlite.py), `_commit` included.
 """
 
 from __future__ import annotations

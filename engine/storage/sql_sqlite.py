@@ -1,4 +1,11 @@
-"""SQLite through aiosqlite: one writer (BEGIN IMMEDIATE), WAL, the local clock."""
+"""SQLite through aiosqlite: one writer (BEGIN IMMEDIATE), WAL, the local clock.
+
+`commit` runs its whole transaction in one call on aiosqlite's thread, with the
+sqlite3 connection used synchronously there (`_SyncIO`): one hop to the thread
+and one wake-up of the event loop per commit, where a statement at a time took
+a hop each (BEGIN, the read, each write, COMMIT). Under a limit the commits of
+successive generations follow each other, so this latency is what they wait for.
+"""
 
 from __future__ import annotations
 
