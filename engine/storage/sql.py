@@ -702,7 +702,7 @@ class SqlStorage(Storage):
 
     @staticmethod
     def _job_filter(
-        job_names: Sequence[str] | None, exclude_jobs: Sequence[str]
+        job_names: Sequence[Any] | None, exclude_jobs: Sequence[Any]
     ) -> list[ColumnElement[bool]]:
         conds: list[ColumnElement[bool]] = []
         if job_names is not None:
@@ -724,31 +724,47 @@ class SqlStorage(Storage):
         if limit <= 0:
             return []
         async with self._write() as conn:
-            now = self._now_sql()
-            due = select(_E.c.id).where(
-                _E.c.status.in_(CLAIMABLE),
-                _E.c.run_at <= now,
-                *self._job_filter(job_names, exclude_jobs),
-            )
-            due = due.order_by(_E.c.priority.desc(), _E.c.run_at, _E.c.id).limit(limit)
-            stmt = (
-                update(_E)
-                .where(
-                    _E.c.id.in_(self._locking(due, skip_locked=True)),
-                    _E.c.status.in_(CLAIMABLE),
-                )
-                .values(
-                    status="running",
-                    worker_id=worker_id,
-                    lease_until=now + lease_ms,
-                    token=_E.c.token + 1,
-                    started_at=func.coalesce(_E.c.started_at, now),
-                )
-                .returning(*_EXEC_COLS)
-            )
+            stmt = self._claim_statement(
+                worker_id, now=self._now_sql(), lease_ms=lease_ms, limit=limit,
+                job_names=job_names, exclude_jobs=exclude_jobs,
+            )  # fmt: skip
             recs = [execution_record(r) for r in await conn.execute(stmt)]
         recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         return recs
+
+    def _claim_statement(
+        self,
+        worker_id: Any,
+        *,
+        now: Any,
+        lease_ms: Any,
+        limit: Any,
+        job_names: Sequence[Any] | None,
+        exclude_jobs: Sequence[Any],
+    ) -> Executable:
+        """`claim`'s UPDATE ... RETURNING the claimed rows. The arguments are values
+        or SQL expressions (SQLite binds them all, to compile the statement once)."""
+        due = select(_E.c.id).where(
+            _E.c.status.in_(CLAIMABLE),
+            _E.c.run_at <= now,
+            *self._job_filter(job_names, exclude_jobs),
+        )
+        due = due.order_by(_E.c.priority.desc(), _E.c.run_at, _E.c.id).limit(limit)
+        return (
+            update(_E)
+            .where(
+                _E.c.id.in_(self._locking(due, skip_locked=True)),
+                _E.c.status.in_(CLAIMABLE),
+            )
+            .values(
+                status="running",
+                worker_id=worker_id,
+                lease_until=now + lease_ms,
+                token=_E.c.token + 1,
+                started_at=func.coalesce(_E.c.started_at, now),
+            )
+            .returning(*_EXEC_COLS)
+        )
 
     @runs_to_end
     async def renew(

@@ -16,7 +16,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import URL, BigInteger, ColumnElement, String, event, func, literal, select
+from sqlalchemy import (
+    URL,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    String,
+    bindparam,
+    event,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -24,9 +35,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import StorageBusyError
 from ..ids import now_ms
-from .base import Batch, CommitResult
-from .sql import CommitIO, SqlStorage, Write, _Prepared, log
-from .sql_tables import dumps
+from .base import Batch, CommitResult, ExecutionRecord
+from .sql import CommitIO, SqlStorage, Write, _Prepared, log, runs_to_end
+from .sql_tables import dumps, execution_record
 
 _T = TypeVar("_T")
 
@@ -80,6 +91,28 @@ class _RollbackFailed(Exception):
     transaction may still be open, so the connection must not be used again."""
 
 
+def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`body(conn)` in a BEGIN IMMEDIATE transaction: committed if it returns,
+    rolled back if anything raises. Called in aiosqlite's thread."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
+    except sqlite3.Error as exc:
+        raise _dbapi_error("BEGIN IMMEDIATE", exc) from exc
+    try:
+        result = body(conn)
+        try:
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise _dbapi_error("COMMIT", exc) from exc
+    except BaseException:
+        try:
+            conn.rollback()
+        except BaseException as exc:
+            raise _RollbackFailed() from exc
+        raise
+    return result
+
+
 class SqliteStorage(SqlStorage):
     """One writer: every write is a `BEGIN IMMEDIATE` transaction, and the writers
     of this process queue on an asyncio lock rather than in SQLite's busy handler."""
@@ -110,6 +143,7 @@ class SqliteStorage(SqlStorage):
         self._write_lock = asyncio.Lock()
         self._writer_conn: AsyncConnection | None = None
         self._writer_driver: Any = None
+        self._claims: dict[tuple[int | None, int], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
     def _create_engine(self) -> AsyncEngine:
         engine = create_async_engine(self._url, **({} if self._memory else self.pool_options()))
@@ -196,39 +230,76 @@ class SqliteStorage(SqlStorage):
                 raise
 
     async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
+        def commit(conn: sqlite3.Connection) -> CommitResult:
+            return _run_to_end(self._commit(_SyncIO(conn), batch, prepared))
+
+        return await self._in_thread(commit)
+
+    @runs_to_end
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        job_names: Sequence[str] | None = None,
+        exclude_jobs: Sequence[str] = (),
+    ) -> list[ExecutionRecord]:
+        if limit <= 0:
+            return []
+        jobs, others = (None if job_names is None else list(job_names)), list(exclude_jobs)
+        sql, names, values = self._claim_sql(None if jobs is None else len(jobs), len(others))
+        values = {**values, "worker_id": worker_id, "lease_ms": lease_ms, "limit": limit}
+        values.update((f"job_{i}", name) for i, name in enumerate(jobs or ()))
+        values.update((f"other_{i}", name) for i, name in enumerate(others))
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            values["now"] = now_ms()  # the clock read holding the write lock, as _now_sql
+            params = tuple([values[name] for name in names])
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _dbapi_error(sql, exc) from exc
+
+        recs = [execution_record(r) for r in await self._in_thread(claim)]
+        recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+        return recs
+
+    def _claim_sql(self, jobs: int | None, others: int) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """`_claim_statement` compiled once per number of job names: its SQL, its
+        parameters' order and their fixed values (the statuses)."""
+        key = (jobs, others)
+        entry = self._claims.get(key)
+        if entry is None:
+            def bind(name: str, type_: Any = String) -> Any:
+                return bindparam(name, None, type_=type_)
+
+            stmt = self._claim_statement(
+                bind("worker_id"), now=bind("now", BigInteger), lease_ms=bind("lease_ms", BigInteger),
+                limit=bind("limit", Integer), exclude_jobs=[bind(f"other_{i}") for i in range(others)],
+                job_names=None if jobs is None else [bind(f"job_{i}") for i in range(jobs)],
+            )  # fmt: skip
+            compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})  # type: ignore[attr-defined]
+            names = tuple(compiled.positiontup or ())
+            if len(self._claims) >= 64:  # job name lists of many lengths: keep it bounded
+                self._claims.clear()
+            entry = self._claims[key] = (compiled.string, names, dict(compiled.params))
+        return entry
+
+    async def _in_thread(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """`body` in one write transaction, run start to end in aiosqlite's thread:
+        the one writer's turn, then one hop there and back."""
         async with self._writing():
             _, driver = await self._writer()
             # aiosqlite runs the callable in its connection's thread, after whatever
             # was queued before it, and wakes this task once with the outcome.
             try:
-                result: CommitResult = await driver._execute(
-                    self._commit_in_thread, driver._conn, batch, prepared
-                )
+                result: _T = await driver._execute(_transaction, driver._conn, body)
             except _RollbackFailed as exc:
                 log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc.__cause__)
                 await self._close_writer()
                 raise cast(BaseException, exc.__cause__) from None
             return result
-
-    def _commit_in_thread(self, conn: sqlite3.Connection, batch: Batch, prepared: _Prepared) -> CommitResult:
-        """One commit transaction, start to end, in aiosqlite's thread."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
-        except sqlite3.Error as exc:
-            raise _dbapi_error("BEGIN IMMEDIATE", exc) from exc
-        try:
-            result = _run_to_end(self._commit(_SyncIO(conn), batch, prepared))
-            try:
-                conn.commit()
-            except sqlite3.Error as exc:
-                raise _dbapi_error("COMMIT", exc) from exc
-        except BaseException:
-            try:
-                conn.rollback()
-            except BaseException as exc:
-                raise _RollbackFailed() from exc
-            raise
-        return result
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ async def test_a_commit_that_would_suspend_is_rolled_back(
     assert (await storage.get_execution("e2")) is not None
 
 
-async def test_a_commit_is_one_call_on_the_driver_thread(storage: SqliteStorage) -> None:
+async def _driver_calls(storage: SqliteStorage, writes: Callable[[], Awaitable[Any]]) -> int:
+    """How many callables `writes` queued to aiosqlite's thread (hops there and back)."""
     _, driver = await storage._writer()
     queue, calls = driver._tx, []
 
@@ -119,12 +121,40 @@ async def test_a_commit_is_one_call_on_the_driver_thread(storage: SqliteStorage)
 
     driver._tx = Counting()
     try:
-        for i in range(3):
-            await storage.commit(_batch(f"e{i}"))
+        await writes()
     finally:
         driver._tx = queue
-    assert len(calls) == 3
+    return len(calls)
+
+
+async def test_a_commit_is_one_call_on_the_driver_thread(storage: SqliteStorage) -> None:
+    async def commits() -> None:
+        for i in range(3):
+            await storage.commit(_batch(f"e{i}"))
+
+    assert await _driver_calls(storage, commits) == 3
     assert len(await storage.read_events()) == 3
+
+
+async def test_a_claim_is_one_call_and_filters_by_any_number_of_jobs(storage: SqliteStorage) -> None:
+    now = now_ms()
+    jobs = ["a", "b", "c", "d"]
+    await storage.commit(Batch(executions=[
+        ExecutionRecord(f"{job}{i}", job, "pending", created_at=now, run_at=now - i) for job in jobs for i in range(2)
+    ]))  # fmt: skip
+    claimed: list[list[str]] = []
+
+    async def claims() -> None:
+        for names, others in ((["a"], []), (["a", "b", "c"], ["b"]), (None, ["c"]), (None, [])):
+            recs = await storage.claim("w", limit=10, lease_ms=60_000, job_names=names, exclude_jobs=others)
+            claimed.append([r.id for r in recs])
+
+    assert await _driver_calls(storage, claims) == 4
+    # Oldest run_at first (ids sort the ties), each execution claimed once.
+    assert claimed == [["a1", "a0"], ["c1", "c0"], ["b1", "d1", "b0", "d0"], []]
+    rec = await storage.get_execution("d0")
+    assert rec is not None and rec.status == "running" and rec.worker_id == "w" and rec.token == 1
+    assert rec.lease_until is not None and rec.lease_until >= now + 60_000
 
 
 async def test_a_commit_waits_for_another_connections_write_off_the_loop(
