@@ -5,6 +5,8 @@ sqlite3 connection used synchronously there (`_SyncIO`): one hop to the thread
 and one wake-up of the event loop per commit, where a statement at a time took
 a hop each (BEGIN, the read, each write, COMMIT). Under a limit the commits of
 successive generations follow each other, so this latency is what they wait for.
+`claim` does the same with its one statement. The other writes and the reads
+go through SQLAlchemy.
 """
 
 from __future__ import annotations
