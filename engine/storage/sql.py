@@ -11,7 +11,8 @@ whatever the batch size: one SELECT of the executions the batch touches
 those rows are held, then one executemany per table (and per distinct set of
 updated fields). Its statements are compiled once and fed positional tuples;
 SQLAlchemy's per-row parameter handling would cost more than the database's
-work on this path.
+work on this path. SQLite runs the whole transaction in one call on its driver's
+thread (`_commit_once`, sql_sqlite.py), `_commit` included.
 """
 
 from __future__ import annotations
@@ -274,9 +275,14 @@ def runs_to_end(
 
 
 def _update_by_id(names: tuple[str, ...]) -> Callable[[], Executable]:
-    """UPDATE executions SET <names> WHERE id = :pk_ (bound as v_<name> and pk_)."""
-    values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
-    return lambda: update(_E).where(_E.c.id == bindparam("pk_")).values(values)
+    """UPDATE executions SET <names> WHERE id = :pk_ (bound as v_<name> and pk_).
+    Built only when called: `_Compiled` calls it once per set of names."""
+
+    def build() -> Executable:
+        values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
+        return update(_E).where(_E.c.id == bindparam("pk_")).values(values)
+
+    return build
 
 
 @dataclass(slots=True)
@@ -371,9 +377,15 @@ class SqlStorage(Storage):
     def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A write transaction, committed when the block exits normally."""
 
-    @abc.abstractmethod
     def _commit_txn(self) -> AbstractAsyncContextManager[CommitIO]:
-        """The write transaction of `commit`, at driver level."""
+        """The write transaction of `commit`, at driver level (see `_commit_once`)."""
+        raise NotImplementedError
+
+    async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
+        """One attempt of `commit`: `_commit` in a `_commit_txn` transaction. SQLite
+        runs the whole transaction in its driver's thread instead."""
+        async with self._commit_txn() as io:
+            return await self._commit(io, batch, prepared)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.engine.connect()
@@ -534,8 +546,7 @@ class SqlStorage(Storage):
         prepared = _Prepared.of(batch)
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                async with self._commit_txn() as io:
-                    return await self._commit(io, batch, prepared)
+                return await self._commit_once(batch, prepared)
             except self._statement_errors as exc:
                 orig = getattr(exc, "orig", exc)
                 if self._is_retryable(exc) and attempt < _COMMIT_ATTEMPTS:
@@ -691,7 +702,7 @@ class SqlStorage(Storage):
 
     @staticmethod
     def _job_filter(
-        job_names: Sequence[str] | None, exclude_jobs: Sequence[str]
+        job_names: Sequence[Any] | None, exclude_jobs: Sequence[Any]
     ) -> list[ColumnElement[bool]]:
         conds: list[ColumnElement[bool]] = []
         if job_names is not None:
@@ -713,31 +724,47 @@ class SqlStorage(Storage):
         if limit <= 0:
             return []
         async with self._write() as conn:
-            now = self._now_sql()
-            due = select(_E.c.id).where(
-                _E.c.status.in_(CLAIMABLE),
-                _E.c.run_at <= now,
-                *self._job_filter(job_names, exclude_jobs),
-            )
-            due = due.order_by(_E.c.priority.desc(), _E.c.run_at, _E.c.id).limit(limit)
-            stmt = (
-                update(_E)
-                .where(
-                    _E.c.id.in_(self._locking(due, skip_locked=True)),
-                    _E.c.status.in_(CLAIMABLE),
-                )
-                .values(
-                    status="running",
-                    worker_id=worker_id,
-                    lease_until=now + lease_ms,
-                    token=_E.c.token + 1,
-                    started_at=func.coalesce(_E.c.started_at, now),
-                )
-                .returning(*_EXEC_COLS)
-            )
+            stmt = self._claim_statement(
+                worker_id, now=self._now_sql(), lease_ms=lease_ms, limit=limit,
+                job_names=job_names, exclude_jobs=exclude_jobs,
+            )  # fmt: skip
             recs = [execution_record(r) for r in await conn.execute(stmt)]
         recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
         return recs
+
+    def _claim_statement(
+        self,
+        worker_id: Any,
+        *,
+        now: Any,
+        lease_ms: Any,
+        limit: Any,
+        job_names: Sequence[Any] | None,
+        exclude_jobs: Sequence[Any],
+    ) -> Executable:
+        """`claim`'s UPDATE ... RETURNING the claimed rows. The arguments are values
+        or SQL expressions (SQLite binds them all, to compile the statement once)."""
+        due = select(_E.c.id).where(
+            _E.c.status.in_(CLAIMABLE),
+            _E.c.run_at <= now,
+            *self._job_filter(job_names, exclude_jobs),
+        )
+        due = due.order_by(_E.c.priority.desc(), _E.c.run_at, _E.c.id).limit(limit)
+        return (
+            update(_E)
+            .where(
+                _E.c.id.in_(self._locking(due, skip_locked=True)),
+                _E.c.status.in_(CLAIMABLE),
+            )
+            .values(
+                status="running",
+                worker_id=worker_id,
+                lease_until=now + lease_ms,
+                token=_E.c.token + 1,
+                started_at=func.coalesce(_E.c.started_at, now),
+            )
+            .returning(*_EXEC_COLS)
+        )
 
     @runs_to_end
     async def renew(

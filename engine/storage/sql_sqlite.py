@@ -1,15 +1,35 @@
-"""SQLite through aiosqlite: one writer (BEGIN IMMEDIATE), WAL, the local clock."""
+"""SQLite through aiosqlite: one writer (BEGIN IMMEDIATE), WAL, the local clock.
+
+`commit` runs its whole transaction in one call on aiosqlite's thread, with the
+sqlite3 connection used synchronously there (`_SyncIO`): one hop to the thread
+and one wake-up of the event loop per commit, where a statement at a time took
+a hop each (BEGIN, the read, each write, COMMIT). Under a limit the commits of
+successive generations follow each other, so this latency is what they wait for.
+`claim` does the same with its one statement. The other writes and the reads
+go through SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import URL, BigInteger, ColumnElement, String, event, func, literal, select
+from sqlalchemy import (
+    URL,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    String,
+    bindparam,
+    event,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -17,44 +37,82 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import StorageBusyError
 from ..ids import now_ms
-from .sql import CommitIO, SqlStorage, Write, log
-from .sql_tables import dumps
+from .base import Batch, CommitResult, ExecutionRecord
+from .sql import CommitIO, SqlStorage, Write, _Prepared, log, runs_to_end
+from .sql_tables import dumps, execution_record
+
+_T = TypeVar("_T")
 
 
-class _AiosqliteIO:
-    """Commit statements straight on the aiosqlite connection: one hop to its
-    thread per statement, where SQLAlchemy's adapter takes three or four
-    (cursor, execute, fetch, close). Statements are queued together where no
-    result is needed in between (BEGIN with the first one; all the writes) and
-    run back to back in the connection's thread, in order."""
+class _SyncIO:
+    """A commit's statements on the sqlite3 connection itself, called in aiosqlite's
+    thread: `fetch` and `run` never suspend, so `SqlStorage._commit` over this IO
+    runs to its end in a single `send` (`_run_to_end`), and the whole transaction
+    (BEGIN, reads, writes, COMMIT) takes one hop to that thread and back instead
+    of one per statement."""
 
-    def __init__(self, conn: Any, *, begin: str) -> None:
-        self._conn = conn
-        self._begin: str | None = begin
+    __slots__ = ("_cursor",)
 
-    async def _all(self, calls: list[tuple[str, Awaitable[Any]]]) -> list[Any]:
-        if self._begin is not None:
-            calls.insert(0, (self._begin, self._conn.execute(self._begin)))
-        outcomes = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
-        for (sql, _), outcome in zip(calls, outcomes, strict=True):
-            if isinstance(outcome, sqlite3.Error):
-                # The same exception types as the statements that go through SQLAlchemy.
-                raise DBAPIError.instance(sql, None, outcome, sqlite3.Error) from outcome
-            if isinstance(outcome, BaseException):
-                raise outcome
-        if self._begin is not None:
-            self._begin = None
-            outcomes.pop(0)
-        return outcomes
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._cursor = conn.cursor()
 
     async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        [rows] = await self._all([(sql, self._conn.execute_fetchall(sql, params))])
-        return cast(Sequence[Sequence[Any]], rows)
+        try:
+            return self._cursor.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _dbapi_error(sql, exc) from exc
 
     async def run(self, writes: list[Write]) -> None:
-        conn = self._conn
-        await self._all([(sql, (conn.executemany if many else conn.execute)(sql, params))
-                         for sql, params, many in writes])  # fmt: skip
+        cursor = self._cursor
+        for sql, params, many in writes:
+            try:
+                (cursor.executemany if many else cursor.execute)(sql, params)
+            except sqlite3.Error as exc:
+                # The first error ends the transaction (rolled back): nothing after it runs.
+                raise _dbapi_error(sql, exc) from exc
+
+
+def _dbapi_error(sql: str, exc: sqlite3.Error) -> DBAPIError:
+    """The exception types of the statements that go through SQLAlchemy."""
+    return cast(DBAPIError, DBAPIError.instance(sql, None, exc, sqlite3.Error))
+
+
+def _run_to_end(coro: Coroutine[Any, Any, _T]) -> _T:
+    """The result of `coro`, which must finish without suspending (its awaits are
+    `_SyncIO`'s): we are in aiosqlite's thread, with no event loop to resume it."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    coro.close()
+    raise RuntimeError("sqlite storage: a commit suspended in the driver's thread")
+
+
+class _RollbackFailed(Exception):
+    """The rollback after a failed commit failed too (its error is the cause): the
+    transaction may still be open, so the connection must not be used again."""
+
+
+def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`body(conn)` in a BEGIN IMMEDIATE transaction: committed if it returns,
+    rolled back if anything raises. Called in aiosqlite's thread."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
+    except sqlite3.Error as exc:
+        raise _dbapi_error("BEGIN IMMEDIATE", exc) from exc
+    try:
+        result = body(conn)
+        try:
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise _dbapi_error("COMMIT", exc) from exc
+    except BaseException:
+        try:
+            conn.rollback()
+        except BaseException as exc:
+            raise _RollbackFailed() from exc
+        raise
+    return result
 
 
 class SqliteStorage(SqlStorage):
@@ -87,6 +145,7 @@ class SqliteStorage(SqlStorage):
         self._write_lock = asyncio.Lock()
         self._writer_conn: AsyncConnection | None = None
         self._writer_driver: Any = None
+        self._claims: dict[tuple[int | None, int], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
     def _create_engine(self) -> AsyncEngine:
         engine = create_async_engine(self._url, **({} if self._memory else self.pool_options()))
@@ -172,17 +231,77 @@ class SqliteStorage(SqlStorage):
                 await self._rollback(conn.rollback)
                 raise
 
-    @asynccontextmanager
-    async def _commit_txn(self) -> AsyncIterator[CommitIO]:
+    async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
+        def commit(conn: sqlite3.Connection) -> CommitResult:
+            return _run_to_end(self._commit(_SyncIO(conn), batch, prepared))
+
+        return await self._in_thread(commit)
+
+    @runs_to_end
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        job_names: Sequence[str] | None = None,
+        exclude_jobs: Sequence[str] = (),
+    ) -> list[ExecutionRecord]:
+        if limit <= 0:
+            return []
+        jobs, others = (None if job_names is None else list(job_names)), list(exclude_jobs)
+        sql, names, values = self._claim_sql(None if jobs is None else len(jobs), len(others))
+        values = {**values, "worker_id": worker_id, "lease_ms": lease_ms, "limit": limit}
+        values.update((f"job_{i}", name) for i, name in enumerate(jobs or ()))
+        values.update((f"other_{i}", name) for i, name in enumerate(others))
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            values["now"] = now_ms()  # the clock read holding the write lock, as _now_sql
+            params = tuple([values[name] for name in names])
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _dbapi_error(sql, exc) from exc
+
+        recs = [execution_record(r) for r in await self._in_thread(claim)]
+        recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+        return recs
+
+    def _claim_sql(self, jobs: int | None, others: int) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """`_claim_statement` compiled once per number of job names: its SQL, its
+        parameters' order and their fixed values (the statuses)."""
+        key = (jobs, others)
+        entry = self._claims.get(key)
+        if entry is None:
+            def bind(name: str, type_: Any = String) -> Any:
+                return bindparam(name, None, type_=type_)
+
+            stmt = self._claim_statement(
+                bind("worker_id"), now=bind("now", BigInteger), lease_ms=bind("lease_ms", BigInteger),
+                limit=bind("limit", Integer), exclude_jobs=[bind(f"other_{i}") for i in range(others)],
+                job_names=None if jobs is None else [bind(f"job_{i}") for i in range(jobs)],
+            )  # fmt: skip
+            compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})  # type: ignore[attr-defined]
+            names = tuple(compiled.positiontup or ())
+            if len(self._claims) >= 64:  # job name lists of many lengths: keep it bounded
+                self._claims.clear()
+            entry = self._claims[key] = (compiled.string, names, dict(compiled.params))
+        return entry
+
+    async def _in_thread(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """`body` in one write transaction, run start to end in aiosqlite's thread:
+        the one writer's turn, then one hop there and back."""
         async with self._writing():
             _, driver = await self._writer()
-            io = _AiosqliteIO(driver, begin="BEGIN IMMEDIATE")
+            # aiosqlite runs the callable in its connection's thread, after whatever
+            # was queued before it, and wakes this task once with the outcome.
             try:
-                yield io
-                await driver.commit()
-            except BaseException:
-                await self._rollback(driver.rollback)
-                raise
+                result: _T = await driver._execute(_transaction, driver._conn, body)
+            except _RollbackFailed as exc:
+                log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc.__cause__)
+                await self._close_writer()
+                raise cast(BaseException, exc.__cause__) from None
+            return result
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
