@@ -34,7 +34,8 @@ from ..ids import new_id
 from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
 from .sql import _COMMIT_ATTEMPTS, CommitIO, SqlStorage, Write, log, runs_to_end
-from .sql_pg_commit import CALL, STATE_LOCK_SPACE, Call
+from .sql_pg_commit import CALL, Call
+from .sql_pg_function import STATE_LOCK_SPACE
 from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
 from .sql_tables import dumps, dumps_rows
 

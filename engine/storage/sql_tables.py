@@ -38,6 +38,7 @@ from sqlmodel import Field, SQLModel
 
 from ..errors import DqError
 from .base import EventRecord, ExecutionRecord, PipeMessage, StepRecord
+from .sql_pg_function import CREATE_FUNCTION
 
 # SQLite makes a single INTEGER primary key an alias of the rowid (no second index).
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
@@ -423,8 +424,6 @@ def _pg_commit_function(conn: Connection) -> None:
     # PostgreSQL's commit in one round trip (sql_pg_commit.py). SQLite has no such
     # function: its commit stays in Python (the version is still recorded).
     if conn.dialect.name == "postgresql":
-        from .sql_pg_commit import CREATE_FUNCTION
-
         conn.exec_driver_sql(CREATE_FUNCTION)
 
 

@@ -24,7 +24,7 @@ from dq.engine.storage.base import (
     Storage,
 )
 from dq.engine.storage.sql import SqlStorage
-from dq.engine.storage.sql_pg_commit import FUNCTION
+from dq.engine.storage.sql_pg_function import FUNCTION
 from dq.engine.storage.sql_postgres import _STATE_LOCK_SPACE, PostgresStorage
 
 from .conftest import _CLEAR_DATA
