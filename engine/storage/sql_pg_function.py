@@ -64,6 +64,8 @@ DECLARE
   v_st text[] := array_fill(NULL::text, ARRAY[v_n]);
   v_ctl text[] := array_fill(NULL::text, ARRAY[v_n]);
   v_merged jsonb[] := array_fill(NULL::jsonb, ARRAY[v_n]);
+  v_uids text[] := '{{}}';
+  v_ums jsonb[] := '{{}}';
   v_keys text[] := ARRAY(SELECT jsonb_array_elements_text(b->'k'));
   v_claimable text[] := ARRAY(SELECT jsonb_array_elements_text(b->'cl'));
   v_refused text[] := '{{}}';
@@ -156,11 +158,16 @@ BEGIN
     FROM jsonb_array_elements(b->'n') AS j(r), LATERAL (SELECT v_merged[(r->>0)::int] AS m) AS mm;
   END IF;
   IF v_updated THEN
+    -- unnest of variables: planned as a few rows, so an index lookup per row (a
+    -- generate_subscripts source was planned as a hash join over every execution).
+    FOR v_i IN 1..v_n LOOP
+      IF v_merged[v_i] IS NOT NULL AND NOT v_new[v_i] THEN
+        v_uids := v_uids || v_ids[v_i];
+        v_ums := v_ums || v_merged[v_i];
+      END IF;
+    END LOOP;
     UPDATE executions AS t SET {ex_sets}
-    FROM (
-      SELECT v_ids[k] AS id, v_merged[k] AS m FROM generate_subscripts(v_ids, 1) AS k
-      WHERE v_merged[k] IS NOT NULL AND NOT v_new[k]
-    ) AS u
+    FROM unnest(v_uids, v_ums) AS u(id, m)
     WHERE t.id = u.id;
   END IF;
   IF jsonb_array_length(coalesce(b->'s', '[]')) > 0 THEN
