@@ -157,11 +157,16 @@ class PostgresStorage(SqlStorage):
     #: round trip. False: `SqlStorage._commit`'s transaction (5-9 round trips), the
     #: same decisions and locks (the two interlock).
     commit_function = True
+    #: Larger batches take the Python path: the function's per-update PL/pgSQL loop
+    #: costs more server CPU per row than the Python path's set-based statements,
+    #: and a large batch spreads its round trips over many rows anyway (they come
+    #: from a loaded queue, where throughput counts, not one commit's latency).
+    commit_function_max_rows = 32
 
     async def commit(self, batch: Batch) -> CommitResult:
         if batch.creates_only():
             return await self._commit_inserts(batch)
-        if not self.commit_function:
+        if not self.commit_function or len(batch.updates) + len(batch.fences) > self.commit_function_max_rows:
             return await super().commit(batch)
         if not batch and not batch.fences and not batch.expect:
             return CommitResult()

@@ -17,6 +17,7 @@ from dq.engine.storage.base import (
     Batch,
     CommitResult,
     EventRecord,
+    ExecutionQuery,
     ExecutionRecord,
     ExecutionUpdate,
     PipeMessage,
@@ -274,3 +275,26 @@ async def test_a_new_execution_that_exists_is_refused_whole(postgres_factory: An
         with pytest.raises(ValueError, match="already exists"):
             await storage.commit(batch)
     assert await storage.get_state(["k"]) == {}
+
+
+async def test_large_batches_through_the_function(postgres_factory: Any) -> None:
+    """Past `commit_function_max_rows` batches take the Python path; raised, the
+    function commits them too (no limit of its own)."""
+    storage = await postgres_factory()
+    assert isinstance(storage, PostgresStorage)
+    storage.commit_function_max_rows = 10_000
+    ids = [f"x{i:04}" for i in range(600)]
+    await storage.commit(Batch(executions=[_execution(eid, token=1, status="running") for eid in ids]))
+    result = await storage.commit(
+        Batch(
+            updates=[ExecutionUpdate(eid, {"status": "completed"}, token=1, statuses=("running",)) for eid in ids],
+            steps=[StepRecord(eid, "s", "s", "run", "completed") for eid in ids],
+            events=[EventRecord(eid, "job", "completed") for eid in ids],
+            fences={eid: 1 if i % 2 else 0 for i, eid in enumerate(ids)},
+        )
+    )
+    assert result.refused == set(ids[::2])
+    assert result.applied == [bool(i % 2) for i in range(600)]
+    assert [e.execution_id for e in result.events] == ids[1::2]
+    done = {r.id for r in await storage.query(ExecutionQuery(statuses=["completed"]))}
+    assert done == set(ids[1::2])
