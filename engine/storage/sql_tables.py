@@ -38,6 +38,7 @@ from sqlmodel import Field, SQLModel
 
 from ..errors import DqError
 from .base import EventRecord, ExecutionRecord, PipeMessage, StepRecord
+from .sql_pg_function import CREATE_FUNCTION
 
 # SQLite makes a single INTEGER primary key an alias of the rowid (no second index).
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
@@ -419,6 +420,13 @@ def _replays_and_input_index(conn: Connection) -> None:
         )
 
 
+def _pg_commit_function(conn: Connection) -> None:
+    # PostgreSQL's commit in one round trip (sql_pg_commit.py). SQLite has no such
+    # function: its commit stays in Python (the version is still recorded).
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(CREATE_FUNCTION)
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
 #: Numbers are unique but need not be contiguous: branches reserve theirs, and
 #: `migrate` applies every one a database has not recorded, so a database that got
@@ -432,6 +440,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (5, "executions.replay_of; GIN index on executions.input as jsonb (PostgreSQL)", _replays_and_input_index),
     (6, "indexes for the dashboard: started_at, completed_at (partial), (job_name, status, id)", _dashboard_indexes),
     (7, "index on executions (job_name, created_at): the dashboard's 24-hour job figures", _job_created_at_index),
+    (8, "function dq_commit_v1: PostgreSQL's commit in one round trip", _pg_commit_function),
 )
 
 
