@@ -3,9 +3,12 @@ kind of limit, on every adapter, in one run (issue 15's table).
 
 Each cell is its own process (a limit that never drains is cut at --timeout and
 shown as such) on a fresh store: a new PostgreSQL database, a new Redis key
-prefix (deleted afterwards), a new SQLite file.
+prefix (deleted afterwards), a new SQLite file. With --warm, each cell first runs
+its workload once untimed on the same storage handle, so that the timed run finds
+the pool's connections, their prepared statements and the server's plans made (the
+steady state of a running process, rather than its first hundred jobs).
 
-    .venv/bin/python tests/bench/limits_table.py [--jobs 100] [--seq-jobs 500] [--runs 3] [--json]
+    .venv/bin/python tests/bench/limits_table.py [--jobs 100] [--seq-jobs 500] [--runs 3] [--warm] [--json]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ async def _cell(args: argparse.Namespace) -> dict[str, Any]:
     tune_gc(None)
     storage = create_redis_storage(args.storage, prefix=args.redis_prefix) if args.redis_prefix else storage_from_url(args.storage)
     w = Workload(args.jobs, 1, args.concurrency, args.job_concurrency, args.step_concurrency, args.keys, args.start)
+    if args.warm:  # the same workload once, untimed, on the same handle: its pool, prepared statements, caches
+        await timed_run(storage, w)
     cpu0 = time.process_time()
     elapsed, started = await timed_run(storage, w)
     cpu_ms = (time.process_time() - cpu0) * 1000 / args.jobs  # this process: the loop and SQLite's thread
@@ -57,6 +62,7 @@ def _cell_main(argv: list[str]) -> None:
     p.add_argument("--redis-prefix", default="")
     p.add_argument("--jobs", type=int, required=True)
     p.add_argument("--start", default="gather")
+    p.add_argument("--warm", action="store_true")
     for flag in ("--concurrency", "--job-concurrency", "--step-concurrency", "--keys"):
         p.add_argument(flag, type=int, default=None)
     print(json.dumps(asyncio.run(_cell(p.parse_args(argv)))), flush=True)
@@ -121,11 +127,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="runs per cell (each its own process); the median is shown")
     p.add_argument("--adapters", default=",".join(ADAPTERS))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--warm", action="store_true", help="run each cell's workload once untimed first (same process)")
     args = p.parse_args()
     adapters = args.adapters.split(",")
     table: dict[str, dict[str, Any]] = {}
     for label, flags in ROWS:
-        filled = [f.format(n=args.jobs, s=args.seq_jobs) for f in flags]
+        filled = [f.format(n=args.jobs, s=args.seq_jobs) for f in flags] + (["--warm"] if args.warm else [])
         table[label] = {a: _median([_run_cell(a, filled, args.timeout) for _ in range(args.runs)]) for a in adapters}
         if args.json:
             print(json.dumps({"row": label, **table[label]}), flush=True)
