@@ -144,10 +144,16 @@ def test_dark_mode_keyboard_and_last_updated(page: Page, app_server: str) -> Non
     expect(rows.nth(0)).to_have_class(re.compile("kbd-sel"))
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(f"/executions/{second}$"))
-    # j/k walk the trace; Enter opens a step's panel; Esc closes it
+    # j/k walk the trace; Enter opens a step's panel; Esc closes it. Once the live stream
+    # is connected: its first sync may swap the trace, and with it the selection.
+    expect(page.locator("#live")).to_have_attribute("data-state", "connected")
+    trace = page.locator("#waterfall a.wf-row, #waterfall summary.wf-row")
     page.keyboard.press("j")
+    expect(trace.nth(0)).to_have_class(re.compile("kbd-sel"))
     page.keyboard.press("j")
+    expect(trace.nth(1)).to_have_class(re.compile("kbd-sel"))
     page.keyboard.press("k")  # back to the first step, "start"
+    expect(trace.nth(0)).to_have_class(re.compile("kbd-sel"))
     page.keyboard.press("Enter")
     expect(page.locator("#step-panel")).to_have_attribute("data-key", "start")
     page.keyboard.press("Escape")

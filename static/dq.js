@@ -139,6 +139,7 @@
       var d = document.getElementById(id);
       if (d && openChildren[id] && !d.open) d.open = true;
     });
+    restoreKbd();
   }
   function scrollSource() {
     document.querySelectorAll(".source").forEach(function (pre) {
@@ -183,6 +184,18 @@
     if (!rows.length) rows = document.querySelectorAll("main table.tbl tbody tr");
     return Array.prototype.filter.call(rows, function (r) { return r.offsetParent !== null; });
   }
+  // The selection outlives a live update that swaps the rows: kept by the row's identity.
+  var kbdId = "";
+  function idOf(r) {
+    if (r.dataset.key) return "k:" + r.dataset.key;
+    var a = r.tagName === "A" ? r : r.querySelector("a[href]");
+    return a ? "h:" + a.getAttribute("href") : "";
+  }
+  function restoreKbd() {
+    if (!kbdId || document.querySelector(".kbd-sel")) return;
+    var r = items().find(function (x) { return idOf(x) === kbdId; });
+    if (r) r.classList.add("kbd-sel");
+  }
   function move(step) {
     var list = items();
     if (!list.length) return;
@@ -190,6 +203,7 @@
     var next = at < 0 ? (step > 0 ? 0 : list.length - 1) : Math.min(list.length - 1, Math.max(0, at + step));
     list.forEach(function (r) { r.classList.remove("kbd-sel"); });
     list[next].classList.add("kbd-sel");
+    kbdId = idOf(list[next]);
     list[next].scrollIntoView({ block: "nearest" });
   }
   function open() {
@@ -214,6 +228,7 @@
       }
     }
     var sel = document.querySelector(".kbd-sel");
+    kbdId = "";
     if (sel) { sel.classList.remove("kbd-sel"); return true; }
     return false;
   }
