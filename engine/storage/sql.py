@@ -22,7 +22,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -544,9 +544,14 @@ class SqlStorage(Storage):
         if not batch and not batch.fences and not batch.expect:
             return CommitResult()
         prepared = _Prepared.of(batch)
+        return await self._retrying(lambda: self._commit_once(batch, prepared))
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[CommitResult]]) -> CommitResult:
+        """`attempt_once()` (one commit transaction), again after a deadlock or a
+        serialization failure; a duplicate execution id becomes a ValueError."""
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                return await self._commit_once(batch, prepared)
+                return await attempt_once()
             except self._statement_errors as exc:
                 orig = getattr(exc, "orig", exc)
                 if self._is_retryable(exc) and attempt < _COMMIT_ATTEMPTS:
@@ -723,14 +728,21 @@ class SqlStorage(Storage):
     ) -> list[ExecutionRecord]:
         if limit <= 0:
             return []
+        rows = await self._claim_rows(worker_id, limit, lease_ms, job_names, list(exclude_jobs))
+        recs = [execution_record(r) for r in rows]
+        recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+        return recs
+
+    async def _claim_rows(
+        self, worker_id: str, limit: int, lease_ms: int, job_names: Sequence[str] | None, exclude_jobs: list[str]
+    ) -> Iterable[Sequence[Any]]:
+        """The claimed rows of `claim` (`_EXEC_COLS`), in one write transaction."""
         async with self._write() as conn:
             stmt = self._claim_statement(
                 worker_id, now=self._now_sql(), lease_ms=lease_ms, limit=limit,
                 job_names=job_names, exclude_jobs=exclude_jobs,
             )  # fmt: skip
-            recs = [execution_record(r) for r in await conn.execute(stmt)]
-        recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
-        return recs
+            return list(await conn.execute(stmt))
 
     def _claim_statement(
         self,

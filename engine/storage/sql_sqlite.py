@@ -37,9 +37,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import StorageBusyError
 from ..ids import now_ms
-from .base import Batch, CommitResult, ExecutionRecord
-from .sql import CommitIO, SqlStorage, Write, _Prepared, log, runs_to_end
-from .sql_tables import dumps, execution_record
+from .base import Batch, CommitResult
+from .sql import CommitIO, SqlStorage, Write, _Prepared, log
+from .sql_tables import dumps
 
 _T = TypeVar("_T")
 
@@ -214,10 +214,14 @@ class SqliteStorage(SqlStorage):
         try:
             await rollback()
         except BaseException as exc:
-            # The transaction may still be open: never reuse this connection.
-            log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc)
-            await self._close_writer()
+            await self._drop_writer(exc)
             raise
+
+    async def _drop_writer(self, rollback_error: BaseException) -> None:
+        """After a failed rollback: the transaction may still be open, so the write
+        connection is never used again."""
+        log.warning("sqlite storage: rollback failed (%r); dropping the write connection", rollback_error)
+        await self._close_writer()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -237,23 +241,14 @@ class SqliteStorage(SqlStorage):
 
         return await self._in_thread(commit)
 
-    @runs_to_end
-    async def claim(
-        self,
-        worker_id: str,
-        *,
-        limit: int,
-        lease_ms: int,
-        job_names: Sequence[str] | None = None,
-        exclude_jobs: Sequence[str] = (),
-    ) -> list[ExecutionRecord]:
-        if limit <= 0:
-            return []
-        jobs, others = (None if job_names is None else list(job_names)), list(exclude_jobs)
-        sql, names, values = self._claim_sql(None if jobs is None else len(jobs), len(others))
+    async def _claim_rows(
+        self, worker_id: str, limit: int, lease_ms: int, job_names: Sequence[str] | None, exclude_jobs: list[str]
+    ) -> list[Any]:
+        jobs = None if job_names is None else list(job_names)
+        sql, names, values = self._claim_sql(None if jobs is None else len(jobs), len(exclude_jobs))
         values = {**values, "worker_id": worker_id, "lease_ms": lease_ms, "limit": limit}
         values.update((f"job_{i}", name) for i, name in enumerate(jobs or ()))
-        values.update((f"other_{i}", name) for i, name in enumerate(others))
+        values.update((f"other_{i}", name) for i, name in enumerate(exclude_jobs))
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
             values["now"] = now_ms()  # the clock read holding the write lock, as _now_sql
@@ -263,9 +258,7 @@ class SqliteStorage(SqlStorage):
             except sqlite3.Error as exc:
                 raise _dbapi_error(sql, exc) from exc
 
-        recs = [execution_record(r) for r in await self._in_thread(claim)]
-        recs.sort(key=lambda r: (-r.priority, r.run_at, r.id))
-        return recs
+        return await self._in_thread(claim)
 
     def _claim_sql(self, jobs: int | None, others: int) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """`_claim_statement` compiled once per number of job names: its SQL, its
@@ -298,9 +291,10 @@ class SqliteStorage(SqlStorage):
             try:
                 result: _T = await driver._execute(_transaction, driver._conn, body)
             except _RollbackFailed as exc:
-                log.warning("sqlite storage: rollback failed (%r); dropping the write connection", exc.__cause__)
-                await self._close_writer()
-                raise cast(BaseException, exc.__cause__) from None
+                cause = exc.__cause__
+                assert cause is not None  # _transaction raises it `from` the rollback's error
+                await self._drop_writer(cause)
+                raise cause from None
             return result
 
     @asynccontextmanager
