@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from .base import CLAIMABLE, Batch, CommitResult, EventRecord
-from .sql import _update_fields
+from .sql import _Prepared
 from .sql_pg_function import (
     FUNCTION,
     V1_EVENT_COLUMNS,
@@ -50,10 +50,6 @@ from .sql_tables import (
     MESSAGE_COLUMNS,
     STEP_FIELDS,
     dumps,
-    event_values,
-    execution_values,
-    message_values,
-    step_values,
 )
 
 if (EXECUTION_FIELDS, STEP_FIELDS, EVENT_COLUMNS, MESSAGE_COLUMNS) != (
@@ -72,7 +68,7 @@ class Call:
 
     __slots__ = ("arg", "batch", "ids")
 
-    def __init__(self, batch: Batch, notify: tuple[str, str]) -> None:
+    def __init__(self, batch: Batch, prepared: _Prepared, notify: tuple[str, str]) -> None:
         self.batch = batch
         ids = sorted(set(batch.fences).union(u.id for u in batch.updates))
         index = {eid: i for i, eid in enumerate(ids, 1)}
@@ -80,19 +76,17 @@ class Call:
         new_rows: list[list[Any]] = []
         new_touched: list[list[Any]] = []
         wake = bool(batch.messages)
-        for rec in batch.executions:
+        for rec, row in zip(batch.executions, prepared.new_rows, strict=True):
             if rec.id in seen:
                 raise ValueError(f"execution {rec.id!r} appears twice in one batch")
             seen.add(rec.id)
             at = index.get(rec.id, 0)
-            new_rows.append([at, *execution_values(rec)])
+            new_rows.append([at, *[row[c] for c in EXECUTION_FIELDS]])
             if at:
                 new_touched.append([at, rec.token, rec.status, rec.control])
             wake = wake or rec.status in CLAIMABLE
         # A slot handed to a step waiting in another process: wake that process.
         wake = wake or any(k.startswith("slots:") for k in batch.state)
-        last_steps = {(s.execution_id, s.key): s for s in batch.steps}  # the last of a key wins
-        state = sorted(batch.state.items())
         arg: dict[str, Any] = {
             "i": ids,
             "k": sorted(set(batch.expect).union(batch.state)),
@@ -101,14 +95,14 @@ class Call:
             "nt": new_touched,
             "f": [[index[eid], token] for eid, token in batch.fences.items()],
             "u": [
-                [index[u.id], u.token, None if u.statuses is None else list(u.statuses), _update_fields(u.id, u.fields)]
-                for u in batch.updates
+                [index[u.id], u.token, None if u.statuses is None else list(u.statuses), fields]
+                for u, fields in prepared.updates
             ],
-            "s": [step_values(last_steps[k]) for k in sorted(last_steps)],  # sorted: lock order
-            "ss": [(k, dumps(v)) for k, v in state if v is not None],
-            "sd": [k for k, v in state if v is None],
-            "e": [event_values(ev) for ev in batch.events],
-            "m": [message_values(msg) for msg in batch.messages],
+            "s": [prepared.steps[k] for k in sorted(prepared.steps)],  # sorted: lock order
+            "ss": prepared.state_set,
+            "sd": [k for (k,) in prepared.state_del],
+            "e": [values for _, values in prepared.events],
+            "m": prepared.messages,
             "w": wake,
             "cl": CLAIMABLE,
             "ch": notify[0],

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..ids import new_id
 from .base import CLAIMABLE, Batch, CommitResult, exception_chain
 from .query import json_leaves
-from .sql import _COMMIT_ATTEMPTS, CommitIO, SqlStorage, Write, log, runs_to_end
+from .sql import CommitIO, SqlStorage, Write, _Prepared, log, runs_to_end
 from .sql_pg_commit import CALL, Call
 from .sql_pg_function import STATE_LOCK_SPACE
 from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
@@ -166,28 +166,19 @@ class PostgresStorage(SqlStorage):
     async def commit(self, batch: Batch) -> CommitResult:
         if batch.creates_only():
             return await self._commit_inserts(batch)
-        if not self.commit_function or len(batch.updates) + len(batch.fences) > self.commit_function_max_rows:
-            return await super().commit(batch)
-        if not batch and not batch.fences and not batch.expect:
-            return CommitResult()
-        return await self._commit_call(Call(batch, (WAKEUP_CHANNEL, self._instance)))
+        small = self.commit_function and len(batch.updates) + len(batch.fences) <= self.commit_function_max_rows
+        if small and (batch or batch.fences or batch.expect):  # an empty batch: super's, no call
+            return await self._commit_call(Call(batch, _Prepared.of(batch), (WAKEUP_CHANNEL, self._instance)))
+        return await super().commit(batch)
 
     @runs_to_end
     async def _commit_call(self, call: Call) -> CommitResult:
-        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
-            try:
-                async with self._raw() as raw:  # autocommit: the call is its own transaction
-                    text = await raw.fetchval(CALL, call.arg)
-                return call.result(text)
-            except asyncpg.PostgresError as exc:
-                if self._is_retryable(exc) and attempt < _COMMIT_ATTEMPTS:
-                    log.info("%s storage: commit retried after %s", self.kind, exc)
-                    continue
-                if self._is_duplicate_execution(exc):
-                    detail = getattr(exc, "detail", None) or ""
-                    raise ValueError(f"an execution of the batch already exists: {exc} {detail}".rstrip()) from exc
-                raise
-        raise AssertionError("unreachable")
+        return await self._retrying(lambda: self._call_once(call))
+
+    async def _call_once(self, call: Call) -> CommitResult:
+        async with self._raw() as raw:  # autocommit: the call is its own transaction
+            text = await raw.fetchval(CALL, call.arg)
+        return call.result(text)
 
     @runs_to_end
     async def _commit_inserts(self, batch: Batch) -> CommitResult:

@@ -236,13 +236,6 @@ def loads_opt(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def execution_row(rec: ExecutionRecord) -> dict[str, Any]:
-    row = {name: getattr(rec, name) for name in EXECUTION_FIELDS}
-    for name in JSON_EXECUTION_FIELDS:
-        row[name] = dumps_opt(row[name])
-    return row
-
-
 _execution_attrs = attrgetter(*EXECUTION_FIELDS)
 _EXECUTION_JSON_AT = [i for i, name in enumerate(EXECUTION_FIELDS) if name in JSON_EXECUTION_FIELDS]
 
@@ -255,6 +248,11 @@ def execution_values(rec: ExecutionRecord) -> list[Any]:
         if values[i] is not None:
             values[i] = dumps(values[i])
     return values
+
+
+def execution_row(rec: ExecutionRecord) -> dict[str, Any]:
+    """`execution_values` by column name."""
+    return dict(zip(EXECUTION_FIELDS, execution_values(rec), strict=True))
 
 
 def execution_record(row: Sequence[Any]) -> ExecutionRecord:
