@@ -172,7 +172,8 @@ async def test_the_state_read_postdates_the_advisory_locks(postgres_factory: Any
     """A compare-and-set waits for the key's lock, then reads what its holder committed:
     the function's read takes a snapshot after its locks (VOLATILE, READ COMMITTED)."""
     storage = await postgres_factory()
-    assert isinstance(storage, PostgresStorage) and storage.commit_function
+    assert isinstance(storage, PostgresStorage)
+    storage.commit_function = True
     await storage.commit(Batch(state={"k": 1}))
     holder = await asyncpg.connect(storage._raw_dsn)
     watcher = await asyncpg.connect(storage._raw_dsn)
@@ -196,6 +197,8 @@ async def test_the_state_read_postdates_the_advisory_locks(postgres_factory: Any
 
 async def test_fences_read_the_row_its_lock_holder_committed(postgres_factory: Any) -> None:
     storage = await postgres_factory()
+    assert isinstance(storage, PostgresStorage)
+    storage.commit_function = True
     await storage.commit(Batch(executions=[_execution("A", token=1, status="running")]))
     holder = await asyncpg.connect(storage._raw_dsn)
     watcher = await asyncpg.connect(storage._raw_dsn)
@@ -224,8 +227,8 @@ async def test_the_function_and_the_python_commit_interlock(pg_database: str, po
     await postgres_factory()  # empties the database
     fn = SqlStorage.postgres(pg_database)
     py = SqlStorage.postgres(pg_database)
-    assert isinstance(py, PostgresStorage)
-    py.commit_function = False
+    assert isinstance(fn, PostgresStorage) and isinstance(py, PostgresStorage)
+    fn.commit_function, py.commit_function = True, False
     await fn.open()
     await py.open()
     try:
@@ -267,6 +270,8 @@ async def test_migration_8_installs_the_function_on_a_database_made_before_it(pg
 
 async def test_a_new_execution_that_exists_is_refused_whole(postgres_factory: Any) -> None:
     storage = await postgres_factory()
+    assert isinstance(storage, PostgresStorage)
+    storage.commit_function = True
     await storage.commit(Batch(executions=[_execution("A")]))
     for batch in (
         Batch(executions=[_execution("A")], updates=[ExecutionUpdate("A", {"status": "running"})], state={"k": 1}),
@@ -282,7 +287,7 @@ async def test_large_batches_through_the_function(postgres_factory: Any) -> None
     function commits them too (no limit of its own)."""
     storage = await postgres_factory()
     assert isinstance(storage, PostgresStorage)
-    storage.commit_function_max_rows = 10_000
+    storage.commit_function, storage.commit_function_max_rows = True, 10_000
     ids = [f"x{i:04}" for i in range(600)]
     await storage.commit(Batch(executions=[_execution(eid, token=1, status="running") for eid in ids]))
     result = await storage.commit(
