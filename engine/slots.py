@@ -121,6 +121,8 @@ class Ledger:
         #: The state key each of those waits on.
         self._local_keys: dict[str, str] = {}
         self._look: asyncio.Task[None] | None = None
+        #: A notification came while `_look` was reading: it reads once more.
+        self._look_more = False
         #: The step waiters' next safety-net re-check (`_recheck`), while any waits.
         self._tick: asyncio.TimerHandle | None = None
         #: Key -> the value this process last wrote or read (None: absent).
@@ -197,19 +199,29 @@ class Ledger:
     def on_wakeup(self) -> None:
         """Another process may have handed a slot to a step waiting here: one read of
         the keys they wait on (coalesced: notifications may come in bursts)."""
-        if self._local and (self._look is None or self._look.done()):
-            self._look = asyncio.create_task(self._look_again(), name="dq-admission-look")
+        if not self._local:
+            return
+        if self._look is not None and not self._look.done():
+            # Its read may have begun before the write this notification announces: one
+            # more read after it (dropping the notification lost a grant until the safety net).
+            self._look_more = True
+            return
+        self._look = asyncio.create_task(self._look_again(), name="dq-admission-look")
 
     async def _look_again(self) -> None:
-        await asyncio.sleep(0)  # let a burst of notifications arrive first
-        try:
-            states = await self._get_state(sorted(set(self._local_keys.values())))
-        except Exception:  # the safety-net re-check will look again
-            return
-        for holder, key in list(self._local_keys.items()):
-            fut = self._local.get(holder)
-            if fut is not None and not fut.done() and holder in (states.get(key) or {}).get("holders", ()):
-                fut.set_result(True)
+        while True:
+            self._look_more = False
+            await asyncio.sleep(0)  # let a burst of notifications arrive first
+            try:
+                states = await self._get_state(sorted(set(self._local_keys.values())))
+            except Exception:  # the safety-net re-check will look again
+                return
+            for holder, key in list(self._local_keys.items()):
+                fut = self._local.get(holder)
+                if fut is not None and not fut.done() and holder in (states.get(key) or {}).get("holders", ()):
+                    fut.set_result(True)
+            if not self._look_more or not self._local:
+                return
 
     def _submit(self, op: Request | Release | Check) -> None:
         if self.at_once and self._now(op):

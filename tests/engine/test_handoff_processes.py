@@ -50,6 +50,18 @@ def _peak(spans: list[tuple[int, int]]) -> int:
     return peak
 
 
+async def _stalled(storage: Storage) -> str:
+    """What a stalled run left: the unfinished executions and the limits' state."""
+    lines = ["not all jobs completed in time"]
+    for ex in await storage.query(ExecutionQuery(job_names=["single", "stepped"])):
+        if ex.status != "completed":
+            steps = [(s.key, s.status) for s in await storage.get_steps(ex.id)]
+            lines.append(f"{ex.id} {ex.job_name} {ex.status} run_at={ex.run_at} worker={ex.worker_id} steps={steps}")
+    state = await storage.get_state(["slots:single", "slots:step:stepped:hold"])
+    lines.append(f"state: {state}")
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
 async def test_two_processes_hand_slots_to_each_other(target: tuple[Storage, list[str]]) -> None:
     storage, args = target
@@ -75,7 +87,10 @@ async def test_two_processes_hand_slots_to_each_other(target: tuple[Storage, lis
             counts = await storage.count(ExecutionQuery(job_names=["single", "stepped"]))
             return counts.get("completed", 0) == 2 * PER_JOB
 
-        await _wait(done, timeout=60.0)
+        try:
+            await _wait(done, timeout=60.0)
+        except AssertionError:
+            raise AssertionError(await _stalled(storage)) from None
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)

@@ -82,3 +82,45 @@ async def test_a_failed_release_nobody_awaits_is_logged(caplog: pytest.LogCaptur
         for _ in range(5):
             await asyncio.sleep(0)
     assert any("could not give back the step slot of e1|write#1: storage down" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_notification_during_a_look_is_not_lost() -> None:
+    """Another process grants the slot while this one is still reading the state for
+    an earlier notification: that read predates the grant, so a second read must follow
+    (the safety net is minutes away here). The read of the first look is held open."""
+    storage = MemoryStorage()
+    holder = "here|write#1"
+    storage.commit_now(Batch(state={state_key(LIMIT): {"limit": 1, "holders": ["there|write#1"], "waiters": []}}))
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    reads = 0
+
+    async def get_state(keys: list[str]) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        state = await storage.get_state(keys)  # the state before the grant below
+        if reads == 2:  # the first look's read (the first is this process's own round)
+            reading.set()
+            await go_on.wait()
+        return state
+
+    def submit(batch: Batch) -> asyncio.Future[CommitResult]:
+        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        fut.set_result(storage.commit_now(batch))
+        return fut
+
+    async def statuses(ids: list[str]) -> dict[str, str]:
+        return dict.fromkeys(ids, "running")
+
+    ledger = Ledger(get_state, submit, statuses, lambda: None, recheck_s=600, far_ms=30_000, at_once=False)
+    ledger._stale.add(state_key(LIMIT))  # as after a conflict: the round reads the key
+    waiting = asyncio.create_task(ledger.acquire_step(LIMIT, holder, priority=0))
+    while state_key(LIMIT) not in ledger._cache or not (await storage.get_state([state_key(LIMIT)]))[state_key(LIMIT)]["waiters"]:
+        await asyncio.sleep(0)  # parked as a waiter
+    ledger.on_wakeup()  # some other write elsewhere: a look begins
+    await asyncio.wait_for(reading.wait(), 5)
+    # The other process hands the slot over and notifies, while that look reads.
+    storage.commit_now(Batch(state={state_key(LIMIT): {"limit": 1, "holders": [holder], "waiters": []}}))
+    ledger.on_wakeup()
+    go_on.set()
+    await asyncio.wait_for(waiting, 5)
+    assert reads == 3
