@@ -264,7 +264,7 @@ class Ledger:
                     self._stale.update(keys)
                     continue
             break
-        self._send(ops, decisions, batch, changed, before, rnd)
+        self._send(ops, decisions, batch, changed, before, rnd, keys)
 
     def _now(self, op: Request | Release | Check) -> bool:
         """Decide `op` at once, in the caller's step, when nothing needs a read: no round
@@ -289,7 +289,7 @@ class Ledger:
             decisions, batch, changed = self._decide_all([op], work, before, rnd)
             if not changed and keys:
                 return False
-            self._send([op], decisions, batch, changed, before, rnd)
+            self._send([op], decisions, batch, changed, before, rnd, keys)
         except Exception as exc:  # e.g. the user's fn(input) raised: the requester gets it
             self._stale.update(keys)
             fail([op], exc)
@@ -328,6 +328,7 @@ class Ledger:
         changed: dict[str, Any],
         before: dict[str, Any],
         rnd: Round,
+        keys: list[str],
     ) -> None:
         own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
         grants = [(k, h) for k, h in rnd.granted if h not in own]
@@ -344,7 +345,10 @@ class Ledger:
             self._deliver(ops, decisions, grants, jobs, direct, CommitResult())
             return
         batch.state.update(changed)
-        batch.expect.update({k: before.get(k) for k in changed})
+        # Every key the round decided on, not only those it changes: a refusal that
+        # changes nothing (already in line) was decided on that key's state too, and its
+        # park must not be written if another process granted the slot meanwhile.
+        batch.expect.update({k: before.get(k) for k in keys})
         self._cache.update(changed)  # the next round is decided on what this one writes
         for k in changed:
             if before.get(k) is None:  # found empty: none of its holders to suspect yet
@@ -353,7 +357,7 @@ class Ledger:
         # committed (a new execution is only created by it).
         admitted = [*own, *(h for _, h in grants)]
         self._unsettled.update(admitted)
-        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now, admitted)
+        written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now, admitted, keys)
         # Queued with the storage at once: a commit queued right after joins its transaction.
         commit = self._commit(batch)
         if commit.done():  # a synchronous adapter: delivered without a task in between
@@ -376,7 +380,7 @@ class Ledger:
                 del self._unsettled[h]
         exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
         if exc is not None or commit.result().conflict:
-            self._stale.update(w.changed)
+            self._stale.update(w.keys)
             for k in w.changed:  # its holders were not all ours after all
                 if w.before.get(k) is None and self._checked.get(k) == w.now:
                     del self._checked[k]
@@ -503,3 +507,5 @@ class _Written:
     before: dict[str, Any]
     now: int
     admitted: list[str]
+    #: The keys the round was decided on (all expected by its write).
+    keys: list[str]

@@ -57,6 +57,7 @@ async def _stalled(storage: Storage) -> str:
         if ex.status != "completed":
             steps = [(s.key, s.status) for s in await storage.get_steps(ex.id)]
             lines.append(f"{ex.id} {ex.job_name} {ex.status} run_at={ex.run_at} worker={ex.worker_id} steps={steps}")
+            lines.extend(f"  {e.seq} {e.at} {e.type} {e.data}" for e in await storage.read_events(0, limit=100_000) if e.execution_id == ex.id)
     state = await storage.get_state(["slots:single", "slots:step:stepped:hold"])
     lines.append(f"state: {state}")
     return "\n".join(lines)
@@ -95,7 +96,8 @@ async def test_two_processes_hand_slots_to_each_other(target: tuple[Storage, lis
         for w in workers:
             w.send_signal(signal.SIGTERM)
         for w in workers:
-            await asyncio.to_thread(w.communicate, None, 30)
+            _out, err = await asyncio.to_thread(w.communicate, None, 30)
+            print(err.decode(errors="replace")[-3000:])  # shown if the test fails
     events = await storage.read_events(0, limit=100_000)
     for job in ("single", "stepped"):
         spans = []

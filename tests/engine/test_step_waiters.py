@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dq.engine.limits import Limit
-from dq.engine.slots import Ledger, state_key
+from dq.engine.slots import Ledger, Request, state_key
 from dq.engine.storage.base import Batch, CommitResult
 from dq.engine.storage.memory import MemoryStorage
 
@@ -124,3 +124,32 @@ async def test_a_notification_during_a_look_is_not_lost() -> None:
     go_on.set()
     await asyncio.wait_for(waiting, 5)
     assert reads == 3
+
+
+async def test_a_refusal_decided_on_stale_state_is_not_written() -> None:
+    """A round refuses an execution that this process last saw in line, and changes
+    another key (a step slot given back). Meanwhile another process granted the first
+    key's slot to that execution. The round's write must expect the key its refusal was
+    decided on too, not only the one it changes: else the park (back to pending, due in
+    minutes) is written while the execution holds the slot, and nobody runs it."""
+    storage = MemoryStorage()
+    job_limit, step_limit = Limit("single", 1), Limit("step:stepped:hold", 1)
+    job_key, step_key = state_key(job_limit), state_key(step_limit)
+    seen = {"limit": 1, "holders": ["other"], "waiters": [[0, 1, "mine"]]}
+    storage.commit_now(Batch(state={job_key: seen, step_key: {"limit": 1, "holders": ["e|hold"], "waiters": []}}))
+    ledger = _ledger(storage, {"other", "mine", "e"})
+    for k, v in (await storage.get_state([job_key, step_key])).items():
+        ledger._cache[k] = v  # what this process last read or wrote
+    # Another process: "other" leaves, its slot goes to "mine" (made due, claimed here next).
+    storage.commit_now(Batch(state={job_key: {"limit": 1, "holders": ["mine"], "waiters": []}}))
+    parks: list[str] = []
+
+    def park(at: int, why: str) -> Batch:
+        parks.append(why)
+        return Batch(state={"parked:mine": at})
+
+    decided = asyncio.create_task(ledger.request(Request("mine", (0, 1), (job_limit,), park=park)))
+    ledger.give_back("e|hold", [step_key], "could not give back")  # the same round
+    decision = await asyncio.wait_for(decided, 5)
+    assert decision.ok, decision  # it holds the slot: it runs
+    assert await storage.get_state(["parked:mine"]) == {}
