@@ -135,7 +135,6 @@ async def test_schema_matches_the_table_classes(fresh: Fresh) -> None:
         assert indexes == {str(i.name) for i in table.indexes} | extra, table.name
     assert {
         "ix_executions_status_run_at",
-        "ix_executions_job_name",
         "ix_executions_parent_id",
         "ix_executions_root_id",
     } <= found["executions"][1]
@@ -172,6 +171,32 @@ async def test_lineage_indexes_are_partial_and_serve_queries_by_parent_and_root(
     assert [r.id for r in found] == ["C"]
     assert [r.id for r in await storage.query(ExecutionQuery(root_id="P"))] == ["C"]
     await storage.aclose()
+
+
+async def test_migration_9_drops_the_job_name_index_and_lookups_by_job_still_use_an_index(fresh: Fresh) -> None:
+    storage = fresh()
+    await storage.open()
+    await storage.commit(Batch(executions=[execution("A"), execution("B", job_name="other")]))
+    async with storage.engine.begin() as conn:  # back to what versions 1-8 left
+        await conn.execute(text("CREATE INDEX ix_executions_job_name ON executions (job_name)"))
+        await conn.execute(text("DELETE FROM schema_version WHERE version = 9"))
+    await storage.aclose()
+    upgraded = fresh()
+    await upgraded.open()
+    postgres = isinstance(upgraded, PostgresStorage)
+    async with upgraded.engine.connect() as conn:
+        if postgres:
+            names = set((await conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'executions'"))).scalars())
+            await conn.execute(text("SET enable_seqscan = off"))  # a 2-row table: ask for an index
+            explain = "EXPLAIN SELECT id FROM executions WHERE job_name = 'other'"
+        else:
+            names = set((await conn.execute(text("SELECT name FROM sqlite_master WHERE tbl_name = 'executions'"))).scalars())
+            explain = "EXPLAIN QUERY PLAN SELECT id FROM executions WHERE job_name = 'other'"
+        plan = "\n".join(str(r[-1]) for r in await conn.execute(text(explain)))
+    assert "ix_executions_job_name" not in names
+    assert "ix_executions_job_name_" in plan, plan  # one of the indexes led by job_name
+    assert [r.id for r in await upgraded.query(ExecutionQuery(job_names=["other"]))] == ["B"]
+    await upgraded.aclose()
 
 
 async def test_migration_4_adds_the_idempotency_key_to_an_older_database(fresh: Fresh) -> None:
