@@ -155,10 +155,8 @@ class PostgresStorage(SqlStorage):
 
     #: Commit through the server-side function `dq_commit_v1` (sql_pg_commit.py): one
     #: round trip instead of `SqlStorage._commit`'s transaction (5-9), the same decisions
-    #: and locks (the two interlock). Off by default: with it on, the two-process slot
-    #: hand-over test (tests/engine/test_handoff_processes.py) stalled in 1 run of 8, and
-    #: the cause is not found yet (docs/benchmarks.md, "PostgreSQL's commit in one round trip").
-    commit_function = False
+    #: and locks (the two interlock). False: every commit takes the Python path.
+    commit_function = True
     #: Larger batches take the Python path: the function's per-update PL/pgSQL loop
     #: costs more server CPU per row than the Python path's set-based statements,
     #: and a large batch spreads its round trips over many rows anyway (they come
