@@ -79,6 +79,8 @@ class FlowControl:
         self.alone = True
         self._peers_checked = 0
         self._peers_task: asyncio.Task[None] | None = None
+        #: The queue's limit and its state key (`_queue_limit`).
+        self._queue_lim: tuple[Limit, str] | None = None
 
     @property
     def storage(self) -> Any:
@@ -92,9 +94,15 @@ class FlowControl:
         )
 
     def _queue_limit(self) -> Limit | None:
-        """The queue's `concurrency`: executions of all its jobs running at once, in all processes."""
+        """The queue's `concurrency`: executions of all its jobs running at once, in all
+        processes (made once: asked twice per execution, at its start and its end)."""
         n = self.runtime.queue.concurrency
-        return Limit("queue:" + ",".join(sorted(self.runtime.queue.definitions)), n) if n else None
+        if not n:
+            return None
+        if self._queue_lim is None or self._queue_lim[0].limit != n:
+            lim = Limit("queue:" + ",".join(sorted(self.runtime.queue.definitions)), n)
+            self._queue_lim = (lim, state_key(lim))
+        return self._queue_lim[0]
 
     async def _statuses(self, ids: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -230,13 +238,15 @@ class FlowControl:
     def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
         """What admitting `rec` asks for (rate windows first: a start waiting for its
         window holds no slot meanwhile), or None: nothing."""
-        typed = load_typed(job.options.input, rec.input)
-        throttle = resolve_timed(job.name, job.options.throttle, typed, "throttle") if first_start else None
+        opts = job.options
+        # The input is typed only for an option that is a function of it (a queue limit alone needs none).
+        typed = load_typed(opts.input, rec.input) if callable(opts.concurrency) or callable(opts.throttle) else None
+        throttle = resolve_timed(job.name, opts.throttle, typed, "throttle") if first_start else None
         limits: list[Limit] = []
         queue_limit = self._queue_limit()
         if queue_limit is not None:
             limits.append(queue_limit)
-        limit = resolve_concurrency(job.name, job.options.concurrency, typed)
+        limit = resolve_concurrency(job.name, opts.concurrency, typed)
         if limit is not None and (limit.window_ms is None or first_start):
             limits.append(limit)
         if throttle is None and not limits:
@@ -260,9 +270,9 @@ class FlowControl:
         """Give back the execution's slots, queued at once (see `Ledger.release_nowait`).
         `quiet`: nobody awaits it (`Ledger.give_back`; None is returned)."""
         keys: list[str] = []
-        queue_limit = self._queue_limit()
-        if queue_limit is not None:
-            keys.append(state_key(queue_limit))
+        if self._queue_limit() is not None:
+            assert self._queue_lim is not None
+            keys.append(self._queue_lim[1])
         if job.options.concurrency is not None:
             try:
                 limit = resolve_concurrency(job.name, job.options.concurrency, load_typed(job.options.input, rec.input))

@@ -37,7 +37,6 @@ full and a newcomer or a safety-net re-check wants in.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +112,7 @@ class Ledger:
         #: Keys to read afresh: a round that wrote them lost, or failed.
         self._stale: set[str] = set()
         #: Holders admitted by writes still in flight (count per holder).
-        self._unsettled: Counter[str] = Counter()
+        self._unsettled: dict[str, int] = {}
         #: Keys the round being decided read afresh.
         self._fresh: set[str] = set()
         #: Step waiters of this process: holder -> future (True: granted, False: re-check).
@@ -276,7 +275,7 @@ class Ledger:
         if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
             return False
         keys = keys_of([op])
-        if any(k in self._stale for k in keys):
+        if self._stale and not self._stale.isdisjoint(keys):
             return False
         try:
             for k in keys:
@@ -284,7 +283,7 @@ class Ledger:
             before = {k: self._cache[k] for k in keys if self._cache[k] is not None}
             work = {k: copy_state(before.get(k)) for k in keys}
             rnd = Round(now_ms())
-            if self._suspects([op], work, rnd, set()):
+            if isinstance(op, Request) and self._suspects([op], work, rnd, set()):  # a release suspects no one
                 return False
             decisions, batch, changed = self._decide_all([op], work, before, rnd)
             if not changed and keys:
@@ -331,8 +330,9 @@ class Ledger:
         keys: list[str],
     ) -> None:
         own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
-        grants = [(k, h) for k, h in rnd.granted if h not in own]
-        jobs = [h for _, h in grants if "|" not in h]
+        # Most rounds (a start decided at once, a release nobody waits on) grant nothing.
+        grants = [(k, h) for k, h in rnd.granted if h not in own] if rnd.granted else []
+        jobs = [h for _, h in grants if "|" not in h] if grants else []
         direct: set[str] = set()
         for holder in jobs:
             update = self._claim_here(holder, rnd.now)
@@ -355,8 +355,10 @@ class Ledger:
                 self._checked.setdefault(k, rnd.now)
         # Holders this write admits are alive whatever the storage says until it is
         # committed (a new execution is only created by it).
-        admitted = [*own, *(h for _, h in grants)]
-        self._unsettled.update(admitted)
+        admitted = [*own, *(h for _, h in grants)] if grants else list(own)
+        unsettled = self._unsettled
+        for h in admitted:
+            unsettled[h] = unsettled.get(h, 0) + 1
         written = _Written(ops, decisions, grants, jobs, direct, changed, before, rnd.now, admitted, keys)
         # Queued with the storage at once: a commit queued right after joins its transaction.
         commit = self._commit(batch)
@@ -374,10 +376,13 @@ class Ledger:
         self._settled(commit, w)
 
     def _settled(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
-        self._unsettled.subtract(w.admitted)
+        unsettled = self._unsettled
         for h in w.admitted:
-            if self._unsettled[h] <= 0:
-                del self._unsettled[h]
+            n = unsettled.get(h, 0) - 1
+            if n > 0:
+                unsettled[h] = n
+            else:
+                unsettled.pop(h, None)
         exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
         if exc is not None or commit.result().conflict:
             self._stale.update(w.keys)
@@ -487,7 +492,7 @@ class Ledger:
             # (until its dispatcher claims it); a step only while its execution runs.
             alive = [
                 h for h in holders
-                if self._unsettled[h] > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))
+                if self._unsettled.get(h, 0) > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))
             ]  # fmt: skip
             if len(alive) < len(holders):
                 st["holders"] = alive

@@ -9,7 +9,8 @@ which no transaction ran), and a summary: wall time, time inside transactions,
 time between them.
 
     .venv/bin/python tests/bench/limits_timeline.py --storage sqlite:////tmp/t.db [--jobs 100]
-        [--job-concurrency 10 | --step-concurrency 10 | --keys 10] [--events]
+        [--job-concurrency 10 | --step-concurrency 10 | --keys 10 | --concurrency 10]
+        [--start sequential] [--events]
 """
 
 from __future__ import annotations
@@ -131,12 +132,14 @@ async def main() -> None:
     p.add_argument("--job-concurrency", type=int, default=None)
     p.add_argument("--step-concurrency", type=int, default=None)
     p.add_argument("--keys", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=None, help="the queue's concurrency")
+    p.add_argument("--start", default="gather", choices=["gather", "sequential", "bulk"])
     p.add_argument("--redis-prefix", default="", help="a Redis key prefix of the run's own")
     p.add_argument("--events", action="store_true", help="print every recorded point")
     args = p.parse_args()
     storage = create_redis_storage(args.storage, prefix=args.redis_prefix) if args.redis_prefix else storage_from_url(args.storage)
     instrument(storage)
-    w = Workload(args.jobs, 1, None, args.job_concurrency, args.step_concurrency, args.keys, "gather")
+    w = Workload(args.jobs, 1, args.concurrency, args.job_concurrency, args.step_concurrency, args.keys, args.start)
     elapsed, _ = await timed_run(storage, w)
     print(f"{args.jobs / elapsed:,.0f} jobs/s")
     report(args.events)
