@@ -71,8 +71,11 @@ class FlowControl:
             claimed_here=self._claimed_here,
             at_once=not runtime.storage.synchronous_commit,
         )
-        #: Executions this process parked as waiters of one slot: (job, record, history).
-        self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any]]] = {}
+        #: Executions this process parked as waiters of one slot: (job, record, history, slot key).
+        self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], str]] = {}
+        #: The slot keys each execution admitted here holds, as its admission resolved them:
+        #: its release gives back exactly those, without calling the user's fn(input) again.
+        self._holds: dict[str, list[str]] = {}
         #: No other live process shares the storage (looked at most once a second):
         #: only then does a hand-over claim the waiter for this process itself; with
         #: peers, the waiter is made due and whichever process is woken first runs it.
@@ -124,7 +127,8 @@ class FlowControl:
         entry = self.parked.pop(holder, None)
         if entry is None or not ok:
             return
-        job, rec, history = entry
+        job, rec, history, key = entry
+        self._hold(rec.id, [key])
         rt = self.runtime
         now = now_ms()
         hand_over(rec, rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).apply_to(rec)
@@ -141,13 +145,20 @@ class FlowControl:
         self._peers_task = asyncio.create_task(self._count_peers(), name="dq-admission-peers")
 
     async def _count_peers(self) -> None:
-        rt = self.runtime
         try:
             workers = await self.storage.list_workers()
         except Exception:  # looked at again a second later
             return
-        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
+        self.peers_seen(workers)
+
+    def peers_seen(self, workers: list[dict[str, Any]]) -> None:
+        """Whether another live process shares the storage, from a list of its workers
+        (also the one the runtime reads as it starts: no second read in the first second)."""
+        rt = self.runtime
+        now = now_ms()
+        fresh = now + rt.clock_offset_ms - rt.lease_ms
         self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
+        self._peers_checked = max(self._peers_checked, now)
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -189,6 +200,7 @@ class FlowControl:
         if not decision.parked:
             self.parked.pop(rec.id, None)
         if decision.ok:
+            self._hold(rec.id, [state_key(lim) for lim in limits if lim.window_ms is None])
             return OPEN
         return Gate(False, decision.at, decision.reason, decision.parked)
 
@@ -233,7 +245,10 @@ class FlowControl:
             self.parked.pop(rec.id, None)
         if undecided:
             return None
-        return OPEN if decision.ok else Gate(False, decision.at, decision.reason, decision.parked)
+        if decision.ok:
+            self._hold(rec.id, [state_key(lim) for lim in limits if lim.window_ms is None])
+            return OPEN
+        return Gate(False, decision.at, decision.reason, decision.parked)
 
     def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
         """What admitting `rec` asks for (rate windows first: a start waiting for its
@@ -259,7 +274,12 @@ class FlowControl:
         decision, as a grant may come in the round right after it."""
         single = request.throttle is None and len(request.limits) == 1 and request.limits[0].window_ms is None
         if single and len(self.parked) < _PARKED_MAX:
-            self.parked[rec.id] = (job, rec, history)
+            self.parked[rec.id] = (job, rec, history, state_key(request.limits[0]))
+
+    def _hold(self, execution_id: str, keys: list[str]) -> None:
+        if len(self._holds) >= _PARKED_MAX:  # releases that never came (a lost storage): resolved again then
+            self._holds.clear()
+        self._holds[execution_id] = keys
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
         fut = self.release_nowait(job, rec)
@@ -269,6 +289,18 @@ class FlowControl:
     def release_nowait(self, job: Job, rec: ExecutionRecord, quiet: bool = False) -> asyncio.Future[Decision] | None:
         """Give back the execution's slots, queued at once (see `Ledger.release_nowait`).
         `quiet`: nobody awaits it (`Ledger.give_back`; None is returned)."""
+        held = self._holds.pop(rec.id, None)
+        keys = held if held is not None else self._slot_keys(job, rec)
+        if not keys:
+            return None
+        if quiet:
+            self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
+            return None
+        return self.ledger.release_nowait(rec.id, keys)
+
+    def _slot_keys(self, job: Job, rec: ExecutionRecord) -> list[str]:
+        """The slot keys `rec` holds, resolved again from the job's options (an execution
+        admitted before `_holds` knew it, e.g. handed over by the dispatcher's claim)."""
         keys: list[str] = []
         if self._queue_limit() is not None:
             assert self._queue_lim is not None
@@ -280,12 +312,7 @@ class FlowControl:
                 limit = None
             if limit is not None and limit.window_ms is None:
                 keys.append(state_key(limit))
-        if not keys:
-            return None
-        if quiet:
-            self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
-            return None
-        return self.ledger.release_nowait(rec.id, keys)
+        return keys
 
     # -- debounce, when triggered ----------------------------------------------------------------
     async def plan(self, job: Job, rec: ExecutionRecord, typed: Any) -> tuple[Batch, Transition | None]:

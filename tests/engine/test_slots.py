@@ -72,3 +72,22 @@ async def test_timed_out_and_cancelled_holders_give_slots_back(make_queue: Calla
         with pytest.raises(CancelledError):
             await blocked.result()
         assert await after_cancel.result() == "last"
+
+
+async def test_a_release_gives_back_the_key_its_admission_resolved(make_queue: Callable[..., Queue]) -> None:
+    """A per-key limit's fn(input) may answer otherwise by the time the execution ends:
+    the slot given back is the one taken, so the next execution of that key starts."""
+    group = {"now": "a"}
+
+    @create_job(name="keyed", concurrency=lambda _data: {"id": group["now"], "limit": 1}, retry=0)
+    async def keyed(data: str) -> str:
+        group["now"] = "b"  # what fn(input) says from now on
+        return data
+
+    queue = make_queue([keyed])
+    async with queue:
+        job: Any = queue.jobs.keyed
+        assert await (await job.start("first")).result() == "first"
+        group["now"] = "a"
+        second = await job.start("second")
+        assert await asyncio.wait_for(second.result(), 10) == "second"
