@@ -145,20 +145,13 @@ class FlowControl:
         self._peers_task = asyncio.create_task(self._count_peers(), name="dq-admission-peers")
 
     async def _count_peers(self) -> None:
+        rt = self.runtime
         try:
             workers = await self.storage.list_workers()
         except Exception:  # looked at again a second later
             return
-        self.peers_seen(workers)
-
-    def peers_seen(self, workers: list[dict[str, Any]]) -> None:
-        """Whether another live process shares the storage, from a list of its workers
-        (also the one the runtime reads as it starts: no second read in the first second)."""
-        rt = self.runtime
-        now = now_ms()
-        fresh = now + rt.clock_offset_ms - rt.lease_ms
+        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
         self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
-        self._peers_checked = max(self._peers_checked, now)
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:

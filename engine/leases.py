@@ -18,13 +18,10 @@ class Leases(RuntimeState):
         """Reclaim executions held by dead processes of this host and by expired leases."""
         host = socket.gethostname()
         dead = []
-        workers = await self.storage.list_workers()
-        for w in workers:
+        for w in await self.storage.list_workers():
             info = w.get("info") or {}
             if w["id"] != self.worker_id and info.get("host") == host and not _pid_alive(info.get("pid")):
                 dead.append(w["id"])
-        # Admission asks the same question (another live process?): answered for its first second.
-        self.flow.peers_seen([w for w in workers if w["id"] not in dead])
         ids = await self.storage.reclaim(dead)
         for wid in dead:
             await self.storage.remove_worker(wid)

@@ -302,27 +302,3 @@ async def test_a_limit_function_that_raises_fails_the_execution_not_the_start(ma
                     await e.result()
             else:
                 assert await e.result() == i
-
-
-async def test_admission_right_after_start_reads_no_second_list_of_workers(make_queue: Callable[..., Queue]) -> None:
-    """Whether another process shares the storage (for the in-process hand-over) is
-    answered by the list of workers the runtime reads as it starts, not read again."""
-
-    @create_job(name="limited", concurrency=1, retry=0)
-    async def limited(data: int) -> int:
-        return data
-
-    queue = make_queue([limited], **SLOW_POLL)
-    storage = queue.storage
-    reads: list[int] = []
-    list_workers = storage.list_workers
-
-    async def counting() -> list[dict[str, Any]]:
-        reads.append(1)
-        return await list_workers()
-
-    storage.list_workers = counting  # type: ignore[method-assign]
-    async with queue:
-        job: Any = queue.jobs.limited
-        assert [await e.result() for e in await asyncio.gather(*(job.start(i) for i in range(3)))] == [0, 1, 2]
-        assert len(reads) == 1
