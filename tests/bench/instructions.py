@@ -1,4 +1,4 @@
-"""Instructions per job of dq checkouts on the memory adapter, counted by valgrind.
+"""Instructions per job of dq checkouts on the memory adapter (or `--url`), counted by valgrind.
 
     .venv/bin/python tests/bench/instructions.py /tmp/base . [--steps 10]
     .venv/bin/python tests/bench/instructions.py /tmp/base . --batch 100 --start gather --step-concurrency 10
@@ -30,13 +30,13 @@ from dq.app.gc_tuning import tune_gc
 
 n, k, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) or int(sys.argv[1])
 limits = [int(a) if a != "-" else None for a in sys.argv[4:8]]
-start = sys.argv[8]
+start, url = sys.argv[8], sys.argv[9]
 
 
 async def main():
-    await timed_run(storage_from_url("memory://"), Workload(min(200, batch), k, *limits, start))  # imports, caches
+    await timed_run(storage_from_url(url), Workload(min(200, batch), k, *limits, start))  # imports, caches
     for _ in range(n // batch):
-        await timed_run(storage_from_url("memory://"), Workload(batch, k, *limits, start))
+        await timed_run(storage_from_url(url), Workload(batch, k, *limits, start))
 
 
 tune_gc("tuned")
@@ -48,7 +48,7 @@ def instructions(checkout: str, jobs: int, steps: int, extra: list[str] | None =
     python = os.path.join(checkout, ".venv", "bin", "python")
     out = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         python, "-c", CHILD, str(jobs), str(steps), *(extra or ["0", "-", "-", "-", "-", "bulk"])],
+         python, "-c", CHILD, str(jobs), str(steps), *(extra or ["0", "-", "-", "-", "-", "bulk", "memory://"])],
         cwd=checkout, env={**os.environ, "PYTHONPATH": os.path.abspath(checkout), "PYTHONHASHSEED": "0"},
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -63,12 +63,13 @@ def main() -> None:
     parser.add_argument("checkouts", nargs="+")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--batch", type=int, default=0, help="jobs per run (default: all in one run)")
+    parser.add_argument("--url", default="memory://", help="storage; on PostgreSQL the count is the dq process's only")
     parser.add_argument("--start", choices=("bulk", "gather", "sequential"), default="bulk")
     for flag in ("--concurrency", "--job-concurrency", "--step-concurrency", "--keys"):
         parser.add_argument(flag, type=int, default=None)
     args = parser.parse_args()
     limits = [args.concurrency, args.job_concurrency, args.step_concurrency, args.keys]
-    extra = [str(args.batch), *("-" if v is None else str(v) for v in limits), args.start]
+    extra = [str(args.batch), *("-" if v is None else str(v) for v in limits), args.start, args.url]
     ref = None
     for checkout in args.checkouts:
         per_job = (instructions(checkout, 6000, args.steps, extra) - instructions(checkout, 1000, args.steps, extra)) / 5000
