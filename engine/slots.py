@@ -2,7 +2,8 @@
 
 Every take, release and rate reservation of this process goes through one
 `Ledger`. A round decides requests on the state this process last wrote or
-read of their keys, and writes one compare-and-set batch (`Batch.expect`):
+read of their keys, and writes one compare-and-set batch (`Batch.expect`, on every
+key it decided on, also those it leaves unchanged):
 at once, in the requester's step, when it needs no read (its write then joins
 the commit the requester queues right after it, e.g. a release and the end
 of its execution); else in a round of everything that queued meanwhile. The
