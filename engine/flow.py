@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import CancelledError, error_to_dict
@@ -71,8 +71,8 @@ class FlowControl:
             claimed_here=self._claimed_here,
             at_once=not runtime.storage.synchronous_commit,
         )
-        #: Executions this process parked as waiters of one slot: (job, record, history, slot key).
-        self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], str]] = {}
+        #: Executions this process parked as waiters of one slot: (job, record, history, that slot's limit).
+        self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], Limit]] = {}
         #: The slot keys each execution admitted here holds, as its admission resolved them:
         #: its release gives back exactly those, without calling the user's fn(input) again.
         self._holds: dict[str, list[str]] = {}
@@ -82,8 +82,8 @@ class FlowControl:
         self.alone = True
         self._peers_checked = 0
         self._peers_task: asyncio.Task[None] | None = None
-        #: The queue's limit and its state key (`_queue_limit`).
-        self._queue_lim: tuple[Limit, str] | None = None
+        #: The queue's limit (`_queue_limit`).
+        self._queue_lim: Limit | None = None
 
     @property
     def storage(self) -> Any:
@@ -102,10 +102,9 @@ class FlowControl:
         n = self.runtime.queue.concurrency
         if not n:
             return None
-        if self._queue_lim is None or self._queue_lim[0].limit != n:
-            lim = Limit("queue:" + ",".join(sorted(self.runtime.queue.definitions)), n)
-            self._queue_lim = (lim, state_key(lim))
-        return self._queue_lim[0]
+        if self._queue_lim is None or self._queue_lim.limit != n:
+            self._queue_lim = Limit("queue:" + ",".join(sorted(self.runtime.queue.definitions)), n)
+        return self._queue_lim
 
     async def _statuses(self, ids: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -127,8 +126,8 @@ class FlowControl:
         entry = self.parked.pop(holder, None)
         if entry is None or not ok:
             return
-        job, rec, history, key = entry
-        self._hold(rec.id, [key])
+        job, rec, history, limit = entry
+        self._hold(rec.id, [limit])
         rt = self.runtime
         now = now_ms()
         hand_over(rec, rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).apply_to(rec)
@@ -193,7 +192,7 @@ class FlowControl:
         if not decision.parked:
             self.parked.pop(rec.id, None)
         if decision.ok:
-            self._hold(rec.id, [state_key(lim) for lim in limits if lim.window_ms is None])
+            self._hold(rec.id, limits)
             return OPEN
         return Gate(False, decision.at, decision.reason, decision.parked)
 
@@ -239,7 +238,7 @@ class FlowControl:
         if undecided:
             return None
         if decision.ok:
-            self._hold(rec.id, [state_key(lim) for lim in limits if lim.window_ms is None])
+            self._hold(rec.id, limits)
             return OPEN
         return Gate(False, decision.at, decision.reason, decision.parked)
 
@@ -267,12 +266,13 @@ class FlowControl:
         decision, as a grant may come in the round right after it."""
         single = request.throttle is None and len(request.limits) == 1 and request.limits[0].window_ms is None
         if single and len(self.parked) < _PARKED_MAX:
-            self.parked[rec.id] = (job, rec, history, state_key(request.limits[0]))
+            self.parked[rec.id] = (job, rec, history, request.limits[0])
 
-    def _hold(self, execution_id: str, keys: list[str]) -> None:
+    def _hold(self, execution_id: str, limits: Sequence[Limit]) -> None:
+        """Remember the slots (not rate starts: they stay counted) an admission took."""
         if len(self._holds) >= _PARKED_MAX:  # releases that never came (a lost storage): resolved again then
             self._holds.clear()
-        self._holds[execution_id] = keys
+        self._holds[execution_id] = [state_key(lim) for lim in limits if lim.window_ms is None]
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
         fut = self.release_nowait(job, rec)
@@ -295,9 +295,9 @@ class FlowControl:
         """The slot keys `rec` holds, resolved again from the job's options (an execution
         admitted before `_holds` knew it, e.g. handed over by the dispatcher's claim)."""
         keys: list[str] = []
-        if self._queue_limit() is not None:
-            assert self._queue_lim is not None
-            keys.append(self._queue_lim[1])
+        queue_limit = self._queue_limit()
+        if queue_limit is not None:
+            keys.append(state_key(queue_limit))
         if job.options.concurrency is not None:
             try:
                 limit = resolve_concurrency(job.name, job.options.concurrency, load_typed(job.options.input, rec.input))
