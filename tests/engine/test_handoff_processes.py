@@ -17,13 +17,13 @@ import pytest
 
 from dq import create_queue
 from dq.engine.ids import new_id, now_ms
-from dq.engine.storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, Storage
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, Storage
 from dq.engine.storage.redis import RedisStorage
 from dq.engine.storage.sql import SqlStorage
 from tests.storage.conftest import REDIS_URL, delete_redis_prefix
 
 from .handoff_worker import JOBS
-from .test_multiprocess import _wait, pg_dsn  # noqa: F401 - a fresh database per test
+from .test_multiprocess import _starters, _wait, pg_dsn  # noqa: F401 - a fresh database per test
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = str(Path(__file__).with_name("handoff_worker.py"))
@@ -57,11 +57,12 @@ def _peak(spans: list[tuple[int, int]]) -> int:
 async def _stalled(storage: Storage) -> str:
     """What a stalled run left: the unfinished executions and the limits' state."""
     lines = ["not all jobs completed in time"]
+    events = await storage.read_events(0, limit=100_000)
     for ex in await storage.query(ExecutionQuery(job_names=["single", "stepped"])):
         if ex.status != "completed":
             steps = [(s.key, s.status) for s in await storage.get_steps(ex.id)]
             lines.append(f"{ex.id} {ex.job_name} {ex.status} run_at={ex.run_at} worker={ex.worker_id} steps={steps}")
-            lines.extend(f"  {e.seq} {e.at} {e.type} {e.data}" for e in await storage.read_events(0, limit=100_000) if e.execution_id == ex.id)
+            lines.extend(f"  {e.seq} {e.at} {e.type} {e.data}" for e in events if e.execution_id == ex.id)
     state = await storage.get_state(["slots:single", "slots:step:stepped:hold"])
     lines.append(f"state: {state}")
     return "\n".join(lines)
@@ -120,10 +121,6 @@ async def test_two_processes_hand_slots_to_each_other(target: tuple[Storage, lis
         assert _peak(spans) == 1, (job, spans)  # concurrency=1 held across both processes
     assert len(_starters(events)) == 2, _starters(events)  # both processes took part
     await storage.aclose()
-
-
-def _starters(events: list[EventRecord]) -> set[str]:
-    return {e.data.get("worker") for e in events if e.type == "start"}
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ async def test_two_processes_share_limits_ticks_and_triggers(pg_dsn: str) -> Non
                 return counts.get("completed", 0) == expected
 
             await _wait(done)
-            if len(_starters(await storage.read_events(0, limit=100_000))) == 2:
+            if len(_starters(await storage.read_events(0, limit=100_000), "limited")) == 2:
                 break
             # Which process claims first is a race: under load one can win a whole batch.
             now = now_ms()
@@ -108,7 +108,7 @@ async def test_two_processes_share_limits_ticks_and_triggers(pg_dsn: str) -> Non
         peak = max(peak, running)
     assert peak <= 2, spans
     events = await storage.read_events(0, limit=100_000)
-    assert len(_starters(events)) == 2, _starters(events)  # both processes took part
+    assert len(_starters(events, "limited")) == 2, _starters(events, "limited")  # both processes took part
     # each pipe message started on_message exactly once
     triggered = await storage.query(ExecutionQuery(job_names=["on_message"]))
     assert sorted(e.input["n"] for e in triggered) == list(range(20))
@@ -119,5 +119,6 @@ async def test_two_processes_share_limits_ticks_and_triggers(pg_dsn: str) -> Non
     await storage.aclose()
 
 
-def _starters(events: list[EventRecord]) -> set[str]:
-    return {e.data.get("worker") for e in events if e.type == "start" and e.job_name == "limited"}
+def _starters(events: list[EventRecord], job_name: str | None = None) -> set[str]:
+    """The workers that started executions (of `job_name`, if given)."""
+    return {e.data.get("worker") for e in events if e.type == "start" and (job_name is None or e.job_name == job_name)}

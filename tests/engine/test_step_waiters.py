@@ -114,8 +114,12 @@ async def test_a_notification_during_a_look_is_not_lost() -> None:
     ledger = Ledger(get_state, submit, statuses, lambda: None, recheck_s=600, far_ms=30_000, at_once=False)
     ledger._stale.add(state_key(LIMIT))  # as after a conflict: the round reads the key
     waiting = asyncio.create_task(ledger.acquire_step(LIMIT, holder, priority=0))
-    while state_key(LIMIT) not in ledger._cache or not (await storage.get_state([state_key(LIMIT)]))[state_key(LIMIT)]["waiters"]:
-        await asyncio.sleep(0)  # parked as a waiter
+
+    async def in_line() -> None:
+        while state_key(LIMIT) not in ledger._cache or not (await storage.get_state([state_key(LIMIT)]))[state_key(LIMIT)]["waiters"]:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(in_line(), 5)  # parked as a waiter
     ledger.on_wakeup()  # some other write elsewhere: a look begins
     await asyncio.wait_for(reading.wait(), 5)
     # The other process hands the slot over and notifies, while that look reads.
