@@ -62,6 +62,7 @@ class FlowControl:
         poll_ms = int(runtime.poll_s * 1000)
         self.ledger = Ledger(
             get_state=lambda keys: self.storage.get_state(keys),
+            list_state=lambda prefix: self.storage.list_state(prefix),
             commit=lambda batch: runtime.committer.submit(batch),
             running=self._statuses,
             kick=runtime.kick,

@@ -85,6 +85,19 @@ class Round:
     granted: list[tuple[str, str]] = field(default_factory=list)
     #: Slot keys whose state this round has put in shape (`slot_state`).
     owned: set[str] = field(default_factory=set)
+    #: Per slot key, the waiters this round put in line (holder -> entry) and those that
+    #: left it: what its write changes of the line's rows (`slot_lines.write`).
+    lines: dict[str, tuple[dict[str, list[Any]], set[str]]] = field(default_factory=dict)
+
+    def joined(self, key: str, entry: list[Any]) -> None:
+        joined, left = self.lines.setdefault(key, ({}, set()))
+        joined[entry[2]] = entry
+        left.discard(entry[2])
+
+    def left(self, key: str, holder: str) -> None:
+        joined, left = self.lines.setdefault(key, ({}, set()))
+        if joined.pop(holder, None) is None:  # in line before this round: its row goes
+            left.add(holder)
 
 
 def state_key(limit: Limit) -> str:
@@ -150,6 +163,7 @@ def decide(req: Request, work: dict[str, Any], rnd: Round, far_ms: int) -> Decis
             i = bisect.bisect_left(waiters, entry)
             if i == len(waiters) or waiters[i] != entry:
                 waiters.insert(i, entry)
+                rnd.joined(key, entry)
             fill(key, st, rnd)
         if req.holder not in st["holders"]:
             for other in taken:  # all or nothing: what this request took goes on
@@ -162,12 +176,16 @@ def decide(req: Request, work: dict[str, Any], rnd: Round, far_ms: int) -> Decis
 def slot_state(state: Any, limit: int) -> dict[str, Any]:
     """`state` (a round's copy, `copy_state`: its lists are its own) as a slot's state."""
     st = state if isinstance(state, dict) else {}
-    return {"limit": limit, "holders": st.get("holders") or [], "waiters": st.get("waiters") or []}
+    out = {"limit": limit, "holders": st.get("holders") or [], "waiters": st.get("waiters") or []}
+    if "v" in st:  # its stored head's tag and count (slot_lines.py): unchanged unless written
+        out["n"], out["v"] = st["n"], st["v"]
+    return out
 
 
 def fill(key: str, st: dict[str, Any], rnd: Round) -> None:
     while st["waiters"] and len(st["holders"]) < int(st.get("limit", 1)):
         holder = st["waiters"].pop(0)[2]
+        rnd.left(key, holder)
         st["holders"].append(holder)
         rnd.granted.append((key, holder))
 
@@ -181,7 +199,10 @@ def leave(work: dict[str, Any], key: str, holder: str, rnd: Round) -> None:
         st["holders"].remove(holder)
         rnd.granted[:] = [(k, h) for k, h in rnd.granted if (k, h) != (key, holder)]
     else:  # a holder is never in line as well: only one that gives up its place is looked for there
-        st["waiters"] = [w for w in st.get("waiters", []) if w[2] != holder]
+        line = st.get("waiters", [])
+        st["waiters"] = [w for w in line if w[2] != holder]
+        if len(st["waiters"]) < len(line):
+            rnd.left(key, holder)
     fill(key, st, rnd)
     if not st["holders"] and not st["waiters"]:
         work[key] = None

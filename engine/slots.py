@@ -15,7 +15,9 @@ exceeded, across processes too, and N executions arriving at once cost a
 couple of transactions, not N.
 
 Slot state, per key: `{"limit": n, "holders": [...], "waiters": [[-priority,
-seq, holder], ...]}`, waiters in admission order (priority, then arrival).
+seq, holder], ...]}`, waiters in admission order (priority, then arrival); stored as
+a head and one row per waiter (`slot_lines.py`), so a take or a release writes what
+it changes, not the whole line.
 A slot is never simply freed while someone waits: the round that releases it
 gives it to the head waiter in the same write.
 
@@ -42,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import slot_lines
 from .ids import now_ms
 from .limits import Limit
 from .slot_requests import (
@@ -84,6 +87,7 @@ class Ledger:
     def __init__(
         self,
         get_state: Callable[[list[str]], Awaitable[dict[str, Any]]],
+        list_state: Callable[[str], Awaitable[dict[str, Any]]],
         commit: Callable[[Batch], asyncio.Future[CommitResult]],
         running: Callable[[list[str]], Awaitable[dict[str, str]]],
         kick: Callable[[], None],
@@ -93,7 +97,11 @@ class Ledger:
         claimed_here: Callable[[str, bool], None] = lambda _holder, _ok: None,
         at_once: bool = True,
     ) -> None:
-        self._get_state, self._commit, self._running, self._kick = get_state, commit, running, kick
+        self._commit, self._running, self._kick = commit, running, kick
+        #: Reads state with each slot's line from its rows (written by `_send`: slot_lines.py).
+        self._get_state: Callable[[list[str]], Awaitable[dict[str, Any]]] = lambda keys: slot_lines.read(
+            get_state, list_state, keys
+        )
         #: In-process hand-off: a granted execution parked by this process is claimed by
         #: the grant's own write (`claim_here` gives that update, or None), and then run
         #: at once (`claimed_here`): no claim round trip, no poll.
@@ -345,11 +353,11 @@ class Ledger:
         if not changed and not batch:
             self._deliver(ops, decisions, grants, jobs, direct, CommitResult())
             return
-        batch.state.update(changed)
-        # Every key the round decided on, not only those it changes: a refusal that
-        # changes nothing (already in line) was decided on that key's state too, and its
-        # park must not be written if another process granted the slot meanwhile.
-        batch.expect.update({k: before.get(k) for k in keys})
+        # The compare-and-set covers every key the round decided on, not only those it
+        # changes: a refusal that changes nothing (already in line) was decided on that
+        # key's state too, and its park must not be written if another process granted
+        # the slot meanwhile.
+        slot_lines.write(batch, changed, before, keys, rnd)
         self._cache.update(changed)  # the next round is decided on what this one writes
         for k in changed:
             if before.get(k) is None:  # found empty: none of its holders to suspect yet

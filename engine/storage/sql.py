@@ -427,6 +427,16 @@ class SqlStorage(Storage):
                 conds.append(and_(kind.in_(("integer", "real")), func.json_extract(column, where) == value))
         return and_(*conds)
 
+    def _key_prefix(self, prefix: str) -> list[ColumnElement[bool]]:
+        """State keys starting with `prefix` (case-sensitive, no wildcards): the range
+        [prefix, its successor) in byte order, which SQLite's primary key index serves
+        (a slot's line is one row per waiter: `slot_lines.py`)."""
+        key = STATE.c.key
+        last = ord(prefix[-1])
+        if last == 0x10FFFF:  # no successor: the scan reads them all
+            return [func.substr(key, 1, len(prefix)) == prefix]
+        return [key >= prefix, key < prefix[:-1] + chr(last + 1)]
+
     def _beside_window(self, cond: ColumnElement[bool]) -> ColumnElement[bool]:
         """`cond` marked as not the one to pick an index by, beside a time window
         (`aggregate`): PostgreSQL's planner knows from its statistics."""
@@ -968,8 +978,7 @@ class SqlStorage(Storage):
     async def list_state(self, prefix: str) -> dict[str, Any]:
         stmt = select(STATE.c.key, STATE.c.value).order_by(STATE.c.key)
         if prefix:
-            # substr, not LIKE: case-sensitive on SQLite too, and no wildcards to escape.
-            stmt = stmt.where(func.substr(STATE.c.key, 1, len(prefix)) == prefix)
+            stmt = stmt.where(*self._key_prefix(prefix))
         async with self._read() as conn:
             return {r[0]: json.loads(r[1]) for r in await conn.execute(stmt)}
 

@@ -37,7 +37,7 @@ from .sql import CommitIO, SqlStorage, Write, _Prepared, log, runs_to_end
 from .sql_pg_commit import CALL, Call
 from .sql_pg_function import STATE_LOCK_SPACE
 from .sql_pg_inserts import LOG, LOG_NOTIFY, commit_inserts
-from .sql_tables import dumps, dumps_rows
+from .sql_tables import STATE, dumps, dumps_rows
 
 
 class _AsyncpgIO:
@@ -212,6 +212,14 @@ class PostgresStorage(SqlStorage):
                 at = doc.op("#>")(literal(list(path), ARRAY(String)))
                 conds.append(at == cast(literal(dumps(value), String), JSONB))
         return and_(*conds)
+
+    def _key_prefix(self, prefix: str) -> list[ColumnElement[bool]]:
+        # Byte order whatever the database's collation, served by migration 10's index.
+        key = STATE.c.key.collate("C")
+        last = ord(prefix[-1])
+        if last == 0x10FFFF:
+            return [func.substr(STATE.c.key, 1, len(prefix)) == prefix]
+        return [key >= prefix, key < prefix[:-1] + chr(last + 1)]
 
     def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
         # Callers that wait (skip_locked=False) order by id, as commit locks rows,

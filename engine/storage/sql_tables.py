@@ -434,6 +434,14 @@ def _pg_commit_function(conn: Connection) -> None:
         conn.exec_driver_sql(CREATE_FUNCTION)
 
 
+def _state_key_byte_order_index(conn: Connection) -> None:
+    # list_state(prefix) reads a range of keys in byte order (a slot's line is one
+    # row per waiter: slot_lines.py); the primary key's index is in the database's
+    # collation, which may order keys otherwise. SQLite's primary key is byte order.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql('CREATE INDEX IF NOT EXISTS ix_state_key_c ON state (key COLLATE "C")')
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
 #: Numbers are unique but need not be contiguous: branches reserve theirs, and
 #: `migrate` applies every one a database has not recorded, so a database that got
@@ -449,6 +457,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (7, "index on executions (job_name, created_at): the dashboard's 24-hour job figures", _job_created_at_index),
     (8, "function dq_commit_v1: PostgreSQL's commit in one round trip", _pg_commit_function),
     (9, "drop the index on executions (job_name): the (job_name, ...) indexes serve it", _drop_job_name_index),
+    (10, "index on state (key) in byte order (PostgreSQL): list_state's prefix ranges", _state_key_byte_order_index),
 )
 
 

@@ -70,11 +70,11 @@ def instrument(storage: Any) -> None:
 
     send = slots.Ledger._send
 
-    def send_marked(self: Any, ops: Any, decisions: Any, batch: Any, changed: Any, before: Any, rnd: Any) -> None:
+    def send_marked(self: Any, ops: Any, decisions: Any, batch: Any, changed: Any, before: Any, rnd: Any, *rest: Any) -> None:
         if rnd.granted:
             who = ",".join(op.holder.split("|")[0][-6:] for op in ops)
             mark("handover-decided", f"{len(rnd.granted)} granted by {who} to " + ",".join(h.split("|")[0][-6:] for _, h in rnd.granted))
-        send(self, ops, decisions, batch, changed, before, rnd)
+        send(self, ops, decisions, batch, changed, before, rnd, *rest)
 
     slots.Ledger._send = send_marked  # type: ignore[method-assign]
 

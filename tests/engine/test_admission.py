@@ -181,7 +181,7 @@ async def test_a_step_slot_goes_back_in_the_transaction_that_stores_the_step(mak
 
         async def line() -> tuple[int, int]:
             st = (await storage.get_state([key])).get(key) or {}
-            return len(st.get("holders", ())), len(st.get("waiters", ()))
+            return len(st.get("holders", ())), st.get("n", 0)  # the line's rows: slot_lines.py
 
         first = await job.start(0)
         await until(lambda: _is(line(), (1, 0)))  # it holds the slot

@@ -31,7 +31,7 @@ def _ledger(storage: MemoryStorage, running: set[str], commit: Any = None) -> Le
     async def statuses(ids: list[str]) -> dict[str, str]:
         return {i: "running" for i in ids if i in running}
 
-    return Ledger(storage.get_state, submit, statuses, lambda: None, recheck_s=0.05, far_ms=30_000, at_once=False)
+    return Ledger(storage.get_state, storage.list_state, submit, statuses, lambda: None, recheck_s=0.05, far_ms=30_000, at_once=False)
 
 
 async def test_a_dead_holders_slot_reaches_every_waiter_by_the_shared_recheck() -> None:
@@ -111,12 +111,12 @@ async def test_a_notification_during_a_look_is_not_lost() -> None:
     async def statuses(ids: list[str]) -> dict[str, str]:
         return dict.fromkeys(ids, "running")
 
-    ledger = Ledger(get_state, submit, statuses, lambda: None, recheck_s=600, far_ms=30_000, at_once=False)
+    ledger = Ledger(get_state, storage.list_state, submit, statuses, lambda: None, recheck_s=600, far_ms=30_000, at_once=False)
     ledger._stale.add(state_key(LIMIT))  # as after a conflict: the round reads the key
     waiting = asyncio.create_task(ledger.acquire_step(LIMIT, holder, priority=0))
 
     async def in_line() -> None:
-        while state_key(LIMIT) not in ledger._cache or not (await storage.get_state([state_key(LIMIT)]))[state_key(LIMIT)]["waiters"]:
+        while state_key(LIMIT) not in ledger._cache or not (await storage.get_state([state_key(LIMIT)]))[state_key(LIMIT)]["n"]:
             await asyncio.sleep(0)
 
     await asyncio.wait_for(in_line(), 5)  # parked as a waiter

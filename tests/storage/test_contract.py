@@ -480,6 +480,18 @@ async def test_state_set_get_delete_and_list_by_prefix(storage: Storage) -> None
     assert await storage.list_state("rate:") == {"rate:b": 2}
 
 
+async def test_list_by_prefix_is_exact_at_the_edges_of_its_range(storage: Storage) -> None:
+    # SQL reads [prefix, successor) in byte order: keys just past it, ones that sort
+    # between in a language collation, and non-ASCII ones are not in the prefix.
+    keys = ["slots:k|w|", "slots:k|w|a", "slots:k|w|é", "slots:k|w|\U0001f600", "slots:k|w}", "slots:k|W|a",
+            "slots:k|wa", "slots:k|w", "slots:k|w|a|w|b", "slots:k-w|a"]  # fmt: skip
+    await storage.commit(Batch(state={k: i for i, k in enumerate(keys)}))
+    inside = {k: i for i, k in enumerate(keys) if k.startswith("slots:k|w|")}
+    assert await storage.list_state("slots:k|w|") == inside
+    assert await storage.list_state("slots:k|w|é") == {"slots:k|w|é": 2}
+    assert await storage.list_state("slots:k|w|\U0001f600") == {"slots:k|w|\U0001f600": 3}
+
+
 async def test_expect_is_a_compare_and_set_on_state(storage: Storage) -> None:
     await storage.commit(Batch(state={"slot": {"n": 1}, "flag": True}))
     await insert(storage, execution("A", token=1))
