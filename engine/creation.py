@@ -148,7 +148,7 @@ class Creation(RuntimeState):
                 return [await self.flow.admit_new(job, gated[0][0].record, gated[0][1])]
             except Exception as exc:
                 return [exc]
-        return list(await asyncio.gather(*(self.flow.admit_new(job, c.record, t) for c, t in gated), return_exceptions=True))
+        return await self.flow.admit_new_many(job, [(c.record, t) for c, t in gated])
 
     async def _create_debounced(self, job: Job, rec: ExecutionRecord) -> str:
         """Trigger a debounced job: a new execution, which cancels the pending one it

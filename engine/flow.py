@@ -211,6 +211,23 @@ class FlowControl:
         created pending (a waiter) instead, until the grant or `retry_at`. None: created
         claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
         self._look_for_peers()
+        request, settle = self._new_request(job, rec, trigger)
+        return settle(await self.ledger.request(request))
+
+    async def admit_new_many(
+        self, job: Job, new: Sequence[tuple[ExecutionRecord, EventRecord]]
+    ) -> list[Gate | BaseException | None]:
+        """`admit_new` of each (a bulk start), decided together in one round: one write
+        for them all instead of one decision, batch and commit each."""
+        self._look_for_peers()
+        pairs = [self._new_request(job, rec, trigger) for rec, trigger in new]
+        decisions = await self.ledger.request_many([request for request, _ in pairs])
+        return [d if isinstance(d, BaseException) else settle(d) for (_, settle), d in zip(pairs, decisions, strict=True)]
+
+    def _new_request(
+        self, job: Job, rec: ExecutionRecord, trigger: EventRecord
+    ) -> tuple[Request, Callable[[Decision], Gate | None]]:
+        """The ledger request admitting new execution `rec`, and what turns its decision into the gate."""
         try:
             gate = self._limits(job, rec, True)
             undecided = False
@@ -233,15 +250,18 @@ class FlowControl:
         request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, carry=create)
         if not undecided:
             self._keep_parked(request, job, rec, {})
-        decision: Decision = await self.ledger.request(request)
-        if not decision.parked:
-            self.parked.pop(rec.id, None)
-        if undecided:
-            return None
-        if decision.ok:
-            self._hold(rec.id, limits)
-            return OPEN
-        return Gate(False, decision.at, decision.reason, decision.parked)
+
+        def settle(decision: Decision) -> Gate | None:
+            if not decision.parked:
+                self.parked.pop(rec.id, None)
+            if undecided:
+                return None
+            if decision.ok:
+                self._hold(rec.id, limits)
+                return OPEN
+            return Gate(False, decision.at, decision.reason, decision.parked)
+
+        return request, settle
 
     def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
         """What admitting `rec` asks for (rate windows first: a start waiting for its

@@ -153,6 +153,17 @@ class Ledger:
                 pass
         return await req.fut
 
+    async def request_many(self, reqs: list[Request]) -> list[Decision | BaseException]:
+        """Requests decided together in one round, one write (a bulk creation): not at
+        once one by one, which would cost a decision, a batch and a commit each."""
+        loop = asyncio.get_running_loop()
+        for req in reqs:
+            req.fut = loop.create_future()
+        self._ops.extend(reqs)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="dq-admission")
+        return await asyncio.gather(*(req.fut for req in reqs if req.fut is not None), return_exceptions=True)
+
     async def release(self, holder: str, keys: list[str]) -> None:
         await self.release_nowait(holder, keys)
 

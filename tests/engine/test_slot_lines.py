@@ -142,3 +142,44 @@ async def test_a_line_read_after_its_head_changed_loses_its_compare_and_set() ->
     late = Batch()
     slot_lines.write(late, {KEY: work3[KEY]}, stale, [KEY], rnd3)
     assert storage.commit_now(late).conflict
+
+
+async def test_a_bulk_start_is_admitted_in_one_round(make_queue: Callable[..., Queue]) -> None:
+    gate = asyncio.Event()
+    running = 0
+    peak = 0
+
+    @create_job(name="resize", concurrency=2)
+    async def resize(n: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await run("block", gate.wait)
+        finally:
+            running -= 1
+        return n
+
+    queue = make_queue([resize])
+    async with queue:
+        ledger = queue.runtime.flow.ledger
+        before = ledger.rounds
+        executions = await queue.jobs.resize.start_many(range(30))
+        if not queue.storage.synchronous_commit:  # memory admits as the dispatcher claims, in rounds
+            assert ledger.rounds - before == 1  # not one decision and one write per execution
+        line: list[str] = []
+
+        async def in_line() -> bool:
+            line[:] = [
+                w[2]
+                for w in (
+                    (await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [KEY])).get(KEY) or {}
+                ).get("waiters", [])
+            ]
+            return len(line) == 28
+
+        await until(in_line)
+        assert line == [e.id for e in executions[2:]]  # in creation order
+        gate.set()
+        assert [await e.result() for e in executions] == list(range(30))
+    assert peak == 2
