@@ -18,7 +18,9 @@ Key layout, all under `{prefix}:` (default `dq:`):
 - `steps:{id}` hash: step key -> JSON. `events` hash: seq -> JSON, and
   `events:{id}` zset of that execution's seqs; `seq:events` the counter.
 - `pipe:{name}` zset: score seq, member "seq JSON"; `seq:messages` the counter.
-- `state` hash: key -> JSON. `workers` hash: id -> info JSON, `heartbeats`
+- `state` hash: key -> JSON, and `state-keys` zset of its keys (all scores 0):
+  `list_state(prefix)` reads the prefix's range of it (schema 3), not every key (a
+  slot's line is one key per waiter). `workers` hash: id -> info JSON, `heartbeats`
   zset: id scored by the server time of its last heartbeat.
 - `wakeup` pub/sub channel: published when a commit makes an execution
   CLAIMABLE or adds pipe messages, and when reclaim frees executions.
@@ -86,7 +88,7 @@ def _filter_fields(query: ExecutionQuery) -> tuple[str, ...]:
     extra = (f for f, filters in _OPTIONAL_FIELDS.items() if any(getattr(query, n) is not None for n in filters))
     return (*_FOLD_FIELDS, *extra)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Fields the schema 2 indexes hold, and their keys (see the module docstring).
 _TIME_KEYS = {"created_at": "created", "started_at": "started", "completed_at": "completed"}
 _LINK_KEYS = {"parent_id": "children", "root_id": "tree", "replay_of": "replays"}
@@ -169,10 +171,6 @@ def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
 def _job_filters(job_names: Sequence[str] | None, exclude_jobs: Sequence[str]) -> str:
     only = None if job_names is None else list(job_names)
     return _dumps({"only": only, "exclude": list(exclude_jobs)})
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class _BoundedPool(aioredis.BlockingConnectionPool):
@@ -267,6 +265,10 @@ class RedisStorage(Storage):
                 )
             if int(schema) < 2:
                 await self._index_schema_1(client)
+            if int(schema) < 3:
+                await self._index_state_keys(client)
+            if int(schema) < SCHEMA_VERSION:
+                await client.hset(self._k("meta"), "schema", SCHEMA_VERSION)
         except BaseException:
             await client.aclose()
             raise
@@ -275,9 +277,8 @@ class RedisStorage(Storage):
             self._start_listener()
 
     async def _index_schema_1(self, client: aioredis.Redis) -> None:
-        """Fill the schema 2 indexes for executions written by a schema 1 dq, then
-        record schema 2. Idempotent (ZADD, SADD): a concurrent opener doing the same
-        is harmless."""
+        """Fill the schema 2 indexes for executions written by a schema 1 dq.
+        Idempotent (ZADD, SADD): a concurrent opener doing the same is harmless."""
         fields = [*_TIME_KEYS, *_LINK_KEYS]
         after = "-"
         while True:
@@ -298,7 +299,18 @@ class RedisStorage(Storage):
                         write.sadd(self._k(_LINK_KEYS[name], value), eid)
             await write.execute()
             after = "(" + ids[-1]
-        await client.hset(self._k("meta"), "schema", SCHEMA_VERSION)
+
+    async def _index_state_keys(self, client: aioredis.Redis) -> None:
+        """Fill schema 3's `state-keys` from the state a schema 2 (or older) dq wrote.
+        Idempotent (ZADD)."""
+        keys: list[str] = []
+        async for key, _value in client.hscan_iter(self._k("state"), count=1000):
+            keys.append(str(key))
+            if len(keys) == 1000:
+                await client.zadd(self._k("state-keys"), dict.fromkeys(keys, 0))
+                keys = []
+        if keys:
+            await client.zadd(self._k("state-keys"), dict.fromkeys(keys, 0))
 
     async def _check_eviction_policy(self, client: aioredis.Redis) -> None:
         try:
@@ -673,11 +685,18 @@ class RedisStorage(Storage):
         return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def list_state(self, prefix: str) -> dict[str, Any]:
+        # The prefix's range of the key index, in byte order: [prefix, its successor).
+        low = "[" + prefix if prefix else "-"
+        high = "(" + prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix and ord(prefix[-1]) < 0x10FFFF else "+"
+        keys = [str(k) for k in await self._redis.zrangebylex(self._k("state-keys"), low, high)]
+        if prefix and high == "+":
+            keys = [k for k in keys if k.startswith(prefix)]
         out: dict[str, Any] = {}
-        async for key, value in self._redis.hscan_iter(
-            self._k("state"), match=_glob_escape(prefix) + "*", count=500
-        ):
-            out[str(key)] = json.loads(value)
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            for key, value in zip(chunk, await self._redis.hmget(self._k("state"), chunk), strict=True):
+                if value is not None:
+                    out[key] = json.loads(value)
         return out
 
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:

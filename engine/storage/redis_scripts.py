@@ -316,8 +316,10 @@ for _, kv in ipairs(b.k) do
   if string.sub(kv[1], 1, 6) == 'slots:' then wake = true end
   if kv[2] == null then
     redis.call('HDEL', P .. ':state', kv[1])
+    redis.call('ZREM', P .. ':state-keys', kv[1])
   else
     redis.call('HSET', P .. ':state', kv[1], B[kv[2]])
+    redis.call('ZADD', P .. ':state-keys', 0, kv[1])
   end
 end
 

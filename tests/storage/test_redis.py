@@ -513,7 +513,7 @@ async def test_time_and_lineage_indexes_follow_every_change(make: Make, raw: aio
 
 async def test_a_schema_1_prefix_is_indexed_when_opened(make: Make, raw: aioredis.Redis, prefix: str) -> None:
     """Executions written before schema 2 (no time or lineage keys) are found by
-    window and lineage after the next open, which records schema 2."""
+    window and lineage after the next open, which records the current schema."""
     first = await make()
     await first.commit(Batch(executions=[
         pending(f"E{i:04}", created_at=1_000 + i, parent_id="E0000" if i else None) for i in range(1_500)
@@ -525,8 +525,30 @@ async def test_a_schema_1_prefix_is_indexed_when_opened(make: Make, raw: aioredi
     await raw.hset(f"{prefix}:meta", "schema", 1)
 
     second = await make()
-    assert await raw.hget(f"{prefix}:meta", "schema") == "2"
+    assert await raw.hget(f"{prefix}:meta", "schema") == "3"
     assert await raw.zcard(f"{prefix}:at:created") == 1_500
     assert len(await second.query(ExecutionQuery(parent_id="E0000"))) == 1_499
     found = await second.query(ExecutionQuery(created_after=2_400, created_before=2_410))
     assert [r.id for r in found] == [f"E{i:04}" for i in range(1_409, 1_400, -1)]
+
+
+async def test_a_schema_2_prefix_gets_its_state_keys_indexed_when_opened(
+    make: Make, raw: aioredis.Redis, prefix: str
+) -> None:
+    """State written before schema 3 (no `state-keys` index) is listed by prefix after
+    the next open; from then on list_state reads the prefix's range of the index."""
+    first = await make()
+    await first.commit(Batch(state={f"slots:k|w|{i:04}": [0, i, f"{i:04}"] for i in range(1_500)} | {"cron:x": 1}))
+    await first.aclose()
+    await raw.delete(f"{prefix}:state-keys")
+    await raw.hset(f"{prefix}:meta", "schema", 2)
+
+    second = await make()
+    assert await raw.hget(f"{prefix}:meta", "schema") == "3"
+    assert await raw.zcard(f"{prefix}:state-keys") == 1_501
+    line = await second.list_state("slots:k|w|")
+    assert len(line) == 1_500 and line["slots:k|w|0042"] == [0, 42, "0042"]
+    assert await second.list_state("cron:") == {"cron:x": 1}
+    await second.commit(Batch(state={"slots:k|w|0042": None}))
+    assert "slots:k|w|0042" not in await second.list_state("slots:k|w|")
+    assert await raw.zscore(f"{prefix}:state-keys", "slots:k|w|0042") is None
