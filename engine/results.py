@@ -96,14 +96,16 @@ class Results:
 
     async def _ended_before(self, execution_ids: list[str]) -> None:
         """Resolve from storage those that ended before their waiters were registered."""
-        others = [i for i in execution_ids if i not in self._running_here]
-        checking = self._checking
+        running, waiters, checking = self._running_here, self._waiters, self._checking
+        others = [i for i in execution_ids if i not in running]
         checking.update(others)
         try:
             for start in range(0, len(others), 500):
                 chunk = others[start : start + 500]
-                for rec in await self._storage.query(ExecutionQuery(ids=chunk, statuses=sorted(TERMINAL))):
-                    self.resolve(rec)
+                # Those that ended here, or began to run here, since: no need to ask.
+                if ask := [i for i in chunk if i in waiters and i not in running]:
+                    for rec in await self._storage.query(ExecutionQuery(ids=ask, statuses=sorted(TERMINAL))):
+                        self.resolve(rec)
                 checking.difference_update(chunk)
         except BaseException:  # what it did not look up goes back to `watch`
             checking.difference_update(others)

@@ -52,6 +52,8 @@ class _SlowQueries:
 
 
 async def test_the_watcher_leaves_ids_to_the_first_look_up_then_polls_them() -> None:
+    """The look-up asks, chunk by chunk, for those still waiting; the watcher asks
+    for none of the ids the look-up has yet to ask for, then for those not ended."""
     storage = _SlowQueries()
     results = Results(cast(Storage, storage), set(), poll_s=0.01)
     watch = asyncio.create_task(results.watch())
@@ -61,9 +63,11 @@ async def test_the_watcher_leaves_ids_to_the_first_look_up_then_polls_them() -> 
         await asyncio.sleep(0.1)  # ten polls while the look-up's first query hangs
         assert storage.asked == [ids[:500]]  # the watcher asked for none of them
         storage.ended = {i: ExecutionRecord(i, "job", "completed", output=i) for i in ids[:700]}
+        for i in ids[600:650]:  # ended here meanwhile: not asked for
+            results.resolve(storage.ended[i])
         storage.go.set()
         await asyncio.sleep(0.1)
-        assert storage.asked[1:3] == [ids[500:1000], ids[1000:]] and not waiting.done()
+        assert storage.asked[1:3] == [ids[500:600] + ids[650:1000], ids[1000:]] and not waiting.done()
         polled = {i for asked in storage.asked[3:] for i in asked}
         assert polled == set(ids[700:])  # only those still waiting, once looked up
         storage.ended.update({i: ExecutionRecord(i, "job", "completed", output=i) for i in ids[700:]})
