@@ -170,7 +170,8 @@ class Creation(RuntimeState):
         raise JobError(f"job {job.name!r}: debounce state kept changing; trigger not stored")
 
     async def start_many(self, job: Job, inputs: list[Any]) -> list[Execution]:
-        """Start one execution per input in a single transaction (bulk enqueue)."""
+        """Start one execution per input (bulk enqueue), stored in order in transactions
+        of up to 1,000: a chunk that fails raises, and those before it stay stored."""
         await self.queue.started()
         recs = [self.new_record(job, item) for item in inputs]
         for start in range(0, len(recs), 1000):

@@ -56,15 +56,32 @@ class Dispatch(RuntimeState):
                 self.worker_id, limit=limit, lease_ms=self.lease_ms,
                 job_names=names, exclude_jobs=sorted(self.paused_jobs),
             )  # fmt: skip
-            for rec in recs:
-                ctx = self._context(self.queue.definitions[rec.job_name], rec, {})
-                self.contexts[rec.id] = ctx
-                self._spawn(ctx, load_history=True)
+            claimed = [self._context(self.queue.definitions[rec.job_name], rec, {}) for rec in recs]
+            for ctx in claimed:
+                self.contexts[ctx.id] = ctx  # their room, taken while their histories are read
+            await self._run_claimed(claimed)
             if len(recs) < limit:
                 break
         due = await self.storage.next_due(names, sorted(self.paused_jobs))
         if due is not None and self._timer is not None:
             self._timer.at(due)
+
+    async def _run_claimed(self, claimed: list[ExecutionContext]) -> None:
+        """Run executions just claimed, each with its step history (a resumed, retried
+        or replayed one has steps), read for the whole claim in one storage call. If
+        that read fails, each reads its own as it starts and meets the error where an
+        execution's storage errors are handled (`guard`); the claim loop gets it too."""
+        if not claimed:
+            return
+        try:
+            histories = await self.storage.get_steps_many([ctx.id for ctx in claimed])
+        except BaseException:
+            for ctx in claimed:
+                self._spawn(ctx, load_history=True)
+            raise
+        for ctx in claimed:
+            ctx.history = {s.key: s for s in histories[ctx.id]}
+            self._spawn(ctx, load_history=False)
 
     async def _load_paused(self) -> None:
         flags = await self.storage.list_state("job_paused:")

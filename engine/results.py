@@ -1,7 +1,9 @@
 """Waiting for results: futures for whoever awaits an execution's end.
 
 This process resolves them as it ends executions (`resolve`); those that end in
-another process are found by polling storage (`watch`), only for ids someone awaits.
+another process are found by polling storage (`watch`), only for ids someone awaits
+that do not run here. Ids just registered are first looked up once (`_ended_before`:
+they may have ended before anyone waited), and polled only after that.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Results:
         self._running_here = running_here
         self._poll_s = poll_s
         self._waiters: dict[str, list[asyncio.Future[ExecutionRecord] | _AllSettled]] = {}
+        #: Ids `_ended_before` is still to look up: `watch` leaves them to it. (A burst's
+        #: thousands of waiters take it many queries, a poll interval or more, and the
+        #: two would otherwise fetch the same ended records.)
+        self._checking: set[str] = set()
 
     def resolve(self, rec: ExecutionRecord) -> None:
         for fut in self._waiters.pop(rec.id, ()):
@@ -90,11 +96,20 @@ class Results:
 
     async def _ended_before(self, execution_ids: list[str]) -> None:
         """Resolve from storage those that ended before their waiters were registered."""
-        others = [i for i in execution_ids if i not in self._running_here]
-        for start in range(0, len(others), 500):
-            query = ExecutionQuery(ids=others[start : start + 500], statuses=sorted(TERMINAL))
-            for rec in await self._storage.query(query):
-                self.resolve(rec)
+        running, waiters, checking = self._running_here, self._waiters, self._checking
+        others = [i for i in execution_ids if i not in running]
+        checking.update(others)
+        try:
+            for start in range(0, len(others), 500):
+                chunk = others[start : start + 500]
+                # Those that ended here, or began to run here, since: no need to ask.
+                if ask := [i for i in chunk if i in waiters and i not in running]:
+                    for rec in await self._storage.query(ExecutionQuery(ids=ask, statuses=sorted(TERMINAL))):
+                        self.resolve(rec)
+                checking.difference_update(chunk)
+        except BaseException:  # what it did not look up goes back to `watch`
+            checking.difference_update(others)
+            raise
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
@@ -118,7 +133,8 @@ class Results:
         """Resolve waiters of executions that finish in other processes."""
         while True:
             await asyncio.sleep(self._poll_s)
-            ids = [i for i in self._waiters if i not in self._running_here]
+            running, checking = self._running_here, self._checking
+            ids = [i for i in self._waiters if i not in running and i not in checking]
             if not ids:
                 continue
             try:

@@ -188,7 +188,7 @@ class Node:
             left = deadline - loop.time()
             if recs or left <= 0 or self.closing:
                 self._remember(r.id for r in recs)
-                return wire.Claimed(recs, {r.id: await self.storage.get_steps(r.id) for r in recs})
+                return wire.Claimed(recs, await self.storage.get_steps_many([r.id for r in recs]))
             due = await self.storage.next_due(names, a.exclude_jobs)
             if due is not None:
                 left = min(left, max(0.0, (due - now_ms()) / 1000))

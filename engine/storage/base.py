@@ -427,6 +427,12 @@ class Storage(abc.ABC):
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
         """The step history, in first-call order (`seq`)."""
 
+    async def get_steps_many(self, execution_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """`get_steps` of each id, for a batch of claimed executions: every id given is
+        a key, an unknown one or one without steps mapped to []. The default calls
+        `get_steps` once per id; adapters with round trips answer in one."""
+        return {eid: await self.get_steps(eid) for eid in execution_ids}
+
     @abc.abstractmethod
     async def read_events(
         self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None

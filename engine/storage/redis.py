@@ -164,6 +164,16 @@ def _decode_execution(fields: Mapping[str, str]) -> ExecutionRecord:
     return ExecutionRecord(**kw)
 
 
+def _steps(execution_id: str, rows: Mapping[Any, Any]) -> list[StepRecord]:
+    """An execution's step hash (key -> JSON body) as its history, in `seq` order."""
+    steps = [
+        StepRecord(execution_id, str(key), **dict(zip(_STEP_FIELDS, json.loads(body), strict=False)))
+        for key, body in rows.items()
+    ]
+    steps.sort(key=lambda s: s.seq)
+    return steps
+
+
 def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
     return zip(flat[::2], flat[1::2], strict=True)
 
@@ -624,15 +634,17 @@ class RedisStorage(Storage):
         return out
 
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
-        rows = await self._redis.hgetall(self._k("steps", execution_id))
-        steps = [
-            StepRecord(
-                execution_id, str(key), **dict(zip(_STEP_FIELDS, json.loads(body), strict=False))
-            )
-            for key, body in rows.items()
-        ]
-        steps.sort(key=lambda s: s.seq)
-        return steps
+        return _steps(execution_id, await self._redis.hgetall(self._k("steps", execution_id)))
+
+    async def get_steps_many(self, execution_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """One HGETALL per id, pipelined: one round trip."""
+        ids = list(dict.fromkeys(execution_ids))
+        if not ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hgetall(self._k("steps", eid))
+        return {eid: _steps(eid, rows) for eid, rows in zip(ids, await pipe.execute(), strict=True)}
 
     # -- events and pipe messages ---------------------------------------------------
 

@@ -928,6 +928,22 @@ class SqlStorage(Storage):
         async with self._read() as conn:
             return [step_record(r) for r in await conn.execute(stmt)]
 
+    async def get_steps_many(self, execution_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        """One SELECT, the ids bound as one parameter (`_ids_in`)."""
+        out: dict[str, list[StepRecord]] = {eid: [] for eid in execution_ids}
+        if not out:
+            return out
+        stmt = (
+            select(*(STEPS.c[name] for name in STEP_FIELDS))
+            .where(self._ids_in(STEPS.c.execution_id, list(out)))
+            .order_by(STEPS.c.execution_id, STEPS.c.seq, STEPS.c.key)
+        )
+        async with self._read() as conn:
+            for row in await conn.execute(stmt):
+                step = step_record(row)
+                out[step.execution_id].append(step)
+        return out
+
     async def read_events(
         self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
     ) -> list[EventRecord]:

@@ -427,6 +427,28 @@ async def test_steps_upsert_by_key_and_come_back_in_seq_order(storage: Storage) 
     assert await storage.get_steps("missing") == []
 
 
+async def test_get_steps_many_is_get_steps_of_each(storage: Storage) -> None:
+    await insert(storage, execution("A"), execution("B"), execution("C"))
+    await storage.commit(
+        Batch(
+            steps=[
+                StepRecord("A", "z", "z", "run", "completed", seq=1, output=1),
+                StepRecord("B", "b", "b", "run", "failed", seq=2, error={"message": "boom"}),
+                StepRecord("A", "y", "y", "sleep", "running", seq=2, line=3),
+                StepRecord("B", "a", "a", "child", "completed", seq=1, output={"id": "x"}, job_attempt=-1),
+            ]
+        )
+    )
+    ids = ["B", "missing", "A", "C"]
+    many = await storage.get_steps_many(ids)
+    assert many == {i: await storage.get_steps(i) for i in ids}
+    # Spelled out, so that a wrong get_steps cannot make it pass.
+    assert [(s.execution_id, s.key) for s in many["A"]] == [("A", "z"), ("A", "y")]
+    assert [s.key for s in many["B"]] == ["a", "b"] and many["B"][0].output == {"id": "x"}
+    assert many["C"] == many["missing"] == []
+    assert await storage.get_steps_many([]) == {}
+
+
 async def test_event_seqs_strictly_increase_across_commits(storage: Storage) -> None:
     assert await storage.last_event_seq() == 0
     r1 = await storage.commit(Batch(events=[event("A", n=1), event(None, n=2)]))

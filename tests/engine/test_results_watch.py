@@ -1,0 +1,79 @@
+"""Waiting for executions that run elsewhere: the first look-up (`_ended_before`)
+and the watcher's polling share the work, and every waiter resolves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from dq import Queue, create_job
+from dq.engine.results import Results
+from dq.engine.storage.base import Batch, ExecutionQuery, ExecutionRecord, Storage
+from tests.engine.test_claim_history import _job, _stored
+
+
+async def test_waiters_resolve_for_executions_another_handle_runs(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="unrelated")
+    async def unrelated(_: Any) -> None:
+        return None
+
+    ran: Counter[str] = Counter()
+    here = make_queue([unrelated])  # never claims "two"
+    there = make_queue([_job(ran)])  # its own storage handle
+    runtime = await here.started()
+    before = [_stored(f"b{i}") for i in range(600)]
+    await here.storage.commit(Batch(executions=before))
+    await there.started()
+    await there.runtime.all_settled([r.id for r in before])  # ended before anyone here waits
+    during = [_stored(f"d{i}") for i in range(700)]
+    await here.storage.commit(Batch(executions=during))  # end while the waiter is here
+
+    done = await runtime.all_settled([r.id for r in [*before, *during]])
+    assert [r.status for r in done] == ["completed"] * 1300
+    assert [r.output for r in done] == [["ran-a", "ran-b"]] * 1300
+    assert ran == Counter({f"{r.input}:{k}": 1 for r in [*before, *during] for k in "ab"})
+
+
+class _SlowQueries:
+    """A storage whose `query` answers (with the records marked ended) only when let go."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+        self.ended: dict[str, ExecutionRecord] = {}
+        self.go = asyncio.Event()
+
+    async def query(self, query: ExecutionQuery) -> list[ExecutionRecord]:
+        ids: Sequence[str] = query.ids or []
+        self.asked.append(list(ids))
+        await self.go.wait()
+        return [self.ended[i] for i in ids if i in self.ended]
+
+
+async def test_the_watcher_leaves_ids_to_the_first_look_up_then_polls_them() -> None:
+    """The look-up asks, chunk by chunk, for those still waiting; the watcher asks
+    for none of the ids the look-up has yet to ask for, then for those not ended."""
+    storage = _SlowQueries()
+    results = Results(cast(Storage, storage), set(), poll_s=0.01)
+    watch = asyncio.create_task(results.watch())
+    ids = [f"e{i:04}" for i in range(1200)]
+    waiting = asyncio.create_task(results.all_settled(ids))
+    try:
+        await asyncio.sleep(0.1)  # ten polls while the look-up's first query hangs
+        assert storage.asked == [ids[:500]]  # the watcher asked for none of them
+        storage.ended = {i: ExecutionRecord(i, "job", "completed", output=i) for i in ids[:700]}
+        for i in ids[600:650]:  # ended here meanwhile: not asked for
+            results.resolve(storage.ended[i])
+        storage.go.set()
+        await asyncio.sleep(0.1)
+        assert storage.asked[1:3] == [ids[500:600] + ids[650:1000], ids[1000:]] and not waiting.done()
+        polled = {i for asked in storage.asked[3:] for i in asked}
+        assert polled == set(ids[700:])  # only those still waiting, once looked up
+        storage.ended.update({i: ExecutionRecord(i, "job", "completed", output=i) for i in ids[700:]})
+        done = await asyncio.wait_for(waiting, 5)
+        assert [r.output for r in done] == ids
+    finally:
+        watch.cancel()
+        waiting.cancel()
+        await asyncio.gather(watch, waiting, return_exceptions=True)
