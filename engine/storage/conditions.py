@@ -51,3 +51,16 @@ def update_applies(upd: ExecutionUpdate, cur: Current | None, refused: set[str])
         and (upd.token is None or cur.token == upd.token)
         and (upd.statuses is None or cur.status in upd.statuses)
     )
+
+
+def hands_a_step_slot(state: Mapping[str, Any]) -> bool:
+    """Whether a batch's state writes may hand a concurrency slot to a step waiting in
+    another process, which only the adapter's notification wakes: a slot's head
+    written with a step among its holders (`execution id|step key`). A waiting
+    execution is woken by its own update instead (made due), and a job limit's
+    holders are execution ids: its takes and releases notify no one."""
+    for key, value in state.items():
+        if key.startswith("slots:") and isinstance(value, dict):
+            if any("|" in str(h) for h in value.get("holders") or ()):
+                return True
+    return False

@@ -312,8 +312,10 @@ if #b.m > 0 then
 end
 
 for _, kv in ipairs(b.k) do
-  -- a slot handed to a step waiting in another process: wake that process
-  if string.sub(kv[1], 1, 6) == 'slots:' then wake = true end
+  -- a slot handed to a step waiting in another process: wake that process (a head
+  -- with a step, `id|key`, among its holders; see conditions.hands_a_step_slot)
+  if kv[2] ~= null and string.sub(kv[1], 1, 6) == 'slots:' and string.sub(B[kv[2]], 1, 1) == '{'
+      and string.find(B[kv[2]], '|', 1, true) then wake = true end
   if kv[2] == null then
     redis.call('HDEL', P .. ':state', kv[1])
     redis.call('ZREM', P .. ':state-keys', kv[1])

@@ -72,7 +72,7 @@ from .base import (
     exception_chain,
     positive_bound,
 )
-from .conditions import expectations_fail, refused_fences, update_applies
+from .conditions import expectations_fail, hands_a_step_slot, refused_fences, update_applies
 from .query import json_leaves
 from .sql_tables import (
     EVENT_COLUMNS,
@@ -658,7 +658,7 @@ class SqlStorage(Storage):
             events = [(ev, values) for ev, values in events if ev.execution_id not in refused]
         messages = prepared.messages
         # A slot handed to a step waiting in another process: wake that process.
-        notify = notify or any(k.startswith("slots:") for k in batch.state)
+        notify = notify or hands_a_step_slot(batch.state)
         if (events or messages) and last_seqs is None:
             # The dialect numbers and inserts them in the commit's last statement (the
             # seq counter's lock is taken last: see PostgresStorage._LOCK_STATE's comment).

@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from .base import CLAIMABLE, Batch, CommitResult, EventRecord
+from .conditions import hands_a_step_slot
 from .sql import _Prepared
 from .sql_pg_function import (
     FUNCTION,
@@ -86,7 +87,7 @@ class Call:
                 new_touched.append([at, rec.token, rec.status, rec.control])
             wake = wake or rec.status in CLAIMABLE
         # A slot handed to a step waiting in another process: wake that process.
-        wake = wake or any(k.startswith("slots:") for k in batch.state)
+        wake = wake or hands_a_step_slot(batch.state)
         arg: dict[str, Any] = {
             "i": ids,
             "k": sorted(set(batch.expect).union(batch.state)),

@@ -247,6 +247,16 @@ async def test_wakeup_reaches_another_instance(make: Make) -> None:
         Batch(updates=[ExecutionUpdate("a", {"status": "pending", "run_at": 5}, token=rec.token)])
     )
     await wait_for_count(calls, 3)
+    # A slot's write wakes others when it may hand the slot to a step waiting there
+    # (a holder `id|key`), not for a job limit's take (its waiters are made due instead).
+    await asyncio.sleep(0.2)
+    seen = calls[0]
+    await writer.commit(Batch(state={"slots:job": {"limit": 1, "holders": ["a"], "n": 0, "v": 1}}))
+    await writer.commit(Batch(state={"slots:job|w|b": [0, 1, "b"]}))
+    await asyncio.sleep(0.2)
+    assert calls[0] == seen
+    await writer.commit(Batch(state={"slots:step": {"limit": 1, "holders": ["a|s"], "n": 0, "v": 2}}))
+    await wait_for_count(calls, seen + 1)
 
 
 async def test_wakeup_subscription_survives_a_dropped_connection(

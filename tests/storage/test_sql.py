@@ -585,6 +585,16 @@ async def test_postgres_wakes_other_instances(postgres_factory: StorageFactory) 
     [claimed] = await writer.claim("w", limit=1, lease_ms=60_000)
     await writer.reclaim(dead_workers=["w"])  # back to pending
     assert claimed.id in ("A", "B") and await wakeups.next() == 5
+    # A slot's write wakes others when it may hand the slot to a step waiting there
+    # (a holder `id|key`), not for a job limit's take (its waiters are made due instead).
+    await writer.commit(Batch(state={"slots:job": {"limit": 1, "holders": ["A"], "n": 0, "v": 1}}))
+    await writer.commit(Batch(state={"slots:job|w|B": [0, 1, "B"]}))
+    await writer.commit(Batch(messages=[PipeMessage("p", 2)]))
+    assert await wakeups.next() == 6
+    await asyncio.sleep(0.2)
+    assert wakeups.count == 6
+    await writer.commit(Batch(state={"slots:step": {"limit": 1, "holders": ["A|s"], "n": 0, "v": 2}}))
+    assert await wakeups.next() == 7
 
 
 async def test_postgres_listener_reconnects(
