@@ -12,6 +12,16 @@ from .base import DURATIONS_LIMIT, Aggregate, ExecutionQuery, ExecutionRecord, T
 R = TypeVar("R")
 
 
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (its last
+    character's successor), so that they are the range [prefix, end): in code-point
+    order, which is UTF-8's byte order. None for an empty prefix or one ending in
+    U+10FFFF (it has no successor)."""
+    if not prefix or ord(prefix[-1]) == 0x10FFFF:
+        return None
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 #: Per record class: its fields' values as one tuple, when its __init__ takes them all
 #: positionally, in slot order (no init=False field, no __post_init__); else None.
 _VALUES: dict[type, Callable[[Any], tuple[Any, ...]] | None] = {}

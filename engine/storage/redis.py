@@ -68,7 +68,7 @@ from .base import (
     exception_chain,
     positive_bound,
 )
-from .query import finish_aggregate, fold, matches, only_status_and_job, sort_and_page
+from .query import finish_aggregate, fold, matches, only_status_and_job, prefix_end, sort_and_page
 
 log = logging.getLogger(__name__)
 
@@ -697,11 +697,11 @@ class RedisStorage(Storage):
         return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def list_state(self, prefix: str) -> dict[str, Any]:
-        # The prefix's range of the key index, in byte order: [prefix, its successor).
+        # The prefix's range of the key index, in byte order: [prefix, prefix_end).
+        end = prefix_end(prefix)
         low = "[" + prefix if prefix else "-"
-        high = "(" + prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix and ord(prefix[-1]) < 0x10FFFF else "+"
-        keys = [str(k) for k in await self._redis.zrangebylex(self._k("state-keys"), low, high)]
-        if prefix and high == "+":
+        keys = [str(k) for k in await self._redis.zrangebylex(self._k("state-keys"), low, "+" if end is None else "(" + end)]
+        if prefix and end is None:
             keys = [k for k in keys if k.startswith(prefix)]
         out: dict[str, Any] = {}
         for start in range(0, len(keys), 1000):

@@ -73,7 +73,7 @@ from .base import (
     positive_bound,
 )
 from .conditions import expectations_fail, hands_a_step_slot, refused_fences, update_applies
-from .query import json_leaves
+from .query import json_leaves, prefix_end
 from .sql_tables import (
     EVENT_COLUMNS,
     EVENTS,
@@ -429,13 +429,17 @@ class SqlStorage(Storage):
 
     def _key_prefix(self, prefix: str) -> list[ColumnElement[bool]]:
         """State keys starting with `prefix` (case-sensitive, no wildcards): the range
-        [prefix, its successor) in byte order, which SQLite's primary key index serves
-        (a slot's line is one row per waiter: `slot_lines.py`)."""
-        key = STATE.c.key
-        last = ord(prefix[-1])
-        if last == 0x10FFFF:  # no successor: the scan reads them all
-            return [func.substr(key, 1, len(prefix)) == prefix]
-        return [key >= prefix, key < prefix[:-1] + chr(last + 1)]
+        [prefix, `prefix_end`) in byte order, which an index serves (a slot's line is
+        one row per waiter: `slot_lines.py`)."""
+        end = prefix_end(prefix)
+        if end is None:  # no successor: the scan reads them all
+            return [func.substr(STATE.c.key, 1, len(prefix)) == prefix]
+        key = self._state_key_in_byte_order()
+        return [key >= prefix, key < end]
+
+    def _state_key_in_byte_order(self) -> ColumnElement[str]:
+        """`state.key` compared in byte order: SQLite's own (its primary key's index)."""
+        return STATE.c.key
 
     def _beside_window(self, cond: ColumnElement[bool]) -> ColumnElement[bool]:
         """`cond` marked as not the one to pick an index by, beside a time window

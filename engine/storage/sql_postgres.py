@@ -213,13 +213,9 @@ class PostgresStorage(SqlStorage):
                 conds.append(at == cast(literal(dumps(value), String), JSONB))
         return and_(*conds)
 
-    def _key_prefix(self, prefix: str) -> list[ColumnElement[bool]]:
-        # Byte order whatever the database's collation, served by migration 10's index.
-        key = STATE.c.key.collate("C")
-        last = ord(prefix[-1])
-        if last == 0x10FFFF:
-            return [func.substr(STATE.c.key, 1, len(prefix)) == prefix]
-        return [key >= prefix, key < prefix[:-1] + chr(last + 1)]
+    def _state_key_in_byte_order(self) -> ColumnElement[str]:
+        # Whatever the database's collation; migration 10's index serves it.
+        return STATE.c.key.collate("C")
 
     def _locking(self, ids: Select[Any], *, skip_locked: bool) -> Select[Any]:
         # Callers that wait (skip_locked=False) order by id, as commit locks rows,
