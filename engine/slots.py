@@ -40,7 +40,7 @@ full and a newcomer or a safety-net re-check wants in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,10 @@ class Ledger:
         at_once: bool = True,
     ) -> None:
         self._commit, self._running, self._kick = commit, running, kick
-        #: Reads state with each slot's line from its rows (written by `_send`: slot_lines.py).
+        #: Slot heads as stored (their holders; the lines stay in their rows), and the
+        #: whole state of keys, each slot's line read from its rows (written by `_send`:
+        #: slot_lines.py).
+        self._get_heads = get_state
         self._get_state: Callable[[list[str]], Awaitable[dict[str, Any]]] = lambda keys: slot_lines.read(
             get_state, list_state, keys
         )
@@ -157,12 +160,11 @@ class Ledger:
         """Requests decided together in one round, one write (a bulk creation): not at
         once one by one, which would cost a decision, a batch and a commit each."""
         loop = asyncio.get_running_loop()
-        for req in reqs:
-            req.fut = loop.create_future()
-        self._ops.extend(reqs)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="dq-admission")
-        return await asyncio.gather(*(req.fut for req in reqs if req.fut is not None), return_exceptions=True)
+        futs: list[asyncio.Future[Decision]] = [loop.create_future() for _ in reqs]
+        for req, fut in zip(reqs, futs, strict=True):
+            req.fut = fut
+        self._queue(reqs)
+        return await asyncio.gather(*futs, return_exceptions=True)
 
     async def release(self, holder: str, keys: list[str]) -> None:
         await self.release_nowait(holder, keys)
@@ -232,7 +234,7 @@ class Ledger:
             self._look_more = False
             await asyncio.sleep(0)  # let a burst of notifications arrive first
             try:
-                states = await self._get_state(sorted(set(self._local_keys.values())))
+                states = await self._get_heads(sorted(set(self._local_keys.values())))  # holders only
             except Exception:  # the safety-net re-check will look again
                 return
             for holder, key in list(self._local_keys.items()):
@@ -245,7 +247,11 @@ class Ledger:
     def _submit(self, op: Request | Release | Check) -> None:
         if self.at_once and self._now(op):
             return
-        self._ops.append(op)
+        self._queue([op])
+
+    def _queue(self, ops: Sequence[Request | Release | Check]) -> None:
+        """`ops` for the next round, started unless one is being decided."""
+        self._ops.extend(ops)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="dq-admission")
 
