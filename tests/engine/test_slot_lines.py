@@ -18,6 +18,7 @@ from dq.engine.slot_requests import Round, copy_state, decide, leave, state_key
 from dq.engine.storage.base import Batch, Storage
 from dq.engine.storage.memory import MemoryStorage
 
+from .test_admission import _is
 from .test_lifecycle import status_is, until
 
 KEY = state_key(Limit("resize", 1))
@@ -69,7 +70,7 @@ async def test_each_waiter_costs_two_row_writes_and_the_head_stays_small(
             state = await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [KEY])
             return [w[2] for w in (state.get(KEY) or {}).get("waiters", [])]
 
-        await until(lambda: _equals(line(), [e.id for e in backlog]))  # in line, in order
+        await until(lambda: _is(line(), [e.id for e in backlog]))  # in line, in order
         gate.set()
         for e in [first, *backlog]:
             await e.result()
@@ -81,10 +82,6 @@ async def test_each_waiter_costs_two_row_writes_and_the_head_stays_small(
     # Each of the 40 put in line once and taken out once: O(1) per waiter, not O(line).
     assert sorted(k for k, v in rows if v is not None) == sorted(LINE + e.id for e in backlog)
     assert sorted(k for k, v in rows if v is None) == sorted(LINE + e.id for e in backlog)
-
-
-async def _equals(value: Any, expected: Any) -> bool:
-    return await value == expected
 
 
 async def test_a_head_with_its_line_inline_is_read_and_moved_into_rows() -> None:
