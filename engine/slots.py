@@ -115,6 +115,9 @@ class Ledger:
         #: commits are round trips. On one that commits in memory, a round of all that
         #: queued meanwhile costs less (one write, one copy of the state, for many).
         self.at_once = at_once
+        #: A request was decided at once in this turn of the loop: the requests that
+        #: come in the same turn wait for one round together (`_submit`).
+        self._burst = False
         self._ops: list[Request | Release | Check] = []
         #: Ops of rounds that lost, to decide again first (in the order they came).
         self._retry: list[Request | Release | Check] = []
@@ -245,9 +248,21 @@ class Ledger:
                 return
 
     def _submit(self, op: Request | Release | Check) -> None:
-        if self.at_once and self._now(op):
+        # At once: its write joins the commit its caller queues next (a release, its
+        # execution's end). But the requests that follow one decided at once in the same
+        # turn of the loop (a burst: `gather` of starts, the step waiters one commit
+        # woke) are decided in one round together: one state copy, decision pass and
+        # batch for them all instead of one each. A request's write has no commit of its
+        # caller to join (a new execution's creation is carried by it).
+        if self.at_once and not (self._burst and type(op) is Request) and self._now(op):
+            if type(op) is Request and not self._burst:
+                self._burst = True
+                asyncio.get_running_loop().call_soon(self._turn_over)
             return
         self._queue([op])
+
+    def _turn_over(self) -> None:
+        self._burst = False
 
     def _queue(self, ops: Sequence[Request | Release | Check]) -> None:
         """`ops` for the next round, started unless one is being decided."""
