@@ -29,10 +29,11 @@ from typing import Any
 
 from .slot_requests import Round
 from .storage.base import Batch
+from .storage.conditions import SLOT_LINE
 
 _PREFIX = "slots:"
 #: Between a slot's key and a waiter's holder in the waiter's row key.
-LINE = "|w|"
+LINE = SLOT_LINE
 
 GetState = Callable[[list[str]], Awaitable[dict[str, Any]]]
 ListState = Callable[[str], Awaitable[dict[str, Any]]]

@@ -53,6 +53,30 @@ def update_applies(upd: ExecutionUpdate, cur: Current | None, refused: set[str])
     )
 
 
+#: Between a slot's key and a waiter's holder in the key of that waiter's row (slot_lines.py).
+SLOT_LINE = "|w|"
+
+
+def lock_keys(expect: Mapping[str, Any], state: Mapping[str, Any]) -> list[str]:
+    """The state keys a commit locks (sorted: the lock order) for its compare-and-set:
+    those it expects or writes, but a slot waiter's row (`<slot key>|w|<holder>`)
+    whose slot key is among them. A row is only ever written beside its slot's head
+    (slot_lines.py), whose lock orders every writer of the line: locking each row
+    too cost a lock per waiter (a bulk start of 1,000 into a full slot: 1,000)."""
+    keys = set(expect).union(state)
+    out = []
+    for k in keys:
+        i = k.find(SLOT_LINE)
+        while i > 0:
+            if k[:i] in keys:
+                break
+            i = k.find(SLOT_LINE, i + 1)
+        else:
+            out.append(k)
+    out.sort()
+    return out
+
+
 def hands_a_step_slot(state: Mapping[str, Any]) -> bool:
     """Whether a batch's state writes may hand a concurrency slot to a step waiting in
     another process, which only the adapter's notification wakes: a slot's head

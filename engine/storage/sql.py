@@ -72,7 +72,13 @@ from .base import (
     exception_chain,
     positive_bound,
 )
-from .conditions import expectations_fail, hands_a_step_slot, refused_fences, update_applies
+from .conditions import (
+    expectations_fail,
+    hands_a_step_slot,
+    lock_keys,
+    refused_fences,
+    update_applies,
+)
 from .query import json_leaves, prefix_end
 from .sql_tables import (
     EVENT_COLUMNS,
@@ -459,7 +465,7 @@ class SqlStorage(Storage):
         """What the batch's conditions depend on, held until the transaction ends:
         id -> [token, status, control] of the existing `ids`; the present `expect`
         state keys with their (decoded) values, with every one of the sorted
-        `state_keys` (those the batch expects or writes) kept from other writers;
+        `state_keys` (those the batch expects or writes, `lock_keys`) kept from other writers;
         and the last event/message seqs if they came along."""
 
     async def _append_log(
@@ -598,7 +604,7 @@ class SqlStorage(Storage):
         touched = set(batch.fences).union(u.id for u in batch.updates)
         if self._look_up_new_ids:
             touched.update(new_by_id)
-        state_keys = sorted(set(batch.expect).union(batch.state))
+        state_keys = lock_keys(batch.expect, batch.state)
         current, state_now, last_seqs = await self._read_touched(
             io, touched, state_keys, list(batch.expect)
         )

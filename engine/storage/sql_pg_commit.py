@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from .base import CLAIMABLE, Batch, CommitResult, EventRecord
-from .conditions import hands_a_step_slot
+from .conditions import hands_a_step_slot, lock_keys
 from .sql import _Prepared
 from .sql_pg_function import (
     FUNCTION,
@@ -90,7 +90,7 @@ class Call:
         wake = wake or hands_a_step_slot(batch.state)
         arg: dict[str, Any] = {
             "i": ids,
-            "k": sorted(set(batch.expect).union(batch.state)),
+            "k": lock_keys(batch.expect, batch.state),
             "x": [[k, None if v is None else dumps(v)] for k, v in batch.expect.items()],
             "n": new_rows,
             "nt": new_touched,

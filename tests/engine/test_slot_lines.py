@@ -16,6 +16,7 @@ from dq.engine.limits import Limit
 from dq.engine.slot_requests import Request as SlotRequest
 from dq.engine.slot_requests import Round, copy_state, decide, leave, state_key
 from dq.engine.storage.base import Batch, Storage
+from dq.engine.storage.conditions import lock_keys
 from dq.engine.storage.memory import MemoryStorage
 
 from .test_admission import _is
@@ -180,3 +181,17 @@ async def test_a_bulk_start_is_admitted_in_one_round(make_queue: Callable[..., Q
         gate.set()
         assert [await e.result() for e in executions] == list(range(30))
     assert peak == 2
+
+
+def test_a_commit_locks_the_slot_head_not_each_row_of_its_line() -> None:
+    """PostgreSQL serialises compare-and-sets on one advisory lock per state key: a
+    waiter's row is written only beside its slot's head, whose lock orders them."""
+    head = KEY
+    rows = {LINE + h: [0, i, h] for i, h in enumerate(("e1", "e2"))}
+    assert lock_keys({head: None}, {head: {"n": 2}, **rows}) == [head]
+    # A row without its head in the batch (never written so) keeps its own lock.
+    assert lock_keys({}, {LINE + "e3": None}) == [LINE + "e3"]
+    # A limit whose own key contains the separator is a head like any other.
+    odd = "slots:a|w|b"
+    assert lock_keys({odd: None}, {odd: {}, odd + "|w|e1": [0, 1, "e1"], "rate:x": 1}) == ["rate:x", odd]
+    assert lock_keys({"throttle:t": None}, {"throttle:t": 1}) == ["throttle:t"]
