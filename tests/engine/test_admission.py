@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from dq import Queue, create_job, run
-from dq.engine import slot_lines
 from dq.engine.storage.base import Batch, CommitResult
 
 from .test_lifecycle import status_is, until
@@ -196,46 +195,6 @@ async def test_a_step_slot_goes_back_in_the_transaction_that_stores_the_step(mak
     assert len(done) == 1
     handed = done[0].state.get(key)
     assert handed is not None and [h.split("|")[0] for h in handed["holders"]] == [second.id]
-
-
-async def test_concurrent_starts_are_decided_in_one_round_not_one_each(make_queue: Callable[..., Queue]) -> None:
-    """`gather` of `start()` calls under a limit: the first is decided at once, the ones
-    that come in the same turn of the loop together in one round (one decision pass
-    and one write for them all, not one each); the limit holds and the line keeps
-    their order."""
-    gate = asyncio.Event()
-    running = peak = 0
-
-    @create_job(name="resize", concurrency=2, retry=0)
-    async def resize(n: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        try:
-            await run("block", gate.wait)
-        finally:
-            running -= 1
-        return n
-
-    queue = make_queue([resize], **SLOW_POLL)
-    async with queue:
-        job: Any = queue.jobs.resize
-        ledger = queue.runtime.flow.ledger
-        before = ledger.rounds
-        executions = await asyncio.gather(*(job.start(i) for i in range(30)))
-        if ledger.at_once:  # memory decides in rounds anyway
-            assert ledger.rounds - before <= 2  # it was 30: a decision and a write each
-        key = "slots:resize"
-
-        async def line() -> list[str]:
-            st = (await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [key])).get(key) or {}
-            return [w[2] for w in st.get("waiters", ())]
-
-        await until(lambda: _is(line(), [e.id for e in executions[2:]]))
-        await until(lambda: running == 2)
-        gate.set()
-        assert [await e.result() for e in executions] == list(range(30))
-    assert peak == 2
 
 
 async def _is(value: Awaitable[Any], expected: Any) -> bool:
