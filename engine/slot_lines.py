@@ -29,11 +29,9 @@ from typing import Any
 
 from .slot_requests import Round
 from .storage.base import Batch
-from .storage.conditions import SLOT_LINE
+from .storage.conditions import SLOT_LINE as LINE
 
 _PREFIX = "slots:"
-#: Between a slot's key and a waiter's holder in the waiter's row key.
-LINE = SLOT_LINE
 
 GetState = Callable[[list[str]], Awaitable[dict[str, Any]]]
 ListState = Callable[[str], Awaitable[dict[str, Any]]]

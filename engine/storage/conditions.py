@@ -1,6 +1,9 @@
 """The pure "does this batch apply" decision, written once for the adapters that decide
 in Python (memory, SQL); Redis makes the same decision inside its COMMIT script
 (redis_scripts.py), where Python cannot run. The contract is `Storage.commit`'s.
+Beside it, two facts about a batch's state writes that the SQL adapters share:
+which keys a commit locks for its compare-and-set (`lock_keys`), and whether it
+must wake other processes for a step waiting on a slot (`hands_a_step_slot`).
 
 1. Every `Batch.expect` key must hold its value, or nothing applies (`conflict`).
 2. A fenced execution whose stored token differs from the writer's is refused:
