@@ -31,7 +31,8 @@ test: $(STAMP)
 	./scripts/ensure-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 # One short round of dq against its peers (pgqueuer, DBOS: the `bench` extra, not
 # pinned by constraints.txt), same run, printing the dq/peer ratios; PostgreSQL and

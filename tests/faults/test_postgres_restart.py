@@ -74,6 +74,7 @@ async def _server_started_at(dsn: str) -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not _local_cluster(), reason="restarts the local PostgreSQL cluster (pg_ctlcluster)")
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)

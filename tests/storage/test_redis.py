@@ -84,6 +84,7 @@ async def server_ms(client: aioredis.Redis) -> int:
 # --- server configuration -------------------------------------------------------
 
 
+@pytest.mark.serial  # sets the shared server's eviction policy: another open() would refuse
 async def test_refuses_an_allkeys_eviction_policy(raw: aioredis.Redis, prefix: str) -> None:
     original = str((await raw.config_get("maxmemory-policy"))["maxmemory-policy"])
     storage = RedisStorage(REDIS_URL, prefix=prefix)
@@ -97,6 +98,7 @@ async def test_refuses_an_allkeys_eviction_policy(raw: aioredis.Redis, prefix: s
     assert not await raw.exists(f"{prefix}:meta"), "nothing is written before the check"
 
 
+@pytest.mark.serial  # sets the shared server's eviction policy: another open() would refuse
 async def test_accepts_a_volatile_eviction_policy(raw: aioredis.Redis, make: Make) -> None:
     original = str((await raw.config_get("maxmemory-policy"))["maxmemory-policy"])
     try:
