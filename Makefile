@@ -31,8 +31,12 @@ test: $(STAMP)
 	./scripts/ensure-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
-	$(BIN)/pytest -m serial
+	# Two processes, a file each at a time (most tests wait on servers and subprocesses);
+	# the browser tests apart (sync Playwright leaves its loop running in the worker, which
+	# pytest-asyncio's next test would find), and the `serial` ones alone after them.
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial" tests
+	$(BIN)/pytest -n 2 --dist loadfile e2e
+	$(BIN)/pytest -m serial tests
 
 # One short round of dq against its peers (pgqueuer, DBOS: the `bench` extra, not
 # pinned by constraints.txt), same run, printing the dq/peer ratios; PostgreSQL and
