@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import slot_keeping
 from .errors import CancelledError, error_to_dict
 from .event_schema import EventKind
 from .ids import now_ms
@@ -71,6 +72,8 @@ class FlowControl:
             claim_here=self._claim_here,
             claimed_here=self._claimed_here,
             at_once=not runtime.storage.synchronous_commit,
+            # Keeping keys in memory saves writes that are round trips; in memory they are not.
+            keeper=None if runtime.storage.synchronous_commit else self,
         )
         #: Executions this process parked as waiters of one slot: (job, record, history, that slot's limit).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], Limit]] = {}
@@ -81,8 +84,12 @@ class FlowControl:
         #: only then does a hand-over claim the waiter for this process itself; with
         #: peers, the waiter is made due and whichever process is woken first runs it.
         self.alone = True
+        #: `alone` has been looked at once (a key is only kept after that).
+        self._peers_known = False
         self._peers_checked = 0
         self._peers_task: asyncio.Task[None] | None = None
+        #: Looks for other processes every second while the ledger keeps a key.
+        self._watch: asyncio.Task[None] | None = None
         #: The queue's limit (`_queue_limit`).
         self._queue_lim: Limit | None = None
 
@@ -142,9 +149,9 @@ class FlowControl:
         if now - self._peers_checked < 1000:
             return
         self._peers_checked = now
-        self._peers_task = asyncio.create_task(self._count_peers(), name="dq-admission-peers")
+        self._peers_task = asyncio.create_task(self.count_peers(), name="dq-admission-peers")
 
-    async def _count_peers(self) -> None:
+    async def count_peers(self) -> None:
         rt = self.runtime
         try:
             workers = await self.storage.list_workers()
@@ -152,6 +159,47 @@ class FlowControl:
             return
         fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
         self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
+        self._peers_known = True
+        if not self.alone:  # another process: no more decisions on kept keys, give them back
+            self.ledger.begin_let_go()
+
+    # -- keys kept in memory while alone (slot_keeping.Keeper) ---------------------------------
+    @property
+    def worker_id(self) -> str:
+        return self.runtime.worker_id
+
+    def is_alone(self) -> bool:
+        return self._peers_known and self.alone and not self.runtime.closing
+
+    async def live(self, worker_ids: list[str]) -> set[str]:
+        rt = self.runtime
+        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
+        wanted = set(worker_ids)
+        return {w["id"] for w in await self.storage.list_workers() if w["id"] in wanted and int(w.get("last_heartbeat") or 0) > fresh}
+
+    def is_local(self, holder: str) -> bool:
+        eid, _, step = holder.partition("|")
+        if step:
+            return eid in self.runtime.contexts
+        return eid in self._holds or eid in self.parked
+
+    def took(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_peers(), name="dq-admission-keeper")
+
+    async def _watch_peers(self) -> None:
+        """While a key is kept: another live process makes this one give the keys back."""
+        while self.ledger.keeps:
+            await asyncio.sleep(1.0)
+            await self.count_peers()
+            if not self.alone:
+                await self.ledger.let_go()
+
+    async def close(self) -> None:
+        """Give the kept keys back before the storage closes (the handlers have ended)."""
+        if self._watch is not None:
+            self._watch.cancel()
+        await self.ledger.let_go()
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -211,8 +259,36 @@ class FlowControl:
         created pending (a waiter) instead, until the grant or `retry_at`. None: created
         claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
         self._look_for_peers()
+        if self.ledger.kept:
+            gate = await self._admit_kept(job, rec, trigger)
+            if gate is not None:
+                return gate
         request, settle = self._new_request(job, rec, trigger)
         return settle(await self.ledger.request(request))
+
+    async def _admit_kept(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
+        """`admit_new` decided in this process's memory, its keys kept here with room: the
+        write is the creation alone, as without a limit. None: decide with a request."""
+        try:
+            gate = self._limits(job, rec, True)
+        except Exception:  # the request reports it
+            return None
+        if gate is None or gate[0] is not None:
+            return None
+        limits = gate[1]
+        keys = slot_keeping.admit(self.ledger, rec.id, limits)
+        if keys is None:
+            return None
+        rec.run_at, rec.wait_reason = rec.created_at, None
+        try:
+            await self.runtime.committer.commit(Batch(executions=[rec], events=[trigger]))
+        except BaseException:
+            slot_keeping.settled(self.ledger, rec.id)
+            self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
+            raise
+        slot_keeping.settled(self.ledger, rec.id)
+        self._holds[rec.id] = keys
+        return OPEN
 
     async def admit_new_many(
         self, job: Job, new: Sequence[tuple[ExecutionRecord, EventRecord]]
@@ -305,7 +381,7 @@ class FlowControl:
         `quiet`: nobody awaits it (`Ledger.give_back`; None is returned)."""
         held = self._holds.pop(rec.id, None)
         keys = held if held is not None else self._slot_keys(job, rec)
-        if not keys:
+        if not keys or (self.ledger.kept and slot_keeping.release(self.ledger, rec.id, keys)):
             return None
         if quiet:
             self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")

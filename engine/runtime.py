@@ -94,6 +94,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         self.committer.start()
         self._timer = Timer(self.kick)
         await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
+        await self.flow.count_peers()  # whether this process may keep its limits in memory from the first start
         await self.recover()
         await self._load_paused()
         self.storage.on_wakeup(self.kick)
@@ -131,6 +132,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
             await _cancel_until_done(pending)
         if self._timer is not None:
             self._timer.close()
+        await self.flow.close()
         await self.committer.aclose()
         await self.storage.remove_worker(self.worker_id)
         await self.bus.aclose()

@@ -44,9 +44,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import slot_lines
+from . import slot_keeping, slot_lines
 from .ids import now_ms
 from .limits import Limit
+from .slot_keeping import Keeper
 from .slot_requests import (
     Check,
     Decision,
@@ -96,6 +97,7 @@ class Ledger:
         claim_here: Callable[[str, int], ExecutionUpdate | None] = lambda _holder, _now: None,
         claimed_here: Callable[[str, bool], None] = lambda _holder, _ok: None,
         at_once: bool = True,
+        keeper: Keeper | None = None,
     ) -> None:
         self._commit, self._running, self._kick = commit, running, kick
         #: Slot heads as stored (their holders; the lines stay in their rows), and the
@@ -145,6 +147,14 @@ class Ledger:
         self._checked: dict[str, int] = {}
         #: Rounds written (tests and benchmarks count them).
         self.rounds = 0
+        #: Slot keys this process keeps in memory while it is alone (`slot_keeping.py`):
+        #: key -> their whole state (None: empty); the storage holds a marker meanwhile.
+        self.kept: dict[str, Any] = {}
+        self.keeper = keeper
+        #: Key -> when taking it may be tried again (a take lost to another writer).
+        self._no_take: dict[str, int] = {}
+        #: Set while the kept keys are being given back: every op waits for a round after it.
+        self._letting: asyncio.Future[None] | None = None
 
     # -- the requests ----------------------------------------------------------------------
     async def request(self, req: Request) -> Decision:
@@ -212,6 +222,41 @@ class Ledger:
                 del self._local[holder]
                 self._local_keys.pop(holder, None)
 
+    # -- keys kept in memory (slot_keeping.py) ------------------------------------------------
+    @property
+    def keeps(self) -> bool:
+        return bool(self.kept)
+
+    async def let_go(self) -> None:
+        """Give the kept keys back to the storage (another process appeared, or this one
+        closes): their holders and waiters written as a shared key's, in one round."""
+        self.begin_let_go()
+        if self._letting is not None:
+            await asyncio.shield(self._letting)
+
+    def begin_let_go(self) -> None:
+        """`let_go` without waiting: from now on nothing is decided on the kept keys (every
+        request waits for a round after the give-back)."""
+        if self.kept and self._letting is None:
+            self._letting = asyncio.get_running_loop().create_future()
+            self._queue([])
+
+    def idle(self) -> bool:
+        """Nothing queued, being decided or given back: a decision made now comes in order."""
+        return not (self._ops or self._retry or self._letting is not None or (self._task is not None and not self._task.done()))
+
+    def _may_take(self, key: str) -> bool:
+        """Whether a round should try to keep `key` in memory now: a slot key whose
+        holders and waiters (as last seen here) are all of this process, while this
+        process is alone (the keeper says)."""
+        if key in self.kept or not key.startswith("slots:") or self.keeper is None:
+            return False
+        return (
+            self.keeper.is_alone()
+            and self._no_take.get(key, 0) <= now_ms()
+            and slot_keeping.takeable(self.keeper, self._cache.get(key))
+        )
+
     def _recheck(self) -> None:
         """The safety net's look, one timer for all step waiters (not a timeout each): every
         waiter asks again, and so has its key's holders checked, within `recheck_s`."""
@@ -271,7 +316,10 @@ class Ledger:
             self._task = asyncio.create_task(self._run(), name="dq-admission")
 
     async def _run(self) -> None:
-        while self._ops or self._retry:
+        while self._ops or self._retry or self._letting is not None:
+            if self._letting is not None:
+                await slot_keeping.give_back_all(self)
+                continue
             ops, self._ops, self._retry = [*self._retry, *self._ops], [], []
             try:
                 await self._round(ops)
@@ -288,20 +336,24 @@ class Ledger:
         committed (`_settle`), while the next round is decided on the state it writes."""
         keys = keys_of(ops)
         checks = {k for op in ops if isinstance(op, Check) for k in op.keys}
+        if self.keeper is not None and self._letting is None:
+            await slot_keeping.take(self, [k for k in keys if self._may_take(k)], ops)
         while True:
             before = await self._states(keys)
             work = {k: copy_state(before.get(k)) for k in keys}
             rnd = Round(now_ms())
             await self._drop_dead(work, rnd, self._suspects(ops, work, rnd, checks))
             decisions, batch, changed = self._decide_all(ops, work, before, rnd)
-            if not changed and keys:
+            shared = [k for k in keys if k not in self.kept]
+            if shared and changed.keys().isdisjoint(shared):
                 # A decision that writes nothing has no compare-and-set to check it: it is
-                # only taken on fresh state, with no write of ours in flight.
+                # only taken on fresh state, with no write of ours in flight (a kept key's
+                # state is this process's own: always fresh).
                 if self._flight:
                     await asyncio.wait(list(self._flight))
                     continue
-                if not self._fresh.issuperset(keys):
-                    self._stale.update(keys)
+                if not self._fresh.issuperset(shared):
+                    self._stale.update(shared)
                     continue
             break
         self._send(ops, decisions, batch, changed, before, rnd, keys)
@@ -311,23 +363,29 @@ class Ledger:
         is being decided, its keys are known here, and no holder is to be suspected. Its
         write then joins the transaction of what the caller queues right after it (a
         release, the end of the execution; an admission, the step before it)."""
-        if (self._task is not None and not self._task.done()) or self._ops or self._retry:
+        if (self._task is not None and not self._task.done()) or self._ops or self._retry or self._letting is not None:
             return False
         if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
             return False
         keys = keys_of([op])
         if self._stale and not self._stale.isdisjoint(keys):
             return False
+        kept = self.kept
+        if self.keeper is not None and type(op) is Request and any(self._may_take(k) for k in keys):
+            return False  # a round takes the key first
         try:
+            before = {}
             for k in keys:
-                self._cache.setdefault(k, None)
-            before = {k: self._cache[k] for k in keys if self._cache[k] is not None}
+                value = kept[k] if k in kept else self._cache.setdefault(k, None)
+                if value is not None:
+                    before[k] = value
             work = {k: copy_state(before.get(k)) for k in keys}
             rnd = Round(now_ms())
             if isinstance(op, Request) and self._suspects([op], work, rnd, set()):  # a release suspects no one
                 return False
             decisions, batch, changed = self._decide_all([op], work, before, rnd)
-            if not changed and keys:
+            shared = [k for k in keys if k not in kept]
+            if shared and changed.keys().isdisjoint(shared):
                 return False
             self._send([op], decisions, batch, changed, before, rnd, keys)
         except Exception as exc:  # e.g. the user's fn(input) raised: the requester gets it
@@ -369,7 +427,8 @@ class Ledger:
         before: dict[str, Any],
         rnd: Round,
         keys: list[str],
-    ) -> None:
+    ) -> asyncio.Future[CommitResult] | None:
+        """Send the round's write (None: it writes nothing; delivered at once)."""
         own = {op.holder for op, d in zip(ops, decisions, strict=True) if isinstance(op, Request) and d and d.ok}
         # Most rounds (a start decided at once, a release nobody waits on) grant nothing.
         grants = [(k, h) for k, h in rnd.granted if h not in own] if rnd.granted else []
@@ -382,9 +441,14 @@ class Ledger:
             else:
                 direct.add(holder)
             batch.updates.append(update)
-        if not changed and not batch:
+        if self.kept:
+            changed, keys = slot_keeping.keep(self.kept, changed, keys)
+        # A grant of a kept key writes nothing of it, but is still delivered once the
+        # commit its caller queues next (the holder's end, its step) is done, as a
+        # shared key's hand-over: the empty batch joins that commit.
+        if not changed and not batch and not grants:
             self._deliver(ops, decisions, grants, jobs, direct, CommitResult())
-            return
+            return None
         # The compare-and-set covers every key the round decided on, not only those it
         # changes: a refusal that changes nothing (already in line) was decided on that
         # key's state too, and its park must not be written if another process granted
@@ -405,12 +469,13 @@ class Ledger:
         commit = self._commit(batch)
         if commit.done():  # a synchronous adapter: delivered without a task in between
             self._settled(commit, written)
-            return
+            return commit
         self._flight.append(commit)
         commit.add_done_callback(lambda done: self._settle(done, written))
         for op in ops:
             if isinstance(op, Request):
                 op.commit = commit
+        return commit
 
     def _settle(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
         self._flight.remove(commit)
@@ -455,7 +520,8 @@ class Ledger:
         seen here is taken as absent without a read: most are (a limit's first use), and
         the compare-and-set that expects it absent says otherwise (then it is read)."""
         self._fresh = set()
-        stale = [k for k in keys if k in self._stale]
+        kept = self.kept
+        stale = [k for k in keys if k in self._stale and k not in kept]
         if stale:
             fresh = await self._get_state(stale)
             for k in stale:
@@ -463,11 +529,16 @@ class Ledger:
                 self._stale.discard(k)
             self._fresh = set(stale)
         for k in keys:
-            if k not in self._cache:
+            if k not in self._cache and k not in kept:
                 self._cache[k] = None
         if len(self._cache) > _CACHE_MAX and not self._flight:
-            self._cache = {k: self._cache[k] for k in keys}
-        return {k: self._cache[k] for k in keys if self._cache[k] is not None}
+            self._cache = {k: self._cache[k] for k in keys if k in self._cache}
+        out = {}
+        for k in keys:
+            value = kept[k] if k in kept else self._cache[k]
+            if value is not None:
+                out[k] = value
+        return out
 
     def _deliver(
         self,
@@ -524,16 +595,20 @@ class Ledger:
         """Free the slots of holders that no longer run (crashed, or stopped without giving back)."""
         if not suspects:
             return
-        ids = sorted({h.split("|", 1)[0] for hs in suspects.values() for h in hs})
-        status = await self._running(ids)
+        ids = sorted({h.split("|", 1)[0] for hs in suspects.values() for h in hs if h[:1] != "@"})
+        status = await self._running(ids) if ids else {}
+        keepers = {h[1:] for hs in suspects.values() for h in hs if h[:1] == "@"}
+        live = await self.keeper.live(sorted(keepers)) if keepers and self.keeper is not None else set()
         for key, holders in suspects.items():
             self._checked[key] = rnd.now
             st = work[key]
             # An execution holds its slot while running, and while pending once granted
             # (until its dispatcher claims it); a step only while its execution runs.
+            # A process that keeps the key in memory holds it while it is alive.
             alive = [
                 h for h in holders
-                if self._unsettled.get(h, 0) > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending"))
+                if (h[1:] in live if h[:1] == "@" else
+                    self._unsettled.get(h, 0) > 0 or status.get(h.split("|", 1)[0]) in (("running",) if "|" in h else ("running", "pending")))
             ]  # fmt: skip
             if len(alive) < len(holders):
                 st["holders"] = alive

@@ -69,7 +69,8 @@ async def explain(queue: Queue, rec: ExecutionRecord, now: int) -> WaitReason | 
     # The queue-wide limit's key, as FlowControl names it: the queue's job names.
     queue_limit = Limit("queue:" + ",".join(names), queue.concurrency) if queue.concurrency else None
     return await explain_record(
-        storage, rec, now, job=job, queue_limit=queue_limit, stale_ms=max(3 * queue.lease_ms, 10_000)
+        storage, rec, now, job=job, queue_limit=queue_limit, stale_ms=max(3 * queue.lease_ms, 10_000),
+        kept=queue.runtime.flow.ledger.kept,
     )
 
 
@@ -81,9 +82,11 @@ async def explain_record(
     job: Any = None,
     queue_limit: Limit | None = None,
     stale_ms: int = 30_000,
+    kept: Mapping[str, Any] | None = None,
 ) -> WaitReason | None:
     """`explain` without a queue: `job` is the execution's definition if known,
-    `stale_ms` how old a worker's heartbeat may be for it to count as live."""
+    `stale_ms` how old a worker's heartbeat may be for it to count as live, `kept`
+    the slot keys this process keeps in memory (`slot_keeping.py`), with their state."""
     if rec.status == "running":
         return await _running(storage, rec)
     if rec.status == "paused":
@@ -107,7 +110,7 @@ async def explain_record(
         return WaitReason("throttled", f"Throttled: {reason.split(':', 1)[-1].strip()}.", until=rec.run_at, key=key)
     if reason.startswith("rate limited"):
         return WaitReason("rate_limited", f"Rate limited: {reason.split(':', 1)[-1].strip()}.", until=until)
-    held = await _concurrency(storage, rec, job, queue_limit, slot_reason=reason.startswith(("waiting for a slot", "contended")))
+    held = await _concurrency(storage, rec, job, queue_limit, slot_reason=reason.startswith(("waiting for a slot", "contended")), kept=kept or {})
     if held is not None:
         return held
     if reason.startswith(("waiting for a slot", "contended")):  # a job this process does not define
@@ -134,7 +137,8 @@ def _timed_key(job: Any, rec: ExecutionRecord, option: str) -> str | None:
 
 
 async def _concurrency(
-    storage: Storage, rec: ExecutionRecord, job: Any, queue_limit: Limit | None, *, slot_reason: bool
+    storage: Storage, rec: ExecutionRecord, job: Any, queue_limit: Limit | None, *, slot_reason: bool,
+    kept: Mapping[str, Any],
 ) -> WaitReason | None:
     """Held back by a full concurrency key: which key, its limit, and who holds it."""
     limits: list[Limit] = []
@@ -151,7 +155,18 @@ async def _concurrency(
         return None
     state = await storage.get_state(["slots:" + lim.key for lim in limits])
     for lim in limits:
-        raw = [str(h) for h in (state.get("slots:" + lim.key) or {}).get("holders", [])]
+        key = "slots:" + lim.key
+        held_here = kept[key] if key in kept else state.get(key)  # kept here: its state is in memory
+        raw = [str(h) for h in (held_here or {}).get("holders", [])]
+        keepers = sorted({h[1:] for h in raw if h.startswith("@")})
+        if keepers:  # kept in another process's memory: its holders are not stored
+            return WaitReason(
+                "concurrency",
+                f"Held by concurrency key {lim.key!r} (limit {lim.limit}), kept in the memory of process "
+                f"{', '.join(keepers)}: it was the only process on this storage, and gives the key back within "
+                "about a second of seeing another.",
+                key=lim.key, limit=lim.limit,
+            )  # fmt: skip
         if len(raw) < lim.limit and not slot_reason:
             continue
         holders = await _holders(storage, raw)

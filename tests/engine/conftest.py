@@ -8,6 +8,8 @@ Redis is a random key prefix per test whose keys are deleted after it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -86,3 +88,41 @@ async def make_queue(make_storage: Callable[[], Storage]) -> AsyncIterator[Calla
     yield make
     for queue in queues:
         await queue.close()
+
+
+async def slot_state(queue: Queue) -> dict[str, Any]:
+    """The slot keys' state as the queue's process sees it: what storage holds, but the
+    keys it keeps in memory (`slot_keeping.py`, a marker in storage) as kept, an empty one
+    absent."""
+    kept = queue.runtime.flow.ledger.kept
+    stored = await queue.storage.list_state("slots:")
+    out = {k: v for k, v in stored.items() if k not in kept}
+    out.update((k, v) for k, v in kept.items() if v is not None)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def live_peer(storage: Storage, worker_id: str = "peer-process") -> AsyncIterator[None]:
+    """Another live process on the store (its heartbeat, renewed, on `storage`: a handle of
+    its own, opened and closed here): a queue started inside shares its concurrency keys
+    instead of keeping them in memory (`slot_keeping.py`)."""
+    own = not storage.synchronous_commit  # memory: the queue's own object, closed by the queue
+    if own:
+        await storage.open()
+
+    async def beat() -> None:
+        while True:
+            await storage.heartbeat(worker_id, {"state": "running"})
+            await asyncio.sleep(0.5)
+
+    await storage.heartbeat(worker_id, {"state": "running"})
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await storage.remove_worker(worker_id)
+        if own:
+            await storage.aclose()

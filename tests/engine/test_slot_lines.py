@@ -19,6 +19,7 @@ from dq.engine.storage.base import Batch, Storage
 from dq.engine.storage.conditions import lock_keys
 from dq.engine.storage.memory import MemoryStorage
 
+from .conftest import live_peer
 from .test_admission import _is
 from .test_lifecycle import status_is, until
 
@@ -49,7 +50,7 @@ def _record(storage: Storage) -> list[Batch]:
 
 
 async def test_each_waiter_costs_two_row_writes_and_the_head_stays_small(
-    make_queue: Callable[..., Queue],
+    make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
 ) -> None:
     gate = asyncio.Event()
     order: list[int] = []
@@ -62,7 +63,8 @@ async def test_each_waiter_costs_two_row_writes_and_the_head_stays_small(
 
     queue = make_queue([resize])
     writes = _record(queue.storage)
-    async with queue:
+    # Another live process: the key is shared, its line stored (alone, it is kept in memory).
+    async with live_peer(make_storage()), queue:
         first = await queue.jobs.resize.start(0)
         await until(lambda: status_is(first, "running"))
         backlog = [await queue.jobs.resize.start(n) for n in range(1, 41)]
@@ -163,7 +165,12 @@ class _Resize:
 
 
 async def _line(queue: Queue) -> list[str]:
-    st = (await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [KEY])).get(KEY) or {}
+    """The key's line: stored, or in the queue's memory while its process keeps the key."""
+    kept = queue.runtime.flow.ledger.kept
+    if KEY in kept:
+        st = kept[KEY] or {}
+    else:
+        st = (await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [KEY])).get(KEY) or {}
     return [w[2] for w in st.get("waiters", [])]
 
 

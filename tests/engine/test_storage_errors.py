@@ -18,6 +18,7 @@ from dq import Queue, create_job, run
 from dq.engine.errors import StorageLostError
 from dq.engine.storage.base import Batch, CommitResult, Storage
 
+from .conftest import slot_state
 from .test_lifecycle import until
 
 
@@ -148,6 +149,6 @@ async def test_a_step_slot_whose_hand_over_was_not_written_stays_with_its_holder
     async with queue:
         executions = [await queue.jobs.writer.start(i) for i in range(2)]
         assert [await asyncio.wait_for(e.result(), 20) for e in executions] == [0, 1]
-        assert await queue.storage.list_state("slots:") == {}
+        assert await slot_state(queue) == {}
     assert failing.raised == 3
     assert sorted(ran.values()) == [1, 2] and inside[1] == 1  # the holder's step ran again, once

@@ -1,0 +1,195 @@
+"""A lone process keeps its concurrency keys in memory (`slot_keeping.py`): no slot
+write per take and release; another process makes it give them back, and waits in
+line meanwhile; a crashed keeper's marker is dropped once its heartbeat is stale;
+closing gives the keys back. On the adapters whose commits are round trips (memory
+decides in memory anyway)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dq import Queue, create_job, run
+from dq.engine import slot_lines
+from dq.engine.ids import new_id, now_ms
+from dq.engine.limits import Limit
+from dq.engine.slot_requests import state_key
+from dq.engine.storage.base import Batch, ExecutionRecord, Storage
+from dq.engine.why import explain
+
+from .test_lifecycle import status_is, until
+from .test_slot_lines import _record
+
+DURABLE = pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+KEY = state_key(Limit("resize", 1))
+
+
+def _slot_writes(batches: list[Batch]) -> list[Batch]:
+    return [b for b in batches if any(k.startswith("slots:") for k in b.state)]
+
+
+@DURABLE
+async def test_a_lone_process_writes_no_slot_state_per_job(make_queue: Callable[..., Queue]) -> None:
+    running = [0, 0]
+
+    @create_job(name="resize", retry=0)
+    async def resize(n: int) -> int:
+        running[0] += 1
+        running[1] = max(running)
+        await run("noop", _pause)
+        running[0] -= 1
+        return n
+
+    queue = make_queue([resize], concurrency=2)
+    writes = _record(queue.storage)
+    async with queue:
+        job: Any = queue.jobs.resize
+        first = [await job.start(n) for n in range(5)]
+        await until(lambda: _kept(queue, "slots:queue:resize"))
+        rest = [await job.start(n) for n in range(5, 100)]
+        rest += await asyncio.gather(*(job.start(n) for n in range(100, 200)))
+        assert [await e.result() for e in [*first, *rest]] == list(range(200))
+    # Taken once (a marker that fills the key for any other process), given back once at
+    # close; shared, each start and each end wrote the key: 400 writes.
+    marks = [b.state["slots:queue:resize"] for b in _slot_writes(writes)]
+    assert len(marks) <= 5 + 2, len(marks)
+    assert any(m is not None and m["holders"] == ["@" + queue.runtime.worker_id] * 2 for m in marks)
+    assert 1 <= running[1] <= 2
+
+
+@DURABLE
+async def test_another_process_makes_the_keeper_give_the_key_back(
+    make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
+) -> None:
+    gate = asyncio.Event()
+    order: list[int] = []
+    running = [0, 0]
+
+    def define() -> Any:
+        @create_job(name="resize", concurrency=1, retry=0)
+        async def resize(n: int) -> int:
+            running[0] += 1
+            running[1] = max(running)
+            if n == 0:
+                await run("block", gate.wait)
+            order.append(n)
+            running[0] -= 1
+            return n
+
+        return resize
+
+    a = make_queue([define()])
+    async with a:
+        first = await a.jobs.resize.start(0)
+        await until(lambda: status_is(first, "running"))
+        await until(a.runtime.flow.is_alone)
+        mine = [await a.jobs.resize.start(n) for n in (1, 2)]
+        await until(lambda: _kept(a, KEY))
+        stored = (await a.storage.get_state([KEY]))[KEY]
+        assert stored["holders"] == ["@" + a.runtime.worker_id]  # full for anyone else
+        b = make_queue([define()])
+        async with b:
+            theirs = await b.jobs.resize.start(3)
+            # Within about a second of seeing B's heartbeat, A writes the key as shared:
+            # its holder, its line, and B's execution behind them, in arrival order.
+            await until(lambda: _shared(a, KEY))
+            line = await slot_lines.read(a.storage.get_state, a.storage.list_state, [KEY])
+            assert line[KEY]["holders"] == [first.id]
+            assert [w[2] for w in line[KEY]["waiters"]] == [e.id for e in [*mine, theirs]]
+            gate.set()
+            assert [await e.result() for e in [first, *mine]] == [0, 1, 2]
+            assert await theirs.result() == 3
+    assert order == [0, 1, 2, 3]
+    assert running[1] == 1
+
+
+@DURABLE
+async def test_a_crashed_keepers_marker_is_dropped_once_its_heartbeat_is_stale(
+    make_queue: Callable[..., Queue],
+) -> None:
+    @create_job(name="resize", concurrency=1, retry=0)
+    async def resize(n: int) -> int:
+        return n
+
+    queue = make_queue([resize])
+    async with queue:
+        # A process that kept the key and died: its marker, and no fresh heartbeat.
+        await queue.storage.commit(Batch(state={KEY: {"limit": 1, "holders": ["@gone:1:ABC"], "waiters": []}}))
+        execution = await queue.jobs.resize.start(7)
+        assert await execution.result() == 7
+
+
+@DURABLE
+async def test_closing_gives_the_kept_keys_back(
+    make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
+) -> None:
+    gate = asyncio.Event()
+
+    @create_job(name="resize", concurrency=1, retry=0)
+    async def resize(n: int) -> int:
+        if n == 0:
+            await run("block", gate.wait)
+        return n
+
+    queue = make_queue([resize])
+    async with queue:
+        first = await queue.jobs.resize.start(0)
+        await until(lambda: status_is(first, "running"))
+        await until(queue.runtime.flow.is_alone)  # it has looked for other processes
+        waiting = await queue.jobs.resize.start(1)
+        await until(lambda: _kept(queue, KEY))
+        why = await explain(queue, await queue.storage.get_execution(waiting.id), 0)  # type: ignore[arg-type]
+        assert why is not None and [h.execution_id for h in why.holders] == [first.id]
+        gate.set()
+        assert await first.result() == 0
+    # Closed: no marker left; the waiter (granted meanwhile, or due) runs on in the next process.
+    storage = make_storage()
+    await storage.open()
+    try:
+        state = await slot_lines.read(storage.get_state, storage.list_state, [KEY])
+        assert not any(str(h).startswith("@") for h in (state.get(KEY) or {}).get("holders", []))
+    finally:
+        await storage.aclose()
+    again = make_queue([resize])
+    async with again:
+        try:
+            await until(lambda: _status(again, waiting.id, "completed"))
+        except AssertionError:
+            raise AssertionError(await again.storage.get_execution(waiting.id)) from None
+
+
+async def _pause() -> None:
+    await asyncio.sleep(0)
+
+
+async def _status(queue: Queue, execution_id: str, status: str) -> bool:
+    rec = await queue.storage.get_execution(execution_id)
+    return rec is not None and rec.status == status
+
+
+async def _kept(queue: Queue, key: str) -> bool:
+    return key in queue.runtime.flow.ledger.kept
+
+
+async def _shared(queue: Queue, key: str) -> bool:
+    return key not in queue.runtime.flow.ledger.kept
+
+
+@DURABLE
+async def test_why_names_the_process_that_keeps_the_key(make_queue: Callable[..., Queue]) -> None:
+    @create_job(name="resize", concurrency=1, retry=0)
+    async def resize(n: int) -> int:
+        return n
+
+    queue = make_queue([resize])
+    async with queue:
+        await queue.storage.commit(Batch(state={KEY: {"limit": 1, "holders": ["@other:7:XYZ"], "waiters": []}}))
+        now = now_ms()
+        rec = ExecutionRecord(new_id(), "resize", "pending", input=1, created_at=now, run_at=now + 60_000,
+                              wait_reason="waiting for a slot: concurrency 1 for resize")  # fmt: skip
+        why = await explain(queue, rec, now)
+    assert why is not None and why.kind == "concurrency" and why.key == "resize"
+    assert "kept in the memory of process other:7:XYZ" in why.text
