@@ -40,6 +40,8 @@ _SAFETY_POLLS = 10
 #: A step waiting for a slot looks again this often at least (the safety net for a
 #: lost notification; on SQLite, how soon a slot another process gives back is seen).
 STEP_RECHECK_S = 1.0
+#: How long closing waits for the kept keys to be given back (a storage that does not answer).
+_GIVE_BACK_S = 10.0
 #: Waiters kept in memory for the in-process hand-off (beyond: claimed as usual).
 _PARKED_MAX = 100_000
 
@@ -199,7 +201,10 @@ class FlowControl:
         """Give the kept keys back before the storage closes (the handlers have ended)."""
         if self._watch is not None:
             self._watch.cancel()
-        await self.ledger.let_go()
+        try:
+            await asyncio.wait_for(self.ledger.let_go(), _GIVE_BACK_S)
+        except TimeoutError:  # its marker goes once this worker's heartbeat is removed or stale
+            log.warning("dq: the kept concurrency keys were not given back within %s s", _GIVE_BACK_S)
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:

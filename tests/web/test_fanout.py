@@ -76,6 +76,7 @@ async def _measure(counted: Counted, queue: Any) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # compares two 4 s windows of a steady workload: another test beside it skews one
 async def test_storage_queries_do_not_grow_with_clients() -> None:
     storage = create_memory_storage()
     counted = Counted(storage)
