@@ -32,10 +32,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	# Two processes, a file each at a time (most tests wait on servers and subprocesses);
-	# the browser tests apart (sync Playwright leaves its loop running in the worker, which
-	# pytest-asyncio's next test would find), and the `serial` ones alone after them.
+	# the browser tests apart and in one process (sync Playwright leaves its loop running
+	# in its worker, which pytest-asyncio's next test would find; and the demo they drive
+	# races its own timings with a second browser and server beside it), and the `serial`
+	# ones alone after them.
 	$(BIN)/pytest -n 2 --dist loadfile -m "not serial" tests
-	$(BIN)/pytest -n 2 --dist loadfile e2e
+	$(BIN)/pytest e2e
 	$(BIN)/pytest -m serial tests
 
 # One short round of dq against its peers (pgqueuer, DBOS: the `bench` extra, not
