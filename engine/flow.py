@@ -159,8 +159,7 @@ class FlowControl:
             workers = await self.storage.list_workers()
         except Exception:  # looked at again a second later
             return
-        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
-        self.alone = not any(w["id"] != rt.worker_id and int(w.get("last_heartbeat") or 0) > fresh for w in workers)
+        self.alone = not (self._fresh(workers) - {rt.worker_id})
         self._peers_known = True
         if not self.alone:  # another process: no more decisions on kept keys, give them back
             self.ledger.begin_let_go()
@@ -174,10 +173,13 @@ class FlowControl:
         return self._peers_known and self.alone and not self.runtime.closing
 
     async def live(self, worker_ids: list[str]) -> set[str]:
+        return self._fresh(await self.storage.list_workers()) & set(worker_ids)
+
+    def _fresh(self, workers: list[dict[str, Any]]) -> set[str]:
+        """The ids of `workers` whose heartbeat is younger than a lease (storage clock)."""
         rt = self.runtime
-        fresh = now_ms() + rt.clock_offset_ms - rt.lease_ms
-        wanted = set(worker_ids)
-        return {w["id"] for w in await self.storage.list_workers() if w["id"] in wanted and int(w.get("last_heartbeat") or 0) > fresh}
+        since = now_ms() + rt.clock_offset_ms - rt.lease_ms
+        return {w["id"] for w in workers if int(w.get("last_heartbeat") or 0) > since}
 
     def is_local(self, holder: str) -> bool:
         eid, _, step = holder.partition("|")
@@ -288,10 +290,10 @@ class FlowControl:
         try:
             await self.runtime.committer.commit(Batch(executions=[rec], events=[trigger]))
         except BaseException:
-            slot_keeping.settled(self.ledger, rec.id)
+            self.ledger.settle_holder(rec.id)
             self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
             raise
-        slot_keeping.settled(self.ledger, rec.id)
+        self.ledger.settle_holder(rec.id)
         self._holds[rec.id] = keys
         return OPEN
 

@@ -219,7 +219,7 @@ async def _give_back_once(ledger: Ledger) -> bool:
 def admit(ledger: Ledger, holder: str, limits: Sequence[Limit]) -> list[str] | None:
     """Admit `holder` at once when each limit is a slot key kept here with room and no
     one in line: nothing to decide in a round, nothing of it to write. Returns the keys
-    it now holds (alive until `settled`), or None: ask with a request."""
+    it now holds (alive until the ledger's `settle_holder`), or None: ask with a request."""
     if not ledger.idle():
         return None
     kept = ledger.kept
@@ -236,17 +236,8 @@ def admit(ledger: Ledger, holder: str, limits: Sequence[Limit]) -> list[str] | N
         st = kept[key]
         holders = [holder] if st is None else [*st["holders"], holder]
         kept[key] = {"limit": lim.limit, "holders": holders, "waiters": []}
-    ledger._unsettled[holder] = ledger._unsettled.get(holder, 0) + 1
+    ledger._unsettled[holder] = ledger._unsettled.get(holder, 0) + 1  # until `Ledger.settle_holder`
     return keys
-
-
-def settled(ledger: Ledger, holder: str) -> None:
-    """The write that creates an execution `admit` admitted is done (or failed)."""
-    n = ledger._unsettled.get(holder, 0) - 1
-    if n > 0:
-        ledger._unsettled[holder] = n
-    else:
-        ledger._unsettled.pop(holder, None)
 
 
 def release(ledger: Ledger, holder: str, keys: list[str]) -> bool:

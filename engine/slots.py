@@ -245,6 +245,15 @@ class Ledger:
         """Nothing queued, being decided or given back: a decision made now comes in order."""
         return not (self._ops or self._retry or self._letting is not None or (self._task is not None and not self._task.done()))
 
+    def settle_holder(self, holder: str) -> None:
+        """A write that admits `holder` is done (or failed): it no longer counts as alive
+        for that write's sake (`_drop_dead`)."""
+        n = self._unsettled.get(holder, 0) - 1
+        if n > 0:
+            self._unsettled[holder] = n
+        else:
+            self._unsettled.pop(holder, None)
+
     def _may_take(self, key: str) -> bool:
         """Whether a round should try to keep `key` in memory now: a slot key whose
         holders and waiters (as last seen here) are all of this process, while this
@@ -363,7 +372,7 @@ class Ledger:
         is being decided, its keys are known here, and no holder is to be suspected. Its
         write then joins the transaction of what the caller queues right after it (a
         release, the end of the execution; an admission, the step before it)."""
-        if (self._task is not None and not self._task.done()) or self._ops or self._retry or self._letting is not None:
+        if not self.idle():
             return False
         if len(self._flight) >= _IN_FLIGHT_NOW or isinstance(op, Check):
             return False
@@ -482,13 +491,8 @@ class Ledger:
         self._settled(commit, w)
 
     def _settled(self, commit: asyncio.Future[CommitResult], w: _Written) -> None:
-        unsettled = self._unsettled
         for h in w.admitted:
-            n = unsettled.get(h, 0) - 1
-            if n > 0:
-                unsettled[h] = n
-            else:
-                unsettled.pop(h, None)
+            self.settle_holder(h)
         exc = asyncio.CancelledError() if commit.cancelled() else commit.exception()
         if exc is not None or commit.result().conflict:
             self._stale.update(w.keys)
