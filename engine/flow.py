@@ -155,6 +155,7 @@ class FlowControl:
 
     async def count_peers(self) -> None:
         rt = self.runtime
+        self._peers_checked = now_ms()  # the runtime's look at its start counts: no second one at the first admission
         try:
             workers = await self.storage.list_workers()
         except Exception:  # looked at again a second later

@@ -53,10 +53,16 @@ class _AllSettled:
 
 
 class Results:
-    def __init__(self, storage: Storage, running_here: Container[str], poll_s: float) -> None:
+    def __init__(
+        self, storage: Storage, running_here: Container[str], poll_s: float, parked_here: Container[str] = ()
+    ) -> None:
         self._storage = storage
         #: Ids this process runs: it resolves them itself, no polling needed.
         self._running_here = running_here
+        #: Ids waiting in this process's line for a slot: not ended, so not looked up when
+        #: registered (a burst under a limit would read back each of its waiters); `watch`
+        #: polls them as any other, in case another process runs them after all.
+        self._parked_here = parked_here
         self._poll_s = poll_s
         self._waiters: dict[str, list[asyncio.Future[ExecutionRecord] | _AllSettled]] = {}
         #: Ids `_ended_before` is still to look up: `watch` leaves them to it. (A burst's
@@ -96,8 +102,8 @@ class Results:
 
     async def _ended_before(self, execution_ids: list[str]) -> None:
         """Resolve from storage those that ended before their waiters were registered."""
-        running, waiters, checking = self._running_here, self._waiters, self._checking
-        others = [i for i in execution_ids if i not in running]
+        running, parked, waiters, checking = self._running_here, self._parked_here, self._waiters, self._checking
+        others = [i for i in execution_ids if i not in running and i not in parked]
         checking.update(others)
         try:
             for start in range(0, len(others), 500):

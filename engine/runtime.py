@@ -69,7 +69,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         # committer's once start() made it.
         self.record: Callable[[Batch], None] = lambda batch: self.committer.send(batch)
         self.source_fingerprint: Callable[[Job], str | None] = self.sources.fingerprint
-        self.results = Results(self.storage, self.contexts, self.poll_s)
+        self.results = Results(self.storage, self.contexts, self.poll_s, self.flow.parked)
         self._wake = asyncio.Event()
         #: The dispatcher stopped claiming for want of room (max_active): an ending
         #: execution kicks it. Otherwise an ending frees nothing it waits for.

@@ -77,3 +77,30 @@ async def test_the_watcher_leaves_ids_to_the_first_look_up_then_polls_them() -> 
         watch.cancel()
         waiting.cancel()
         await asyncio.gather(watch, waiting, return_exceptions=True)
+
+
+async def test_waiters_in_line_here_are_not_looked_up_but_still_polled() -> None:
+    """Executions parked in this process's line for a slot have not ended: the first
+    look-up skips them (a burst under a limit read each back). Should another process
+    run one after all, the watcher's poll still finds its end."""
+    storage = _SlowQueries()
+    storage.go.set()
+    parked = {f"p{i}" for i in range(3)}
+    results = Results(cast(Storage, storage), set(), poll_s=0.01, parked_here=parked)
+    ids = ["p0", "p1", "p2", "elsewhere"]
+    waiting = asyncio.create_task(results.all_settled(ids))
+    watch: asyncio.Task[None] | None = None
+    try:
+        await asyncio.sleep(0)  # the look-up ran
+        assert storage.asked == [["elsewhere"]]
+        results.resolve(ExecutionRecord("p0", "job", "completed", output="here"))  # ended here
+        storage.ended = {i: ExecutionRecord(i, "job", "completed", output="there") for i in ("p1", "p2", "elsewhere")}
+        watch = asyncio.create_task(results.watch())
+        done = await asyncio.wait_for(waiting, 5)
+        assert [r.output for r in done] == ["here", "there", "there", "there"]
+        assert {i for asked in storage.asked[1:] for i in asked} == {"p1", "p2", "elsewhere"}
+    finally:
+        for task in (waiting, watch):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (waiting, watch) if t is not None), return_exceptions=True)
