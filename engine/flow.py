@@ -74,8 +74,9 @@ class FlowControl:
             claim_here=self._claim_here,
             claimed_here=self._claimed_here,
             at_once=not runtime.storage.synchronous_commit,
-            # Keeping keys in memory saves writes that are round trips; in memory they are not.
-            keeper=None if runtime.storage.synchronous_commit else self,
+            # Kept keys save their writes (round trips, except on memory) and the decision
+            # rounds (on every adapter: a start with room, a release with no one in line).
+            keeper=self,
         )
         #: Executions this process parked as waiters of one slot: (job, record, history, that slot's limit).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], Limit]] = {}
@@ -242,6 +243,11 @@ class FlowControl:
         if gate is None:
             return OPEN
         throttle, limits = gate
+        if throttle is None and self.ledger.kept and slot_keeping.admit(self.ledger, rec.id, limits) is not None:
+            # Kept here with room and no one in line: no round, and (claimed already) no write.
+            self.ledger.settle_holder(rec.id)
+            self._hold(rec.id, limits)
+            return OPEN
         request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
         if history is not None:
             self._keep_parked(request, job, rec, history)

@@ -1,16 +1,14 @@
 """A lone process keeps its concurrency keys in memory (`slot_keeping.py`): no slot
 write per take and release; another process makes it give them back, and waits in
 line meanwhile; a crashed keeper's marker is dropped once its heartbeat is stale;
-closing gives the keys back. On the adapters whose commits are round trips (memory
-decides in memory anyway)."""
+closing gives the keys back. On every adapter: two processes on one memory store are
+two runtimes on the same object."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from dq import Queue, create_job, run
 from dq.engine import slot_lines
@@ -23,7 +21,6 @@ from dq.engine.why import explain
 from .test_lifecycle import status_is, until
 from .test_slot_lines import _record
 
-DURABLE = pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 KEY = state_key(Limit("resize", 1))
 
 
@@ -31,7 +28,6 @@ def _slot_writes(batches: list[Batch]) -> list[Batch]:
     return [b for b in batches if any(k.startswith("slots:") for k in b.state)]
 
 
-@DURABLE
 async def test_a_lone_process_writes_no_slot_state_per_job(make_queue: Callable[..., Queue]) -> None:
     running = [0, 0]
 
@@ -60,7 +56,6 @@ async def test_a_lone_process_writes_no_slot_state_per_job(make_queue: Callable[
     assert 1 <= running[1] <= 2
 
 
-@DURABLE
 async def test_another_process_makes_the_keeper_give_the_key_back(
     make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
 ) -> None:
@@ -106,7 +101,6 @@ async def test_another_process_makes_the_keeper_give_the_key_back(
     assert running[1] == 1
 
 
-@DURABLE
 async def test_a_crashed_keepers_marker_is_dropped_once_its_heartbeat_is_stale(
     make_queue: Callable[..., Queue],
 ) -> None:
@@ -122,7 +116,6 @@ async def test_a_crashed_keepers_marker_is_dropped_once_its_heartbeat_is_stale(
         assert await execution.result() == 7
 
 
-@DURABLE
 async def test_closing_gives_the_kept_keys_back(
     make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
 ) -> None:
@@ -178,7 +171,6 @@ async def _shared(queue: Queue, key: str) -> bool:
     return key not in queue.runtime.flow.ledger.kept
 
 
-@DURABLE
 async def test_why_names_the_process_that_keeps_the_key(make_queue: Callable[..., Queue]) -> None:
     @create_job(name="resize", concurrency=1, retry=0)
     async def resize(n: int) -> int:
