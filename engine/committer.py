@@ -68,9 +68,11 @@ class Committer:
                 return result
         return self._apply_now(batch)
 
-    def submit(self, batch: Batch) -> asyncio.Future[CommitResult]:
+    def submit(self, batch: Batch, *, beside: bool = True) -> asyncio.Future[CommitResult]:
         """Queue `batch` now (in order with what was queued before it); the future
-        resolves once it is committed."""
+        resolves once it is committed. A batch of new executions only commits beside
+        the main lane unless `beside` is False: the slot ledger's writes, which later
+        writes (a hand-over to a waiter that batch creates) must follow."""
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         if self._now is not None:
             try:
@@ -78,7 +80,7 @@ class Committer:
             except Exception as exc:
                 fut.set_exception(exc)
             return fut
-        lane = self._inserts if self._inserts is not None and batch.creates_only() else self._main
+        lane = self._inserts if beside and self._inserts is not None and batch.creates_only() else self._main
         lane.put(batch, fut)
         return fut
 

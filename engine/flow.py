@@ -66,7 +66,7 @@ class FlowControl:
         self.ledger = Ledger(
             get_state=lambda keys: self.storage.get_state(keys),
             list_state=lambda prefix: self.storage.list_state(prefix),
-            commit=lambda batch: runtime.committer.submit(batch),
+            commit=lambda batch: runtime.committer.submit(batch, beside=False),
             running=self._statuses,
             kick=runtime.kick,
             recheck_s=max(STEP_RECHECK_S, runtime.poll_s),

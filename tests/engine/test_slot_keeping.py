@@ -185,3 +185,34 @@ async def test_why_names_the_process_that_keeps_the_key(make_queue: Callable[...
         why = await explain(queue, rec, now)
     assert why is not None and why.kind == "concurrency" and why.key == "resize"
     assert "kept in the memory of process other:7:XYZ" in why.text
+
+
+async def test_a_burst_on_a_kept_key_hands_slots_to_waiters_just_created(make_queue: Callable[..., Queue]) -> None:
+    """With the key kept, a burst's first starts are admitted at once and the rest put in
+    line by a round whose write creates them: a release's hand-over to one of them is
+    written after that write, never beside it. (On PostgreSQL new executions otherwise
+    commit in a lane of their own; here those commits are slowed, and a hand-over that
+    overtook its waiter's insert would leave it to the safety net, ten minutes away.)"""
+
+    @create_job(name="resize", concurrency=3, retry=0)
+    async def resize(n: int) -> int:
+        await run("noop", _pause)
+        return n
+
+    queue = make_queue([resize], poll_interval="10 minutes")
+    commit = queue.storage.commit
+
+    async def slow_inserts(batch: Batch) -> Any:
+        if len(batch.executions) > 1 and batch.creates_only():
+            await asyncio.sleep(0.2)
+        return await commit(batch)
+
+    queue.storage.commit = slow_inserts  # type: ignore[method-assign]
+    async with queue:
+        job: Any = queue.jobs.resize
+        assert await (await job.start(-1)).result() == -1
+        await until(lambda: _kept(queue, KEY))
+        for burst in range(3):
+            executions = await asyncio.gather(*(job.start(burst * 100 + n) for n in range(100)))
+            done = await asyncio.wait_for(queue.runtime.all_settled([e.id for e in executions]), 60)
+            assert [r.output for r in done] == [burst * 100 + n for n in range(100)]
