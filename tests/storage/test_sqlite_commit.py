@@ -1,6 +1,8 @@
-"""SQLite's commit runs as one call in aiosqlite's thread (sql_sqlite._SyncIO):
-atomic when it fails half-way, never suspended there, one hop per commit, and
-still one writer at a time across processes."""
+"""SQLite's commit runs start to end without suspending (sql_sqlite._SyncIO): a
+small one on the event loop's thread, a large one (or one that must wait for
+another process's write) as one call in aiosqlite's thread; atomic when it fails
+half-way, with WAL checkpoints of its own, and still one writer at a time across
+processes."""
 
 from __future__ import annotations
 
@@ -127,13 +129,52 @@ async def _driver_calls(storage: SqliteStorage, writes: Callable[[], Awaitable[A
     return len(calls)
 
 
-async def test_a_commit_is_one_call_on_the_driver_thread(storage: SqliteStorage) -> None:
-    async def commits() -> None:
+async def test_a_small_commit_runs_on_the_loop_a_large_one_in_one_call_on_the_driver_thread(
+    storage: SqliteStorage,
+) -> None:
+    async def small() -> None:
         for i in range(3):
             await storage.commit(_batch(f"e{i}"))
 
-    assert await _driver_calls(storage, commits) == 3
-    assert len(await storage.read_events()) == 3
+    now = now_ms()
+    ids = [f"big{i:03}" for i in range(120)]
+    big = Batch(
+        executions=[ExecutionRecord(i, "job", "pending", created_at=now, run_at=now) for i in ids],
+        events=[EventRecord(i, "job", "created", {}, now) for i in ids],
+    )
+
+    async def large() -> None:
+        await storage.commit(big)
+
+    assert await _driver_calls(storage, small) == 0
+    assert await _driver_calls(storage, large) == 1
+    assert len(await storage.read_events(limit=1000)) == 3 + 120
+
+
+async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage) -> None:
+    """The write connection checkpoints nothing itself (inline, it would stall the loop):
+    a PASSIVE checkpoint runs in the driver's thread every hundred commits, as the writer's turn."""
+    runs: list[int] = []
+    checkpoint = storage._checkpoint
+
+    async def counted() -> None:
+        runs.append(1)
+        await checkpoint()
+
+    storage._checkpoint = counted  # type: ignore[method-assign]
+    for i in range(250):
+        await storage.commit(_batch(f"e{i}"))
+        await asyncio.sleep(0)  # an inline commit does not suspend: the loop turns between them, as in a queue
+    await asyncio.sleep(0.1)
+    assert len(runs) == 2
+    check = sqlite3.connect(storage.path)
+    try:
+        busy, frames, done = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        check.close()
+    # What is left in the WAL is what came after the last checkpoint's start: about 50
+    # commits' pages, not 250 (the WAL file is reused from its start once checkpointed).
+    assert busy == 0 and frames == done and frames < 200 * 5, frames
 
 
 async def test_a_claim_is_one_call_and_filters_by_any_number_of_jobs(storage: SqliteStorage) -> None:
