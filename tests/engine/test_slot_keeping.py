@@ -168,7 +168,12 @@ async def _kept(queue: Queue, key: str) -> bool:
 
 
 async def _shared(queue: Queue, key: str) -> bool:
-    return key not in queue.runtime.flow.ledger.kept
+    """Given back: no longer kept in memory, and the write that says so committed (the
+    ledger lets go of the key as it sends that write)."""
+    if key in queue.runtime.flow.ledger.kept:
+        return False
+    line = await slot_lines.read(queue.storage.get_state, queue.storage.list_state, [key])
+    return not any(h.startswith("@") for h in line.get(key, {}).get("holders", []))
 
 
 async def test_why_names_the_process_that_keeps_the_key(make_queue: Callable[..., Queue]) -> None:
