@@ -273,6 +273,7 @@ class SqliteStorage(SqlStorage):
             except BaseException:
                 await self._rollback(conn.rollback)
                 raise
+            self._wrote(1)  # heartbeats, renewals, deletes: an idle process's WAL is checkpointed too
 
     async def _commit_once(self, batch: Batch, prepared: _Prepared) -> CommitResult:
         def commit(conn: sqlite3.Connection) -> CommitResult:
@@ -354,8 +355,9 @@ class SqliteStorage(SqlStorage):
             return result
 
     def _wrote(self, rows: int) -> None:
-        """Count a commit towards the next WAL checkpoint (the write connection makes none
-        itself: inline, one would stall the event loop for milliseconds)."""
+        """Count a write transaction (every one: `_in_thread`'s and `_write`'s) towards the
+        next WAL checkpoint (the write connection makes none itself: inline, one would
+        stall the event loop for milliseconds)."""
         if self._memory:
             return
         self._unchecked[0] += 1

@@ -177,6 +177,23 @@ async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage)
     assert busy == 0 and frames == done and frames < 200 * 5, frames
 
 
+async def test_writes_besides_commits_count_towards_a_checkpoint(storage: SqliteStorage) -> None:
+    """An idle process still writes (heartbeats, lease renewals): its WAL is checkpointed too."""
+    runs: list[int] = []
+    checkpoint = storage._checkpoint
+
+    async def counted() -> None:
+        runs.append(1)
+        await checkpoint()
+
+    storage._checkpoint = counted  # type: ignore[method-assign]
+    for i in range(100):
+        await storage.heartbeat("w1", {"n": i})
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    assert len(runs) == 1
+
+
 async def test_a_claim_is_one_call_and_filters_by_any_number_of_jobs(storage: SqliteStorage) -> None:
     now = now_ms()
     jobs = ["a", "b", "c", "d"]
