@@ -246,6 +246,7 @@ class FlowControl:
         if throttle is None and self.ledger.kept and slot_keeping.admit(self.ledger, rec.id, limits) is not None:
             # Kept here with room and no one in line: no round, and (claimed already) no write.
             self.ledger.settle_holder(rec.id)
+            self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
             self._hold(rec.id, limits)
             return OPEN
         request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
