@@ -151,9 +151,8 @@ async def test_a_small_commit_runs_on_the_loop_a_large_one_in_one_call_on_the_dr
     assert len(await storage.read_events(limit=1000)) == 3 + 120
 
 
-async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage) -> None:
-    """The write connection checkpoints nothing itself (inline, it would stall the loop):
-    a PASSIVE checkpoint runs in the driver's thread every hundred commits, as the writer's turn."""
+def _count_checkpoints(storage: SqliteStorage) -> list[int]:
+    """A list that grows by one each time the storage starts a WAL checkpoint."""
     runs: list[int] = []
     checkpoint = storage._checkpoint
 
@@ -162,6 +161,13 @@ async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage)
         await checkpoint()
 
     storage._checkpoint = counted  # type: ignore[method-assign]
+    return runs
+
+
+async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage) -> None:
+    """The write connection checkpoints nothing itself (inline, it would stall the loop):
+    a PASSIVE checkpoint runs in the driver's thread every hundred commits, as the writer's turn."""
+    runs = _count_checkpoints(storage)
     for i in range(250):
         await storage.commit(_batch(f"e{i}"))
         await asyncio.sleep(0)  # an inline commit does not suspend: the loop turns between them, as in a queue
@@ -179,14 +185,7 @@ async def test_the_wal_is_checkpointed_beside_the_writes(storage: SqliteStorage)
 
 async def test_writes_besides_commits_count_towards_a_checkpoint(storage: SqliteStorage) -> None:
     """An idle process still writes (heartbeats, lease renewals): its WAL is checkpointed too."""
-    runs: list[int] = []
-    checkpoint = storage._checkpoint
-
-    async def counted() -> None:
-        runs.append(1)
-        await checkpoint()
-
-    storage._checkpoint = counted  # type: ignore[method-assign]
+    runs = _count_checkpoints(storage)
     for i in range(100):
         await storage.heartbeat("w1", {"n": i})
         await asyncio.sleep(0)
