@@ -75,6 +75,8 @@ class Creation(RuntimeState):
         direct: list[ExecutionContext] = []
         gated: list[tuple[ExecutionContext, EventRecord]] = []  # admitted in the write that creates them
         fuse = extra is None and self.flow.admits_at_creation(job)
+        keep = extra is None and self.flow.keeps_at_creation(job)
+        kept: list[tuple[str, list[str]]] = []  # admitted at once, in memory: stored with the rest
         batch = extra if extra is not None else Batch()
         for rec in recs:
             trigger = EventRecord(
@@ -86,7 +88,11 @@ class Creation(RuntimeState):
                 # A replay is created with the steps it reuses: they are its history.
                 history = {s.key: s for s in batch.steps if s.execution_id == rec.id} if batch.steps else {}
                 self.contexts[rec.id] = ctx = self._context(job, rec, history)
-                if fuse:
+                keys = self.flow.admit_kept_now(job, rec) if keep else None
+                if keys is not None:
+                    ctx.holds_slot = True
+                    kept.append((rec.id, keys))
+                elif fuse:
                     gated.append((ctx, trigger))
                     continue
                 direct.append(ctx)
@@ -104,6 +110,8 @@ class Creation(RuntimeState):
             for ctx in [*direct, *(c for c, _ in gated)]:
                 self.contexts.pop(ctx.id, None)
                 self.flow.parked.pop(ctx.id, None)
+            for execution_id, keys in kept:
+                self.flow.created_kept(execution_id, keys, stored=False)
             if isinstance(exc, StorageLostError):
                 self.lose_storage(exc)
             raise
@@ -112,6 +120,8 @@ class Creation(RuntimeState):
                 self.contexts.pop(ctx.id, None)
                 unclaim_new(ctx.record)
             return result
+        for execution_id, keys in kept:
+            self.flow.created_kept(execution_id, keys, stored=True)
         lost: set[str] = set()
         for (ctx, _), gate in zip(gated, gates, strict=True):
             if gate is None or (isinstance(gate, Gate) and gate.ok):

@@ -95,6 +95,8 @@ class FlowControl:
         self._watch: asyncio.Task[None] | None = None
         #: The queue's limit (`_queue_limit`).
         self._queue_lim: Limit | None = None
+        #: `_limits` of jobs whose options are not functions of the input.
+        self._static_limits: dict[tuple[Job, bool, int | None], tuple[Timed | None, list[Limit]] | None] = {}
 
     @property
     def storage(self) -> Any:
@@ -260,6 +262,11 @@ class FlowControl:
             return OPEN
         return Gate(False, decision.at, decision.reason, decision.parked)
 
+    def keeps_at_creation(self, job: Job) -> bool:
+        """Whether a new execution of `job` may be admitted as it is created, in this
+        process's memory (`admit_kept_now`; any adapter): a limit, no throttle."""
+        return self.gated(job) and job.options.throttle is None
+
     def admits_at_creation(self, job: Job) -> bool:
         """Whether a new execution of `job` is admitted in the write that creates it
         (`admit_new`): not with a throttle (in discard mode it would have to be created
@@ -273,37 +280,53 @@ class FlowControl:
         decision, the slot state and the record itself are one write. Refused, it is
         created pending (a waiter) instead, until the grant or `retry_at`. None: created
         claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
-        self._look_for_peers()
-        if self.ledger.kept:
-            gate = await self._admit_kept(job, rec, trigger)
-            if gate is not None:
-                return gate
+        gate = await self._admit_kept(job, rec, trigger)
+        if gate is not None:
+            return gate
         request, settle = self._new_request(job, rec, trigger)
         return settle(await self.ledger.request(request))
 
     async def _admit_kept(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
-        """`admit_new` decided in this process's memory, its keys kept here with room: the
-        write is the creation alone, as without a limit. None: decide with a request."""
+        """`admit_new` decided in this process's memory (`admit_kept_now`): the write is the
+        creation alone, as without a limit. None: decide with a request."""
+        keys = self.admit_kept_now(job, rec)
+        if keys is None:
+            return None
+        try:
+            await self.runtime.committer.commit(Batch(executions=[rec], events=[trigger]))
+        except BaseException:
+            self.created_kept(rec.id, keys, stored=False)
+            raise
+        self.created_kept(rec.id, keys, stored=True)
+        return OPEN
+
+    def admit_kept_now(self, job: Job, rec: ExecutionRecord) -> list[str] | None:
+        """Admit new execution `rec`, to be stored claimed by this process, at once: its
+        keys are kept here with room and no one in line, so nothing is decided in a round
+        nor written of it. Returns the keys it holds (the caller then stores `rec` and
+        reports with `created_kept`), or None: decide with a request."""
+        self._look_for_peers()
+        if not self.ledger.kept:
+            return None
         try:
             gate = self._limits(job, rec, True)
         except Exception:  # the request reports it
             return None
         if gate is None or gate[0] is not None:
             return None
-        limits = gate[1]
-        keys = slot_keeping.admit(self.ledger, rec.id, limits)
-        if keys is None:
-            return None
-        rec.run_at, rec.wait_reason = rec.created_at, None
-        try:
-            await self.runtime.committer.commit(Batch(executions=[rec], events=[trigger]))
-        except BaseException:
-            self.ledger.settle_holder(rec.id)
-            self.ledger.give_back(rec.id, keys, f"could not give back the slot of execution {rec.id}")
-            raise
-        self.ledger.settle_holder(rec.id)
-        self._holds[rec.id] = keys
-        return OPEN
+        keys = slot_keeping.admit(self.ledger, rec.id, gate[1])
+        if keys is not None:
+            rec.run_at, rec.wait_reason = rec.created_at, None
+        return keys
+
+    def created_kept(self, execution_id: str, keys: list[str], stored: bool) -> None:
+        """The write creating an execution `admit_kept_now` admitted is done: it holds its
+        keys (released as it ends), or, not stored, gives them back."""
+        self.ledger.settle_holder(execution_id)
+        if stored:
+            self._holds[execution_id] = keys
+        else:
+            self.ledger.give_back(execution_id, keys, f"could not give back the slot of execution {execution_id}")
 
     async def admit_new_many(
         self, job: Job, new: Sequence[tuple[ExecutionRecord, EventRecord]]
@@ -356,7 +379,18 @@ class FlowControl:
 
     def _limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
         """What admitting `rec` asks for (rate windows first: a start waiting for its
-        window holds no slot meanwhile), or None: nothing."""
+        window holds no slot meanwhile), or None: nothing. Options that are not
+        functions of the input resolve the same every time: kept per job (callers
+        only read the list)."""
+        opts = job.options
+        if callable(opts.concurrency) or callable(opts.throttle):
+            return self._resolve_limits(job, rec, first_start)
+        cache_key = (job, first_start, self.runtime.queue.concurrency)
+        if cache_key not in self._static_limits:
+            self._static_limits[cache_key] = self._resolve_limits(job, rec, first_start)
+        return self._static_limits[cache_key]
+
+    def _resolve_limits(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
         opts = job.options
         # The input is typed only for an option that is a function of it (a queue limit alone needs none).
         typed = load_typed(opts.input, rec.input) if callable(opts.concurrency) or callable(opts.throttle) else None

@@ -192,6 +192,47 @@ async def test_why_names_the_process_that_keeps_the_key(make_queue: Callable[...
     assert "kept in the memory of process other:7:XYZ" in why.text
 
 
+async def test_starts_on_a_kept_key_with_room_are_admitted_as_they_are_created(make_queue: Callable[..., Queue]) -> None:
+    """With the key kept and room in it, a start (one, or a bulk start's) is admitted in
+    this process's memory as it is created: its record is the only write, with no
+    admission round and no gate as it begins to run. Past the room, the rest are
+    decided by the ledger (put in line). On every adapter, memory included."""
+    gate = asyncio.Event()
+
+    @create_job(name="resize", concurrency=3, retry=0)
+    async def resize(n: int) -> int:
+        await run("block", gate.wait)
+        return n
+
+    queue = make_queue([resize])
+    async with queue:
+        job: Any = queue.jobs.resize
+        gate.set()
+        assert await (await job.start(-1)).result() == -1
+        await until(lambda: _kept(queue, KEY))
+        gate.clear()
+        flow, ledger = queue.runtime.flow, queue.runtime.flow.ledger
+        asked: list[str] = []
+        for obj, name in ((ledger, "request"), (ledger, "request_many"), (flow, "admit")):
+            setattr(obj, name, _counted(getattr(obj, name), asked, name))
+        first = await job.start(0)
+        more = await job.start_many([1, 2])
+        assert asked == []
+        assert ledger.kept[KEY]["holders"] == [first.id, *(e.id for e in more)]
+        rest = await job.start_many([3, 4])
+        await until(lambda: bool(asked))  # no room: decided by the ledger (as they run, on memory)
+        gate.set()
+        assert [await e.result() for e in [first, *more, *rest]] == [0, 1, 2, 3, 4]
+
+
+def _counted(fn: Callable[..., Any], calls: list[str], name: str) -> Callable[..., Any]:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
 async def test_a_burst_on_a_kept_key_hands_slots_to_waiters_just_created(make_queue: Callable[..., Queue]) -> None:
     """With the key kept, a burst's first starts are admitted at once and the rest put in
     line by a round whose write creates them: a release's hand-over to one of them is
