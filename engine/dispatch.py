@@ -121,16 +121,18 @@ class Dispatch(RuntimeState):
             if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 # A replay's reused steps are not a start of its own: its first run is.
                 first_start = rec.retry_count == 0 and all(s.job_attempt == REUSED for s in ctx.history.values())
-                park = lambda at, why: self._park(ctx, at, why)  # noqa: E731
-                gate = await self.guard(ctx, self.flow.admit(job, rec, first_start, park, ctx.history))
-                if gate.parked:  # back to pending as a waiter, in the admission's own write
-                    ctx.finishing = True
-                    if self._timer is not None:
-                        self._timer.at(gate.retry_at)
-                    return
-                if not gate.ok:
-                    await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
-                    return
+                wanted = self.flow.admit_now(job, rec, first_start)
+                if wanted is not None:
+                    park = lambda at, why: self._park(ctx, at, why)  # noqa: E731
+                    gate = await self.guard(ctx, self.flow.admit(job, rec, wanted, park, ctx.history))
+                    if gate.parked:  # back to pending as a waiter, in the admission's own write
+                        ctx.finishing = True
+                        if self._timer is not None:
+                            self._timer.at(gate.retry_at)
+                        return
+                    if not gate.ok:
+                        await self._hold_back(ctx, typed_input, gate.retry_at, gate.reason or "")
+                        return
                 ctx.holds_slot = True
             await attempt.run(self, ctx, typed_input)
         except Interrupt as intr:

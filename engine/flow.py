@@ -229,28 +229,35 @@ class FlowControl:
             self.ledger.give_back(holder, [state_key(limit)], f"could not give back the step slot of {holder}")
 
     # -- gates at the start of a claimed execution ----------------------------------------------
+    def admit_now(self, job: Job, rec: ExecutionRecord, first_start: bool) -> tuple[Timed | None, list[Limit]] | None:
+        """The admission of a claimed execution decided without a round: None when it is
+        admitted (nothing to ask; or each limit a slot key kept here with room and no one
+        in line: no round, and, claimed already, no write); else what to ask `admit` for.
+        Throttle and rate windows count starts: only an execution's first start.
+        Concurrency slots count what runs: every activation (resumes included)."""
+        self._look_for_peers()
+        gate = self._limits(job, rec, first_start)
+        if gate is None:
+            return None
+        throttle, limits = gate
+        if throttle is None and self.ledger.kept and slot_keeping.admit(self.ledger, rec.id, limits) is not None:
+            self.ledger.settle_holder(rec.id)
+            self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
+            self._hold(rec.id, limits)
+            return None
+        return gate
+
     async def admit(
         self,
         job: Job,
         rec: ExecutionRecord,
-        first_start: bool,
+        wanted: tuple[Timed | None, list[Limit]],
         park: Callable[[int, str], Batch] | None = None,
         history: dict[str, Any] | None = None,
     ) -> Gate:
-        """Throttle and rate windows count starts: only an execution's first start.
-        Concurrency slots count what runs: every activation (resumes included).
-        Refused, `park(run_at, reason)`'s writes (back to pending) share the decision's write."""
-        self._look_for_peers()
-        gate = self._limits(job, rec, first_start)
-        if gate is None:
-            return OPEN
-        throttle, limits = gate
-        if throttle is None and self.ledger.kept and slot_keeping.admit(self.ledger, rec.id, limits) is not None:
-            # Kept here with room and no one in line: no round, and (claimed already) no write.
-            self.ledger.settle_holder(rec.id)
-            self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
-            self._hold(rec.id, limits)
-            return OPEN
+        """Ask a round for what `admit_now` could not decide. Refused, `park(run_at,
+        reason)`'s writes (back to pending) share the decision's write."""
+        throttle, limits = wanted
         request = Request(rec.id, (-rec.priority, rec.created_at), limits, throttle, park)
         if history is not None:
             self._keep_parked(request, job, rec, history)
