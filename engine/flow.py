@@ -13,7 +13,6 @@ compare-and-set on the state keys (`Batch.expect`), so it holds across processes
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from .errors import CancelledError, error_to_dict
 from .event_schema import EventKind
 from .ids import now_ms
 from .limits import Limit, Timed, resolve_concurrency, resolve_timed
+from .peers import Peers
 from .serialize import load_typed
 from .slots import Decision, Ledger, Request, state_key
 from .storage.base import Batch, EventRecord, ExecutionQuery, ExecutionRecord, ExecutionUpdate
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from .job import Job
     from .runtime import Runtime
 
-log = logging.getLogger("dq")
 
 #: A waiting execution is due again this long after it was refused (the safety net
 #: for a lost hand-off), at least: `poll_interval` x this, if that is longer.
@@ -40,8 +39,6 @@ _SAFETY_POLLS = 10
 #: A step waiting for a slot looks again this often at least (the safety net for a
 #: lost notification; on SQLite, how soon a slot another process gives back is seen).
 STEP_RECHECK_S = 1.0
-#: How long closing waits for the kept keys to be given back (a storage that does not answer).
-_GIVE_BACK_S = 10.0
 #: Waiters kept in memory for the in-process hand-off (beyond: claimed as usual).
 _PARKED_MAX = 100_000
 
@@ -62,6 +59,7 @@ OPEN = Gate(True)
 class FlowControl:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.peers = Peers(self)
         poll_ms = int(runtime.poll_s * 1000)
         self.ledger = Ledger(
             get_state=lambda keys: self.storage.get_state(keys),
@@ -76,23 +74,13 @@ class FlowControl:
             at_once=not runtime.storage.synchronous_commit,
             # Kept keys save their writes (round trips, except on memory) and the decision
             # rounds (on every adapter: a start with room, a release with no one in line).
-            keeper=self,
+            keeper=self.peers,
         )
         #: Executions this process parked as waiters of one slot: (job, record, history, that slot's limit).
         self.parked: dict[str, tuple[Job, ExecutionRecord, dict[str, Any], Limit]] = {}
         #: The slot keys each execution admitted here holds, as its admission resolved them:
         #: its release gives back exactly those, without calling the user's fn(input) again.
         self._holds: dict[str, list[str]] = {}
-        #: No other live process shares the storage (looked at most once a second):
-        #: only then does a hand-over claim the waiter for this process itself; with
-        #: peers, the waiter is made due and whichever process is woken first runs it.
-        self.alone = True
-        #: `alone` has been looked at once (a key is only kept after that).
-        self._peers_known = False
-        self._peers_checked = 0
-        self._peers_task: asyncio.Task[None] | None = None
-        #: Looks for other processes every second while the ledger keeps a key.
-        self._watch: asyncio.Task[None] | None = None
         #: The queue's limit (`_queue_limit`).
         self._queue_lim: Limit | None = None
         #: `_limits` of jobs whose options are not functions of the input.
@@ -131,7 +119,7 @@ class FlowControl:
         """The write that claims a granted waiter parked here, if this process can run it now."""
         entry = self.parked.get(holder)
         rt = self.runtime
-        if entry is None or not self.alone or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
+        if entry is None or not self.peers.alone or rt.closing or entry[0].name in rt.paused_jobs or len(rt.contexts) >= rt.max_active:
             return None
         return hand_over(entry[1], rt.worker_id, now=now, lease_until=now + rt.clock_offset_ms + rt.lease_ms).update
 
@@ -147,70 +135,12 @@ class FlowControl:
         rec.control = None
         rt.run_admitted(job, rec, history)
 
-    def _look_for_peers(self) -> None:
-        """Refresh `alone` in the background, at most once a second: an admission does
-        not wait for it (a hand-over decided on a second-old answer is still correct)."""
-        now = now_ms()
-        if now - self._peers_checked < 1000:
-            return
-        self._peers_checked = now
-        self._peers_task = asyncio.create_task(self.count_peers(), name="dq-admission-peers")
-
-    async def count_peers(self) -> None:
-        rt = self.runtime
-        self._peers_checked = now_ms()  # the runtime's look at its start counts: no second one at the first admission
-        try:
-            workers = await self.storage.list_workers()
-        except Exception:  # looked at again a second later
-            return
-        self.alone = not (self._fresh(workers) - {rt.worker_id})
-        self._peers_known = True
-        if not self.alone:  # another process: no more decisions on kept keys, give them back
-            self.ledger.begin_let_go()
-
-    # -- keys kept in memory while alone (slot_keeping.Keeper) ---------------------------------
-    @property
-    def worker_id(self) -> str:
-        return self.runtime.worker_id
-
-    def is_alone(self) -> bool:
-        return self._peers_known and self.alone and not self.runtime.closing
-
-    async def live(self, worker_ids: list[str]) -> set[str]:
-        return self._fresh(await self.storage.list_workers()) & set(worker_ids)
-
-    def _fresh(self, workers: list[dict[str, Any]]) -> set[str]:
-        """The ids of `workers` whose heartbeat is younger than a lease (storage clock)."""
-        rt = self.runtime
-        since = now_ms() + rt.clock_offset_ms - rt.lease_ms
-        return {w["id"] for w in workers if int(w.get("last_heartbeat") or 0) > since}
-
-    def is_local(self, holder: str) -> bool:
-        eid, _, step = holder.partition("|")
-        if step:
-            return eid in self.runtime.contexts
-        return eid in self._holds or eid in self.parked
-
-    def took(self) -> None:
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._watch_peers(), name="dq-admission-keeper")
-
-    async def _watch_peers(self) -> None:
-        """While a key is kept: another live process makes this one give the keys back."""
-        while self.ledger.keeps:
-            await asyncio.sleep(1.0)
-            await self.count_peers()
-            if not self.alone:
-                await self.ledger.let_go()
+    def holds_or_parks(self, execution_id: str) -> bool:
+        """An execution admitted here holds its slots, or waits parked here."""
+        return execution_id in self._holds or execution_id in self.parked
 
     async def close(self) -> None:
-        """Give the kept keys back before the storage closes (the handlers have ended)."""
-        if self._watch is not None:
-            self._watch.cancel()
-        try:
-            await asyncio.wait_for(self.ledger.let_go(), _GIVE_BACK_S)
-        except TimeoutError:  # its marker goes once this worker's heartbeat is removed or stale
-            log.warning("dq: the kept concurrency keys were not given back within %s s", _GIVE_BACK_S)
+        await self.peers.close()
 
     # -- step slots ----------------------------------------------------------------------------
     async def acquire_step(self, limit: Limit, holder: str, priority: int) -> None:
@@ -235,7 +165,7 @@ class FlowControl:
         in line: no round, and, claimed already, no write); else what to ask `admit` for.
         Throttle and rate windows count starts: only an execution's first start.
         Concurrency slots count what runs: every activation (resumes included)."""
-        self._look_for_peers()
+        self.peers.look()
         gate = self._limits(job, rec, first_start)
         if gate is None:
             return None
@@ -312,7 +242,7 @@ class FlowControl:
         keys are kept here with room and no one in line, so nothing is decided in a round
         nor written of it. Returns the keys it holds (the caller then stores `rec` and
         reports with `created_kept`), or None: decide with a request."""
-        self._look_for_peers()
+        self.peers.look()
         if not self.ledger.kept:
             return None
         try:
@@ -340,7 +270,7 @@ class FlowControl:
     ) -> list[Gate | BaseException | None]:
         """`admit_new` of each (a bulk start), decided together in one round: one write
         for them all instead of one decision, batch and commit each."""
-        self._look_for_peers()
+        self.peers.look()
         pairs = [self._new_request(job, rec, trigger) for rec, trigger in new]
         decisions = await self.ledger.request_many([request for request, _ in pairs])
         return [d if isinstance(d, BaseException) else settle(d) for (_, settle), d in zip(pairs, decisions, strict=True)]

@@ -94,7 +94,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         self.committer.start()
         self._timer = Timer(self.kick)
         await self.storage.heartbeat(self.worker_id, self._worker_info("running"))
-        await self.flow.count_peers()  # whether this process may keep its limits in memory from the first start
+        await self.flow.peers.count()  # whether this process may keep its limits in memory from the first start
         await self.recover()
         await self._load_paused()
         self.storage.on_wakeup(self.kick)

@@ -80,7 +80,7 @@ async def test_another_process_makes_the_keeper_give_the_key_back(
     async with a:
         first = await a.jobs.resize.start(0)
         await until(lambda: status_is(first, "running"))
-        await until(a.runtime.flow.is_alone)
+        await until(a.runtime.flow.peers.is_alone)
         mine = [await a.jobs.resize.start(n) for n in (1, 2)]
         await until(lambda: _kept(a, KEY))
         stored = (await a.storage.get_state([KEY]))[KEY]
@@ -131,7 +131,7 @@ async def test_closing_gives_the_kept_keys_back(
     async with queue:
         first = await queue.jobs.resize.start(0)
         await until(lambda: status_is(first, "running"))
-        await until(queue.runtime.flow.is_alone)  # it has looked for other processes
+        await until(queue.runtime.flow.peers.is_alone)  # it has looked for other processes
         waiting = await queue.jobs.resize.start(1)
         await until(lambda: _kept(queue, KEY))
         why = await explain(queue, await queue.storage.get_execution(waiting.id), 0)  # type: ignore[arg-type]
