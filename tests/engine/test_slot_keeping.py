@@ -225,6 +225,41 @@ async def test_starts_on_a_kept_key_with_room_are_admitted_as_they_are_created(m
         assert [await e.result() for e in [first, *more, *rest]] == [0, 1, 2, 3, 4]
 
 
+async def test_a_start_that_is_not_stored_gives_its_kept_slot_back(make_queue: Callable[..., Queue]) -> None:
+    """A start admitted in memory on a kept key whose creating write fails raises to its
+    caller and gives the slot back at once, and nothing of it is stored."""
+
+    @create_job(name="resize", concurrency=1, retry=0)
+    async def resize(n: int) -> int:
+        return n
+
+    queue = make_queue([resize], poll_interval="10 minutes")
+    async with queue:
+        job: Any = queue.jobs.resize
+        assert await (await job.start(0)).result() == 0
+        await until(lambda: _kept(queue, KEY))
+        committer = queue.runtime.committer
+        commit = committer.commit
+
+        async def failing(batch: Batch) -> Any:
+            raise RuntimeError("the creating write failed")
+
+        committer.commit = failing  # type: ignore[method-assign]
+        try:
+            await job.start(1)
+            raise AssertionError("start() did not raise")
+        except RuntimeError as exc:
+            assert "the creating write failed" in str(exc)
+        finally:
+            committer.commit = commit  # type: ignore[method-assign]
+        ledger = queue.runtime.flow.ledger
+        # Given back by itself, not found dead later by a newcomer's look at the holders.
+        await until(lambda: KEY in ledger.kept and not (ledger.kept[KEY] or {}).get("holders"), timeout=2)
+        assert await asyncio.wait_for((await job.start(2)).result(), 10) == 2
+        stored = sorted(r.input for r in await queue.jobs.get_all(job_name="resize"))
+        assert stored == [0, 2]  # nothing of the failed start was written
+
+
 def _counted(fn: Callable[..., Any], calls: list[str], name: str) -> Callable[..., Any]:
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(name)
