@@ -9,7 +9,10 @@ SQLite's thread) and the event loop thread's alone (`time.thread_time`). On a
 machine shared with other work, wall-clock throughput moves with the load by 2x
 within minutes; CPU per job moves far less, so it is the figure to compare.
 Prints one Markdown row per workload and checkout: medians, and the ratio of
-jobs/s and of CPU per job against the first checkout.
+jobs/s and of CPU per job against the first checkout. The PostgreSQL workloads
+(`--workloads postgresql-1,postgresql-10`; server `DQ_BENCH_PG_DSN`) run each
+sample in a database of its own, created and dropped around it; their CPU is the
+dq process's alone, not the server's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -46,7 +50,7 @@ url, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def storage():
     if url == "sqlite":
         return storage_from_url(f"sqlite:///{tempfile.mkdtemp()}/bench.db")
-    return storage_from_url(url)
+    return storage_from_url(url)  # PostgreSQL: a fresh database per sample (`one`)
 
 
 async def main():
@@ -64,12 +68,23 @@ asyncio.run(main())
 WORKLOADS = {
     "memory-1": ("memory://", 10_000, 1), "memory-10": ("memory://", 2_000, 10),
     "sqlite-1": ("sqlite", 3_000, 1), "sqlite-10": ("sqlite", 1_000, 10),
+    "postgresql-1": ("postgresql", 5_000, 1), "postgresql-10": ("postgresql", 1_000, 10),
 }
+PG = os.environ.get("DQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def one(checkout: str, url: str, n: int, k: int) -> dict[str, float]:
     python = os.path.join(checkout, ".venv", "bin", "python")
-    out = subprocess.run([python, "-c", CHILD, url, str(n), str(k)], cwd=checkout, capture_output=True, text=True, check=True)
+    db = None
+    if url == "postgresql":  # a fresh database: the sample does not inherit the last one's rows
+        db = f"dq_cpuab_{secrets.token_hex(4)}"
+        subprocess.run(["psql", PG, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+        url = PG.rsplit("/", 1)[0] + "/" + db
+    try:
+        out = subprocess.run([python, "-c", CHILD, url, str(n), str(k)], cwd=checkout, capture_output=True, text=True, check=True)
+    finally:
+        if db is not None:
+            subprocess.run(["psql", PG, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
