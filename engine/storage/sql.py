@@ -54,6 +54,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ..errors import StorageBusyError
 from ..ids import now_ms
+from . import sql_events
 from .base import (
     CLAIMABLE,
     DURATIONS_LIMIT,
@@ -81,7 +82,7 @@ from .conditions import (
 )
 from .query import json_leaves, prefix_end
 from .sql_tables import (
-    EVENT_COLUMNS,
+    BUNDLE_COLUMNS,
     EVENTS,
     EXECUTION_FIELDS,
     EXECUTIONS,
@@ -96,7 +97,6 @@ from .sql_tables import (
     dumps,
     dumps_opt,
     dumps_rows,
-    event_values,
     execution_record,
     execution_row,
     loads_opt,
@@ -235,13 +235,15 @@ class _Prepared:
     new_rows: Rows
     updates: list[tuple[ExecutionUpdate, dict[str, Any]]]
     steps: dict[tuple[str, str], tuple[Any, ...]]  # the last record of a key wins
-    events: list[tuple[EventRecord, tuple[Any, ...]]]
+    events: list[sql_events.Row]
     messages: list[tuple[Any, ...]]
     state_set: list[tuple[str, str]]
     state_del: list[tuple[str]]
 
     @classmethod
-    def of(cls, batch: Batch) -> _Prepared:
+    def of(cls, batch: Batch, *, bundled: bool = True) -> _Prepared:
+        """`bundled`: a commit's events of one execution share a row (sql_events.py);
+        else one row per event."""
         state = sorted(batch.state.items())
         # A fast step's start and end records usually share a group: only the last is encoded.
         last_steps = {(s.execution_id, s.key): s for s in batch.steps}
@@ -249,7 +251,7 @@ class _Prepared:
             new_rows=[execution_row(rec) for rec in batch.executions],
             updates=[(u, _update_fields(u.id, u.fields)) for u in batch.updates],
             steps={k: step_values(s) for k, s in last_steps.items()},
-            events=[(ev, event_values(ev)) for ev in batch.events],
+            events=(sql_events.bundle if bundled else sql_events.single_rows)(batch.events),
             messages=[message_values(msg) for msg in batch.messages],
             state_set=[(k, dumps(v)) for k, v in state if v is not None],
             state_del=[(k,) for k, v in state if v is None],
@@ -469,12 +471,13 @@ class SqlStorage(Storage):
         and the last event/message seqs if they came along."""
 
     async def _append_log(
-        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
-    ) -> tuple[int, int]:
-        """Insert the commit's events and pipe messages (their values without seq) with
-        the next seqs, and send the wake-up if `notify`; returns the last event and
-        message seqs before them. Needed by dialects whose `_read_touched` does not
-        return the last seqs."""
+        self, io: CommitIO, events: list[tuple[Any, ...]], n_events: int, messages: list[tuple[Any, ...]],
+        notify: bool,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Insert the commit's event rows (`sql_events.offsets`: `n_events` events in
+        all) and pipe messages (their values without seq) with the next seqs, and send
+        the wake-up if `notify`; returns the last event and message seqs before them.
+        Needed by dialects whose `_read_touched` does not return the last seqs."""
         raise NotImplementedError
 
     #: Whether commit reads the batch's new execution ids (to refuse existing ones with a
@@ -664,8 +667,8 @@ class SqlStorage(Storage):
                 sql.write_tuples("delete_state", _delete_state, ("key",), prepared.state_del)
             )
         events = prepared.events
-        if refused:
-            events = [(ev, values) for ev, values in events if ev.execution_id not in refused]
+        if refused:  # a row is one execution's: dropped whole
+            events = [row for row in events if row[0][0].execution_id not in refused]
         messages = prepared.messages
         # A slot handed to a step waiting in another process: wake that process.
         notify = notify or hands_a_step_slot(batch.state)
@@ -674,23 +677,19 @@ class SqlStorage(Storage):
             # seq counter's lock is taken last: see PostgresStorage._LOCK_STATE's comment).
             await io.run(writes)
             writes = []
-            last_seqs = await self._append_log(io, [v for _, v in events], messages, notify)
+            n_events = sql_events.count(events)
+            last_seqs = await self._append_log(io, sql_events.offsets(events), n_events, messages, notify)
             notify = False
-            for seq, (ev, _values) in enumerate(events, start=last_seqs[0] + 1):
-                ev.seq = seq  # the batch's records are handed over (Storage.commit)
-                result.events.append(ev)
+            result.events.extend(sql_events.number(events, last_seqs[0] + 1)[0])
             for seq, msg in enumerate(batch.messages, start=last_seqs[1] + 1):
                 msg.seq = seq
         elif events or messages:
             assert last_seqs is not None
             if events:
-                event_rows = []
-                for seq, (ev, values) in enumerate(events, start=last_seqs[0] + 1):
-                    ev.seq = seq
-                    result.events.append(ev)
-                    event_rows.append((seq, *values))
+                numbered, event_rows = sql_events.number(events, last_seqs[0] + 1)
+                result.events.extend(numbered)
                 stmt = EVENTS.insert
-                writes.append(sql.write_tuples("insert_events", stmt, EVENT_COLUMNS, event_rows))
+                writes.append(sql.write_tuples("insert_events", stmt, BUNDLE_COLUMNS, event_rows))
             if messages:
                 message_rows = []
                 for seq, (msg, values) in enumerate(
@@ -958,17 +957,29 @@ class SqlStorage(Storage):
         self, after_seq: int = 0, *, limit: int = 1000, execution_id: str | None = None
     ) -> list[EventRecord]:
         ev = EVENTS.c
-        stmt = select(ev.execution_id, ev.job_name, ev.type, ev.data, ev.at, ev.seq)
-        stmt = stmt.where(ev.seq > after_seq)
+        stmt = select(ev.execution_id, ev.job_name, ev.type, ev.data, ev.at, ev.seq, ev.more)
+        # The rows holding an event past `after_seq`: those after it, and a row of
+        # several that starts at most MAX_BUNDLE - 1 before it and ends past it.
+        stmt = stmt.where(
+            ev.seq > after_seq - sql_events.MAX_BUNDLE + 1, or_(ev.seq > after_seq, ev.upto > after_seq)
+        )
         if execution_id is not None:
             stmt = stmt.where(ev.execution_id == execution_id)
         async with self._read() as conn:
             rows = (await conn.execute(stmt.order_by(ev.seq).limit(limit))).all()
-        return [EventRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+        out: list[EventRecord] = []
+        for r in rows:
+            if r[6] is None:
+                out.append(EventRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]))
+            else:
+                out.extend(e for e in sql_events.expand(*r) if e.seq > after_seq)
+        return out[:limit]
 
     async def last_event_seq(self) -> int:
+        ev = EVENTS.c
         async with self._read() as conn:
-            return int((await conn.execute(select(func.max(EVENTS.c.seq)))).scalar() or 0)
+            row = (await conn.execute(select(ev.seq, ev.upto).order_by(ev.seq.desc()).limit(1))).first()
+        return 0 if row is None else int(row[1] if row[1] is not None else row[0])
 
     async def next_due(
         self, job_names: Sequence[str] | None = None, exclude_jobs: Sequence[str] = ()

@@ -22,6 +22,7 @@ from sqlalchemy import Table
 
 from .base import Batch, CommitResult
 from .sql_tables import (
+    BUNDLE_COLUMNS,
     EVENT_COLUMNS,
     EVENTS,
     EXECUTION_FIELDS,
@@ -64,16 +65,23 @@ _NOTIFY = _statement(notify=True)
 
 
 def _log_statement(notify: bool) -> str:
-    """$1, $2: the numbers of events and messages; $3, $4: their rows without seq,
-    each one JSON array of arrays; $5, $6: the NOTIFY's channel and payload."""
-    ev_cols = EVENT_COLUMNS[1:]
+    """$1, $2: the numbers of events and messages; $3: the event rows as
+    `sql_events.offsets` makes them (first and last event's offset, then the values
+    in BUNDLE_COLUMNS order without seq and upto), $4: the messages' rows without
+    seq, each one JSON array of arrays; $5, $6: the NOTIFY's channel and payload."""
+    ev_cols = BUNDLE_COLUMNS[1:-1]
+    ev_vals = ", ".join(
+        f"(u.r->>{i + 2})::bigint" if EVENTS.c[c].type.python_type is int else f"(u.r->>{i + 2})"
+        for i, c in enumerate(ev_cols)
+    )
     msg_cols = MESSAGE_COLUMNS[1:]
     tail = ", pg_notify($5, $6)" if notify else ""
     return (
         "WITH s AS (UPDATE seq_counters SET events = events + $1, messages = messages + $2"
         " WHERE id = 1 RETURNING events, messages),"
-        f" e AS (INSERT INTO events (seq, {', '.join(ev_cols)}) SELECT s.events - $1 + u.n, {_fields(EVENTS, ev_cols)}"
-        " FROM s, jsonb_array_elements($3::jsonb) WITH ORDINALITY AS u(r, n)),"
+        f" e AS (INSERT INTO events (seq, upto, {', '.join(ev_cols)})"
+        f" SELECT s.events - $1 + (u.r->>0)::bigint, s.events - $1 + (u.r->>1)::bigint, {ev_vals}"
+        " FROM s, jsonb_array_elements($3::jsonb) AS u(r)),"
         f" m AS (INSERT INTO pipe_messages (seq, {', '.join(msg_cols)})"
         f" SELECT s.messages - $2 + u.n, {_fields(PIPE_MESSAGES, msg_cols)}"
         " FROM s, jsonb_array_elements($4::jsonb) WITH ORDINALITY AS u(r, n))"

@@ -168,7 +168,9 @@ class PostgresStorage(SqlStorage):
             return await self._commit_inserts(batch)
         small = self.commit_function and len(batch.updates) + len(batch.fences) <= self.commit_function_max_rows
         if small and (batch or batch.fences or batch.expect):  # an empty batch: super's, no call
-            return await self._commit_call(Call(batch, _Prepared.of(batch), (WAKEUP_CHANNEL, self._instance)))
+            # The function (dq_commit_v1) numbers one event per row.
+            prepared = _Prepared.of(batch, bundled=False)
+            return await self._commit_call(Call(batch, prepared, (WAKEUP_CHANNEL, self._instance)))
         return await super().commit(batch)
 
     @runs_to_end
@@ -248,13 +250,14 @@ class PostgresStorage(SqlStorage):
         return current, state, None
 
     async def _append_log(
-        self, io: CommitIO, events: list[tuple[Any, ...]], messages: list[tuple[Any, ...]], notify: bool
-    ) -> tuple[int, int]:
-        params: tuple[Any, ...] = (len(events), len(messages), dumps_rows(events), dumps_rows(messages))
+        self, io: CommitIO, events: list[tuple[Any, ...]], n_events: int, messages: list[tuple[Any, ...]],
+        notify: bool,
+    ) -> tuple[int, int]:  # fmt: skip
+        params: tuple[Any, ...] = (n_events, len(messages), dumps_rows(events), dumps_rows(messages))
         if notify:
             params += (WAKEUP_CHANNEL, self._instance)
         [row] = await io.fetch(LOG_NOTIFY if notify else LOG, params)
-        return int(row[0]) - len(events), int(row[1]) - len(messages)
+        return int(row[0]) - n_events, int(row[1]) - len(messages)
 
     async def _migration_lock(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})

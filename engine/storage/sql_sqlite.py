@@ -157,7 +157,7 @@ class SqliteStorage(SqlStorage):
     # One statement: a header row with the last seqs (one writer: they can be read
     # up front), then the touched executions ("e") and the expected state keys ("s").
     _TOUCHED = (
-        "SELECT 'h', NULL, (SELECT coalesce(max(seq), 0) FROM events),"
+        "SELECT 'h', NULL, (SELECT coalesce((SELECT coalesce(upto, seq) FROM events ORDER BY seq DESC LIMIT 1), 0)),"
         " (SELECT coalesce(max(seq), 0) FROM pipe_messages), NULL"
         " UNION ALL SELECT 'e', id, token, status, control FROM executions"
         " WHERE id IN (SELECT value FROM json_each(?))"

@@ -119,6 +119,11 @@ class EventRow(SQLModel, table=True):
     type: str
     data: str = Field(sa_type=Text)
     at: int = Field(sa_type=BigInteger)
+    #: A row may hold the events after its own of the same execution and commit
+    #: (sql_events.py): `more` their [type, data, at] as a JSON array, `upto` the
+    #: last one's seq. Both NULL for a row of one event.
+    upto: int | None = Field(default=None, sa_type=BigInteger)
+    more: str | None = Field(default=None, sa_type=Text)
 
 
 class PipeMessageRow(SQLModel, table=True):
@@ -285,6 +290,8 @@ def step_record(row: Sequence[Any]) -> StepRecord:
 
 #: Insert column order of events and messages; `seq` is prepended at commit.
 EVENT_COLUMNS = ("seq", "execution_id", "job_name", "type", "data", "at")
+#: The same for a row of one or more events (sql_events.py).
+BUNDLE_COLUMNS = (*EVENT_COLUMNS, "more", "upto")
 MESSAGE_COLUMNS = ("seq", "pipe", "data", "at")
 
 
@@ -442,6 +449,16 @@ def _state_key_byte_order_index(conn: Connection) -> None:
         conn.exec_driver_sql('CREATE INDEX IF NOT EXISTS ix_state_key_c ON state (key COLLATE "C")')
 
 
+def _event_bundles(conn: Connection) -> None:
+    # A commit's events of one execution stored in one row (sql_events.py): fewer
+    # rows and index entries per job. Rows written before keep one event each
+    # (both columns NULL), and are read as they were.
+    columns = {c["name"] for c in inspect(conn).get_columns("events")}
+    for name, sql_type in (("upto", "BIGINT"), ("more", "TEXT")):
+        if name not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {name} {sql_type}")
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
 #: Numbers are unique but need not be contiguous: branches reserve theirs, and
 #: `migrate` applies every one a database has not recorded, so a database that got
@@ -458,6 +475,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (8, "function dq_commit_v1: PostgreSQL's commit in one round trip", _pg_commit_function),
     (9, "drop the index on executions (job_name): the (job_name, ...) indexes serve it", _drop_job_name_index),
     (10, "index on state (key) in byte order (PostgreSQL): list_state's prefix ranges", _state_key_byte_order_index),
+    (11, "events.upto and events.more: a commit's events of one execution in one row", _event_bundles),
 )
 
 
