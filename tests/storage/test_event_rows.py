@@ -72,6 +72,27 @@ async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_se
     await storage.aclose()
 
 
+async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh) -> None:
+    """The events after a row's first are encoded together (`more`): nested values, a
+    lone surrogate (which the fast encoder refuses) and non-ASCII text come back as
+    they were written."""
+    storage = _python_path(fresh())
+    await storage.open()
+    await _executions(storage, ["A"])
+    before = await storage.last_event_seq()
+    datas: list[Any] = [{"n": 1}, {"nested": {"a": [1, 2.5, None]}}, {"text": "\ud800 lone"}, {"ü": "日本"}, {"n": 5}]
+    events = [EventRecord("A", "job", "log", d, 10 + i) for i, d in enumerate(datas)]
+    await storage.commit(Batch(events=events, fences={"A": 1}))
+    read = await storage.read_events(before)
+    assert [e.data for e in read] == datas
+    assert [e.at for e in read] == [10, 11, 12, 13, 14]
+    assert await _rows(storage) == 1
+    flat = [{"n": 1}, {"text": "\udfff"}, {"n": 3}]  # all flat: the fast encoder first, then the fallback
+    done = await storage.commit(Batch(events=[EventRecord("A", "job", "log", d, 1) for d in flat], fences={"A": 1}))
+    assert [e.data for e in await storage.read_events(done.events[0].seq - 1)] == flat
+    await storage.aclose()
+
+
 async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_densely(fresh: Fresh) -> None:
     storage = _python_path(fresh())
     await storage.open()
