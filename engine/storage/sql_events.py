@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from .base import EventRecord
-from .sql_tables import dumps_data, event_values, is_flat
+from .sql_tables import dumps_data, event_values
 
 #: Events per row, at most: a reader after seq N looks at rows from N - MAX_BUNDLE + 1.
 MAX_BUNDLE = 16
@@ -61,18 +61,10 @@ def bundle(events: Sequence[EventRecord]) -> list[Row]:
 
 def _row(group: list[EventRecord]) -> Row:
     first = group[0]
-    more = None if len(group) == 1 else _more(group[1:])
+    more = None
+    if len(group) > 1:
+        more = _encode([[ev.type, msgspec.Raw(dumps_data(ev.data).encode()), ev.at] for ev in group[1:]]).decode()
     return group, (first.execution_id, first.job_name, first.type, dumps_data(first.data), first.at, more)
-
-
-def _more(rest: list[EventRecord]) -> str:
-    """`more` of a row: [type, data, at] of each, with each data as `dumps_data` writes it."""
-    if all(is_flat(ev.data) for ev in rest):  # the usual case: one encoder call
-        try:
-            return _encode([[ev.type, ev.data, ev.at] for ev in rest]).decode()
-        except UnicodeEncodeError:
-            pass
-    return _encode([[ev.type, msgspec.Raw(dumps_data(ev.data).encode()), ev.at] for ev in rest]).decode()
 
 
 def count(rows: Sequence[Row]) -> int:

@@ -299,23 +299,16 @@ MESSAGE_COLUMNS = ("seq", "pipe", "data", "at")
 _FLAT = frozenset({str, int, bool, type(None)})
 
 
-def is_flat(data: Any) -> bool:
-    """A dict of str keys and str, int, bool or None values: what msgspec encodes as `dumps` does."""
-    if type(data) is not dict:
-        return False
-    for k, v in data.items():
-        if type(k) is not str or type(v) not in _FLAT:
-            return False
-    return True
-
-
 def dumps_data(data: Any) -> str:
     """`dumps(data)` of an event's data. Most are flat dicts of str, int, bool and
     None (the attempt's and the steps' events): msgspec encodes those in about a
     third of the time, with the same JSON except non-ASCII text, which it writes as
     UTF-8 (equal strings when read). Anything else, or text msgspec refuses (a lone
     surrogate), goes to `dumps`."""
-    if is_flat(data):
+    if type(data) is dict:
+        for k, v in data.items():
+            if type(k) is not str or type(v) not in _FLAT:
+                return dumps(data)
         try:
             return _encode_rows(data).decode()
         except UnicodeEncodeError:

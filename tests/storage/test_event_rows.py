@@ -74,8 +74,8 @@ async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_se
 
 async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh) -> None:
     """The events after a row's first are encoded together (`more`): nested values, a
-    lone surrogate (which the fast encoder refuses) and non-ASCII text come back as
-    they were written."""
+    lone surrogate (which msgspec refuses) and non-ASCII text come back as they were
+    written."""
     storage = _python_path(fresh())
     await storage.open()
     await _executions(storage, ["A"])
@@ -87,7 +87,7 @@ async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh) -
     assert [e.data for e in read] == datas
     assert [e.at for e in read] == [10, 11, 12, 13, 14]
     assert await _rows(storage) == 1
-    flat = [{"n": 1}, {"text": "\udfff"}, {"n": 3}]  # all flat: the fast encoder first, then the fallback
+    flat = [{"n": 1}, {"text": "\udfff"}, {"n": 3}]  # flat data msgspec refuses: `dumps` writes it
     done = await storage.commit(Batch(events=[EventRecord("A", "job", "log", d, 1) for d in flat], fences={"A": 1}))
     assert [e.data for e in await storage.read_events(done.events[0].seq - 1)] == flat
     await storage.aclose()
