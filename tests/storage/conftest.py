@@ -190,3 +190,13 @@ async def delete_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
             await client.delete(*keys[start : start + 500])
     finally:
         await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Callable[[], SqlStorage]:
+    """Makes unopened storages over one database that starts without any schema."""
+    if request.param == "sqlite":
+        path = os.path.join(tmp_path, "fresh.db")
+        return lambda: SqlStorage.sqlite(path)
+    dsn: str = request.getfixturevalue("pg_empty_dsn")
+    return lambda: SqlStorage.postgres(dsn)

@@ -6,11 +6,9 @@ event (older rows, PostgreSQL's commit function) and after migration 11."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
@@ -20,16 +18,7 @@ from dq.engine.storage.base import Batch, EventRecord, ExecutionRecord, Storage
 from dq.engine.storage.sql import SqlStorage
 from dq.engine.storage.sql_tables import EVENTS, SCHEMA_VERSION
 
-Fresh = Callable[[], SqlStorage]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Fresh:
-    if request.param == "sqlite":
-        path = os.path.join(tmp_path, "rows.db")
-        return lambda: SqlStorage.sqlite(path)
-    dsn: str = request.getfixturevalue("pg_empty_dsn")
-    return lambda: SqlStorage.postgres(dsn)
+Fresh = Callable[[], SqlStorage]  # the `fresh` fixture (conftest.py)
 
 
 def _ev(eid: str | None, n: int) -> EventRecord:

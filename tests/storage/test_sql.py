@@ -30,23 +30,13 @@ from dq.engine.storage.sql_sqlite import SqliteStorage
 from dq.engine.storage.sql_tables import SCHEMA_VERSION, SchemaTooNewError
 
 StorageFactory = Callable[[], Awaitable[Storage]]  # see conftest.py
-Fresh = Callable[[], SqlStorage]
+Fresh = Callable[[], SqlStorage]  # the `fresh` fixture (conftest.py)
 
 
 def execution(id: str, **fields: Any) -> ExecutionRecord:
     fields.setdefault("job_name", "job")
     fields.setdefault("status", "pending")
     return ExecutionRecord(id=id, **fields)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Fresh:
-    """Makes unopened storages over one database that starts without any schema."""
-    if request.param == "sqlite":
-        path = os.path.join(tmp_path, "fresh.db")
-        return lambda: SqlStorage.sqlite(path)
-    dsn: str = request.getfixturevalue("pg_empty_dsn")
-    return lambda: SqlStorage.postgres(dsn)
 
 
 async def version_rows(storage: SqlStorage) -> list[tuple[Any, ...]]:
