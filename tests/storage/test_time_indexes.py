@@ -12,11 +12,11 @@ from sqlalchemy import event, text
 from dq.engine.storage.base import Batch, ExecutionQuery, TimeBuckets
 from dq.engine.storage.sql_postgres import PostgresStorage
 
-from .test_sql import Fresh, execution, fresh  # noqa: F401 - the fixture
+from .test_sql import Fresh, execution  # the `fresh` fixture: conftest.py
 
 
 @pytest.mark.parametrize("column", ["started_at", "completed_at"])
-async def test_time_window_indexes_are_partial_and_serve_window_reads(fresh: Fresh, column: str) -> None:  # noqa: F811
+async def test_time_window_indexes_are_partial_and_serve_window_reads(fresh: Fresh, column: str) -> None:
     storage = fresh()
     await storage.open()
     await storage.commit(Batch(executions=[
@@ -44,7 +44,7 @@ async def test_time_window_indexes_are_partial_and_serve_window_reads(fresh: Fre
     await storage.aclose()
 
 
-async def test_created_at_index_leads_the_job_figures_aggregate(fresh: Fresh) -> None:  # noqa: F811
+async def test_created_at_index_leads_the_job_figures_aggregate(fresh: Fresh) -> None:
     """Migration 7: the jobs list's 24-hour figures (a created_at window, its jobs, the
     completed run times) read the window by (job_name, created_at), not every
     execution of the jobs by (job_name, status, id) as SQLite's planner prefers."""
