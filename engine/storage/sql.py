@@ -241,9 +241,7 @@ class _Prepared:
     state_del: list[tuple[str]]
 
     @classmethod
-    def of(cls, batch: Batch, *, bundled: bool = True) -> _Prepared:
-        """`bundled`: a commit's events of one execution share a row (sql_events.py);
-        else one row per event."""
+    def of(cls, batch: Batch) -> _Prepared:
         state = sorted(batch.state.items())
         # A fast step's start and end records usually share a group: only the last is encoded.
         last_steps = {(s.execution_id, s.key): s for s in batch.steps}
@@ -251,7 +249,7 @@ class _Prepared:
             new_rows=[execution_row(rec) for rec in batch.executions],
             updates=[(u, _update_fields(u.id, u.fields)) for u in batch.updates],
             steps={k: step_values(s) for k, s in last_steps.items()},
-            events=(sql_events.bundle if bundled else sql_events.single_rows)(batch.events),
+            events=sql_events.bundle(batch.events),
             messages=[message_values(msg) for msg in batch.messages],
             state_set=[(k, dumps(v)) for k, v in state if v is not None],
             state_del=[(k,) for k, v in state if v is None],

@@ -13,8 +13,11 @@ order of the events is the commit's, as before.
 Seqs stay one per event: the counter advances by events, a row's seq is its
 first event's, and the events after it have the seqs after it. `read_events`
 expands the rows, so readers (the bus, the dashboard, `Execution.events()`) see
-the same events as ever. Rows of one event (older rows, the commits that go
-through PostgreSQL's function) have both columns NULL.
+the same events as ever. Rows of one event (and every row written before
+migration 11) have both columns NULL. Every SQL commit path writes them: the
+Python one, PostgreSQL's log statement (`sql_pg_inserts.LOG`) and its commit
+function (`dq_commit_v2`); a batch that only creates executions has one event
+per execution, a row each.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import msgspec
 
 from .base import EventRecord
-from .sql_tables import dumps_data, event_values
+from .sql_tables import dumps_data
 
 #: Events per row, at most: a reader after seq N looks at rows from N - MAX_BUNDLE + 1.
 MAX_BUNDLE = 16
@@ -36,11 +39,6 @@ MAX_BUNDLE = 16
 Row = tuple[list[EventRecord], tuple[Any, ...]]
 
 _encode = msgspec.json.Encoder().encode
-
-
-def single_rows(events: Sequence[EventRecord]) -> list[Row]:
-    """One row per event (`more` None): what PostgreSQL's commit function takes."""
-    return [([ev], (*event_values(ev), None)) for ev in events]
 
 
 def bundle(events: Sequence[EventRecord]) -> list[Row]:

@@ -102,7 +102,7 @@ class Call:
             "s": [prepared.steps[k] for k in sorted(prepared.steps)],  # sorted: lock order
             "ss": prepared.state_set,
             "sd": [k for (k,) in prepared.state_del],
-            "e": [values[:5] for _, values in prepared.events],  # one event each (`bundled=False`), `more` None
+            "e": [[*values, len(evs)] for evs, values in prepared.events],  # a row and its number of events
             "m": prepared.messages,
             "w": wake,
             "cl": CLAIMABLE,

@@ -1,16 +1,21 @@
-"""The PL/pgSQL text of `dq_commit_v1`, PostgreSQL's commit in one round trip
-(see sql_pg_commit.py for what it does and how it is called).
+"""The PL/pgSQL text of `dq_commit_v1` and `dq_commit_v2`, PostgreSQL's commit in
+one round trip (see sql_pg_commit.py for what it does and how it is called).
 
-Migration 8 (sql_tables.py) creates it, so this text is frozen: a change of it, or of
-the columns below, is a new function `dq_commit_vN` and a new migration. It depends
-on nothing else of dq, so that the migrations can import it.
+Migration 8 (sql_tables.py) creates v1, migration 12 v2, so their texts are frozen:
+a change of one, or of the columns below, is a new function `dq_commit_vN` and a new
+migration. v2 differs only in its events: each row may hold several (sql_events.py),
+[execution_id, job_name, type, data, at, more, number of events], numbered by a
+running sum of that number. It depends on nothing else of dq, so that the
+migrations can import it.
 """
 
 from __future__ import annotations
 
 #: The advisory-lock space of state keys (two-int form: space, hashtext(key)).
 STATE_LOCK_SPACE = 0x64715F73  # "dq_s"
-FUNCTION = "dq_commit_v1"
+V1 = "dq_commit_v1"
+#: The one dq calls.
+FUNCTION = "dq_commit_v2"
 
 # The columns the function was created with, in the order it reads rows' values by
 # position (sql_pg_commit checks them against sql_tables'); its BIGINT ones.
@@ -35,7 +40,7 @@ def _cast(column: str, expr: str) -> str:
     return f"({expr})::bigint" if column in _INTS else f"({expr})"
 
 
-def _function_sql() -> str:
+def _function_sql(name: str, bundles: bool) -> str:
     ex_cols = ", ".join(f'"{c}"' for c in V1_EXECUTION_FIELDS)
     # New rows come as [index, *values]: a field an applied update set wins (folded).
     ex_vals = ", ".join(
@@ -53,8 +58,23 @@ def _function_sql() -> str:
     ev_vals = ", ".join(_cast(c, f"u.r->>{i}") for i, c in enumerate(ev_cols))
     msg_cols = V1_MESSAGE_COLUMNS[1:]
     msg_vals = ", ".join(_cast(c, f"u.r->>{i}") for i, c in enumerate(msg_cols))
+    if not bundles:
+        count_events = "jsonb_array_length(v_ev)"
+        insert_events = (
+            f"INSERT INTO events (seq, {', '.join(ev_cols)})\n"
+            f"      SELECT s.events - v_ne + u.n, {ev_vals} FROM s, jsonb_array_elements(v_ev) WITH ORDINALITY AS u(r, n)"
+        )
+    else:  # a row's seq: the counter before + the events up to and with it - its own + 1
+        count_events = "coalesce((SELECT sum((r->>6)::bigint) FROM jsonb_array_elements(v_ev) AS j(r)), 0)"
+        insert_events = (
+            f"INSERT INTO events (seq, {', '.join(ev_cols)}, more, upto)\n"
+            f"      SELECT s.events - v_ne + x.upto - x.k + 1, {ev_vals.replace('u.r', 'x.r')}, x.r->>5,\n"
+            "        CASE WHEN x.k > 1 THEN s.events - v_ne + x.upto END\n"
+            "      FROM s, (SELECT r, (r->>6)::bigint AS k, sum((r->>6)::bigint) OVER (ORDER BY o) AS upto\n"
+            "        FROM jsonb_array_elements(v_ev) WITH ORDINALITY AS j(r, o)) AS x"
+        )
     return f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}(b jsonb) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $fn$
+CREATE OR REPLACE FUNCTION {name}(b jsonb) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
   v_ids text[] := ARRAY(SELECT jsonb_array_elements_text(b->'i'));
   v_n int := cardinality(v_ids);
@@ -189,15 +209,14 @@ BEGIN
       WHERE (r->>0 = ANY(v_refused)) IS NOT TRUE
     ), '[]'::jsonb);
   END IF;
-  v_ne := jsonb_array_length(v_ev);
+  v_ne := {count_events};
   v_nm := jsonb_array_length(v_msg);
   IF v_ne > 0 OR v_nm > 0 THEN
     WITH s AS (
       UPDATE seq_counters SET events = events + v_ne, messages = messages + v_nm
       WHERE id = 1 RETURNING events, messages
     ), e AS (
-      INSERT INTO events (seq, {", ".join(ev_cols)})
-      SELECT s.events - v_ne + u.n, {ev_vals} FROM s, jsonb_array_elements(v_ev) WITH ORDINALITY AS u(r, n)
+      {insert_events}
     ), m AS (
       INSERT INTO pipe_messages (seq, {", ".join(msg_cols)})
       SELECT s.messages - v_nm + u.n, {msg_vals} FROM s, jsonb_array_elements(v_msg) WITH ORDINALITY AS u(r, n)
@@ -216,4 +235,5 @@ $fn$
 
 
 #: The migration's DDL (PostgreSQL only).
-CREATE_FUNCTION = _function_sql()
+CREATE_FUNCTION = _function_sql(V1, bundles=False)
+CREATE_FUNCTION_V2 = _function_sql(FUNCTION, bundles=True)

@@ -168,9 +168,7 @@ class PostgresStorage(SqlStorage):
             return await self._commit_inserts(batch)
         small = self.commit_function and len(batch.updates) + len(batch.fences) <= self.commit_function_max_rows
         if small and (batch or batch.fences or batch.expect):  # an empty batch: super's, no call
-            # The function (dq_commit_v1) numbers one event per row.
-            prepared = _Prepared.of(batch, bundled=False)
-            return await self._commit_call(Call(batch, prepared, (WAKEUP_CHANNEL, self._instance)))
+            return await self._commit_call(Call(batch, _Prepared.of(batch), (WAKEUP_CHANNEL, self._instance)))
         return await super().commit(batch)
 
     @runs_to_end

@@ -38,7 +38,7 @@ from sqlmodel import Field, SQLModel
 
 from ..errors import DqError
 from .base import EventRecord, ExecutionRecord, PipeMessage, StepRecord
-from .sql_pg_function import CREATE_FUNCTION
+from .sql_pg_function import CREATE_FUNCTION, CREATE_FUNCTION_V2
 
 # SQLite makes a single INTEGER primary key an alias of the rowid (no second index).
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
@@ -459,6 +459,13 @@ def _event_bundles(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {name} {sql_type}")
 
 
+def _pg_commit_function_v2(conn: Connection) -> None:
+    # dq_commit_v2: v1 with events a few to a row (migration 11). v1 stays: nothing
+    # calls it, and a migration never takes back what an earlier one made.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(CREATE_FUNCTION_V2)
+
+
 #: Numbered, applied in order, never edited once released (add a new one instead).
 #: Numbers are unique but need not be contiguous: branches reserve theirs, and
 #: `migrate` applies every one a database has not recorded, so a database that got
@@ -476,6 +483,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (9, "drop the index on executions (job_name): the (job_name, ...) indexes serve it", _drop_job_name_index),
     (10, "index on state (key) in byte order (PostgreSQL): list_state's prefix ranges", _state_key_byte_order_index),
     (11, "events.upto and events.more: a commit's events of one execution in one row", _event_bundles),
+    (12, "function dq_commit_v2: dq_commit_v1 writing events a few to a row", _pg_commit_function_v2),
 )
 
 

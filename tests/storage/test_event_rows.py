@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
@@ -38,16 +39,21 @@ async def _executions(storage: Storage, ids: list[str]) -> None:
     await storage.commit(Batch(executions=[ExecutionRecord(id=i, job_name="job", status="running", token=1) for i in ids]))
 
 
-def _python_path(storage: SqlStorage) -> SqlStorage:
-    """PostgreSQL's small commits go through its function, which stores one event per
-    row: these tests look at the rows of the Python path (every large group commit)."""
+#: PostgreSQL's two commit paths: its function (`dq_commit_v2`: batches of up to 32
+#: updates and fences) and the Python one (larger group commits). SQLite has one
+#: path: its two runs are the same.
+PATHS = pytest.mark.parametrize("function", [False, True], ids=["python", "function"])
+
+
+def _path(storage: SqlStorage, function: bool) -> SqlStorage:
     if hasattr(storage, "commit_function"):
-        storage.commit_function = False
+        storage.commit_function = function
     return storage
 
 
-async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_seqs(fresh: Fresh) -> None:
-    storage = _python_path(fresh())
+@PATHS
+async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_seqs(fresh: Fresh, function: bool) -> None:
+    storage = _path(fresh(), function)
     await storage.open()
     await _executions(storage, ["A", "B"])
     before = await storage.last_event_seq()
@@ -61,11 +67,12 @@ async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_se
     await storage.aclose()
 
 
-async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh) -> None:
+@PATHS
+async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh, function: bool) -> None:
     """The events after a row's first are encoded together (`more`): nested values, a
     lone surrogate (which msgspec refuses) and non-ASCII text come back as they were
     written."""
-    storage = _python_path(fresh())
+    storage = _path(fresh(), function)
     await storage.open()
     await _executions(storage, ["A"])
     before = await storage.last_event_seq()
@@ -82,8 +89,9 @@ async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh) -
     await storage.aclose()
 
 
-async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_densely(fresh: Fresh) -> None:
-    storage = _python_path(fresh())
+@PATHS
+async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_densely(fresh: Fresh, function: bool) -> None:
+    storage = _path(fresh(), function)
     await storage.open()
     await _executions(storage, ["A", "B"])
     before = await storage.last_event_seq()
@@ -96,6 +104,7 @@ async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_dens
     await storage.aclose()
 
 
+@PATHS
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     commits=st.lists(
@@ -105,9 +114,9 @@ async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_dens
     limit=st.integers(min_value=1, max_value=7),
 )  # fmt: skip
 async def test_reading_from_any_seq_with_any_limit_gives_every_event_once_in_order(
-    fresh: Fresh, commits: list[list[str | None]], limit: int
+    fresh: Fresh, function: bool, commits: list[list[str | None]], limit: int
 ) -> None:
-    storage = _python_path(fresh())
+    storage = _path(fresh(), function)
     await storage.open()
     try:
         async with storage.engine.begin() as conn:  # each example starts on an empty log
@@ -139,7 +148,8 @@ async def test_reading_from_any_seq_with_any_limit_gives_every_event_once_in_ord
         await storage.aclose()
 
 
-async def test_migration_11_adds_the_columns_to_an_older_events_table(fresh: Fresh) -> None:
+@PATHS
+async def test_migration_11_adds_the_columns_to_an_older_events_table(fresh: Fresh, function: bool) -> None:
     storage = fresh()
     await storage.open()
     await _executions(storage, ["A"])
@@ -152,7 +162,7 @@ async def test_migration_11_adds_the_columns_to_an_older_events_table(fresh: Fre
         )
         await conn.execute(text("UPDATE seq_counters SET events = 1"))  # PostgreSQL's numbering (SQLite reads max)
     await storage.aclose()
-    upgraded = _python_path(fresh())
+    upgraded = _path(fresh(), function)
     await upgraded.open()
     result = await upgraded.commit(Batch(events=[_ev("A", 1), _ev("A", 2)], fences={"A": 1}))
     assert [e.seq for e in result.events] == [2, 3]

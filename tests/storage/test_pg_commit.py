@@ -25,7 +25,7 @@ from dq.engine.storage.base import (
     Storage,
 )
 from dq.engine.storage.sql import SqlStorage
-from dq.engine.storage.sql_pg_function import FUNCTION
+from dq.engine.storage.sql_pg_function import FUNCTION, V1
 from dq.engine.storage.sql_postgres import _STATE_LOCK_SPACE, PostgresStorage
 
 from .conftest import _CLEAR_DATA
@@ -253,14 +253,15 @@ async def test_migration_8_installs_the_function_on_a_database_made_before_it(pg
     storage = SqlStorage.postgres(pg_empty_dsn)
     await storage.open()
     await storage.commit(Batch(executions=[_execution("OLD", status="running", token=1)]))
-    async with storage.engine.begin() as conn:  # back to what versions 1-7 left
+    async with storage.engine.begin() as conn:  # back to what versions 1-7 (and 9-11) left
+        await conn.execute(text(f"DROP FUNCTION {V1}(jsonb)"))
         await conn.execute(text(f"DROP FUNCTION {FUNCTION}(jsonb)"))
-        await conn.execute(text("DELETE FROM schema_version WHERE version = 8"))
+        await conn.execute(text("DELETE FROM schema_version WHERE version IN (8, 12)"))
     await storage.aclose()
     upgraded = SqlStorage.postgres(pg_empty_dsn)
     await upgraded.open()
     async with upgraded.engine.connect() as conn:
-        assert (await conn.execute(text("SELECT count(*) FROM schema_version WHERE version = 8"))).scalar_one() == 1
+        assert (await conn.execute(text("SELECT count(*) FROM schema_version WHERE version IN (8, 12)"))).scalar_one() == 2
     upd = ExecutionUpdate("OLD", {"status": "completed"}, token=1)
     result = await upgraded.commit(Batch(updates=[upd], fences={"OLD": 1}, events=[EventRecord("OLD", "job", "done")]))
     assert result.applied == [True] and [e.seq for e in result.events] == [1]
