@@ -51,12 +51,17 @@ def _path(storage: SqlStorage, function: bool) -> SqlStorage:
     return storage
 
 
-@PATHS
-async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_seqs(fresh: Fresh, function: bool) -> None:
+async def _opened(fresh: Fresh, function: bool, ids: list[str]) -> tuple[SqlStorage, int]:
+    """A storage on that path, open, with executions `ids` (token 1), and its last seq."""
     storage = _path(fresh(), function)
     await storage.open()
-    await _executions(storage, ["A", "B"])
-    before = await storage.last_event_seq()
+    await _executions(storage, ids)
+    return storage, await storage.last_event_seq()
+
+
+@PATHS
+async def test_consecutive_events_of_one_execution_share_a_row_and_keep_their_seqs(fresh: Fresh, function: bool) -> None:
+    storage, before = await _opened(fresh, function, ["A", "B"])
     events = [_ev("A", 1), _ev("A", 2), _ev("A", 3), _ev("B", 1), _ev(None, 1), _ev("B", 2), _ev("B", 3), _ev("A", 4)]
     result = await storage.commit(Batch(events=events, fences={"A": 1, "B": 1}))
     assert [(e.execution_id, e.data["n"]) for e in result.events] == [(e.execution_id, e.data["n"]) for e in events]
@@ -72,10 +77,7 @@ async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh, f
     """The events after a row's first are encoded together (`more`): nested values, a
     lone surrogate (which msgspec refuses) and non-ASCII text come back as they were
     written."""
-    storage = _path(fresh(), function)
-    await storage.open()
-    await _executions(storage, ["A"])
-    before = await storage.last_event_seq()
+    storage, before = await _opened(fresh, function, ["A"])
     datas: list[Any] = [{"n": 1}, {"nested": {"a": [1, 2.5, None]}}, {"text": "\ud800 lone"}, {"ü": "日本"}, {"n": 5}]
     events = [EventRecord("A", "job", "log", d, 10 + i) for i, d in enumerate(datas)]
     await storage.commit(Batch(events=events, fences={"A": 1}))
@@ -91,10 +93,7 @@ async def test_any_data_a_bundled_event_carries_reads_back_equal(fresh: Fresh, f
 
 @PATHS
 async def test_a_refused_executions_rows_are_left_out_and_the_rest_numbered_densely(fresh: Fresh, function: bool) -> None:
-    storage = _path(fresh(), function)
-    await storage.open()
-    await _executions(storage, ["A", "B"])
-    before = await storage.last_event_seq()
+    storage, before = await _opened(fresh, function, ["A", "B"])
     batch = Batch(events=[_ev("A", 1), _ev("A", 2), _ev("B", 1), _ev("B", 2), _ev("A", 3)], fences={"A": 1, "B": 7})
     result = await storage.commit(batch)
     assert result.refused == {"B"}
