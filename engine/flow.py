@@ -210,32 +210,17 @@ class FlowControl:
         cancelled), nor on a storage that commits in memory (no round trip to save, and
         `start()` would return after the decision, a round later, instead of at once: a
         producer of sequential starts would go in lock-step with the admission rounds)."""
-        return self.gated(job) and job.options.throttle is None and not self.storage.synchronous_commit
+        return self.keeps_at_creation(job) and not self.storage.synchronous_commit
 
     async def admit_new(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
         """Admission of an execution this process creates, claimed, to run here: the
         decision, the slot state and the record itself are one write. Refused, it is
         created pending (a waiter) instead, until the grant or `retry_at`. None: created
-        claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs)."""
-        gate = await self._admit_kept(job, rec, trigger)
-        if gate is not None:
-            return gate
+        claimed, undecided (the user's fn(input) raised: `admit` reports it as it runs).
+        Asked only for what `admit_kept_now` did not admit (`Creation.create_many`)."""
+        self.peers.look()
         request, settle = self._new_request(job, rec, trigger)
         return settle(await self.ledger.request(request))
-
-    async def _admit_kept(self, job: Job, rec: ExecutionRecord, trigger: EventRecord) -> Gate | None:
-        """`admit_new` decided in this process's memory (`admit_kept_now`): the write is the
-        creation alone, as without a limit. None: decide with a request."""
-        keys = self.admit_kept_now(job, rec)
-        if keys is None:
-            return None
-        try:
-            await self.runtime.committer.commit(Batch(executions=[rec], events=[trigger]))
-        except BaseException:
-            self.created_kept(rec.id, keys, stored=False)
-            raise
-        self.created_kept(rec.id, keys, stored=True)
-        return OPEN
 
     def admit_kept_now(self, job: Job, rec: ExecutionRecord) -> list[str] | None:
         """Admit new execution `rec`, to be stored claimed by this process, at once: its
