@@ -678,14 +678,14 @@ class SqlStorage(Storage):
             n_events = sql_events.count(events)
             last_seqs = await self._append_log(io, sql_events.offsets(events), n_events, messages, notify)
             notify = False
-            result.events.extend(sql_events.number(events, last_seqs[0] + 1)[0])
+            result.events.extend(sql_events.number(events, last_seqs[0] + 1))
             for seq, msg in enumerate(batch.messages, start=last_seqs[1] + 1):
                 msg.seq = seq
         elif events or messages:
             assert last_seqs is not None
             if events:
-                numbered, event_rows = sql_events.number(events, last_seqs[0] + 1)
-                result.events.extend(numbered)
+                result.events.extend(sql_events.number(events, last_seqs[0] + 1))
+                event_rows = sql_events.numbered_values(events)
                 stmt = EVENTS.insert
                 writes.append(sql.write_tuples("insert_events", stmt, BUNDLE_COLUMNS, event_rows))
             if messages:
@@ -965,12 +965,7 @@ class SqlStorage(Storage):
             stmt = stmt.where(ev.execution_id == execution_id)
         async with self._read() as conn:
             rows = (await conn.execute(stmt.order_by(ev.seq).limit(limit))).all()
-        out: list[EventRecord] = []
-        for r in rows:
-            if r[6] is None:
-                out.append(EventRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]))
-            else:
-                out.extend(e for e in sql_events.expand(*r) if e.seq > after_seq)
+        out = [e for r in rows for e in sql_events.expand(*r) if e.seq > after_seq]
         return out[:limit]
 
     async def last_event_seq(self) -> int:

@@ -69,20 +69,19 @@ def count(rows: Sequence[Row]) -> int:
     return sum(len(evs) for evs, _ in rows)
 
 
-def number(rows: Sequence[Row], first_seq: int) -> tuple[list[EventRecord], list[tuple[Any, ...]]]:
-    """Give the rows' events their seqs from `first_seq` on. Returns the events in seq
-    order and each row's values in BUNDLE_COLUMNS order (seq, ..., more, upto)."""
+def number(rows: Sequence[Row], first_seq: int) -> list[EventRecord]:
+    """Give the rows' events their seqs from `first_seq` on; returns them in seq order."""
     events: list[EventRecord] = []
-    values: list[tuple[Any, ...]] = []
-    seq = first_seq
-    for evs, row in rows:
-        start = seq
-        for ev in evs:
-            ev.seq = seq  # the batch's records are handed over (Storage.commit)
-            seq += 1
+    for evs, _ in rows:
         events.extend(evs)
-        values.append((start, *row, seq - 1 if len(evs) > 1 else None))
-    return events, values
+    for seq, ev in enumerate(events, start=first_seq):
+        ev.seq = seq  # the batch's records are handed over (Storage.commit)
+    return events
+
+
+def numbered_values(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    """Each row's values in BUNDLE_COLUMNS order (seq, ..., more, upto), its events numbered."""
+    return [(evs[0].seq, *row, evs[-1].seq if len(evs) > 1 else None) for evs, row in rows]
 
 
 def offsets(rows: Sequence[Row]) -> list[tuple[Any, ...]]:

@@ -35,9 +35,11 @@ from .sql_tables import (
 )
 
 
-def _fields(table: Table, columns: tuple[str, ...]) -> str:
+def _fields(table: Table, columns: tuple[str, ...], first: int = 0) -> str:
+    """`columns` read from a JSON array `r`, from its element `first` on."""
     return ", ".join(
-        f"(r->>{i})::bigint" if table.c[c].type.python_type is int else f"(r->>{i})" for i, c in enumerate(columns)
+        f"(r->>{i})::bigint" if table.c[c].type.python_type is int else f"(r->>{i})"
+        for i, c in enumerate(columns, start=first)
     )
 
 
@@ -70,17 +72,13 @@ def _log_statement(notify: bool) -> str:
     in BUNDLE_COLUMNS order without seq and upto), $4: the messages' rows without
     seq, each one JSON array of arrays; $5, $6: the NOTIFY's channel and payload."""
     ev_cols = BUNDLE_COLUMNS[1:-1]
-    ev_vals = ", ".join(
-        f"(u.r->>{i + 2})::bigint" if EVENTS.c[c].type.python_type is int else f"(u.r->>{i + 2})"
-        for i, c in enumerate(ev_cols)
-    )
     msg_cols = MESSAGE_COLUMNS[1:]
     tail = ", pg_notify($5, $6)" if notify else ""
     return (
         "WITH s AS (UPDATE seq_counters SET events = events + $1, messages = messages + $2"
         " WHERE id = 1 RETURNING events, messages),"
         f" e AS (INSERT INTO events (seq, upto, {', '.join(ev_cols)})"
-        f" SELECT s.events - $1 + (u.r->>0)::bigint, s.events - $1 + (u.r->>1)::bigint, {ev_vals}"
+        f" SELECT s.events - $1 + (r->>0)::bigint, s.events - $1 + (r->>1)::bigint, {_fields(EVENTS, ev_cols, 2)}"
         " FROM s, jsonb_array_elements($3::jsonb) AS u(r)),"
         f" m AS (INSERT INTO pipe_messages (seq, {', '.join(msg_cols)})"
         f" SELECT s.messages - $2 + u.n, {_fields(PIPE_MESSAGES, msg_cols)}"
