@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from dq import Queue, create_job, run
 from dq.engine import slot_lines
 from dq.engine.ids import new_id, now_ms
@@ -246,10 +248,8 @@ async def test_a_start_that_is_not_stored_gives_its_kept_slot_back(make_queue: C
 
         committer.commit = failing  # type: ignore[method-assign]
         try:
-            await job.start(1)
-            raise AssertionError("start() did not raise")
-        except RuntimeError as exc:
-            assert "the creating write failed" in str(exc)
+            with pytest.raises(RuntimeError, match="the creating write failed"):
+                await job.start(1)
         finally:
             committer.commit = commit  # type: ignore[method-assign]
         ledger = queue.runtime.flow.ledger
