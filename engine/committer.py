@@ -3,18 +3,26 @@
 Writers append a Batch and await its future; a single flusher takes everything
 queued while the previous transaction ran and commits it as one. No timer is
 added to the latency: under load the batches grow by themselves.
+
+On a storage with `commit_pipeline` > 1 (PostgreSQL), the next group goes while
+the previous one is still in flight, on another connection, when each of its
+batches touches only executions it fences and none that a group in flight
+touches: the server runs one transaction while this process builds the next,
+instead of each waiting for the other. Anything else (a compare-and-set, a pipe
+message, an update of another execution) waits until nothing is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
 
+from .commit_groups import Item, extend, merge, take_beside, take_group, touched
 from .storage.base import Batch, CommitResult, EventRecord, Storage
 
 log = logging.getLogger("dq.commit")
-_Item = tuple[Batch, "asyncio.Future[CommitResult] | None"]
 #: Loop turns a lane lets pass after a commit before it takes the next group.
 _SETTLE_TURNS = 2
 
@@ -27,7 +35,7 @@ class Committer:
         #: `commit_now` may be called instead of awaiting `commit` (an attribute: read on every step).
         self.synchronous = self._now is not None
         self._on_events = on_events
-        self._main = _Lane(self._commit_group, "dq-committer")
+        self._main = _Lane(self._commit_group, "dq-committer", storage.commit_pipeline)
         # New executions and their events only: on a storage that allows it, they
         # commit beside the main lane instead of waiting behind its transaction,
         # and concurrent start() calls share one commit.
@@ -58,7 +66,7 @@ class Committer:
             self._pending = None
             # A compare-and-set's conflict must not drop the sends, nor may a stale and
             # a fresh holder of one execution share a commit: the sends go first then.
-            if batch.expect or not _extend(pending, batch):
+            if batch.expect or not extend(pending, batch):
                 self._apply_sends(pending)
             else:
                 result = self._apply_now(pending)
@@ -92,7 +100,7 @@ class Committer:
             pending = self._pending
             if pending is None:
                 self._queue_pending(batch)
-            elif not _extend(pending, batch):  # a stale and a fresh holder: one after the other
+            elif not extend(pending, batch):  # a stale and a fresh holder: one after the other
                 self._pending = batch
                 self._apply_sends(pending)
             return
@@ -166,9 +174,9 @@ class Committer:
             await self._inserts.aclose()
 
     async def _commit_group(
-        self, items: list[tuple[Batch, asyncio.Future[CommitResult] | None]]
+        self, items: list[Item]
     ) -> None:
-        merged = _merge([b for b, _ in items]) if len(items) > 1 else items[0][0]
+        merged = merge([b for b, _ in items]) if len(items) > 1 else items[0][0]
         try:
             result = await self._storage.commit(merged)
         except Exception as exc:
@@ -204,16 +212,21 @@ class Committer:
 
 
 class _Lane:
-    """A queue of batches and the one task that commits them, a group at a time."""
+    """A queue of batches and the one task that commits them, a group at a time (up
+    to `depth` groups at a time, see the module's docstring)."""
 
-    def __init__(self, commit_group: Callable[[list[_Item]], Awaitable[None]], name: str) -> None:
+    def __init__(self, commit_group: Callable[[list[Item]], Coroutine[Any, Any, None]], name: str, depth: int = 1) -> None:
         self._commit_group = commit_group
         self._name = name
-        self._queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]] = []
+        self._depth = depth
+        self._queue: list[Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Groups in flight (depth > 1), each with the executions it touches (None: it
+        #: may touch anything, so nothing goes beside it).
+        self._flying: dict[asyncio.Task[None], Collection[str] | None] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
@@ -231,9 +244,9 @@ class _Lane:
         queue = self._queue
         if queue:
             last, fut = queue[-1]
-            # Not with state or expectations: a batch's compare-and-set keys must stay its own (_take_group).
+            # Not with state or expectations: a batch's compare-and-set keys must stay its own (take_group).
             if fut is None and not (last.state or last.expect or batch.state or batch.expect):
-                if _extend(last, batch):
+                if extend(last, batch):
                     return
         self.put(batch, None)
 
@@ -247,99 +260,57 @@ class _Lane:
             await self._idle.wait()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        tasks = [t for t in (self._task, *self._flying) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                items, self._queue = _take_group(self._queue)
-                await self._commit_group(items)
+                if self._depth == 1:
+                    items, self._queue = take_group(self._queue)
+                    await self._commit_group(items)
+                elif not self._launch():
+                    break  # a group in flight is in the way: its end wakes this loop
                 # What that commit woke queues its next write within two loop turns (a
                 # writer resumes in the first; a slot handed on in it starts its holder in
                 # the second): let it join the next group rather than wait for the one
                 # after (a step slot's chains would otherwise alternate out of phase).
                 for _ in range(_SETTLE_TURNS):
                     await asyncio.sleep(0)
-            self._idle.set()
+            if not self._queue and not self._flying:
+                self._idle.set()
 
-
-def _take_group(
-    queue: list[tuple[Batch, asyncio.Future[CommitResult] | None]],
-) -> tuple[
-    list[tuple[Batch, asyncio.Future[CommitResult] | None]],
-    list[tuple[Batch, asyncio.Future[CommitResult] | None]],
-]:
-    """The longest prefix whose fences agree (a stale and a fresh holder of one
-    execution must not share a transaction, or the fresh one would be refused)."""
-    fences: dict[str, int] = {}
-    touched: set[str] = set()  # state keys written or expected so far
-    expected: set[str] = set()
-    written: dict[str, object] = {}  # state keys written so far: the last value
-    for i, (batch, _) in enumerate(queue):
-        # Conditional batches share the transaction (a conflict: see _commit_group) as
-        # long as none touches a state key that another batch of the group touches,
-        # except to expect exactly what an earlier one writes (the admission ledger's
-        # next round, decided on the one before): that is implied, it chains on.
-        if batch.state or batch.expect:  # most batches have neither: no sets built
-            chained = {k for k, v in batch.expect.items() if k in written and written[k] == v}
-            keys = (set(batch.state) | set(batch.expect)) - chained
-            if keys & (touched if batch.expect else expected):
-                return queue[:i], queue[i:]
-            touched |= keys | chained
-            expected |= set(batch.expect) - chained
-            written.update(batch.state)
-        for eid, token in batch.fences.items():
-            if fences.setdefault(eid, token) != token:
-                return queue[:i], queue[i:]
-    return queue, []
-
-
-def _extend(into: Batch, b: Batch) -> bool:
-    """Append `b`'s parts to `into` (a fire-and-forget send's batch, which nobody reads
-    again), unless the two fence one execution with different tokens: False then,
-    and `into` is unchanged."""
-    fences = into.fences
-    for eid, token in b.fences.items():
-        if fences.get(eid, token) != token:
+    def _launch(self) -> bool:
+        """Start committing the next group beside those in flight, if one may go now."""
+        flying = self._flying
+        if len(flying) >= self._depth:
             return False
-    _append(into, b)
-    return True
+        if not flying:
+            items, self._queue = take_group(self._queue)
+            ids = touched(items)
+        else:
+            busy: set[str] = set()
+            for theirs in flying.values():
+                if theirs is None:
+                    return False
+                busy.update(theirs)
+            items, self._queue, ids = take_beside(self._queue, busy)
+            if not items:
+                return False
+        task = asyncio.create_task(self._commit_group(items), name=self._name)
+        flying[task] = ids
+        task.add_done_callback(self._landed)
+        return True
 
-
-def _merge(batches: list[Batch]) -> Batch:
-    """One batch with the parts of `batches`, in order."""
-    out = Batch()
-    for b in batches:
-        _append(out, b)
-    return out
-
-
-def _append(into: Batch, b: Batch) -> None:
-    # Empty parts skipped: a step's batch has only a step, an event and a fence.
-    if b.expect:
-        # An expectation on what an earlier batch writes is implied by that batch's (see _take_group).
-        into.expect.update({k: v for k, v in b.expect.items() if k not in into.state})
-    if b.executions:
-        into.executions.extend(b.executions)
-    if b.updates:
-        into.updates.extend(b.updates)
-    if b.steps:
-        into.steps.extend(b.steps)
-    if b.events:
-        into.events.extend(b.events)
-    if b.fences:
-        into.fences.update(b.fences)
-    if b.messages:
-        into.messages.extend(b.messages)
-    if b.state:
-        into.state.update(b.state)
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        del self._flying[task]
+        if not task.cancelled() and task.exception() is not None:  # _commit_group fails its futures itself
+            log.error("dq: a group commit failed: %s", task.exception())
+        self._wake.set()
 
 
 def _fail(fut: asyncio.Future[CommitResult] | None, exc: Exception) -> None:

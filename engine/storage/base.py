@@ -319,6 +319,10 @@ class Storage(abc.ABC):
     #: `Committer`) may commit concurrently with other commits: it locks nothing
     #: another batch holds, so it need not wait behind them in the group commit.
     concurrent_inserts: bool = False
+    #: How many group commits may be in flight at once (each on its own connection):
+    #: above 1, a group whose batches touch only their own executions, none of them
+    #: in a group in flight, commits while the previous one still runs (`Committer`).
+    commit_pipeline: int = 1
     #: False for a client of storage another process owns (a worker's RemoteStorage):
     #: that process runs retention and expiry sweeps, this one does not.
     housekeeping: bool = True

@@ -73,6 +73,9 @@ class PostgresStorage(SqlStorage):
     kind = "postgres"
     _look_up_new_ids = False
     concurrent_inserts = True
+    #: Two: the server commits one group while this process builds the next (1.16x
+    #: jobs/s for 1-step jobs on two cores; docs/benchmarks.md).
+    commit_pipeline = 2
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)

@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from dq.engine.committer import Committer, _take_group
+from dq.engine.commit_groups import take_group
+from dq.engine.committer import Committer
 from dq.engine.storage.base import Batch, CommitResult, Storage
 from dq.engine.storage.memory import MemoryStorage
 
@@ -19,17 +20,17 @@ def _cas(key: str, before: Any, after: Any) -> Batch:
 
 def test_a_batch_expecting_what_an_earlier_one_writes_joins_its_group() -> None:
     queue: list[tuple[Batch, Any]] = [(_cas("k", None, 1), None), (_cas("k", 1, 2), None), (_cas("k", 2, 3), None)]
-    group, rest = _take_group(queue)
+    group, rest = take_group(queue)
     assert len(group) == 3 and rest == []
 
 
 def test_a_batch_expecting_anything_else_of_a_written_key_starts_a_new_group() -> None:
     queue: list[tuple[Batch, Any]] = [(_cas("k", None, 1), None), (_cas("k", 7, 2), None)]
-    group, rest = _take_group(queue)
+    group, rest = take_group(queue)
     assert len(group) == 1 and len(rest) == 1
     # A blind write of a key an earlier batch expects must not join either.
     queue = [(_cas("k", None, 1), None), (Batch(state={"k": 5}), None)]
-    group, rest = _take_group(queue)
+    group, rest = take_group(queue)
     assert len(group) == 1 and len(rest) == 1
 
 
