@@ -24,7 +24,7 @@ GROUPS = [
     ("storage: memory adapter", ("engine/storage/memory", "engine/storage/query")),
     ("asyncpg (protocol, encoding) and sockets", ("asyncpg", "socket", "selector_events", "sslproto")),
     ("SQLAlchemy (pool, connections)", ("sqlalchemy", "greenlet")),
-    ("group commit (committer.py)", ("engine/committer",)),
+    ("group commit (committer.py)", ("engine/committer", "engine/commit_groups")),
     ("executions: runtime, attempt, steps, transitions, results", (
         "engine/runtime", "engine/attempt", "engine/steps", "engine/transitions", "engine/context",
         "engine/execution", "engine/results", "engine/events", "engine/triggers", "engine/flow",
