@@ -142,7 +142,10 @@ class Creation(RuntimeState):
         for ctx in direct:
             self._spawn(ctx, load_history=False)
         if len(direct) + len(gated) < len(recs):
-            self.kick()
+            if len(self.contexts) >= self.max_active:
+                self._room_wanted = True  # what the claim loop would find: the next execution to end wakes it
+            else:
+                self.kick()
         if failed is not None:  # those admitted with it run; this one was not stored
             if isinstance(failed, StorageLostError):
                 self.lose_storage(failed)

@@ -120,7 +120,7 @@ class Dispatch(RuntimeState):
             typed_input = load_typed(job.options.input, rec.input)
             if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 # A replay's reused steps are not a start of its own: its first run is.
-                first_start = rec.retry_count == 0 and all(s.job_attempt == REUSED for s in ctx.history.values())
+                first_start = rec.retry_count == 0 and (not ctx.history or all(s.job_attempt == REUSED for s in ctx.history.values()))
                 wanted = self.flow.admit_now(job, rec, first_start)
                 if wanted is not None:
                     park = lambda at, why: self._park(ctx, at, why)  # noqa: E731

@@ -169,12 +169,12 @@ class FlowControl:
         gate = self._limits(job, rec, first_start)
         if gate is None:
             return None
-        throttle, limits = gate
-        if throttle is None and self.ledger.kept and slot_keeping.admit(self.ledger, rec.id, limits) is not None:
-            self.ledger.settle_holder(rec.id)
-            self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
-            self._hold(rec.id, limits)
-            return None
+        if gate[0] is None and self.ledger.kept:
+            keys = slot_keeping.admit(self.ledger, rec.id, gate[1], stored=True)
+            if keys is not None:
+                self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
+                self._hold_keys(rec.id, keys)
+                return None
         return gate
 
     async def admit(
@@ -246,7 +246,7 @@ class FlowControl:
         keys (released as it ends), or, not stored, gives them back."""
         self.ledger.settle_holder(execution_id)
         if stored:
-            self._holds[execution_id] = keys
+            self._hold_keys(execution_id, keys)
         else:
             self.ledger.give_back(execution_id, keys, f"could not give back the slot of execution {execution_id}")
 
@@ -338,9 +338,12 @@ class FlowControl:
 
     def _hold(self, execution_id: str, limits: Sequence[Limit]) -> None:
         """Remember the slots (not rate starts: they stay counted) an admission took."""
+        self._hold_keys(execution_id, [state_key(lim) for lim in limits if lim.window_ms is None])
+
+    def _hold_keys(self, execution_id: str, keys: list[str]) -> None:
         if len(self._holds) >= _PARKED_MAX:  # releases that never came (a lost storage): resolved again then
             self._holds.clear()
-        self._holds[execution_id] = [state_key(lim) for lim in limits if lim.window_ms is None]
+        self._holds[execution_id] = keys
 
     async def release(self, job: Job, rec: ExecutionRecord) -> None:
         fut = self.release_nowait(job, rec)

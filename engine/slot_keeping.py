@@ -216,10 +216,12 @@ async def _give_back_once(ledger: Ledger) -> bool:
     return True
 
 
-def admit(ledger: Ledger, holder: str, limits: Sequence[Limit]) -> list[str] | None:
+def admit(ledger: Ledger, holder: str, limits: Sequence[Limit], stored: bool = False) -> list[str] | None:
     """Admit `holder` at once when each limit is a slot key kept here with room and no
     one in line: nothing to decide in a round, nothing of it to write. Returns the keys
-    it now holds (alive until the ledger's `settle_holder`), or None: ask with a request."""
+    it now holds, or None: ask with a request. Unless `stored` (an execution claimed
+    already), the holder counts as alive until the ledger's `settle_holder` (the write
+    that stores it)."""
     if not ledger.idle():
         return None
     kept = ledger.kept
@@ -236,7 +238,8 @@ def admit(ledger: Ledger, holder: str, limits: Sequence[Limit]) -> list[str] | N
         st = kept[key]
         holders = [holder] if st is None else [*st["holders"], holder]
         kept[key] = {"limit": lim.limit, "holders": holders, "waiters": []}
-    ledger._unsettled[holder] = ledger._unsettled.get(holder, 0) + 1  # until `Ledger.settle_holder`
+    if not stored:
+        ledger._unsettled[holder] = ledger._unsettled.get(holder, 0) + 1  # until `Ledger.settle_holder`
     return keys
 
 

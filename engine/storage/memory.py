@@ -321,7 +321,15 @@ class MemoryStorage(Storage):
         return finish_aggregate(agg)
 
     async def get_steps(self, execution_id: str) -> list[StepRecord]:
-        steps = self._steps.get(execution_id, {})
+        return self._steps_of(execution_id)
+
+    async def get_steps_many(self, execution_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        return {eid: self._steps_of(eid) for eid in execution_ids}
+
+    def _steps_of(self, execution_id: str) -> list[StepRecord]:
+        steps = self._steps.get(execution_id)
+        if not steps:  # a claimed execution that never ran: the usual case
+            return []
         return sorted((clone(s) for s in steps.values()), key=lambda s: s.seq)
 
     async def read_events(
