@@ -73,20 +73,33 @@ def touched(items: list[Item]) -> set[str] | None:
 
 
 def take_beside(queue: list[Item], busy: set[str]) -> tuple[list[Item], list[Item], set[str]]:
-    """The longest prefix that may commit beside groups in flight touching `busy`: each
-    batch's own executions only (`_own`), none of them busy, its fences agreeing with
-    the prefix's. Returns it, the rest, and what it touches."""
+    """What may commit beside groups in flight touching `busy`, in queue order: each
+    batch that touches only its own executions (`own`), none of them busy nor
+    touched by a batch left behind before it (an execution's writes keep their
+    order), its fences agreeing with the group's. The first batch that may touch
+    anything ends the scan: it and all after it wait. Returns the group, the rest
+    (in order), and what the group touches."""
     fences: dict[str, int] = {}
     touched: set[str] = set()
-    for i, (batch, _) in enumerate(queue):
+    blocked = busy  # copied before it grows
+    taken: list[Item] = []
+    left: list[Item] = []
+    for i, item in enumerate(queue):
+        batch = item[0]
         ids = own(batch)
-        if ids is None or not busy.isdisjoint(ids):
-            return queue[:i], queue[i:], touched
-        for eid, token in batch.fences.items():
-            if fences.setdefault(eid, token) != token:
-                return queue[:i], queue[i:], touched
-        touched.update(ids)
-    return queue, [], touched
+        if ids is None:
+            left.extend(queue[i:])
+            break
+        if blocked.isdisjoint(ids) and all(fences.get(eid, token) == token for eid, token in batch.fences.items()):
+            fences.update(batch.fences)
+            touched.update(ids)
+            taken.append(item)
+            continue
+        if blocked is busy:
+            blocked = set(busy)
+        blocked.update(ids)
+        left.append(item)
+    return taken, left, touched
 
 
 def extend(into: Batch, b: Batch) -> bool:

@@ -227,6 +227,10 @@ class _Lane:
         #: Groups in flight (depth > 1), each with the executions it touches (None: it
         #: may touch anything, so nothing goes beside it).
         self._flying: dict[asyncio.Task[None], Collection[str] | None] = {}
+        #: A queue this long is scanned again for a group to go beside those in flight
+        #: (doubled after each scan that found none; reset when a group lands): the
+        #: scans of a queue that grows while a commit runs cost O(its length) in all.
+        self._rescan_at = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
@@ -293,6 +297,8 @@ class _Lane:
             items, self._queue = take_group(self._queue)
             ids = touched(items)
         else:
+            if len(self._queue) < self._rescan_at:
+                return False
             busy: set[str] = set()
             for theirs in flying.values():
                 if theirs is None:
@@ -300,7 +306,9 @@ class _Lane:
                 busy.update(theirs)
             items, self._queue, ids = take_beside(self._queue, busy)
             if not items:
+                self._rescan_at = 2 * len(self._queue)
                 return False
+        self._rescan_at = 0
         task = asyncio.create_task(self._commit_group(items), name=self._name)
         flying[task] = ids
         task.add_done_callback(self._landed)
@@ -308,6 +316,7 @@ class _Lane:
 
     def _landed(self, task: asyncio.Task[None]) -> None:
         del self._flying[task]
+        self._rescan_at = 0
         if not task.cancelled() and task.exception() is not None:  # _commit_group fails its futures itself
             log.error("dq: a group commit failed: %s", task.exception())
         self._wake.set()

@@ -73,9 +73,13 @@ class PostgresStorage(SqlStorage):
     kind = "postgres"
     _look_up_new_ids = False
     concurrent_inserts = True
-    #: Two: the server commits one group while this process builds the next (1.16x
-    #: jobs/s for 1-step jobs on two cores; docs/benchmarks.md).
+    #: Two: the server commits one group while this process builds the next (1.11x
+    #: jobs/s for 1-step jobs on two cores; docs/benchmarks.md). One with fewer than
+    #: `_PIPELINE_MIN_CONNECTIONS`: a second group must not take the connection a
+    #: read or a start is waiting for (it would wait in the pool, under its timeout,
+    #: instead of in the committer's queue).
     commit_pipeline = 2
+    _PIPELINE_MIN_CONNECTIONS = 4
     #: How often the LISTEN connection is probed, and the reconnect backoff bounds.
     listen_ping_s = 5.0
     listen_backoff_s = (0.1, 5.0)
@@ -114,6 +118,8 @@ class PostgresStorage(SqlStorage):
             url.set(drivername="postgresql+asyncpg"), max_connections=max_connections, acquire_timeout_s=acquire_timeout_s
         )
         self._raw_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        if self.max_connections < self._PIPELINE_MIN_CONNECTIONS:
+            self.commit_pipeline = 1
         # Our own NOTIFYs carry this payload, so that our listener can skip them.
         self._instance = new_id()
         self._notify_sql = ("SELECT pg_notify($1, $2)", (WAKEUP_CHANNEL, self._instance))

@@ -1,17 +1,23 @@
 """Pipelined group commit (`Storage.commit_pipeline` > 1): the next group commits
 while the previous one is in flight only when it touches nothing that one touches
-(its batches' own fenced executions); anything else waits until nothing is in
-flight, and nothing queued after it passes it."""
+(its batches' own fenced executions; an execution's writes keep their order, others'
+may pass them); anything else waits until nothing is in flight, and nothing queued
+after it passes it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import pytest
 
+from dq import Queue, create_job, run
+from dq.engine.commit_groups import own, take_beside
 from dq.engine.committer import Committer
-from dq.engine.storage.base import Batch, CommitResult, EventRecord, ExecutionUpdate
+from dq.engine.storage.base import Batch, CommitResult, EventRecord, ExecutionUpdate, Storage
 from dq.engine.storage.memory import MemoryStorage
+from dq.engine.storage.sql import SqlStorage
 
 
 class Gated(MemoryStorage):
@@ -91,15 +97,19 @@ async def test_a_write_of_an_execution_in_flight_waits_for_its_group() -> None:
         a = committer.submit(_step("e1", "a"))
         await _turns()
         again = committer.submit(_step("e1", "again"))  # e.g. an event sent right after the step
-        other = committer.submit(_step("e2", "other"))  # queued after it: does not pass it
+        other = committer.submit(_step("e2", "other"))  # another execution's: need not wait behind it
         await _turns()
-        assert storage.flying == ["a"]
+        assert storage.flying == ["a", "other"]
+        storage.land("other")
+        await other
+        await _turns()
+        assert storage.flying == ["a"]  # "again" still waits for "a"
         storage.land("a")
         await a
         await _turns()
-        assert storage.started == ["a", "again+other"]
-        storage.land("again+other")
-        await asyncio.gather(again, other)
+        assert storage.flying == ["again"]
+        storage.land("again")
+        await again
     finally:
         storage.land_all()
         await committer.aclose()
@@ -142,6 +152,23 @@ async def test_a_write_that_may_touch_anything_goes_alone(shared: Batch) -> None
         await committer.aclose()
 
 
+def test_beside_a_group_in_flight_writes_of_other_executions_pass_a_blocked_one() -> None:
+    """An execution's writes keep their order; another's need not wait behind them."""
+    queue = [(_step("e1", "e1-second"), None), (_step("e2", "e2"), None), (_step("e1", "e1-third"), None), (_step("e3", "e3"), None)]
+    group, rest, touched = take_beside(queue, {"e1"})
+    assert [b.events[0].type for b, _ in group] == ["e2", "e3"]
+    assert [b.events[0].type for b, _ in rest] == ["e1-second", "e1-third"]
+    assert touched == {"e2", "e3"}
+    # Behind one left for its own execution, a later write of another execution it touches waits too.
+    both = Batch(events=[EventRecord("e1", "job", "e1+e4", {}, 0), EventRecord("e4", "job", "e1+e4", {}, 0)], fences={"e1": 1, "e4": 1})
+    group, rest, _ = take_beside([(both, None), (_step("e4", "e4"), None), (_step("e5", "e5"), None)], {"e1"})
+    assert [b.events[0].type for b, _ in group] == ["e5"] and len(rest) == 2
+    # A write that may touch anything ends the scan: nothing after it passes it.
+    shared = Batch(state={"slots:k": None})
+    group, rest, _ = take_beside([(_step("e2", "e2"), None), (shared, None), (_step("e3", "e3"), None)], {"e1"})
+    assert [b.events[0].type for b, _ in group] == ["e2"] and len(rest) == 2
+
+
 async def test_depth_one_commits_one_group_at_a_time() -> None:
     committer, storage = await _committer(1)
     try:
@@ -175,3 +202,71 @@ async def test_flush_waits_for_every_group_in_flight() -> None:
     finally:
         storage.land_all()
         await committer.aclose()
+
+
+@pytest.mark.parametrize("kind", ["postgres"])
+async def test_on_postgresql_groups_overlap_and_each_execution_keeps_its_order(
+    make_queue: Callable[..., Queue], make_storage: Callable[[], Storage]
+) -> None:
+    """Real transactions two at a time: every execution's events are stored in the
+    order it wrote them, each once, and every job completes with its steps' outputs."""
+    storage = make_storage()
+    assert storage.commit_pipeline == 2
+    commit = storage.commit
+    flying, most, calls = [0], [0], [0]
+    overlapped = asyncio.Event()
+
+    async def counting(batch: Batch) -> CommitResult:
+        if batch.creates_only():  # the inserts' lane: beside the main one anyway
+            return await commit(batch)
+        flying[0] += 1
+        most[0] = max(most[0], flying[0])
+        if flying[0] >= 2:
+            overlapped.set()
+        try:
+            if own(batch) is not None and not calls[0]:  # one slow group: the next wave's writes queue meanwhile
+                calls[0] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(overlapped.wait(), 5)
+            return await commit(batch)
+        finally:
+            flying[0] -= 1
+
+    storage.commit = counting  # type: ignore[method-assign]
+
+    @create_job(name="three")
+    async def three(n: int) -> int:
+        total = 0
+        for i in range(3):
+            total += await run(f"s{i}", lambda i=i: n + i)
+        return total
+
+    queue = make_queue([three], storage=storage)
+    async with queue:
+        runtime = await queue.started()
+        executions = []
+        for wave in range(8):  # waves a commit apart: executions at different steps write at once
+            executions += await queue.jobs.three.start_many(list(range(wave * 50, wave * 50 + 50)))
+            await asyncio.sleep(0.004)
+        done = await runtime.all_settled([e.id for e in executions])
+    assert [r.output for r in done] == [3 * n + 3 for n in range(400)]
+    assert most[0] >= 2  # two of the main lane's groups were in flight at once
+    check = make_storage()
+    await check.open()
+    try:
+        for execution in executions[::20]:
+            events = await check.read_events(execution_id=execution.id)
+            seqs = [ev.seq for ev in events]
+            assert seqs == sorted(set(seqs))
+            kinds = [ev.type for ev in events]
+            assert kinds[0] == "trigger" and kinds[1] == "start" and kinds[-1] == "success", kinds
+            step_kinds = [k for k in kinds if k.startswith("step_")]
+            assert len(step_kinds) == 6 and step_kinds[::2] == ["step_start"] * 3, kinds
+    finally:
+        await check.aclose()
+
+
+def test_a_small_postgresql_pool_commits_one_group_at_a_time() -> None:
+    """A second group must not wait in a pool of a few connections for the one a read needs."""
+    assert SqlStorage.postgres("postgresql://u@h/db", max_connections=3).commit_pipeline == 1
+    assert SqlStorage.postgres("postgresql://u@h/db", max_connections=4).commit_pipeline == 2
