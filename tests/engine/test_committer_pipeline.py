@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from dq import Queue, create_job, run
-from dq.engine.commit_groups import own, take_beside
+from dq.engine.commit_groups import Item, own, take_beside
 from dq.engine.committer import Committer
 from dq.engine.storage.base import Batch, CommitResult, EventRecord, ExecutionUpdate, Storage
 from dq.engine.storage.memory import MemoryStorage
@@ -32,7 +32,7 @@ class Gated(MemoryStorage):
         self.started: list[str] = []
         self.most = 0
         self.gates: dict[str, asyncio.Event] = {}
-        self.open = False
+        self.all_land = False
 
     async def commit(self, batch: Batch) -> CommitResult:
         name = "+".join(sorted({ev.type for ev in batch.events} | set(batch.state)))
@@ -40,7 +40,7 @@ class Gated(MemoryStorage):
         self.flying.append(name)
         self.most = max(self.most, len(self.flying))
         gate = self.gates.setdefault(name, asyncio.Event())
-        if not self.open:
+        if not self.all_land:
             await gate.wait()
         self.flying.remove(name)
         return CommitResult(applied=[True] * len(batch.updates))
@@ -50,7 +50,7 @@ class Gated(MemoryStorage):
 
     def land_all(self) -> None:
         """Let every commit end (before closing: `aclose` flushes)."""
-        self.open = True
+        self.all_land = True
         for gate in self.gates.values():
             gate.set()
 
@@ -65,17 +65,23 @@ async def _turns(n: int = 10) -> None:
         await asyncio.sleep(0)
 
 
-async def _committer(depth: int) -> tuple[Committer, Gated]:
+@contextlib.asynccontextmanager
+async def _committer(depth: int) -> AsyncIterator[tuple[Committer, Gated]]:
+    """A started committer over a `Gated` storage; at the end every commit may end
+    (`aclose` flushes) and it is closed."""
     storage = Gated(depth)
     committer = Committer(storage, lambda _events: None)
     committer.start()
     await _turns()
-    return committer, storage
+    try:
+        yield committer, storage
+    finally:
+        storage.land_all()
+        await committer.aclose()
 
 
 async def test_a_group_of_other_executions_commits_while_one_is_in_flight() -> None:
-    committer, storage = await _committer(2)
-    try:
+    async with _committer(2) as (committer, storage):
         a = committer.submit(_step("e1", "a"))
         await _turns()
         b = committer.submit(_step("e2", "b"))
@@ -86,14 +92,10 @@ async def test_a_group_of_other_executions_commits_while_one_is_in_flight() -> N
         assert not a.done()
         storage.land("a")
         await a
-    finally:
-        storage.land_all()
-        await committer.aclose()
 
 
 async def test_a_write_of_an_execution_in_flight_waits_for_its_group() -> None:
-    committer, storage = await _committer(2)
-    try:
+    async with _committer(2) as (committer, storage):
         a = committer.submit(_step("e1", "a"))
         await _turns()
         again = committer.submit(_step("e1", "again"))  # e.g. an event sent right after the step
@@ -110,9 +112,6 @@ async def test_a_write_of_an_execution_in_flight_waits_for_its_group() -> None:
         assert storage.flying == ["again"]
         storage.land("again")
         await again
-    finally:
-        storage.land_all()
-        await committer.aclose()
 
 
 @pytest.mark.parametrize(
@@ -125,8 +124,7 @@ async def test_a_write_of_an_execution_in_flight_waits_for_its_group() -> None:
     ids=["state", "unfenced-event", "unfenced-update"],
 )
 async def test_a_write_that_may_touch_anything_goes_alone(shared: Batch) -> None:
-    committer, storage = await _committer(2)
-    try:
+    async with _committer(2) as (committer, storage):
         a = committer.submit(_step("e1", "a"))
         await _turns()
         s = committer.submit(shared)
@@ -147,31 +145,29 @@ async def test_a_write_that_may_touch_anything_goes_alone(shared: Batch) -> None
         assert storage.flying == ["beside"]
         storage.land("beside")
         await beside
-    finally:
-        storage.land_all()
-        await committer.aclose()
 
 
 def test_beside_a_group_in_flight_writes_of_other_executions_pass_a_blocked_one() -> None:
     """An execution's writes keep their order; another's need not wait behind them."""
-    queue = [(_step("e1", "e1-second"), None), (_step("e2", "e2"), None), (_step("e1", "e1-third"), None), (_step("e3", "e3"), None)]
+    queue: list[Item] = [(_step("e1", "e1-second"), None), (_step("e2", "e2"), None), (_step("e1", "e1-third"), None), (_step("e3", "e3"), None)]
     group, rest, touched = take_beside(queue, {"e1"})
     assert [b.events[0].type for b, _ in group] == ["e2", "e3"]
     assert [b.events[0].type for b, _ in rest] == ["e1-second", "e1-third"]
     assert touched == {"e2", "e3"}
     # Behind one left for its own execution, a later write of another execution it touches waits too.
     both = Batch(events=[EventRecord("e1", "job", "e1+e4", {}, 0), EventRecord("e4", "job", "e1+e4", {}, 0)], fences={"e1": 1, "e4": 1})
-    group, rest, _ = take_beside([(both, None), (_step("e4", "e4"), None), (_step("e5", "e5"), None)], {"e1"})
+    queue = [(both, None), (_step("e4", "e4"), None), (_step("e5", "e5"), None)]
+    group, rest, _ = take_beside(queue, {"e1"})
     assert [b.events[0].type for b, _ in group] == ["e5"] and len(rest) == 2
     # A write that may touch anything ends the scan: nothing after it passes it.
     shared = Batch(state={"slots:k": None})
-    group, rest, _ = take_beside([(_step("e2", "e2"), None), (shared, None), (_step("e3", "e3"), None)], {"e1"})
+    queue = [(_step("e2", "e2"), None), (shared, None), (_step("e3", "e3"), None)]
+    group, rest, _ = take_beside(queue, {"e1"})
     assert [b.events[0].type for b, _ in group] == ["e2"] and len(rest) == 2
 
 
 async def test_depth_one_commits_one_group_at_a_time() -> None:
-    committer, storage = await _committer(1)
-    try:
+    async with _committer(1) as (committer, storage):
         a = committer.submit(_step("e1", "a"))
         await _turns()
         b = committer.submit(_step("e2", "b"))
@@ -181,14 +177,10 @@ async def test_depth_one_commits_one_group_at_a_time() -> None:
         storage.land("b")
         await asyncio.gather(a, b)
         assert storage.most == 1
-    finally:
-        storage.land_all()
-        await committer.aclose()
 
 
 async def test_flush_waits_for_every_group_in_flight() -> None:
-    committer, storage = await _committer(2)
-    try:
+    async with _committer(2) as (committer, storage):
         committer.send(_step("e1", "a"))
         await _turns()
         committer.send(_step("e2", "b"))
@@ -199,9 +191,6 @@ async def test_flush_waits_for_every_group_in_flight() -> None:
         assert not flushed.done()  # "b" still in flight
         storage.land("b")
         await flushed
-    finally:
-        storage.land_all()
-        await committer.aclose()
 
 
 @pytest.mark.parametrize("kind", ["postgres"])
