@@ -84,8 +84,13 @@ class Dispatch(RuntimeState):
             self._spawn(ctx, load_history=False)
 
     async def _load_paused(self) -> None:
+        """The paused jobs as stored (another process may have paused one), unless this
+        process paused or resumed one while the read ran: it would be stale then (the
+        next poll reads again)."""
+        version = self.paused_version
         flags = await self.storage.list_state("job_paused:")
-        self.paused_jobs = {k.split(":", 1)[1] for k in flags}
+        if self.paused_version == version:
+            self.paused_jobs = {k.split(":", 1)[1] for k in flags}
 
     def _context(self, job: Job, rec: ExecutionRecord, history: dict[str, Any]) -> ExecutionContext:
         return context.ExecutionContext(self.queue, job, rec, history, self)
@@ -118,6 +123,10 @@ class Dispatch(RuntimeState):
             if ctx.control is not None:  # asked before the task ran (see `interrupt`)
                 raise ctx.control.interrupt()
             typed_input = load_typed(job.options.input, rec.input)
+            if job.name in self.paused_jobs:
+                # Taken by a claim that was asked before the job was paused: back to pending.
+                await self._hold_back(ctx, typed_input, now_ms(), "job paused")
+                return
             if self.flow.gated(job) and not ctx.holds_slot:  # holds_slot: handed over by a release
                 # A replay's reused steps are not a start of its own: its first run is.
                 first_start = rec.retry_count == 0 and (not ctx.history or all(s.job_attempt == REUSED for s in ctx.history.values()))

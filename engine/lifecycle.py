@@ -180,15 +180,19 @@ class Lifecycle:
 
     async def pause_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
+        runtime.paused_version += 1  # a reload of the flags reading meanwhile must not undo this
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": True}))
         runtime.paused_jobs.add(job.name)
+        runtime.paused_version += 1
         for rec in await self._active_of(job, ("pending", "waiting", "running")):
             await self.pause(rec.id, by=by)
 
     async def resume_job(self, job: Job, *, by: str = "api") -> None:
         runtime = await self._runtime()
+        runtime.paused_version += 1
         await runtime.committer.commit(Batch(state={f"job_paused:{job.name}": None}))
         runtime.paused_jobs.discard(job.name)
+        runtime.paused_version += 1
         for rec in await self._active_of(job, ("paused", "running")):
             await self.resume(rec.id, by=by)
         runtime.kick()

@@ -59,6 +59,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
         )
         self.contexts: dict[str, ExecutionContext] = {}
         self.paused_jobs: set[str] = set()
+        self.paused_version = 0
         self.closing = False
         self.bus = EventBus(self.storage)
         self.hooks = Hooks(self._record_event, queue)

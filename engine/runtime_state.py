@@ -69,6 +69,8 @@ class RuntimeState(_Owner):
     #: The executions this process holds, by id.
     contexts: dict[str, ExecutionContext]
     paused_jobs: set[str]
+    #: Moves as this process pauses or resumes a job (before and after the write).
+    paused_version: int
     closing: bool
     bus: EventBus
     hooks: Hooks

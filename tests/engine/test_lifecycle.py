@@ -213,3 +213,78 @@ async def test_unknown_execution_is_a_clear_error(make_queue: Callable[..., Queu
 
         with pytest.raises(DqError, match="nope"):
             await queue.lifecycle.pause("nope")
+
+
+@pytest.mark.parametrize("kind", ["memory"])
+async def test_a_reload_of_the_paused_flags_does_not_undo_a_pause_made_while_it_read(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """The claim loop reloads the paused jobs on each poll; a pause written while that
+    read ran must still hold when the read returns (the read saw the flags before it)."""
+    started: list[int] = []
+
+    @create_job(name="work")
+    async def work(data: int) -> int:
+        started.append(data)
+        return data
+
+    queue = make_queue([work], poll_interval="1h")
+    async with queue:
+        runtime = await queue.started()
+        storage = runtime.storage
+        list_state = storage.list_state
+        reading, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow(prefix: str) -> Any:
+            flags = await list_state(prefix)  # before the pause
+            reading.set()
+            await answer.wait()
+            return flags
+
+        storage.list_state = slow  # type: ignore[method-assign]
+        reload = asyncio.ensure_future(runtime._load_paused())
+        await reading.wait()
+        await queue.jobs.work.pause()
+        answer.set()
+        await reload
+        storage.list_state = list_state  # type: ignore[method-assign]
+        assert "work" in runtime.paused_jobs
+        held = await queue.jobs.work.start(1)
+        await asyncio.sleep(0.1)
+        assert started == [] and await status_is(held, "pending", "paused")
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+async def test_a_claim_asked_before_a_pause_does_not_run_what_it_takes(make_queue: Callable[..., Queue]) -> None:
+    """A claim in flight when the job is paused may take an execution started after
+    the pause: it goes back to pending instead of running, and runs on resume."""
+    started: list[int] = []
+
+    @create_job(name="work")
+    async def work(data: int) -> int:
+        started.append(data)
+        return data
+
+    queue = make_queue([work], poll_interval="1h")
+    async with queue:
+        runtime = await queue.started()
+        storage = runtime.storage
+        claim = storage.claim
+        asked, go = asyncio.Event(), asyncio.Event()
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            asked.set()
+            await go.wait()  # the job is paused and an execution started meanwhile
+            return await claim(*args, **kwargs)
+
+        storage.claim = late  # type: ignore[method-assign]
+        runtime.kick()
+        await asked.wait()
+        await queue.jobs.work.pause()
+        held = await queue.jobs.work.start(1)
+        go.set()
+        await asyncio.sleep(0.2)
+        storage.claim = claim  # type: ignore[method-assign]
+        assert started == [] and await status_is(held, "pending", "paused")
+        await queue.jobs.work.resume()
+        assert await held.result() == 1
