@@ -215,6 +215,17 @@ async def test_unknown_execution_is_a_clear_error(make_queue: Callable[..., Queu
             await queue.lifecycle.pause("nope")
 
 
+def _recording(started: list[int]) -> Any:
+    """Job "work": records each input it starts with, returns it."""
+
+    @create_job(name="work")
+    async def work(data: int) -> int:
+        started.append(data)
+        return data
+
+    return work
+
+
 @pytest.mark.parametrize("kind", ["memory"])
 async def test_a_reload_of_the_paused_flags_does_not_undo_a_pause_made_while_it_read(
     make_queue: Callable[..., Queue],
@@ -222,13 +233,7 @@ async def test_a_reload_of_the_paused_flags_does_not_undo_a_pause_made_while_it_
     """The claim loop reloads the paused jobs on each poll; a pause written while that
     read ran must still hold when the read returns (the read saw the flags before it)."""
     started: list[int] = []
-
-    @create_job(name="work")
-    async def work(data: int) -> int:
-        started.append(data)
-        return data
-
-    queue = make_queue([work], poll_interval="1h")
+    queue = make_queue([_recording(started)], poll_interval="1h")  # no poll: only what the test does
     async with queue:
         runtime = await queue.started()
         storage = runtime.storage
@@ -259,13 +264,7 @@ async def test_a_claim_asked_before_a_pause_does_not_run_what_it_takes(make_queu
     """A claim in flight when the job is paused may take an execution started after
     the pause: it goes back to pending instead of running, and runs on resume."""
     started: list[int] = []
-
-    @create_job(name="work")
-    async def work(data: int) -> int:
-        started.append(data)
-        return data
-
-    queue = make_queue([work], poll_interval="1h")
+    queue = make_queue([_recording(started)], poll_interval="1h")  # no poll: only what the test does
     async with queue:
         runtime = await queue.started()
         storage = runtime.storage
