@@ -7,9 +7,12 @@ pushed, nothing else explains it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,25 @@ async def _held_by(queue: Queue, node: Node, url: str) -> ExecutionRecord:
     return rec
 
 
+@contextlib.asynccontextmanager
+async def _alive(node: Node) -> AsyncIterator[None]:
+    """Heartbeats of the stand-in worker `w`: however slow the machine, the node does not
+    mark it lost (and hand its execution to others) before the request is pushed."""
+
+    async def beat() -> None:
+        while True:
+            await node.handle("heartbeat", wire.encode(wire.Heartbeat(worker_id="w", info={})), "w")
+            await asyncio.sleep(0.25)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _request_cancel(queue: Queue, rec: ExecutionRecord) -> None:
     change = transitions.request(rec, Control(ControlKind.CANCEL, "x"), now=now_ms(), by="test")
     assert (await queue.storage.commit(change.batch())).applied == [True]
@@ -141,8 +163,9 @@ async def test_the_node_posts_the_interrupt_with_the_token(tmp_path: Path) -> No
     await node.start()
     try:
         rec = await _held_by(queue, node, f"http://127.0.0.1:{port}/dq-worker")
-        await _request_cancel(queue, rec)
-        await wait_until(lambda: node.pusher.sent == 1, 10, lambda: str(recorder.calls))
+        async with _alive(node):
+            await _request_cancel(queue, rec)
+            await wait_until(lambda: node.pusher.sent == 1, 10, lambda: str(recorder.calls))
         assert recorder.calls == [("/dq-worker/interrupt", b"Bearer tok", b'{"executions":["x1"]}')]
     finally:
         await node.close()
@@ -160,8 +183,9 @@ async def test_an_unreachable_worker_endpoint_is_logged_never_fatal(
     try:
         rec = await _held_by(queue, node, f"http://127.0.0.1:{free_port()}/dq-worker")  # nothing listens
         with caplog.at_level(logging.WARNING, "dq.node"):
-            await _request_cancel(queue, rec)
-            await wait_until(lambda: "could not reach worker endpoint" in caplog.text, 10, lambda: caplog.text)
+            async with _alive(node):
+                await _request_cancel(queue, rec)
+                await wait_until(lambda: "could not reach worker endpoint" in caplog.text, 10, lambda: caplog.text)
         assert node.pusher.sent == 0
         # The node carries on: the request is stored for the worker's next renewal, which brings it.
         controls = wire.decode_reply("renew", await node.handle("renew", wire.encode(wire.Renew("w", ["x1"], 1000)), "w"))
