@@ -291,8 +291,26 @@ def _start(fn: Callable[[], Any]) -> Awaitable[Any]:
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:
-    value = await asyncio.to_thread(fn)
     # What it returns is awaited on the loop when awaitable (`lambda: client.get(url)`).
+    # Cancelled meanwhile (a timeout, a cancel), a coroutine it made is closed, by
+    # whichever side sees the other's mark last, never left to warn "never awaited".
+    made: list[Any] = []
+    dropped: list[bool] = []
+
+    def call() -> Any:
+        value = fn()
+        made.append(value)
+        if dropped and inspect.iscoroutine(value):
+            value.close()
+        return value
+
+    try:
+        value = await asyncio.to_thread(call)
+    except asyncio.CancelledError:
+        dropped.append(True)
+        if made and inspect.iscoroutine(made[0]):
+            made[0].close()
+        raise
     return await value if inspect.isawaitable(value) else value
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import threading
 from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
@@ -137,3 +140,40 @@ async def test_thread_concurrency_is_checked(make_queue: Callable[..., Queue]) -
         with pytest.raises(JobError) as info:
             await queue.jobs.bad.run(None)
     assert "concurrency" in str(info.value.cause)
+
+
+@pytest.mark.parametrize("finish", ["before", "after"])
+async def test_a_coroutine_a_thread_step_returns_is_closed_if_the_step_was_cancelled(finish: str) -> None:
+    """`lambda: asyncio.sleep(10)` runs in a thread and returns a coroutine for the loop
+    to await; a step cancelled meanwhile (its timeout, a cancel) must close it, not leave
+    it to warn "never awaited" when it is collected: whether the thread returns it
+    before the cancellation lands or after."""
+    from dq.engine.steps import _in_thread
+
+    release = threading.Event()
+    made: list[Any] = []
+
+    def fn() -> Any:
+        release.wait(5)
+        coro = asyncio.sleep(10)
+        made.append(coro)
+        return coro
+
+    task = asyncio.ensure_future(_in_thread(fn))
+    await asyncio.sleep(0.05)  # the thread is waiting
+    if finish == "before":
+        release.set()
+        while not made:
+            await asyncio.sleep(0.001)
+        task.cancel()  # lands before the loop resumes the step with the coroutine
+    else:
+        task.cancel()
+        await asyncio.sleep(0)
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):  # the thread closes it itself when it returns after the cancellation
+        if made and inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED:
+            break
+        await asyncio.sleep(0.01)
+    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED
