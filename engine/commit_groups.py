@@ -90,7 +90,7 @@ def take_beside(queue: list[Item], busy: set[str]) -> tuple[list[Item], list[Ite
         if ids is None:
             left.extend(queue[i:])
             break
-        if blocked.isdisjoint(ids) and all(fences.get(eid, token) == token for eid, token in batch.fences.items()):
+        if blocked.isdisjoint(ids) and agrees(fences, batch.fences):
             fences.update(batch.fences)
             touched.update(ids)
             taken.append(item)
@@ -102,14 +102,18 @@ def take_beside(queue: list[Item], busy: set[str]) -> tuple[list[Item], list[Ite
     return taken, left, touched
 
 
+def agrees(fences: dict[str, int], more: dict[str, int]) -> bool:
+    """No execution fenced in both with different tokens (a stale and a fresh holder of
+    one execution must not share a transaction, or the fresh one would be refused)."""
+    return all(fences.get(eid, token) == token for eid, token in more.items())
+
+
 def extend(into: Batch, b: Batch) -> bool:
     """Append `b`'s parts to `into` (a fire-and-forget send's batch, which nobody reads
-    again), unless the two fence one execution with different tokens: False then,
-    and `into` is unchanged."""
-    fences = into.fences
-    for eid, token in b.fences.items():
-        if fences.get(eid, token) != token:
-            return False
+    again), unless the two fence one execution with different tokens (`agrees`): False
+    then, and `into` is unchanged."""
+    if not agrees(into.fences, b.fences):
+        return False
     append_parts(into, b)
     return True
 

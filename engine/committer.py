@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .commit_groups import Item, extend, merge, take_beside, take_group, touched
@@ -226,7 +226,7 @@ class _Lane:
         self._idle.set()
         #: Groups in flight (depth > 1), each with the executions it touches (None: it
         #: may touch anything, so nothing goes beside it).
-        self._flying: dict[asyncio.Task[None], Collection[str] | None] = {}
+        self._flying: dict[asyncio.Task[None], set[str] | None] = {}
         #: A queue this long is scanned again for a group to go beside those in flight
         #: (doubled after each scan that found none; reset when a group lands): the
         #: scans of a queue that grows while a commit runs cost O(its length) in all.
@@ -299,11 +299,11 @@ class _Lane:
         else:
             if len(self._queue) < self._rescan_at:
                 return False
-            busy: set[str] = set()
-            for theirs in flying.values():
-                if theirs is None:
-                    return False
-                busy.update(theirs)
+            groups = [g for g in flying.values() if g is not None]
+            if len(groups) < len(flying):  # one may touch anything: nothing goes beside it
+                return False
+            # One group in flight (depth 2): its own set, not a copy (take_beside copies before it adds).
+            busy = groups[0] if len(groups) == 1 else set().union(*groups)
             items, self._queue, ids = take_beside(self._queue, busy)
             if not items:
                 self._rescan_at = 2 * len(self._queue)

@@ -169,8 +169,9 @@ class FlowControl:
         gate = self._limits(job, rec, first_start)
         if gate is None:
             return None
-        if gate[0] is None and self.ledger.kept:
-            keys = slot_keeping.admit(self.ledger, rec.id, gate[1], stored=True)
+        throttle, limits = gate
+        if throttle is None and self.ledger.kept:
+            keys = slot_keeping.admit(self.ledger, rec.id, limits, stored=True)
             if keys is not None:
                 self.parked.pop(rec.id, None)  # as a round's grant: a waiter run by a claim waits no more
                 self._hold_keys(rec.id, keys)
