@@ -7,12 +7,10 @@ pushed, nothing else explains it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from dq.engine.storage.base import Batch, ExecutionRecord
 from dq.engine.storage.sql import SqlStorage
 from dq.engine.transitions import Control, ControlKind
 from tests.faults.conftest import add_executions, lines
+from tests.storage.conftest import repeating
 
 from . import jobs
 from .conftest import TOKEN, Cluster, free_port, wait_until
@@ -128,23 +127,11 @@ async def _held_by(queue: Queue, node: Node, url: str) -> ExecutionRecord:
     return rec
 
 
-@contextlib.asynccontextmanager
-async def _alive(node: Node) -> AsyncIterator[None]:
+def _alive(node: Node) -> contextlib.AbstractAsyncContextManager[None]:
     """Heartbeats of the stand-in worker `w`: however slow the machine, the node does not
     mark it lost (and hand its execution to others) before the request is pushed."""
-
-    async def beat() -> None:
-        while True:
-            await node.handle("heartbeat", wire.encode(wire.Heartbeat(worker_id="w", info={})), "w")
-            await asyncio.sleep(0.25)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    beat = wire.encode(wire.Heartbeat(worker_id="w", info={}))
+    return repeating(lambda: node.handle("heartbeat", beat, "w"), 0.25)
 
 
 async def _request_cancel(queue: Queue, rec: ExecutionRecord) -> None:

@@ -8,7 +8,6 @@ Redis is a random key prefix per test whose keys are deleted after it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from tests.storage.conftest import (
     REDIS_URL,
     delete_redis_prefix,
     pg_database,  # noqa: F401 - the session database fixture, shared
+    repeating,
 )
 
 ENGINE_KINDS = ["memory", "sqlite", "postgres", "redis"]
@@ -110,19 +110,10 @@ async def live_peer(storage: Storage, worker_id: str = "peer-process") -> AsyncI
     if own:
         await storage.open()
 
-    async def beat() -> None:
-        while True:
-            await storage.heartbeat(worker_id, {"state": "running"})
-            await asyncio.sleep(0.5)
-
-    await storage.heartbeat(worker_id, {"state": "running"})
-    task = asyncio.create_task(beat())
     try:
-        yield
+        async with repeating(lambda: storage.heartbeat(worker_id, {"state": "running"}), 0.5):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await storage.remove_worker(worker_id)
         if own:
             await storage.aclose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -118,6 +119,26 @@ async def drop_pg_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def repeating(call: Callable[[], Awaitable[Any]], every_s: float) -> AsyncIterator[None]:
+    """`call()` now and then every `every_s` in the background while the block runs
+    (a stand-in process's heartbeat)."""
+    await call()
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await call()
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
