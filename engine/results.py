@@ -3,7 +3,11 @@
 This process resolves them as it ends executions (`resolve`); those that end in
 another process are found by polling storage (`watch`), only for ids someone awaits
 that do not run here. Ids just registered are first looked up once (`_ended_before`:
-they may have ended before anyone waited), and polled only after that.
+they may have ended before anyone waited), and polled only after that. The last few
+thousand that completed are remembered (`_completed`): a waiter that comes after the
+end (`start()` then `result()` of a fast job, `start_many` then `all_settled`) is
+answered without a read. Only completed ones: a completed execution never changes
+again (`retry` takes failed and cancelled ones), so the record kept is the stored one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from .errors import LeaseLostError, StorageLostError
 from .storage.base import TERMINAL, ExecutionQuery, ExecutionRecord, Storage
 
 log = logging.getLogger("dq")
+
+#: Completed records remembered per generation; two generations are kept (between one
+#: and two of these in all), so forgetting the oldest costs no scan.
+REMEMBERED = 4096
 
 
 class _AllSettled:
@@ -69,11 +77,27 @@ class Results:
         #: thousands of waiters take it many queries, a poll interval or more, and the
         #: two would otherwise fetch the same ended records.)
         self._checking: set[str] = set()
+        #: Completed lately (here, or read back for a waiter), newest generation first.
+        self._completed: dict[str, ExecutionRecord] = {}
+        self._completed_before: dict[str, ExecutionRecord] = {}
 
     def resolve(self, rec: ExecutionRecord) -> None:
+        if rec.status == "completed":
+            completed = self._completed
+            completed[rec.id] = rec
+            if len(completed) >= REMEMBERED:
+                self._completed_before, self._completed = completed, {}
+        self._wake(rec)
+
+    def _wake(self, rec: ExecutionRecord) -> None:
         for fut in self._waiters.pop(rec.id, ()):
             if not fut.done():
                 fut.set_result(rec)
+
+    def completed_lately(self, execution_id: str) -> ExecutionRecord | None:
+        """The record of `execution_id` if it completed lately (no read), else None."""
+        rec = self._completed.get(execution_id)
+        return rec if rec is not None else self._completed_before.get(execution_id)
 
     async def settled(self, execution_ids: list[str]) -> list[asyncio.Future[ExecutionRecord]]:
         """Futures resolved when each execution ends (cheaper than one task per result())."""
@@ -104,6 +128,13 @@ class Results:
         """Resolve from storage those that ended before their waiters were registered."""
         running, parked, waiters, checking = self._running_here, self._parked_here, self._waiters, self._checking
         others = [i for i in execution_ids if i not in running and i not in parked]
+        if others and (self._completed or self._completed_before):
+            lately, others = others, []
+            for eid in lately:
+                if (rec := self.completed_lately(eid)) is not None:
+                    self._wake(rec)
+                else:
+                    others.append(eid)
         checking.update(others)
         try:
             for start in range(0, len(others), 500):
@@ -119,6 +150,8 @@ class Results:
 
     async def wait_terminal(self, execution_id: str) -> ExecutionRecord:
         """The execution's record once it is completed, failed or cancelled (here or elsewhere)."""
+        if (done := self.completed_lately(execution_id)) is not None:
+            return done
         fut: asyncio.Future[ExecutionRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(execution_id, []).append(fut)
         try:
@@ -153,6 +186,7 @@ class Results:
 
     def fail_all(self, exc: StorageLostError) -> None:
         """Storage lost its data: every waiter gets the error."""
+        self._completed, self._completed_before = {}, {}
         for futs in self._waiters.values():
             for fut in futs:
                 if not fut.done():

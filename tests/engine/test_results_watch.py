@@ -104,3 +104,66 @@ async def test_waiters_in_line_here_are_not_looked_up_but_still_polled() -> None
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in (waiting, watch) if t is not None), return_exceptions=True)
+
+
+async def test_a_waiter_after_the_end_of_an_execution_completed_here_reads_nothing(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """`start()` then `result()` of a job that ended meanwhile, and `all_settled` after
+    a `start_many`: answered from the records this process completed, no read."""
+    @create_job(name="quick")
+    async def quick(n: int) -> int:
+        return n * 2
+
+    queue = make_queue([quick])
+    runtime = await queue.started()
+    executions = await queue.jobs.quick.start_many(range(20))
+    await runtime.all_settled([e.id for e in executions])
+    storage = queue.storage
+    reads: list[str] = []
+    for name in ("query", "get_execution"):
+        real = getattr(storage, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return await _real(*args, **kwargs)
+
+        setattr(storage, name, counted)
+    assert [r.output for r in await runtime.all_settled([e.id for e in executions])] == [n * 2 for n in range(20)]
+    assert await executions[3].result() == 6
+    assert reads == []
+
+
+async def test_a_failed_execution_retried_elsewhere_is_read_not_remembered(make_queue: Callable[..., Queue]) -> None:
+    """Only completed executions are remembered: a failed one may run again (`retry`,
+    from any process), so a waiter for it reads storage and sees the new attempt."""
+    outcome = {"fail": True}
+
+    @create_job(name="flaky", retry=0)
+    async def flaky(_: Any) -> str:
+        if outcome["fail"]:
+            raise RuntimeError("not yet")
+        return "done"
+
+    here = make_queue([flaky])
+    ex = await here.jobs.flaky.start(None)
+    failed = await here.runtime.all_settled([ex.id])
+    assert failed[0].status == "failed"
+    outcome["fail"] = False
+    there = make_queue([flaky])  # its own storage handle, as another process
+    assert await there.lifecycle.retry(ex.id)
+    await there.started()
+    assert await asyncio.wait_for(ex.result(), 10) == "done"
+
+
+def test_completed_records_are_forgotten_two_generations_on(monkeypatch: Any) -> None:
+    """Between one and two generations of completed records are kept: memory stays
+    bounded, and forgetting the oldest costs no scan."""
+    monkeypatch.setattr("dq.engine.results.REMEMBERED", 4)
+    results = Results(cast(Storage, _SlowQueries()), set(), poll_s=1)
+    for i in range(10):
+        results.resolve(ExecutionRecord(f"e{i}", "job", "completed", output=i))
+    results.resolve(ExecutionRecord("f", "job", "failed"))
+    kept = [i for i in range(10) if results.completed_lately(f"e{i}") is not None]
+    assert kept == [4, 5, 6, 7, 8, 9]
+    assert results.completed_lately("f") is None
