@@ -57,6 +57,32 @@ def test_tune_gc_freezes_the_startup_heap() -> None:
     assert int(out.stdout) > 1000
 
 
+def test_tuned_young_threshold_follows_what_collections_free() -> None:
+    """A young collection that frees much (cyclic garbage) halves the threshold, down to
+    the floor; one that walks only live objects doubles it, up to the ceiling."""
+    code = """
+import gc
+from dq.app.gc_tuning import YOUNG_MAX, tune_gc
+tune_gc('tuned')
+seen = [gc.get_threshold()[0]]
+class Node: pass
+for _ in range(5):
+    for _ in range(40_000):
+        a, b = Node(), Node(); a.b, b.a = b, a
+    gc.collect(0)
+    seen.append(gc.get_threshold()[0])
+live = []
+for _ in range(5):
+    live.extend([i] for i in range(40_000))
+    gc.collect(0)
+    seen.append(gc.get_threshold()[0])
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    assert json.loads(out.stdout) == [500_000, 250_000, 125_000, 62_500, 50_000, 50_000,
+                                      100_000, 200_000, 400_000, 500_000, 500_000]  # fmt: skip
+
+
 def test_tune_gc_names_an_unknown_mode() -> None:
     before = gc.get_threshold()
     with pytest.raises(ValueError, match="'fast'"):
