@@ -47,27 +47,32 @@ def test_a_killed_holder_gives_its_slot_back(tmp_path: Path) -> None:
 
 
 async def test_timed_out_and_cancelled_holders_give_slots_back(make_queue: Callable[..., Queue]) -> None:
+    """Two jobs, each with its own slot: the short timeout is only the first's (a holder
+    that times out), so the second's holder is surely still running when it is cancelled."""
     gate = asyncio.Event()
 
-    @create_job(name="one_at_a_time", concurrency=1, retry=0, timeout="200ms")
-    async def one_at_a_time(data: str) -> str:
+    @create_job(name="times_out", concurrency=1, retry=0, timeout="200ms")
+    async def times_out(data: str) -> str:
         if data == "slow":
             await run("forever", lambda: asyncio.sleep(10))
+        return data
+
+    @create_job(name="cancelled", concurrency=1, retry=0)
+    async def cancelled(data: str) -> str:
         if data == "blocked":
             await run("gate", gate.wait)
         return data
 
-    queue = make_queue([one_at_a_time])
+    queue = make_queue([times_out, cancelled])
     async with queue:
-        job: Any = queue.jobs.one_at_a_time
-        slow = await job.start("slow")
-        after_timeout = await job.start("next")
-        with pytest.raises(JobError):
+        slow = await queue.jobs.times_out.start("slow")
+        after_timeout = await queue.jobs.times_out.start("next")
+        with pytest.raises(JobError, match="timed out"):
             await slow.result()
         assert await after_timeout.result() == "next"
-        blocked = await job.start("blocked")
+        blocked = await queue.jobs.cancelled.start("blocked")
         await until(lambda: status_is(blocked, "running"))
-        after_cancel = await job.start("last")
+        after_cancel = await queue.jobs.cancelled.start("last")
         await blocked.cancel()
         with pytest.raises(CancelledError):
             await blocked.result()
