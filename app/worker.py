@@ -17,6 +17,7 @@ import sys
 from dq import DqError
 from dq.engine.distributed.remote import NodeUnavailable
 
+from .gc_tuning import tune_gc
 from .serve import UsageError, load_target
 
 
@@ -34,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"dq-ui worker: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_gc()  # after the job code's imports, as `serve` (DQ_GC=default keeps CPython's)
 
     async def run() -> int:
         stop = asyncio.Event()
