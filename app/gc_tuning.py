@@ -16,7 +16,8 @@ PostgreSQL); every 50,000 net allocations, a burst of 5,000 one-step jobs still 
   number follow what collections find (`_pace`): a young collection that freed almost
   nothing (it only walked live executions) doubles it, up to `YOUNG_MAX`; one that
   freed much (handlers making cyclic garbage) halves it, down to `YOUNG_MIN`, so such
-  garbage stays bounded to about that many objects after the first collection.
+  garbage stays bounded to about that many objects after the first collection. A
+  threshold the program sets itself (`gc.set_threshold`) is left as it is.
 
 `DQ_GC=default` keeps CPython's settings (`dq-ui bench --gc default` measures them).
 A process that embeds the engine can call `tune_gc()` itself after its imports.
@@ -37,6 +38,9 @@ THRESHOLDS = (YOUNG_MAX, *OLDER)
 
 #: Objects in gen0 when its collection began (read in `_pace`'s "start" call).
 _scanned = [0]
+#: The young threshold `tune_gc` or `_pace` set last: any other one was set by the
+#: program itself (`gc.set_threshold`), and the pacing leaves it alone.
+_paced = [0]
 
 
 def gc_mode(mode: str | None = None) -> str:
@@ -54,6 +58,7 @@ def tune_gc(mode: str | None = None) -> str:
         gc.collect()  # leave no garbage in what is frozen
         gc.freeze()
         gc.set_threshold(*THRESHOLDS)
+        _paced[0] = THRESHOLDS[0]
         if _pace not in gc.callbacks:
             gc.callbacks.append(_pace)
     return mode
@@ -68,8 +73,14 @@ def _pace(phase: str, info: dict[str, Any]) -> None:
         _scanned[0] = gc.get_count()[0]
         return
     young = gc.get_threshold()[0]
+    if young != _paced[0]:  # the program set its own
+        return
     freed, walked = info["collected"], _scanned[0]
     if freed * 50 < walked and young < YOUNG_MAX:
-        gc.set_threshold(min(young * 2, YOUNG_MAX), *OLDER)
+        young = min(young * 2, YOUNG_MAX)
     elif freed * 4 > walked and young > YOUNG_MIN:
-        gc.set_threshold(max(young // 2, YOUNG_MIN), *OLDER)
+        young = max(young // 2, YOUNG_MIN)
+    else:
+        return
+    _paced[0] = young
+    gc.set_threshold(young, *OLDER)

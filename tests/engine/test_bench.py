@@ -83,6 +83,20 @@ print(seen)
                                       100_000, 200_000, 400_000, 500_000, 500_000]  # fmt: skip
 
 
+def test_a_threshold_the_program_sets_is_not_paced() -> None:
+    code = """
+import gc
+from dq.app.gc_tuning import tune_gc
+tune_gc('tuned')
+gc.set_threshold(700, 10, 10)
+live = [[i] for i in range(40_000)]
+gc.collect(0)
+print(list(gc.get_threshold()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    assert json.loads(out.stdout) == [700, 10, 10]
+
+
 def test_tune_gc_names_an_unknown_mode() -> None:
     before = gc.get_threshold()
     with pytest.raises(ValueError, match="'fast'"):
