@@ -31,11 +31,17 @@ _START = EventKind.START  # a module global: read on every execution
 _WATCHDOG_MIN_MS = 30_000
 
 
+def _resumed(steps: Iterable[Any], retry_count: int) -> bool:
+    """Whether this attempt recorded steps already (a resume). Not inline in `run`: a
+    generator there would make `rec` a cell of every execution's frame."""
+    return any(s.job_attempt == retry_count for s in steps)
+
+
 async def run(owner: StateOwner, ctx: ExecutionContext, typed_input: Any) -> None:
     """Call the handler (admitted and claimed) and hand its output to the owner. An
     exception leaves here for `attempt_failed`, an Interrupt for `interrupted`."""
     job, rec = ctx.job, ctx.record
-    resumed = bool(ctx.history) and any(s.job_attempt == rec.retry_count for s in ctx.history.values())
+    resumed = bool(ctx.history) and _resumed(ctx.history.values(), rec.retry_count)
     attempt_no = rec.retry_count + 1
     owner.send(ctx, _START, {"attempt": attempt_no, "resumed": resumed, "worker": owner.worker_id,
                              "source": owner.source_fingerprint(job)})  # fmt: skip

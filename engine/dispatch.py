@@ -5,6 +5,7 @@ left to do when it returns)."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import attempt, context
@@ -132,7 +133,7 @@ class Dispatch(RuntimeState):
                 first_start = rec.retry_count == 0 and (not ctx.history or all(s.job_attempt == REUSED for s in ctx.history.values()))
                 wanted = self.flow.admit_now(job, rec, first_start)
                 if wanted is not None:
-                    park = lambda at, why: self._park(ctx, at, why)  # noqa: E731
+                    park = partial(self._park, ctx)  # not a lambda: no cells in every execution's frame
                     gate = await self.guard(ctx, self.flow.admit(job, rec, wanted, park, ctx.history))
                     if gate.parked:  # back to pending as a waiter, in the admission's own write
                         ctx.finishing = True
