@@ -45,6 +45,13 @@ class Committer:
         # iteration) and share its call.
         self._pending: Batch | None = None
         self._sends_scheduled = False
+        #: `queued` for a fire-and-forget write, on any adapter: on the others the send
+        #: waiting last in the main lane when the holder's writes may join it (what `send`
+        #: would merge them into, without a Batch made for them first). None: make one
+        #: and `send` it. (Bound once: read on every execution and step.)
+        self.queued_send: Callable[[str, int], Batch | None] = (
+            self.queued if self._now is not None else self._main.tail_send
+        )
 
     def start(self) -> None:
         self._main.start()
@@ -253,6 +260,18 @@ class _Lane:
                 if extend(last, batch):
                     return
         self.put(batch, None)
+
+    def tail_send(self, execution_id: str, token: int) -> Batch | None:
+        """The queue's last batch if it is a send the holder's writes may join (as
+        `send` would merge them), fenced for that holder; else None."""
+        queue = self._queue
+        if not queue:
+            return None
+        last, fut = queue[-1]
+        if fut is not None or last.state or last.expect:
+            return None
+        known = last.fences.setdefault(execution_id, token)
+        return last if known == token else None
 
     def _kick(self) -> None:
         self._idle.clear()

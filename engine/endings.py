@@ -58,8 +58,9 @@ class Endings(RuntimeState):
         return _committed(ctx, result)
 
     def record_step(self, ctx: ExecutionContext, step: StepRecord, event: EventRecord) -> None:
-        """`record(step_done(...))`: on a synchronous adapter appended to the queued writes."""
-        batch = self.committer.queued(ctx.id, ctx.record.token)
+        """`record(step_done(...))`: appended to the writes queued to go (the pending send,
+        or on a synchronous adapter the next commit's) when it may join them."""
+        batch = self.committer.queued_send(ctx.id, ctx.record.token)
         if batch is None:
             self.committer.send(step_done(ctx.holder, step, event))
             return

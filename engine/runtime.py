@@ -161,7 +161,7 @@ class Runtime(Creation, Dispatch, Endings, Leases):
 
     def send(self, ctx: ExecutionContext, type: EventKind, data: dict[str, Any]) -> None:
         ev = EventRecord(ctx.id, ctx.job.name, type, data, now_ms())
-        batch = self.committer.queued(ctx.id, ctx.record.token)  # a synchronous adapter's: no Batch of its own
+        batch = self.committer.queued_send(ctx.id, ctx.record.token)  # most often: no Batch of its own
         if batch is not None:
             batch.events.append(ev)
         else:

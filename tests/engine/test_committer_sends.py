@@ -83,3 +83,41 @@ async def test_merged_sends_are_stored_in_order(make_storage: Callable[[], Stora
         assert [e.seq for e in events] == sorted(e.seq for e in events)
     finally:
         await storage.aclose()
+
+
+async def test_a_holders_writes_join_the_queued_send_without_a_batch_of_their_own() -> None:
+    """`queued_send` hands out the send waiting last (fenced for the holder) on an
+    adapter that commits later; a stale holder, a send with state or an awaited batch
+    last in line get None: the caller makes a Batch of its own."""
+    release = asyncio.Event()
+
+    class Slow(MemoryStorage):
+        synchronous_commit = False
+
+        async def commit(self, batch: Batch) -> CommitResult:
+            await release.wait()
+            return await super().commit(batch)
+
+    committer = Committer(Slow(), lambda _events: None)
+    committer.start()
+    try:
+        assert committer.queued_send("x", 1) is None  # nothing queued
+        first = committer.submit(Batch(events=[_ev("a", "0")], fences={"a": 1}))
+        await asyncio.sleep(0)  # it commits, and waits
+        assert committer.queued_send("x", 1) is None  # nothing queued behind it
+        committer.send(_send("x", "1"))
+        tail = committer.queued_send("y", 1)
+        assert tail is not None and tail.fences == {"x": 1, "y": 1}
+        tail.events.append(_ev("y", "2"))
+        assert committer.queued_send("x", 2) is None  # a fresh holder of x: not with x's stale one
+        assert committer.queued_send("x", 1) is tail
+        awaited = committer.submit(_send("z", "3"))
+        assert committer.queued_send("z", 1) is None  # the caller's batch: never extended
+        committer.send(Batch(state={"k": 1}))
+        assert committer.queued_send("w", 1) is None  # not into a batch with state
+        assert committer._main._queue[0][0].events == [_ev("x", "1"), _ev("y", "2")]
+        release.set()
+        await asyncio.gather(first, awaited)
+        await committer.flush()
+    finally:
+        await committer.aclose()
