@@ -252,26 +252,28 @@ class _Lane:
         order of writes is the same; far fewer batches wait at once (a burst of jobs on
         PostgreSQL queues thousands while a commit runs: the garbage collector scanned
         every one and its lists), and the group is taken and merged in fewer steps."""
-        queue = self._queue
-        if queue:
-            last, fut = queue[-1]
-            # Not with state or expectations: a batch's compare-and-set keys must stay its own (take_group).
-            if fut is None and not (last.state or last.expect or batch.state or batch.expect):
-                if extend(last, batch):
-                    return
+        last = self._open_send()
+        if last is not None and not (batch.state or batch.expect) and extend(last, batch):
+            return
         self.put(batch, None)
 
     def tail_send(self, execution_id: str, token: int) -> Batch | None:
         """The queue's last batch if it is a send the holder's writes may join (as
         `send` would merge them), fenced for that holder; else None."""
-        queue = self._queue
-        if not queue:
-            return None
-        last, fut = queue[-1]
-        if fut is not None or last.state or last.expect:
+        last = self._open_send()
+        if last is None:
             return None
         known = last.fences.setdefault(execution_id, token)
         return last if known == token else None
+
+    def _open_send(self) -> Batch | None:
+        """The queue's last batch if it is a send later sends may join: nobody awaits it,
+        and it has no state or expectations (a batch's compare-and-set keys must stay
+        its own, see take_group)."""
+        if not self._queue:
+            return None
+        last, fut = self._queue[-1]
+        return last if fut is None and not (last.state or last.expect) else None
 
     def _kick(self) -> None:
         self._idle.clear()
